@@ -1,0 +1,114 @@
+#include "common/runtime.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "common/timer.h"
+
+#include <torch/torch.h>
+
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+#include <unistd.h>
+
+namespace fs = std::filesystem;
+
+namespace bb {
+
+static int env_int(const char* name) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return 0;
+  return std::atoi(v);
+}
+
+std::string blas_in_use() {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  std::string found = "none-loaded";
+  while (std::getline(maps, line)) {
+    if (line.find("openblas") != std::string::npos) return "openblas";
+    if (line.find("libmkl") != std::string::npos) return "mkl";
+    if (line.find("/blas/libblas.so") != std::string::npos) found = "reference";
+    if (line.find("libblis") != std::string::npos) return "blis";
+  }
+  return found;
+}
+
+void init_runtime() {
+  static bool done = false;
+  if (done) return;
+  done = true;
+  int n = env_int("BITBENCH_THREADS");
+  if (n <= 0) n = env_int("OMP_NUM_THREADS");
+  if (n <= 0) n = (int)std::thread::hardware_concurrency();
+  if (n <= 0) n = 1;
+  torch::set_num_threads(n);
+  // Force BLAS to load so we can see which one the dynamic linker picked.
+  {
+    torch::NoGradGuard g;
+    auto a = torch::ones({8, 8});
+    (void)torch::mm(a, a);
+  }
+  std::string blas = blas_in_use();
+  if (blas == "reference") {
+    log_warn("*** reference BLAS is loaded: libtorch will run ~30x slower. "
+             "Install libopenblas0-pthread (scripts/install-deps.sh). ***");
+  }
+}
+
+std::string source_dir() { return BITBENCH_SOURCE_DIR; }
+
+std::string data_root(const std::string& explicit_root) {
+  std::string root = explicit_root;
+  std::string origin = "--data-root";
+  if (root.empty()) {
+    if (const char* e = std::getenv("BITBENCH_DATA_ROOT"); e && *e) {
+      root = e;
+      origin = "BITBENCH_DATA_ROOT";
+    }
+  }
+  if (root.empty()) {
+    root = BITBENCH_DEFAULT_DATA_ROOT;
+    origin = "default";
+    // A relocated build: fall back to ../shared/data next to the current directory.
+    if (!fs::exists(root) && fs::exists("../shared/data")) root = "../shared/data";
+  }
+  BB_CHECK(fs::is_directory(root), "data root '", root, "' (", origin,
+           ") does not exist; pass --data-root DIR or set BITBENCH_DATA_ROOT (see datasets/README.md)");
+  return fs::weakly_canonical(root).string();
+}
+
+long peak_rss_bytes() {
+  std::ifstream st("/proc/self/status");
+  std::string key;
+  while (st >> key) {
+    if (key == "VmHWM:") {
+      long kb = 0;
+      st >> kb;
+      return kb * 1024;
+    }
+    std::string rest;
+    std::getline(st, rest);
+  }
+  return 0;
+}
+
+nlohmann::json context_json() {
+  char host[256] = {0};
+  gethostname(host, sizeof host - 1);
+  std::time_t t = std::time(nullptr);
+  char date[64];
+  std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return {{"schema_version", 1},
+          {"bitbench_version", BITBENCH_VERSION},
+          {"git_commit", BITBENCH_GIT_COMMIT},
+          {"build_type", BITBENCH_BUILD_TYPE},
+          {"host", host},
+          {"date", date},
+          {"num_threads", torch::get_num_threads()},
+          {"blas", blas_in_use()},
+          {"torch_version", TORCH_VERSION}};
+}
+
+}  // namespace bb

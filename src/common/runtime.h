@@ -1,0 +1,26 @@
+// Process-wide set-up shared by the CLI, tests and benchmarks: thread count, BLAS check, paths,
+// and the versioned "context" block every JSON output opens with.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace bb {
+
+// Sets libtorch's intra-op threads to OMP_NUM_THREADS (or BITBENCH_THREADS), else the core
+// count (libtorch starts at 1), and warns loudly if reference BLAS rather than OpenBLAS is loaded.
+void init_runtime();
+
+// Name of the BLAS library mapped into this process ("openblas-pthread", "reference", ...).
+std::string blas_in_use();
+
+// Data root: explicit value if non-empty, else $BITBENCH_DATA_ROOT, else ../shared/data
+// relative to the source tree. Errors if the directory does not exist.
+std::string data_root(const std::string& explicit_root = "");
+
+// Source tree root (where configs/ and experiments/ live).
+std::string source_dir();
+
+// {"bitbench_version", "git_commit", "build_type", "host", "date", "num_threads", "blas", "torch_version"}
+nlohmann::json context_json();
+
+}  // namespace bb

@@ -1,0 +1,39 @@
+// Top-1/top-5 evaluation with confidence intervals; per-image correctness is kept so two runs on
+// the same images can be compared with a paired test.
+#pragma once
+#include "data/dataset.h"
+#include "models/model.h"
+
+#include <nlohmann/json.hpp>
+
+namespace bb {
+
+struct EvalOptions {
+  int64_t limit = 0;        // first N images (0 = all)
+  int64_t batch_size = 0;   // 0 = 100 for 32x32 inputs, 25 for ImageNet
+  bool progress = true;
+};
+
+struct EvalResult {
+  std::string dataset;
+  int64_t n = 0;
+  int64_t correct1 = 0, correct5 = 0;
+  double top1 = 0, top5 = 0;      // percent
+  double top1_ci95[2] = {0, 0};   // Wilson score interval, percent
+  double seconds = 0, images_per_s = 0;
+  std::vector<uint8_t> hit1;      // per image: 1 if top-1 correct
+  nlohmann::json to_json() const;  // without hit1
+};
+
+// Checks that the dataset suits the model's input (family, classes); throws otherwise.
+void check_model_dataset(const Model& model, const Dataset& ds);
+
+EvalResult evaluate(Model& model, const Dataset& ds, const EvalOptions& opt = {});
+
+// Wilson score interval for k successes of n at 95%, in percent.
+void wilson_ci95(int64_t k, int64_t n, double out[2]);
+
+// McNemar's exact test on paired per-image correctness; two-sided p-value.
+double mcnemar_p(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b);
+
+}  // namespace bb

@@ -1,0 +1,86 @@
+// CIFAR ResNet-20/32/44/56 (He et al. 2016), option-A shortcut, as in akamaster/pytorch_resnet_cifar10.
+#include "models/model.h"
+#include "models/registry.h"
+
+namespace bb {
+namespace {
+
+namespace nn = torch::nn;
+
+nn::Conv2d conv3x3(int64_t in, int64_t out, int64_t stride) {
+  return nn::Conv2d(nn::Conv2dOptions(in, out, 3).stride(stride).padding(1).bias(false));
+}
+
+class CifarResNet : public Model {
+ public:
+  CifarResNet(const std::string& arch, int depth) : Model(arch, InputSpec{"cifar10", 3, 32, 32, 10}) {
+    const int n = (depth - 2) / 6;
+    conv1_ = register_module("conv1", conv3x3(3, 16, 1));
+    bn1_ = register_module("bn1", nn::BatchNorm2d(16));
+    first_ = add_layer("conv1", conv1_);
+    int64_t in = 16;
+    const int64_t planes[3] = {16, 32, 64};
+    for (int s = 0; s < 3; ++s) {
+      auto stage = register_module("layer" + std::to_string(s + 1), std::make_shared<Group>());
+      for (int i = 0; i < n; ++i) {
+        Block b;
+        b.stride = (s > 0 && i == 0) ? 2 : 1;
+        b.pad = (b.stride != 1 || in != planes[s]) ? planes[s] / 4 : 0;
+        auto blk = stage->register_module(std::to_string(i), std::make_shared<Group>());
+        const std::string pre = "layer" + std::to_string(s + 1) + "." + std::to_string(i) + ".";
+        auto c1 = blk->register_module("conv1", conv3x3(in, planes[s], b.stride));
+        b.bn1 = blk->register_module("bn1", nn::BatchNorm2d(planes[s]));
+        auto c2 = blk->register_module("conv2", conv3x3(planes[s], planes[s], 1));
+        b.bn2 = blk->register_module("bn2", nn::BatchNorm2d(planes[s]));
+        b.c1 = add_layer(pre + "conv1", c1);
+        b.c2 = add_layer(pre + "conv2", c2);
+        blocks_.push_back(b);
+        in = planes[s];
+      }
+    }
+    linear_ = register_module("linear", nn::Linear(64, 10));
+    fc_ = add_layer("linear", linear_);
+    for (auto& m : modules(false))
+      if (auto* c = m->as<nn::Conv2d>()) nn::init::kaiming_normal_(c->weight);
+  }
+
+  torch::Tensor forward(torch::Tensor x) override {
+    x = torch::relu(bn1_(run(first_, x)));
+    for (auto& b : blocks_) {
+      auto out = torch::relu(b.bn1(run(b.c1, x)));
+      out = b.bn2(run(b.c2, out));
+      torch::Tensor sc = x;
+      if (b.stride != 1 || b.pad > 0) {
+        using namespace torch::indexing;
+        sc = x.index({Slice(), Slice(), Slice(None, None, 2), Slice(None, None, 2)});
+        sc = torch::constant_pad_nd(sc, {0, 0, 0, 0, b.pad, b.pad}, 0);
+      }
+      x = torch::relu(out + sc);
+    }
+    x = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
+    return run(fc_, x);
+  }
+
+ private:
+  struct Block {
+    int c1, c2;
+    int64_t stride, pad;
+    nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
+  };
+  nn::Conv2d conv1_{nullptr};
+  nn::BatchNorm2d bn1_{nullptr};
+  nn::Linear linear_{nullptr};
+  int first_, fc_;
+  std::vector<Block> blocks_;
+};
+
+const bool registered = [] {
+  for (int d : {20, 32, 44, 56}) {
+    std::string name = "cifar_resnet" + std::to_string(d);
+    register_model(name, [name, d] { return std::make_shared<CifarResNet>(name, d); });
+  }
+  return true;
+}();
+
+}  // namespace
+}  // namespace bb

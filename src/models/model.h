@@ -1,0 +1,99 @@
+// A classification network as a native libtorch module whose parameter/buffer names equal the
+// reference implementation's (torchvision, akamaster), so their state dicts load as they are.
+//
+// Every conv/linear layer is listed in execution order in layers(); compression methods address
+// weights through that list. A LayerTap, when installed, sees each layer's input and output
+// (methods need inputs for activation statistics and outputs for gradients). With no tap installed
+// the cost is one null-pointer test per layer.
+#pragma once
+#include <torch/torch.h>
+
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace bb {
+
+enum class LayerKind { conv, linear };
+
+struct Layer {
+  std::string name;  // state-dict prefix, e.g. "layer1.0.conv1" ("<name>.weight" is the weight)
+  LayerKind kind;
+  torch::nn::Conv2d conv{nullptr};
+  torch::nn::Linear linear{nullptr};
+
+  torch::Tensor& weight() const { return kind == LayerKind::conv ? conv.ptr()->weight : linear.ptr()->weight; }
+  torch::Tensor& bias() const { return kind == LayerKind::conv ? conv.ptr()->bias : linear.ptr()->bias; }
+  bool is_conv() const { return kind == LayerKind::conv; }
+  int64_t kernel_h() const { return is_conv() ? weight().size(2) : 1; }
+  int64_t kernel_w() const { return is_conv() ? weight().size(3) : 1; }
+  int64_t out_features() const { return weight().size(0); }
+  // Input dimension of one output row: C_in*K*K for convs, in_features for linears.
+  int64_t row_size() const { return weight().numel() / weight().size(0); }
+};
+
+// Observer of layer inputs/outputs during forward. on_input/on_output receive the layer's index
+// in Model::layers().
+struct LayerTap {
+  virtual ~LayerTap() = default;
+  virtual void on_input(int layer, const torch::Tensor& x) {}
+  virtual void on_output(int layer, const torch::Tensor& y) {}
+};
+
+// What a network expects as input; chooses the dataset family and preprocessing.
+struct InputSpec {
+  std::string family;  // "cifar10", "imagenet", "mnist"
+  int64_t channels = 3, height = 32, width = 32;
+  int64_t num_classes = 10;
+};
+
+class Model : public torch::nn::Module {
+ public:
+  virtual torch::Tensor forward(torch::Tensor x) = 0;
+
+  const std::string& arch() const { return arch_; }
+  const InputSpec& input_spec() const { return input_; }
+  const std::vector<Layer>& layers() const { return layers_; }
+  int layer_index(const std::string& name) const;  // -1 if absent
+
+  void set_tap(LayerTap* tap) { tap_ = tap; }
+  LayerTap* tap() const { return tap_; }
+
+  // Full state (parameters and buffers) by dotted name, the torch.save'd plain-dict layout.
+  std::map<std::string, torch::Tensor> state() const;
+  // Names of learnable parameters (weights, biases, BN affine).
+  std::vector<std::string> parameter_names() const;
+
+  // conv+linear weight count, and all learnable parameters.
+  int64_t num_weights() const;
+  int64_t num_params() const;
+
+ protected:
+  Model(std::string arch, InputSpec input) : arch_(std::move(arch)), input_(input) {}
+
+  // Register a conv/linear in execution order; call run() with the returned index in forward().
+  int add_layer(const std::string& name, torch::nn::Conv2d m);
+  int add_layer(const std::string& name, torch::nn::Linear m);
+
+  torch::Tensor run(int id, const torch::Tensor& x) {
+    Layer& l = layers_[id];
+    if (!tap_) return l.is_conv() ? l.conv->forward(x) : l.linear->forward(x);
+    tap_->on_input(id, x);
+    torch::Tensor y = l.is_conv() ? l.conv->forward(x) : l.linear->forward(x);
+    tap_->on_output(id, y);
+    return y;
+  }
+
+ private:
+  std::string arch_;
+  InputSpec input_;
+  std::vector<Layer> layers_;
+  LayerTap* tap_ = nullptr;
+};
+
+// A named group of child modules, so dotted names like "layer1.0.conv1" or "features.3" can be
+// built to match a reference state dict exactly.
+struct Group : torch::nn::Module {};
+
+}  // namespace bb
