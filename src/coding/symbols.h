@@ -1,0 +1,29 @@
+// Index / level streams. Three coders behind one self-describing stream format:
+//   fixed    ceil(log2(alphabet)) bits per symbol, packed (8-bit symbols are plain bytes: the
+//            byte-aligned storage of Stock et al.)
+//   huffman  canonical Huffman (Choi et al., Deep Compression); the code-length table is stored
+//   rans     static rANS, near the empirical entropy; the frequency table is stored
+// Every stream records its coder, count and alphabet, so decode needs nothing else.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace bb {
+
+enum class Coder : uint8_t { fixed = 0, huffman = 1, rans = 2 };
+Coder parse_coder(const std::string& name);  // "fixed" | "huffman" | "rans"; bb::Error otherwise
+const char* coder_name(Coder c);
+
+// alphabet: symbols are < alphabet (checked). Empty input is allowed.
+std::vector<uint8_t> encode_symbols(const std::vector<uint32_t>& syms, uint32_t alphabet, Coder coder);
+// Throws bb::Error on any corruption (never reads out of bounds, never loops forever).
+std::vector<uint32_t> decode_symbols(const uint8_t* data, size_t n);
+inline std::vector<uint32_t> decode_symbols(const std::vector<uint8_t>& v) { return decode_symbols(v.data(), v.size()); }
+
+// n * H(p) in bits, p the empirical distribution of syms.
+double empirical_entropy_bits(const std::vector<uint32_t>& syms, uint32_t alphabet);
+// Bits per symbol of fixed-width coding: ceil(log2(alphabet)), 0 for alphabet <= 1.
+int fixed_width_bits(uint32_t alphabet);
+
+}  // namespace bb

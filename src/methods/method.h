@@ -1,0 +1,55 @@
+// The compression-method interface. A method is one class in one file under src/methods/,
+// registered by name with BB_REGISTER_METHOD; the runner, CLI and container never name a method.
+//
+//   Params     a plain struct (ParamsBase) with documented defaults, filled from YAML / --set
+//   compress   model (+ calibration data) -> one LayerRecord per layer it compresses; layers it
+//              does not return are stored as they are
+//   decode     LayerRecord -> the weight tensor that is evaluated
+//
+// After compress() the pipeline replaces each compressed layer's weight by decode(record) read
+// back from the file; other parameters and buffers (biases, BN) are stored as the model holds
+// them then, so a method that fine-tunes them leaves its fine-tuned values in the model.
+#pragma once
+#include "coding/record.h"
+#include "data/dataset.h"
+#include "methods/params.h"
+#include "models/model.h"
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace bb {
+
+struct CompressContext {
+  Model* model = nullptr;                  // FP weights loaded, eval mode
+  std::shared_ptr<Dataset> calib;          // calibration / fine-tuning data (may be null)
+  uint64_t seed = 0;
+  std::string cache_dir;                   // for expensive intermediates ("" = no caching)
+  std::string weights_hash;                // sha256 of the source weights (cache keys)
+  // Phase timer: methods call ctx.phase("hessian") etc.; the runner records wall time per phase.
+  std::function<void(const std::string&)> phase = [](const std::string&) {};
+};
+
+class Method {
+ public:
+  virtual ~Method() = default;
+  virtual std::string name() const = 0;
+  virtual ParamsBase& params() = 0;
+  // Does compress() read ctx.calib? (The CLI only opens a calibration set when needed.)
+  virtual bool needs_calibration() const { return false; }
+  virtual std::vector<LayerRecord> compress(CompressContext& ctx) = 0;
+  virtual torch::Tensor decode(const LayerRecord& rec) const = 0;
+};
+
+using MethodFactory = std::function<std::unique_ptr<Method>()>;
+bool register_method(const std::string& name, MethodFactory f);
+std::unique_ptr<Method> make_method(const std::string& name);  // throws naming known methods
+std::vector<std::string> method_names();
+bool has_method(const std::string& name);
+
+#define BB_REGISTER_METHOD(NAME, CLASS) \
+  static const bool bb_registered_method_##CLASS = ::bb::register_method(NAME, [] { return std::unique_ptr<::bb::Method>(new CLASS()); })
+
+}  // namespace bb
