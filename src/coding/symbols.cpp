@@ -4,7 +4,7 @@
 // huffman: varint S, then one LSB-first bit stream: code-length table (int-seq, below) followed by
 //          the codes (canonical, bit-reversed so a decoder can index a table with the next bits).
 // rans:    varint S, u8 scale_bits, frequency table (int-seq, byte-aligned), then 32-bit words of
-//          a 64-bit-state rANS coder (32-bit renormalisation).
+//          two interleaved 64-bit-state rANS coders (32-bit renormalisation).
 // S = largest used symbol + 1; the tables list one value per symbol < S (0 = unused).
 // A stream with a single distinct symbol has no payload (the symbol costs 0 bits).
 #include "coding/symbols.h"
@@ -26,9 +26,11 @@ constexpr uint64_t kMaxSymbols = 1ull << 28;         // per stream (largest CNN 
 constexpr uint32_t kMaxEntropyAlphabet = 1u << 24;   // huffman / rans alphabet
 constexpr uint32_t kMaxUsedSymbols = 1u << 20;       // distinct symbols for huffman / rans
 constexpr int kMaxCodeLen = 20;                      // huffman code-length limit (>= log2 used)
-constexpr int kRootBits = 11;                        // first-level Huffman decode table bits
+constexpr int kRootBits = 13;                        // first-level Huffman decode table bits
 constexpr int kRansMaxScale = 20;                    // rans frequency total <= 2^20
+constexpr int kRansScaleSlack = 4;                   // scales tried: up to log2(used) + 4 (>= 16)
 constexpr uint64_t kRansL = 1ull << 31;              // rans state lower bound
+constexpr int kRansWays = 2;                         // interleaved rans states
 
 int ceil_log2(uint64_t v) {  // v >= 1
   int b = 0;
@@ -623,7 +625,10 @@ void encode_rans(ByteWriter& w, const std::vector<uint32_t>& syms, uint32_t alph
   double best_bits = 0;
   std::vector<uint32_t> best_q;
   std::vector<uint8_t> best_table;
-  for (int scale = std::max(1, ceil_log2(used)); scale <= kRansMaxScale; ++scale) {
+  // Larger totals than log2(used) + slack gain almost nothing but cost decode-table cache misses.
+  const int min_scale = std::max(1, ceil_log2(used));
+  const int max_scale = std::min(kRansMaxScale, std::max(16, min_scale + kRansScaleSlack));
+  for (int scale = min_scale; scale <= max_scale; ++scale) {
     std::vector<uint32_t> q = quantize_freqs(hist, n, scale);
     std::vector<uint8_t> table;
     BitWriter bw(table);
@@ -647,22 +652,28 @@ void encode_rans(ByteWriter& w, const std::vector<uint32_t>& syms, uint32_t alph
 
   std::vector<uint32_t> cum(q.size(), 0);
   for (size_t s = 1; s < q.size(); ++s) cum[s] = cum[s - 1] + q[s - 1];
-  // Encode backwards so the decoder runs forwards; words come out in reverse order.
+  // Encode backwards so the decoder runs forwards; words come out in reverse order. Symbol i
+  // uses state i % kRansWays (two independent chains let the decoder overlap table lookups);
+  // all states share one word stream, read by the decoder in the order it decodes.
   std::vector<uint32_t> words;
   words.reserve(n / 4 + 4);
-  uint64_t x = kRansL;
+  uint64_t x[kRansWays];
+  for (uint64_t& xi : x) xi = kRansL;
   const uint64_t x_max_base = (kRansL >> scale) << 32;
   for (uint64_t i = n; i-- > 0;) {
+    uint64_t& xi = x[i % kRansWays];
     const uint32_t s = syms[i];
     const uint64_t f = q[s];
-    if (x >= x_max_base * f) {
-      words.push_back((uint32_t)x);
-      x >>= 32;
+    if (xi >= x_max_base * f) {
+      words.push_back((uint32_t)xi);
+      xi >>= 32;
     }
-    x = ((x / f) << scale) + (x % f) + cum[s];
+    xi = ((xi / f) << scale) + (xi % f) + cum[s];
   }
-  words.push_back((uint32_t)(x >> 32));
-  words.push_back((uint32_t)x);
+  for (int j = kRansWays; j-- > 0;) {  // read back as lo0, hi0, lo1, hi1, ...
+    words.push_back((uint32_t)(x[j] >> 32));
+    words.push_back((uint32_t)x[j]);
+  }
   std::reverse(words.begin(), words.end());
   w.raw(words.data(), words.size() * 4);  // little-endian host
 }
@@ -694,7 +705,7 @@ void decode_rans(ByteReader& r, const Header& h, std::vector<uint32_t>& out, uin
     return;
   }
   const size_t nbytes = r.remaining();
-  BB_CHECK(nbytes >= 8 && nbytes % 4 == 0, "corrupt rans stream: payload of ", nbytes, " bytes");
+  BB_CHECK(nbytes >= 8 * kRansWays && nbytes % 4 == 0, "corrupt rans stream: payload of ", nbytes, " bytes");
   const size_t nwords = nbytes / 4;
   std::vector<uint32_t> words(nwords);
   std::memcpy(words.data(), r.ptr(), nbytes);
@@ -709,18 +720,32 @@ void decode_rans(ByteReader& r, const Header& h, std::vector<uint32_t>& out, uin
 
   out.resize(h.count);
   const uint64_t mask = M - 1;
-  uint64_t x = (uint64_t)words[0] | ((uint64_t)words[1] << 32);
-  size_t pos = 2;
-  for (uint64_t i = 0; i < h.count; ++i) {
-    const uint64_t e = slots[x & mask];
-    out[i] = (uint32_t)(e >> 40);
+  static_assert(kRansWays == 2, "the decode loop below is written for two states");
+  uint64_t x0 = (uint64_t)words[0] | ((uint64_t)words[1] << 32);
+  uint64_t x1 = (uint64_t)words[2] | ((uint64_t)words[3] << 32);
+  size_t pos = 4;
+  // One decode step; a corrupt stream may ask for words past the end: rejected, never read.
+  auto step = [&](uint64_t& x, uint64_t e, uint64_t i) {
     x = ((e >> 20) & 0xfffff) * (x >> scale) + (e & 0xfffff);
     if (x < kRansL) {
       BB_CHECK(pos < nwords, "corrupt rans stream: payload ends early at symbol ", i);
       x = (x << 32) | words[pos++];
     }
+  };
+  uint64_t i = 0;
+  for (; i + 2 <= h.count; i += 2) {
+    const uint64_t e0 = slots[x0 & mask], e1 = slots[x1 & mask];
+    out[i] = (uint32_t)(e0 >> 40);
+    out[i + 1] = (uint32_t)(e1 >> 40);
+    step(x0, e0, i);
+    step(x1, e1, i + 1);
   }
-  BB_CHECK(pos == nwords && x == kRansL, "corrupt rans stream: final state mismatch");
+  if (i < h.count) {
+    const uint64_t e0 = slots[x0 & mask];
+    out[i] = (uint32_t)(e0 >> 40);
+    step(x0, e0, i);
+  }
+  BB_CHECK(pos == nwords && x0 == kRansL && x1 == kRansL, "corrupt rans stream: final state mismatch");
 }
 
 std::vector<uint32_t> decode_impl(const uint8_t* data, size_t n, uint64_t* header_bytes, uint64_t* table_bits) {
