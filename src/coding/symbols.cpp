@@ -3,8 +3,9 @@
 // fixed:   payload = count * ceil(log2 alphabet) bits, LSB-first (8-bit symbols = plain bytes).
 // huffman: varint S, then one LSB-first bit stream: code-length table (int-seq, below) followed by
 //          the codes (canonical, bit-reversed so a decoder can index a table with the next bits).
-// rans:    varint S, u8 scale_bits, frequency table (int-seq, byte-aligned), then 32-bit words of
-//          two interleaved 64-bit-state rANS coders (32-bit renormalisation).
+// rans:    varint S, u8 scale_bits (+0x80: the table holds code lengths l, frequency 2^(scale-l)),
+//          frequency table (int-seq, byte-aligned), then 32-bit words of two interleaved
+//          64-bit-state rANS coders (32-bit renormalisation).
 // S = largest used symbol + 1; the tables list one value per symbol < S (0 = unused).
 // A stream with a single distinct symbol has no payload (the symbol costs 0 bits).
 #include "coding/symbols.h"
@@ -31,6 +32,7 @@ constexpr int kRansMaxScale = 20;                    // rans frequency total <= 
 constexpr int kRansScaleSlack = 4;                   // scales tried: up to log2(used) + 4 (>= 16)
 constexpr uint64_t kRansL = 1ull << 31;              // rans state lower bound
 constexpr int kRansWays = 2;                         // interleaved rans states
+constexpr uint8_t kRansLengthTable = 0x80;           // scale-byte flag: table holds code lengths
 
 int ceil_log2(uint64_t v) {  // v >= 1
   int b = 0;
@@ -325,13 +327,15 @@ class FastDecoder {
 
 // ---------------------------------------------------------------------------------------------
 // int-seq: a sequence of unsigned ints (code lengths, frequencies), mostly small, with runs of
-// zeros (unused symbols). Tokens: 0..15 literal value; 16+(b-4) for b = 4..31: value in
-// [2^b, 2^(b+1)) followed by its low b bits; kTokZeroRun: a run of zeros, length Elias-gamma
-// coded. The tokens are Huffman coded; the token code lengths (<= 15) are stored first:
-//   6 bits T = number of token lengths stored, then T x 4 bits.
+// zeros (unused symbols). Tokens: 0 = a run of >= 3 zeros, its length Elias-gamma coded;
+// 1 + v for a literal v < 32 (covers every Huffman code length); 33 + (b - 5) for b = 5..31: a
+// value in [2^b, 2^(b+1)) followed by its low b bits. The tokens are Huffman coded; their code
+// lengths (<= 15) come first: 6 bits T = number of token lengths stored, then T x 4 bits.
 
-constexpr int kTokZeroRun = 44;
-constexpr int kNumTokens = 45;
+constexpr int kTokZeroRun = 0;
+constexpr int kNumLiterals = 32;
+constexpr int kTokFirstBucket = 1 + kNumLiterals;
+constexpr int kNumTokens = kTokFirstBucket + 27;
 constexpr int kTokMaxLen = 15;
 
 void put_gamma(BitWriter& w, uint64_t v) {  // v in [1, 2^32)
@@ -361,11 +365,11 @@ void put_int_seq(BitWriter& w, const std::vector<uint32_t>& v) {
       }
     }
     uint32_t x = v[i++];
-    if (x < 16) {
-      toks.push_back({(int)x, 0, 0});
+    if (x < (uint32_t)kNumLiterals) {
+      toks.push_back({1 + (int)x, 0, 0});
     } else {
       int b = 31 - __builtin_clz(x);
-      toks.push_back({16 + b - 4, x & ((1u << b) - 1), b});
+      toks.push_back({kTokFirstBucket + b - 5, x & ((1u << b) - 1), b});
     }
   }
   std::vector<uint32_t> freq(kNumTokens, 0);
@@ -403,14 +407,14 @@ std::vector<uint32_t> get_int_seq(BitReader& r, uint64_t count, const char* what
   v.reserve(std::min<uint64_t>(count, 1u << 16));
   while (v.size() < count) {
     int tok = code.used == 1 ? (int)single : (int)code.decode_slow(r);
-    if (tok < 16) {
-      v.push_back((uint32_t)tok);
-    } else if (tok == kTokZeroRun) {
+    if (tok == kTokZeroRun) {
       uint64_t run = get_gamma(r, what);
       BB_CHECK(run <= count - v.size(), "corrupt ", what, ": zero run past the end");
       v.resize(v.size() + run, 0);
+    } else if (tok < kTokFirstBucket) {
+      v.push_back((uint32_t)(tok - 1));
     } else {
-      int b = tok - 16 + 4;
+      int b = tok - kTokFirstBucket + 5;
       v.push_back((1u << b) | r.get(b));
     }
   }
@@ -526,7 +530,7 @@ void encode_huffman(ByteWriter& w, const std::vector<uint32_t>& syms, uint32_t a
   w.raw(bits.data(), bits.size());
 }
 
-void decode_huffman(ByteReader& r, const Header& h, std::vector<uint32_t>& out, uint64_t* table_bits) {
+void decode_huffman(ByteReader& r, const Header& h, std::vector<uint32_t>& out, SymbolStreamInfo* info) {
   check_entropy_alphabet(h.alphabet, "corrupt huffman stream:");
   if (h.count == 0) return;
   const size_t table_start = r.pos();
@@ -534,7 +538,7 @@ void decode_huffman(ByteReader& r, const Header& h, std::vector<uint32_t>& out, 
   BB_CHECK(S >= 1 && S <= h.alphabet, "corrupt huffman stream: table size ", S, " for alphabet ", h.alphabet);
   BitReader br(r.ptr(), r.remaining());
   std::vector<uint32_t> l32 = get_int_seq(br, S, "huffman code-length table");
-  if (table_bits) *table_bits = (r.pos() - table_start) * 8 + br.bits_consumed();
+  if (info) info->table_bits = (r.pos() - table_start) * 8 + br.bits_consumed();
   std::vector<uint8_t> lens(S);
   for (uint64_t s = 0; s < S; ++s) {
     BB_CHECK(l32[s] <= (uint32_t)kMaxCodeLen, "corrupt huffman stream: code length ", l32[s]);
@@ -620,35 +624,52 @@ void encode_rans(ByteWriter& w, const std::vector<uint32_t>& syms, uint32_t alph
     w.raw(bits.data(), bits.size());
     return;
   }
-  // Pick the scale that minimises table + payload (payload: cross-entropy of counts under q).
-  int best_scale = -1;
-  double best_bits = 0;
-  std::vector<uint32_t> best_q;
-  std::vector<uint8_t> best_table;
-  // Larger totals than log2(used) + slack gain almost nothing but cost decode-table cache misses.
+  // Candidate tables; the one minimising table + payload wins (payload estimated as the
+  // cross-entropy of the counts under q; the coder adds only its flushed states to that).
+  struct Candidate {
+    uint8_t scale_byte = 0;
+    std::vector<uint32_t> q;
+    std::vector<uint8_t> table;
+    double bits = 0;
+  };
+  auto make = [&](uint8_t scale_byte, int scale, std::vector<uint32_t> q, const std::vector<uint32_t>& stored) {
+    Candidate c;
+    c.scale_byte = scale_byte;
+    BitWriter bw(c.table);
+    put_int_seq(bw, stored);
+    bw.flush();
+    for (size_t s = 0; s < hist.size(); ++s)
+      if (hist[s]) c.bits += hist[s] * (scale - std::log2((double)q[s]));
+    c.bits += 8.0 * c.table.size();
+    c.q = std::move(q);
+    return c;
+  };
+  Candidate best;
+  best.bits = HUGE_VAL;
+  // Frequencies quantised to 2^scale. Totals beyond log2(used) + slack gain almost nothing but
+  // cost decode-table cache misses.
   const int min_scale = std::max(1, ceil_log2(used));
   const int max_scale = std::min(kRansMaxScale, std::max(16, min_scale + kRansScaleSlack));
   for (int scale = min_scale; scale <= max_scale; ++scale) {
     std::vector<uint32_t> q = quantize_freqs(hist, n, scale);
-    std::vector<uint8_t> table;
-    BitWriter bw(table);
-    put_int_seq(bw, q);
-    bw.flush();
-    double payload = 0;
-    for (size_t s = 0; s < hist.size(); ++s)
-      if (hist[s]) payload += hist[s] * (scale - std::log2((double)q[s]));
-    double total = payload + 8.0 * table.size();
-    if (best_scale < 0 || total < best_bits) {
-      best_scale = scale;
-      best_bits = total;
-      best_q = std::move(q);
-      best_table = std::move(table);
-    }
+    Candidate c = make((uint8_t)scale, scale, q, q);
+    if (c.bits < best.bits) best = std::move(c);
   }
-  const int scale = best_scale;
-  const std::vector<uint32_t>& q = best_q;
-  w.u8((uint8_t)scale);
-  w.raw(best_table.data(), best_table.size());
+  // Dyadic frequencies 2^(L - length) from Huffman code lengths: the lengths are a much cheaper
+  // table when the alphabet is large next to the count (big codebooks), at Huffman's payload.
+  {
+    std::vector<uint8_t> lens = huffman_lengths(hist, kMaxCodeLen);
+    const int L = *std::max_element(lens.begin(), lens.end());
+    std::vector<uint32_t> q(hist.size(), 0), stored(hist.size(), 0);
+    for (size_t s = 0; s < hist.size(); ++s)
+      if (lens[s]) q[s] = 1u << (L - lens[s]), stored[s] = lens[s];
+    Candidate c = make((uint8_t)(kRansLengthTable | L), L, std::move(q), stored);
+    if (c.bits < best.bits) best = std::move(c);
+  }
+  const int scale = best.scale_byte & ~kRansLengthTable;
+  const std::vector<uint32_t>& q = best.q;
+  w.u8(best.scale_byte);
+  w.raw(best.table.data(), best.table.size());
 
   std::vector<uint32_t> cum(q.size(), 0);
   for (size_t s = 1; s < q.size(); ++s) cum[s] = cum[s - 1] + q[s - 1];
@@ -678,18 +699,29 @@ void encode_rans(ByteWriter& w, const std::vector<uint32_t>& syms, uint32_t alph
   w.raw(words.data(), words.size() * 4);  // little-endian host
 }
 
-void decode_rans(ByteReader& r, const Header& h, std::vector<uint32_t>& out, uint64_t* table_bits) {
+void decode_rans(ByteReader& r, const Header& h, std::vector<uint32_t>& out, SymbolStreamInfo* info) {
   check_entropy_alphabet(h.alphabet, "corrupt rans stream:");
   if (h.count == 0) return;
   const size_t table_start = r.pos();
   uint64_t S = r.varint();
   BB_CHECK(S >= 1 && S <= h.alphabet, "corrupt rans stream: table size ", S, " for alphabet ", h.alphabet);
-  const int scale = r.u8();
+  const uint8_t scale_byte = r.u8();
+  const int scale = scale_byte & ~kRansLengthTable;
   BB_CHECK(scale <= kRansMaxScale, "corrupt rans stream: scale 2^", scale);
   BitReader br(r.ptr(), r.remaining());
   std::vector<uint32_t> q = get_int_seq(br, S, "rans frequency table");
   r.skip((br.bits_consumed() + 7) / 8);  // need() inside: rejects a table read past the end
-  if (table_bits) *table_bits = (r.pos() - table_start) * 8;
+  if (scale_byte & kRansLengthTable) {  // code lengths: frequency 2^(scale - length)
+    for (uint32_t& v : q) {
+      BB_CHECK(v <= (uint32_t)scale, "corrupt rans stream: code length ", v, " > ", scale);
+      if (v) v = 1u << (scale - v);
+    }
+  }
+  if (info) {
+    info->table_bits = (r.pos() - table_start) * 8;
+    info->rans_scale_bits = scale;
+    info->rans_length_table = (scale_byte & kRansLengthTable) != 0;
+  }
   const uint64_t M = 1ull << scale;
   uint64_t sum = 0;
   size_t used = 0;
@@ -748,16 +780,20 @@ void decode_rans(ByteReader& r, const Header& h, std::vector<uint32_t>& out, uin
   BB_CHECK(pos == nwords && x0 == kRansL && x1 == kRansL, "corrupt rans stream: final state mismatch");
 }
 
-std::vector<uint32_t> decode_impl(const uint8_t* data, size_t n, uint64_t* header_bytes, uint64_t* table_bits) {
+std::vector<uint32_t> decode_impl(const uint8_t* data, size_t n, SymbolStreamInfo* info) {
   ByteReader r(data, n, "symbol stream");
   Header h = get_header(r);
-  if (header_bytes) *header_bytes = r.pos();
-  if (table_bits) *table_bits = 0;
+  if (info) {
+    info->coder = h.coder;
+    info->count = h.count;
+    info->alphabet = h.alphabet;
+    info->header_bits = r.pos() * 8;
+  }
   std::vector<uint32_t> out;
   switch (h.coder) {
     case Coder::fixed: decode_fixed(r, h, out); break;
-    case Coder::huffman: decode_huffman(r, h, out, table_bits); break;
-    case Coder::rans: decode_rans(r, h, out, table_bits); break;
+    case Coder::huffman: decode_huffman(r, h, out, info); break;
+    case Coder::rans: decode_rans(r, h, out, info); break;
   }
   BB_CHECK(r.done(), "corrupt ", coder_name(h.coder), " symbol stream: ", r.remaining(), " trailing bytes");
   BB_CHECK(out.size() == h.count, "corrupt symbol stream: decoded ", out.size(), " of ", h.count);
@@ -805,20 +841,12 @@ std::vector<uint8_t> encode_symbols(const std::vector<uint32_t>& syms, uint32_t 
 }
 
 std::vector<uint32_t> decode_symbols(const uint8_t* data, size_t n) {
-  return decode_impl(data, n, nullptr, nullptr);
+  return decode_impl(data, n, nullptr);
 }
 
 SymbolStreamInfo inspect_symbols(const uint8_t* data, size_t n) {
   SymbolStreamInfo info;
-  uint64_t header_bytes = 0, table_bits = 0;
-  std::vector<uint32_t> syms = decode_impl(data, n, &header_bytes, &table_bits);
-  ByteReader r(data, n, "symbol stream");
-  Header h = get_header(r);
-  info.coder = h.coder;
-  info.count = h.count;
-  info.alphabet = h.alphabet;
-  info.header_bits = header_bytes * 8;
-  info.table_bits = table_bits;
+  decode_impl(data, n, &info);
   info.payload_bits = (uint64_t)n * 8 - info.header_bits - info.table_bits;
   return info;
 }
