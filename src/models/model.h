@@ -33,13 +33,16 @@ struct Layer {
   int64_t row_size() const { return weight().numel() / weight().size(0); }
 };
 
-// Observer of layer inputs/outputs during forward. on_input/on_output receive the layer's index
-// in Model::layers().
+// Observer of layer inputs/outputs during forward, given the layer's index in Model::layers().
+// on_output may return a replacement output (e.g. y + conv(x, dW) to measure the effect of a
+// weight perturbation without touching the weights). To stop a forward pass early (all that was
+// needed was an early layer's input), throw StopForward from a tap and catch it around forward().
 struct LayerTap {
   virtual ~LayerTap() = default;
   virtual void on_input(int layer, const torch::Tensor& x) {}
-  virtual void on_output(int layer, const torch::Tensor& y) {}
+  virtual torch::Tensor on_output(int layer, const torch::Tensor& x, torch::Tensor y) { return y; }
 };
+struct StopForward {};
 
 // What a network expects as input; chooses the dataset family and preprocessing.
 struct InputSpec {
@@ -81,8 +84,7 @@ class Model : public torch::nn::Module {
     if (!tap_) return l.is_conv() ? l.conv->forward(x) : l.linear->forward(x);
     tap_->on_input(id, x);
     torch::Tensor y = l.is_conv() ? l.conv->forward(x) : l.linear->forward(x);
-    tap_->on_output(id, y);
-    return y;
+    return tap_->on_output(id, x, std::move(y));
   }
 
  private:
