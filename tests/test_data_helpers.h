@@ -2,6 +2,7 @@
 // its output captured, the PyTorch oracle (/usr/bin/python3 with torch + torchvision), and the
 // built bitbench binary.
 #pragma once
+#include "common/runtime.h"
 #include "common/error.h"
 
 #include <sys/wait.h>
@@ -90,7 +91,7 @@ inline bool python_has(const std::string& modules) {
   return known[modules] = p.status == 0;
 }
 
-inline std::string source_path(const std::string& rel) { return std::string(BITBENCH_SOURCE_DIR) + "/" + rel; }
+inline std::string source_path(const std::string& rel) { return bb::source_dir() + "/" + rel; }
 
 // Runs scripts/oracle/<script> (or another scripts/ path) with /usr/bin/python3.
 inline Proc run_python(const std::string& script, const std::string& args) {
@@ -99,11 +100,7 @@ inline Proc run_python(const std::string& script, const std::string& args) {
 
 // The bitbench executable of this build.
 inline std::string bitbench_binary() {
-#ifdef BITBENCH_BINARY_DIR
-  return std::string(BITBENCH_BINARY_DIR) + "/bitbench";
-#else
-  return source_path("build/bitbench");
-#endif
+  return bb::binary_dir() + "/bitbench";
 }
 
 }  // namespace bbtest
