@@ -7,6 +7,7 @@
 #include <cmath>
 #include <numeric>
 #include <random>
+#include <sstream>
 
 namespace bb {
 namespace {
@@ -58,6 +59,15 @@ void FinetuneOptions::validate() const {
   BB_CHECK(mode == "labels" || mode == "distill", "finetune: mode must be labels or distill, got '", mode, "'");
   BB_CHECK(temperature > 0, "finetune: temperature must be > 0, got ", temperature);
   BB_CHECK(bn == "frozen" || bn == "update", "finetune: bn must be frozen or update, got '", bn, "'");
+}
+
+std::string FinetuneOptions::key() const {
+  std::ostringstream os;
+  os.precision(17);
+  os << "finetune-v1 epochs=" << epochs << " lr=" << lr << " optimizer=" << optimizer << " momentum=" << momentum
+     << " batch=" << batch_size << " max_images=" << max_images << " mode=" << mode << " T=" << temperature
+     << " bn=" << bn << " augment=" << augment << " seed=" << seed;
+  return os.str();
 }
 
 FinetuneStats finetune_shared(Model& model, const Dataset& data, SharedWeights& sw, const FinetuneOptions& opt) {

@@ -49,6 +49,7 @@ struct FinetuneOptions {
   bool augment = true;            // training augmentation (random crop + flip for CIFAR)
   uint64_t seed = 0;              // image order and augmentation
   void validate() const;
+  std::string key() const;  // canonical text of every setting (cache keys)
 };
 
 struct FinetuneStats {

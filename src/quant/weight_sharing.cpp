@@ -1,15 +1,19 @@
 #include "quant/weight_sharing.h"
+#include "coding/bbz.h"
 #include "coding/bytes.h"
 #include "coding/symbols.h"
 #include "common/error.h"
+#include "common/hash.h"
 #include "common/log.h"
 #include "common/timer.h"
+#include "models/weights_io.h"
 #include "quant/kmeans1d.h"
 #include "quant/prune.h"
 
 #include <algorithm>
-#include <map>
 #include <cmath>
+#include <filesystem>
+#include <map>
 #include <sstream>
 
 namespace bb {
@@ -78,22 +82,44 @@ SharingProblem prepare_sharing(CompressContext& ctx, const SharingParams& p) {
   if (p.pruned()) {
     ctx.phase("prune");
     prob.masks = magnitude_prune_masks(weights, p.prune_keep, p.prune_scope);
-    torch::NoGradGuard ng;
-    for (size_t l = 0; l < layers.size(); ++l) layers[l].weight().mul_(prob.masks[l].to(torch::kFloat32));
-    if (p.prune_retrain_epochs > 0) {
+    if (p.prune_retrain_epochs == 0) {
+      torch::NoGradGuard ng;
+      for (size_t l = 0; l < layers.size(); ++l) layers[l].weight().mul_(prob.masks[l].to(torch::kFloat32));
+    } else {
+      // The unpruned model stays in place until retraining ends (it is the distillation teacher);
+      // retraining leaves leaf * mask in the layers.
       BB_CHECK(ctx.calib, "weight sharing: prune_retrain_epochs > 0 needs calibration data");
-      SharedWeights sw;
-      for (size_t l = 0; l < layers.size(); ++l) {
-        auto leaf = layers[l].weight().detach().clone();
-        auto m = prob.masks[l].to(torch::kFloat32);
-        sw.leaves.push_back(leaf);
-        sw.layers.push_back({(int)l, [leaf, m] { return leaf * m; }});
-      }
       FinetuneOptions fo = p.finetune;
       fo.epochs = p.prune_retrain_epochs;
       fo.lr = p.prune_retrain_lr;
       fo.seed = ctx.seed ^ 0x9a11e;
-      finetune_shared(model, *ctx.calib, sw, fo);
+      // Retraining is the costliest step and the same for every method: cache the whole state.
+      std::string path;
+      if (!ctx.cache_dir.empty()) {
+        std::ostringstream key;
+        key.precision(17);
+        key << "prune-retrain-v1 state=" << model_state_hash(model) << " keep=" << p.prune_keep << " scope=" << p.prune_scope
+            << " data=" << ctx.calib->identity() << " " << fo.key();
+        path = (std::filesystem::path(ctx.cache_dir) / ("pruned-" + sha256_hex(key.str()).substr(0, 32) + ".pt")).string();
+      }
+      if (!path.empty() && std::filesystem::exists(path)) {
+        load_state_dict(model, read_state_dict(path), path);
+        log_info("weight sharing: retrained pruned weights from cache " + path);
+      } else {
+        ctx.phase("prune_retrain");
+        SharedWeights sw;
+        for (size_t l = 0; l < layers.size(); ++l) {
+          auto m = prob.masks[l].to(torch::kFloat32);
+          auto leaf = (layers[l].weight().detach() * m).contiguous();
+          sw.leaves.push_back(leaf);
+          sw.layers.push_back({(int)l, [leaf, m] { return leaf * m; }});
+        }
+        finetune_shared(model, *ctx.calib, sw, fo);
+        if (!path.empty()) {
+          write_state_dict(model.state(), path);
+          log_info("weight sharing: cached retrained pruned weights " + path);
+        }
+      }
     }
   }
 
@@ -289,9 +315,14 @@ torch::Tensor decode_sharing(const LayerRecord& rec) {
 }
 
 double sharing_bits(const std::vector<LayerRecord>& recs) {
+  // Exactly what the container's accounting counts for these layers (bpw_core): each record as
+  // serialised, its header (names, shape, estimate, section headers) included.
+  BbzFile f;
+  f.layers = recs;
+  BbzSizes sizes;
+  serialize_bbz(f, &sizes);
   double bytes = 0;
-  for (auto& r : recs)
-    for (auto& s : r.sections) bytes += (double)s.bytes.size();
+  for (auto& l : sizes.layers) bytes += (double)l.total();
   return 8.0 * bytes;
 }
 

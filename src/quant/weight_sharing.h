@@ -90,7 +90,8 @@ std::vector<LayerRecord> encode_sharing(const SharingProblem& prob, const Sharin
                                         const std::string& method);
 torch::Tensor decode_sharing(const LayerRecord& rec);
 
-// Coded size of the records in bits: every section's bytes (indices, positions, codebooks).
+// Coded size of the records in bits as the container counts it for bpw_core: every record as
+// serialised (sections and record header).
 double sharing_bits(const std::vector<LayerRecord>& recs);
 inline double sharing_bpw(const SharingProblem& prob, const std::vector<LayerRecord>& recs) {
   return sharing_bits(recs) / (double)prob.total_weights;
