@@ -8,6 +8,10 @@
 #include <string>
 #include <vector>
 
+namespace at {
+class Tensor;  // torch::Tensor; the full type comes from the precompiled torch headers
+}
+
 namespace bb {
 
 uint16_t float_to_half(float f);  // round-to-nearest-even, as torch's .half()
@@ -21,6 +25,7 @@ class ByteWriter {
   void u64(uint64_t v) { raw(&v, 8); }
   void i64(int64_t v) { raw(&v, 8); }
   void f32(float v) { raw(&v, 4); }
+  void f64(double v) { raw(&v, 8); }
   void f16(float v) { u16(float_to_half(v)); }
   void varint(uint64_t v) {
     while (v >= 0x80) {
@@ -60,6 +65,7 @@ class ByteReader {
   uint64_t u64() { uint64_t v; raw(&v, 8); return v; }
   int64_t i64() { int64_t v; raw(&v, 8); return v; }
   float f32() { float v; raw(&v, 4); return v; }
+  double f64() { double v; raw(&v, 8); return v; }
   float f16() { return half_to_float(u16()); }
   uint64_t varint() {
     uint64_t v = 0;
@@ -105,5 +111,12 @@ class ByteReader {
   size_t pos_ = 0;
   std::string what_;
 };
+
+class ByteWriter;
+class ByteReader;
+// Float tensor payloads for methods' sections (shape not included): numel values as fp32, or fp16
+// rounded as torch's .half(). get_floats returns a 1-D float32 tensor; bounds-checked.
+void put_floats(ByteWriter& w, const at::Tensor& t, bool fp16);
+at::Tensor get_floats(ByteReader& r, int64_t count, bool fp16);
 
 }  // namespace bb

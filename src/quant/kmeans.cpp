@@ -1,0 +1,172 @@
+#include "quant/kmeans.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "common/timer.h"
+
+#include <random>
+
+namespace bb {
+
+void ClusteringParams::validate() const {
+  BB_CHECK(niter >= 0, "kmeans: niter must be >= 0");
+  BB_CHECK(init == "kmeans++" || init == "random", "kmeans: init must be kmeans++ or random, got '", init, "'");
+  BB_CHECK(chunk > 0, "kmeans: chunk must be > 0");
+  BB_CHECK(split_eps > 0, "kmeans: split_eps must be > 0");
+}
+
+std::pair<torch::Tensor, torch::Tensor> assign_nearest(const torch::Tensor& x, const torch::Tensor& c, int64_t chunk) {
+  torch::NoGradGuard ng;
+  const int64_t n = x.size(0);
+  auto assign = torch::empty({n}, torch::kInt64);
+  auto dist = torch::empty({n}, torch::kFloat32);
+  auto cn = c.pow(2).sum(1);  // k
+  auto ct = c.t().contiguous();
+  for (int64_t s = 0; s < n; s += chunk) {
+    int64_t e = std::min(n, s + chunk);
+    auto xs = x.slice(0, s, e);
+    // ||x||^2 - 2 x.c + ||c||^2; ||x||^2 is constant per row, added back for the distance.
+    auto d = torch::addmm(cn.unsqueeze(0), xs, ct, 1.0, -2.0);
+    auto mn = d.min(1);
+    assign.slice(0, s, e).copy_(std::get<1>(mn));
+    dist.slice(0, s, e).copy_((std::get<0>(mn) + xs.pow(2).sum(1)).clamp_min(0));
+  }
+  return {assign, dist};
+}
+
+torch::Tensor assign_nearest_ref(const torch::Tensor& x, const torch::Tensor& c) {
+  auto xa = x.contiguous(), ca = c.contiguous();
+  const int64_t n = xa.size(0), k = ca.size(0), d = xa.size(1);
+  const float* xp = xa.data_ptr<float>();
+  const float* cp = ca.data_ptr<float>();
+  auto out = torch::empty({n}, torch::kInt64);
+  auto* op = out.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    double best = 1e300;
+    int64_t bj = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      double s = 0;
+      for (int64_t t = 0; t < d; ++t) {
+        double diff = (double)xp[i * d + t] - cp[j * d + t];
+        s += diff * diff;
+      }
+      if (s < best) {
+        best = s;
+        bj = j;
+      }
+    }
+    op[i] = bj;
+  }
+  return out;
+}
+
+namespace {
+
+torch::Tensor init_centroids(const torch::Tensor& x, int64_t k, const ClusteringParams& p, const torch::Tensor& w,
+                             std::mt19937_64& rng) {
+  const int64_t n = x.size(0), d = x.size(1);
+  auto c = torch::empty({k, d}, torch::kFloat32);
+  if (p.init == "random") {
+    std::vector<int64_t> perm(n);
+    for (int64_t i = 0; i < n; ++i) perm[i] = i;
+    for (int64_t i = 0; i < std::min(n, k); ++i) {
+      std::swap(perm[i], perm[i + (int64_t)(rng() % (uint64_t)(n - i))]);
+      c[i].copy_(x[perm[i]]);
+    }
+    for (int64_t i = n; i < k; ++i) c[i].copy_(x[perm[i % n]]);
+    return c;
+  }
+  // k-means++: D^2 sampling (times the point weight for weighted k-means).
+  std::uniform_real_distribution<double> U(0.0, 1.0);
+  auto pick = [&](const torch::Tensor& prob) -> int64_t {
+    auto cum = prob.to(torch::kFloat64).cumsum(0);
+    double total = cum[-1].item<double>();
+    if (!(total > 0)) return (int64_t)(rng() % (uint64_t)n);
+    double r = U(rng) * total;
+    int64_t j = torch::searchsorted(cum, torch::tensor({r}, torch::kFloat64)).item<int64_t>();
+    return std::min(j, n - 1);
+  };
+  auto base = w.defined() ? w.to(torch::kFloat64) : torch::ones({n}, torch::kFloat64);
+  int64_t first = pick(base);
+  c[0].copy_(x[first]);
+  auto mind = (x - x[first]).pow(2).sum(1).to(torch::kFloat64);
+  for (int64_t i = 1; i < k; ++i) {
+    int64_t j = pick(mind * base);
+    c[i].copy_(x[j]);
+    mind = torch::minimum(mind, (x - x[j]).pow(2).sum(1).to(torch::kFloat64));
+  }
+  return c;
+}
+
+}  // namespace
+
+ClusteringResult kmeans(const torch::Tensor& x_in, int64_t k, const ClusteringParams& p, const torch::Tensor& weights) {
+  p.validate();
+  torch::NoGradGuard ng;
+  BB_CHECK(x_in.dim() == 2 && x_in.size(0) > 0, "kmeans: expects a non-empty n x d matrix, got ", x_in.sizes());
+  BB_CHECK(k >= 1, "kmeans: k must be >= 1");
+  auto x = x_in.to(torch::kFloat32).contiguous();
+  const int64_t n = x.size(0), d = x.size(1);
+  torch::Tensor w;
+  if (weights.defined()) {
+    BB_CHECK(weights.numel() == n, "kmeans: weights has ", weights.numel(), " entries for ", n, " points");
+    w = weights.to(torch::kFloat32).reshape({n}).contiguous();
+    BB_CHECK(w.min().item<float>() >= 0, "kmeans: weights must be >= 0");
+  }
+  std::mt19937_64 rng(p.seed);
+  ClusteringResult r;
+  r.centroids = init_centroids(x, k, p, w, rng);
+  const double t0 = now_seconds();
+  const int max_splits = p.max_splits_per_iter < 0 ? (int)k : p.max_splits_per_iter;
+  double prev = 1e300;
+  auto wcol = w.defined() ? w.unsqueeze(1) : torch::Tensor();
+  for (int it = 0; it < p.niter; ++it) {
+    auto [assign, dist] = assign_nearest(x, r.centroids, p.chunk);
+    r.assign = assign;
+    double obj = (w.defined() ? (dist * w).sum() : dist.sum()).item<double>();
+    // M-step: (weighted) means of the members.
+    auto sums = torch::zeros({k, d}, torch::kFloat64);
+    auto cnt = torch::zeros({k}, torch::kFloat64);
+    auto x64 = x.to(torch::kFloat64);
+    if (w.defined()) {
+      auto w64 = w.to(torch::kFloat64);
+      sums.index_add_(0, assign, x64 * w64.unsqueeze(1));
+      cnt.index_add_(0, assign, w64);
+    } else {
+      sums.index_add_(0, assign, x64);
+      cnt.index_add_(0, assign, torch::ones({n}, torch::kFloat64));
+    }
+    auto members = torch::bincount(assign, {}, k);
+    auto nonempty = cnt > 0;
+    auto newc = (sums / cnt.clamp_min(1e-300).unsqueeze(1)).to(torch::kFloat32);
+    r.centroids = torch::where(nonempty.unsqueeze(1), newc, r.centroids);
+    // Empty clusters: split the most populated cluster in two, perturbing both copies.
+    int64_t splits = 0;
+    auto mem = members.clone();
+    auto empty_idx = (members == 0).nonzero().flatten();
+    for (int64_t e = 0; e < empty_idx.size(0) && splits < max_splits; ++e) {
+      int64_t ci = empty_idx[e].item<int64_t>();
+      int64_t cj = mem.argmax().item<int64_t>();
+      if (mem[cj].item<int64_t>() < 2) break;  // nothing left to split
+      auto src = r.centroids[cj].clone();
+      auto delta = src.abs().clamp_min(1e-8) * p.split_eps;
+      r.centroids[ci].copy_(src + delta);
+      r.centroids[cj].copy_(src - delta);
+      int64_t half = mem[cj].item<int64_t>() / 2;
+      mem[ci] = half;
+      mem[cj] -= half;
+      ++splits;
+    }
+    r.total_splits += splits;
+    r.stats.push_back({it, obj, splits, now_seconds() - t0});
+    if (p.verbose)
+      log_info("kmeans iter " + std::to_string(it) + " obj " + std::to_string(obj) + " splits " + std::to_string(splits));
+    if (p.tol > 0 && splits == 0 && prev < 1e300 && (prev - obj) <= p.tol * prev) break;
+    prev = obj;
+  }
+  auto [assign, dist] = assign_nearest(x, r.centroids, p.chunk);
+  r.assign = assign;
+  r.objective = (w.defined() ? (dist * w).sum() : dist.sum()).item<double>();
+  return r;
+}
+
+}  // namespace bb

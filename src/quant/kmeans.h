@@ -1,0 +1,57 @@
+// Vector k-means (Lloyd) with k-means++ initialisation, in the faiss Clustering style: all knobs
+// in ClusteringParams with documented defaults, per-iteration statistics kept, empty clusters
+// split from the most populated cluster and counted (with a cap, so degenerate inputs terminate).
+//
+// Used by KQ (kernels as K*K vectors) and PQ (sub-vectors; PQ's activation-weighted E-step
+// ||X(w-c)||^2 = ||L^T (w-c)||^2 with G = X^T X = L L^T is plain k-means on L^T-transformed
+// vectors, so it runs through the same code).
+#pragma once
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+namespace bb {
+
+struct ClusteringParams {
+  int niter = 25;                 // Lloyd iterations
+  double tol = 0.0;               // stop when the relative objective decrease is below tol (0 = never)
+  uint64_t seed = 1234;           // init and tie-breaking randomness
+  std::string init = "kmeans++";  // "kmeans++" | "random" (k distinct random points)
+  int64_t chunk = 65536;          // points per distance block (bounds memory: chunk * k floats)
+  int max_splits_per_iter = -1;   // empty-cluster repairs per iteration (-1 = k)
+  double split_eps = 1e-4;        // relative perturbation of a split centroid
+  bool verbose = false;
+  void validate() const;
+};
+
+struct ClusteringIterationStats {
+  int iter;
+  double objective;     // sum of (weighted) squared distances after the assignment step
+  int64_t splits;       // empty clusters repaired in this iteration
+  double seconds;       // wall time since the start
+};
+
+struct ClusteringResult {
+  torch::Tensor centroids;  // k x d float32
+  torch::Tensor assign;     // n int64
+  double objective = 0;     // final (weighted) SSE with the final centroids and assignment
+  int64_t total_splits = 0;
+  std::vector<ClusteringIterationStats> stats;
+};
+
+// x: n x d float32. weights: optional n (>= 0) for weighted k-means (M-step = weighted mean,
+// k-means++ sampling proportional to weight * D^2). k may exceed the number of distinct points;
+// the surplus centroids then duplicate points (counted as splits).
+ClusteringResult kmeans(const torch::Tensor& x, int64_t k, const ClusteringParams& p,
+                        const torch::Tensor& weights = {});
+
+// Nearest centroid of every row of x (squared Euclidean), in chunks: returns (assign n int64,
+// squared distance n float32).
+std::pair<torch::Tensor, torch::Tensor> assign_nearest(const torch::Tensor& x, const torch::Tensor& centroids,
+                                                       int64_t chunk = 65536);
+
+// Plain loop reference for tests: nearest centroid by brute force.
+torch::Tensor assign_nearest_ref(const torch::Tensor& x, const torch::Tensor& centroids);
+
+}  // namespace bb
