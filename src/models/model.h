@@ -40,6 +40,10 @@ struct Layer {
 struct LayerTap {
   virtual ~LayerTap() = default;
   virtual void on_input(int layer, const torch::Tensor& x) {}
+  // A defined result is used as the layer's output and the layer is not computed (e.g. cached
+  // outputs of layers upstream of a perturbed one, to measure it at the cost of the downstream
+  // part only). on_output still sees it.
+  virtual torch::Tensor precomputed_output(int layer, const torch::Tensor& x) { return {}; }
   virtual torch::Tensor on_output(int layer, const torch::Tensor& x, torch::Tensor y) { return y; }
 };
 struct StopForward {};
@@ -83,7 +87,8 @@ class Model : public torch::nn::Module {
     Layer& l = layers_[id];
     if (!tap_) return l.is_conv() ? l.conv->forward(x) : l.linear->forward(x);
     tap_->on_input(id, x);
-    torch::Tensor y = l.is_conv() ? l.conv->forward(x) : l.linear->forward(x);
+    torch::Tensor y = tap_->precomputed_output(id, x);
+    if (!y.defined()) y = l.is_conv() ? l.conv->forward(x) : l.linear->forward(x);
     return tap_->on_output(id, x, std::move(y));
   }
 

@@ -1,0 +1,467 @@
+// Transform quantization (Young, Wang, Taubman, Girod: "Transform Quantization for CNN
+// Compression", TPAMI 2021, arXiv 2009.01174). See docs/methods/tq.md.
+//
+//   1. per layer, W (n x d) = S T with a KLT or ELT across the n output channels (quant/transform.h)
+//   2. coefficient rows sorted by importance, cut into 16 blocks; per block and bit depth R = 0..8
+//      the best power-of-two step and the logits MSE on ~100 calibration images, for the rows of
+//      T and for the block's columns of S (quant/tq_curves.h; cached on disk, rate-independent)
+//   3. Lagrangian allocation of (R_T, R_S) per block to hit target_bpw, counting S
+//      (quant/rd_alloc.h)
+//   4. optional retraining at the allocated depths (straight-through estimator)
+//   5. levels stored fixed-width (the paper) or entropy coded (huffman / rans)
+#include "common/error.h"
+#include "common/log.h"
+#include "common/timer.h"
+#include "data/loader.h"
+#include "methods/method.h"
+#include "quant/rd_alloc.h"
+#include "quant/tq_core.h"
+#include "quant/tq_curves.h"
+
+#include <cmath>
+#include <numeric>
+#include <random>
+
+namespace bb {
+namespace {
+
+struct TqParams : ParamsBase {
+  std::string transform = "klt";      // klt | elt
+  double target_bpw = 2.0;            // average bit depth over all conv+FC weights, bases included
+  int blocks = 16;                    // coefficient blocks per layer (min(blocks, n))
+  int64_t calib_images = 100;         // calibration images for D(R) and the ELT statistics
+  int64_t batch_size = 100;           // micro-batch of the calibration passes
+  int steps_per_octave = 1;           // step grid 2^(e / steps_per_octave); 1 = powers of two
+  std::string step_search = "weight"; // weight | logits
+  double elt_ridge = 1e-3;            // ELT regularisation of the gradient covariance
+  bool entropy_coding = false;        // store levels entropy coded instead of fixed-width
+  std::string entropy_coder = "rans"; // huffman | rans
+  double retrain_epochs = 0;          // STE retraining at the allocated depths (fractional allowed)
+  double retrain_lr = 0.001;          // SGD learning rate (cosine decay to 0)
+  double retrain_momentum = 0.9;
+  int64_t retrain_batch_size = 128;
+  bool transform_inference = false;   // also run the calibration images as y = S (T x) and report
+
+  void bind(ParamBinder& b) override {
+    b.field("transform", transform, "klt: eigenvectors of the weight covariance; elt: also whitens the logits' gradient (generalised eigenproblem)", {"klt", "elt"});
+    b.field("target_bpw", target_bpw, "target average bit depth of all conv+FC weights incl. the bases (fixed-width, the paper's rate)");
+    b.field("blocks", blocks, "coefficient blocks per layer (rows sorted by importance; min(blocks, n) per layer)");
+    b.field("calib_images", calib_images, "calibration images for the distortion curves and the ELT gradients");
+    b.field("batch_size", batch_size, "micro-batch of the calibration forward/backward passes");
+    b.field("steps_per_octave", steps_per_octave, "step sizes 2^(e/steps_per_octave); 1 = powers of two as in the paper");
+    b.field("step_search", step_search, "weight: step minimising the weight-domain squared error; logits: best of it and its 2 grid neighbours by logits MSE (3x the passes)", {"weight", "logits"});
+    b.field("elt_ridge", elt_ridge, "ELT: gradient covariance + ridge*trace/n*I");
+    b.field("entropy_coding", entropy_coding, "entropy-code the levels (not in the paper); the target rate stays the fixed-width one");
+    b.field("entropy_coder", entropy_coder, "coder used when entropy_coding=true", {"huffman", "rans"});
+    b.field("retrain_epochs", retrain_epochs, "epochs of STE retraining on the calibration (training) set at the allocated depths; 0 = none");
+    b.field("retrain_lr", retrain_lr, "retraining SGD learning rate (cosine decay)");
+    b.field("retrain_momentum", retrain_momentum, "retraining SGD momentum");
+    b.field("retrain_batch_size", retrain_batch_size, "retraining batch size");
+    b.field("transform_inference", transform_inference, "also run the calibration images with y = S(Tx), zeroed rows skipped, and report MACs, time and agreement");
+  }
+
+  void validate() override {
+    BB_CHECK(target_bpw > 0 && target_bpw <= kTqMaxBits, "tq: target_bpw must be in (0, 8], got ", target_bpw);
+    BB_CHECK(blocks >= 1 && blocks <= 4096, "tq: blocks must be in 1..4096, got ", blocks);
+    BB_CHECK(calib_images >= 1, "tq: calib_images must be >= 1");
+    BB_CHECK(batch_size >= 1, "tq: batch_size must be >= 1");
+    BB_CHECK(steps_per_octave >= 1 && steps_per_octave <= 64, "tq: steps_per_octave must be in 1..64");
+    BB_CHECK(elt_ridge > 0 && elt_ridge < 1, "tq: elt_ridge must be in (0, 1)");
+    BB_CHECK(retrain_epochs >= 0 && retrain_epochs <= 100, "tq: retrain_epochs must be in [0, 100]");
+    BB_CHECK(retrain_lr > 0, "tq: retrain_lr must be > 0");
+    BB_CHECK(retrain_momentum >= 0 && retrain_momentum < 1, "tq: retrain_momentum must be in [0, 1)");
+    BB_CHECK(retrain_batch_size >= 1, "tq: retrain_batch_size must be >= 1");
+  }
+};
+
+// Per block, the operating points the allocator chooses from: rows zeroed (no basis columns
+// either), or (R_T, R_S) in 1..8 x 1..8 with additive distortions.
+struct BlockOptions {
+  std::vector<RdPoint> points;
+  std::vector<std::pair<int, int>> bits;  // (R_T, R_S) per point
+};
+
+BlockOptions block_options(const TqLayerCurves& L, size_t b) {
+  BlockOptions o;
+  const TqBlockCurves& cv = L.blocks[b];
+  const double nt = (double)((L.bounds[b + 1] - L.bounds[b]) * L.d), ns = (double)((L.bounds[b + 1] - L.bounds[b]) * L.n);
+  o.points.push_back({0.0, cv.t_dist[0]});
+  o.bits.push_back({0, 0});
+  for (int rt = 1; rt <= kTqMaxBits; ++rt)
+    for (int rs = 1; rs <= kTqMaxBits; ++rs) {
+      o.points.push_back({nt * rt + ns * rs, cv.t_dist[rt] + cv.s_dist[rs]});
+      o.bits.push_back({rt, rs});
+    }
+  return o;
+}
+
+// Latent S and T of one layer trained through the quantizer (straight-through estimator: the
+// forward uses the quantized values, the gradient passes where the latent is inside the
+// quantizer's range).
+struct LatentLayer {
+  torch::Tensor S, T;                    // float32 latents, n x n and n x d
+  torch::Tensor t_step, t_lo, t_hi;      // per row of T (n x 1)
+  torch::Tensor s_step, s_lo, s_hi;      // per column of S (1 x n)
+  torch::Tensor row_on;                  // n x 1: 1 for rows kept, 0 for zeroed
+};
+
+torch::Tensor ste_quantize(const torch::Tensor& x, const torch::Tensor& step, const torch::Tensor& lo,
+                           const torch::Tensor& hi) {
+  auto u = x / step;
+  auto q = torch::min(torch::max(torch::round(u), lo), hi) * step;
+  auto inside = ((u >= lo - 0.5) & (u <= hi + 0.5)).to(x.scalar_type());
+  return q.detach() + (x - x.detach()) * inside;
+}
+
+LatentLayer make_latent(const TqLayerCurves& L, const TqLayerCode& code) {
+  LatentLayer z;
+  const int64_t n = L.n;
+  std::vector<float> ts(n, 1), tlo(n, 0), thi(n, 0), on(n, 0), ss(n, 1), slo(n, 0), shi(n, 0);
+  for (size_t b = 0; b < code.blocks.size(); ++b) {
+    const TqBlockCode& k = code.blocks[b];
+    if (k.t_bits == 0) continue;
+    for (int64_t r = code.bounds[b]; r < code.bounds[b + 1]; ++r) {
+      on[r] = 1;
+      ts[r] = (float)tq_step(k.t_exp, code.steps_per_octave);
+      tlo[r] = -(float)(1 << (k.t_bits - 1));
+      thi[r] = (float)((1 << (k.t_bits - 1)) - 1);
+      ss[r] = (float)tq_step(k.s_exp, code.steps_per_octave);
+      slo[r] = -(float)(1 << (k.s_bits - 1));
+      shi[r] = (float)((1 << (k.s_bits - 1)) - 1);
+    }
+  }
+  auto col = [&](const std::vector<float>& v) { return torch::tensor(v).view({n, 1}); };
+  auto row = [&](const std::vector<float>& v) { return torch::tensor(v).view({1, n}); };
+  z.S = L.S.to(torch::kFloat32).clone().set_requires_grad(true);
+  z.T = L.T.to(torch::kFloat32).clone().set_requires_grad(true);
+  z.t_step = col(ts);
+  z.t_lo = col(tlo);
+  z.t_hi = col(thi);
+  z.s_step = row(ss);
+  z.s_lo = row(slo);
+  z.s_hi = row(shi);
+  z.row_on = col(on);
+  return z;
+}
+
+torch::Tensor add_bias(const Layer& layer, const torch::Tensor& y) {
+  if (!layer.bias().defined()) return y;
+  return y + (layer.is_conv() ? layer.bias().view({1, -1, 1, 1}) : layer.bias());
+}
+
+// Runs each compressed layer with W = Q(S) Q(T) (differentiable through the STE).
+struct LatentTap : LayerTap {
+  Model* model = nullptr;
+  std::vector<LatentLayer>* latents = nullptr;
+  torch::Tensor precomputed_output(int l, const torch::Tensor& x) override {
+    const Layer& layer = model->layers()[l];
+    LatentLayer& z = (*latents)[l];
+    auto tq = ste_quantize(z.T, z.t_step, z.t_lo, z.t_hi) * z.row_on;
+    auto sq = ste_quantize(z.S, z.s_step, z.s_lo, z.s_hi) * z.row_on.t();
+    auto w = torch::mm(sq, tq).view(layer.weight().sizes());
+    return add_bias(layer, tq_layer_apply(layer, x, w));
+  }
+};
+
+// Runs each layer as y = S (T x) with the zeroed rows of T (and columns of S) skipped.
+struct TransformDomainTap : LayerTap {
+  Model* model = nullptr;
+  std::vector<torch::Tensor> S_act, T_act;  // per layer: n x k and k x d (float32)
+  torch::Tensor precomputed_output(int l, const torch::Tensor& x) override {
+    const Layer& layer = model->layers()[l];
+    return add_bias(layer, tq_apply_factored(layer, x, S_act[l], T_act[l]));
+  }
+};
+
+class TqMethod : public Method {
+ public:
+  std::string name() const override { return "tq"; }
+  ParamsBase& params() override { return p_; }
+  bool needs_calibration() const override { return true; }
+
+  std::vector<LayerRecord> compress(CompressContext& ctx) override {
+    BB_CHECK(ctx.model, "tq: no model");
+    BB_CHECK(ctx.calib, "tq: needs a calibration set (--calib)");
+    Model& model = *ctx.model;
+    const auto& layers = model.layers();
+
+    ctx.phase("curves");
+    TqCurveOptions co;
+    co.transform = p_.transform == "elt" ? TransformKind::elt : TransformKind::klt;
+    co.blocks = p_.blocks;
+    co.calib_images = p_.calib_images;
+    co.batch_size = p_.batch_size;
+    co.seed = ctx.seed;
+    co.steps_per_octave = p_.steps_per_octave;
+    co.step_by_logits = p_.step_search == "logits";
+    co.elt_ridge = p_.elt_ridge;
+    const double t_curves = now_seconds();
+    TqCurves curves = tq_compute_curves(model, *ctx.calib, co, ctx.cache_dir);
+    last_.curves_from_cache = curves.from_cache;
+    last_.curves_seconds = now_seconds() - t_curves;
+    last_.search_seconds = curves.search_seconds;
+    BB_CHECK(curves.layers.size() == layers.size(), "tq: curves cover ", curves.layers.size(), " layers, model has ",
+             layers.size());
+
+    ctx.phase("allocate");
+    const double t_alloc = now_seconds();
+    std::vector<TqLayerCode> codes = allocate(curves, model);
+    last_.allocate_seconds = now_seconds() - t_alloc;
+
+    if (p_.retrain_epochs > 0) {
+      ctx.phase("retrain");
+      retrain(ctx, curves, codes);
+    }
+
+    ctx.phase("encode");
+    const Coder coder = p_.entropy_coding ? parse_coder(p_.entropy_coder) : Coder::fixed;
+    std::vector<LayerRecord> records;
+    std::vector<TqLevels> levels(layers.size());
+    double t_bits = 0, s_bits = 0, coded_bits = 0;
+    for (size_t l = 0; l < layers.size(); ++l) {
+      const TqLayerCurves& L = curves.layers[l];
+      BB_CHECK(L.layer == layers[l].name, "tq: curves are for layer ", L.layer, ", model has ", layers[l].name);
+      levels[l] = tq_quantize(codes[l], latent_S_.empty() ? L.S : latent_S_[l], latent_T_.empty() ? L.T : latent_T_[l]);
+      LayerRecord rec;
+      rec.layer = layers[l].name;
+      rec.method = name();
+      rec.shape = layers[l].weight().sizes().vec();
+      tq_encode(codes[l], levels[l], coder, rec);
+      t_bits += rec.estimate.fixed_index_bits;
+      s_bits += rec.estimate.codebook_bits;
+      for (const auto& s : rec.sections) coded_bits += 8.0 * (double)s.bytes.size();
+      torch::NoGradGuard ng;
+      layers[l].weight().copy_(tq_reconstruct(codes[l], levels[l]).view(layers[l].weight().sizes()));
+      records.push_back(std::move(rec));
+    }
+    latent_S_.clear();
+    latent_T_.clear();
+    const double nw = (double)model.num_weights();
+    last_.bpw_fixed = (t_bits + s_bits) / nw;
+    last_.bpw_coded = coded_bits / nw;
+    log_info("tq: " + p_.transform + " rate " + std::to_string(last_.bpw_fixed) + " bpw fixed-width (coefficients " +
+             std::to_string(t_bits / nw) + " + bases " + std::to_string(s_bits / nw) + "), " +
+             std::to_string(last_.bpw_coded) + " bpw in the stored sections (" +
+             (p_.entropy_coding ? p_.entropy_coder : std::string("fixed")) + ", side info included), target " +
+             std::to_string(p_.target_bpw));
+    report_macs(model, codes, levels, *ctx.calib, ctx.seed);
+    return records;
+  }
+
+  torch::Tensor decode(const LayerRecord& rec) const override {
+    TqLayerCode code;
+    TqLevels lv;
+    tq_decode(rec, code, lv);
+    return tq_reconstruct(code, lv).view(rec.shape);
+  }
+
+ private:
+  std::vector<TqLayerCode> allocate(const TqCurves& curves, const Model& model) {
+    std::vector<std::vector<RdPoint>> items;
+    std::vector<BlockOptions> opts;
+    for (const auto& L : curves.layers)
+      for (size_t b = 0; b + 1 < L.bounds.size(); ++b) {
+        opts.push_back(block_options(L, b));
+        items.push_back(opts.back().points);
+      }
+    const double nw = (double)model.num_weights();
+    const double budget = p_.target_bpw * nw;
+    RdAllocation a = rd_allocate(items, budget);
+    last_.lambda = a.lambda;
+    last_.lagrangian = a.lagrangian;
+    if (a.rate > budget * 1.0000001)
+      BB_THROW("tq: target_bpw ", p_.target_bpw, " is below the smallest achievable rate ", a.rate / nw);
+    if (a.rate < 0.98 * budget)
+      log_warn("tq: allocation reaches " + std::to_string(a.rate / nw) + " bpw, more than 2% below the target " +
+               std::to_string(p_.target_bpw));
+    std::vector<TqLayerCode> codes;
+    size_t item = 0;
+    for (const auto& L : curves.layers) {
+      TqLayerCode c;
+      c.n = L.n;
+      c.d = L.d;
+      c.steps_per_octave = p_.steps_per_octave;
+      c.bounds = L.bounds;
+      for (size_t b = 0; b + 1 < L.bounds.size(); ++b, ++item) {
+        auto [rt, rs] = opts[item].bits[a.choice[item]];
+        TqBlockCode k;
+        k.t_bits = rt;
+        if (rt > 0) {
+          k.t_exp = L.blocks[b].t_exp[rt];
+          k.s_bits = rs;
+          k.s_exp = L.blocks[b].s_exp[rs];
+        }
+        c.blocks.push_back(k);
+      }
+      codes.push_back(std::move(c));
+    }
+    log_info("tq: allocation " + std::to_string(a.rate / nw) + " bpw for target " + std::to_string(p_.target_bpw) +
+             " (lambda " + std::to_string(a.lambda) + (a.lagrangian ? "" : ", with fill") + "), predicted logits MSE " +
+             std::to_string(a.dist));
+    return codes;
+  }
+
+  void retrain(CompressContext& ctx, const TqCurves& curves, const std::vector<TqLayerCode>& codes) {
+    Model& model = *ctx.model;
+    const Dataset& ds = *ctx.calib;
+    const auto& layers = model.layers();
+    std::vector<LatentLayer> latents;
+    for (size_t l = 0; l < layers.size(); ++l) latents.push_back(make_latent(curves.layers[l], codes[l]));
+
+    // Trainable: the latents and every model parameter except the conv/linear weights (BN affine
+    // and biases), which the tap replaces.
+    RequiresGradSaver saved(model);
+    std::vector<torch::Tensor> train;
+    for (auto& z : latents) {
+      train.push_back(z.S);
+      train.push_back(z.T);
+    }
+    for (const auto& L : layers) L.weight().set_requires_grad(false);
+    for (auto& p : model.parameters())
+      if (p.requires_grad()) train.push_back(p);
+
+    const int64_t n = ds.size();
+    const int64_t steps = std::max<int64_t>(1, (int64_t)std::llround(p_.retrain_epochs * (double)n / (double)p_.retrain_batch_size));
+    torch::optim::SGD opt(train, torch::optim::SGDOptions(p_.retrain_lr).momentum(p_.retrain_momentum));
+    LatentTap tap;
+    tap.model = &model;
+    tap.latents = &latents;
+    struct TrainMode {  // eval mode again on every exit
+      Model& m;
+      explicit TrainMode(Model& model) : m(model) { m.train(); }
+      ~TrainMode() { m.eval(); }
+    };
+    TapScope scope(model, &tap);
+    TrainMode mode(model);
+    log_info("tq: retraining " + std::to_string(steps) + " steps of " + std::to_string(p_.retrain_batch_size) +
+             " images (" + std::to_string(p_.retrain_epochs) + " epochs of " + ds.name() + ")");
+    const double t0 = now_seconds();
+    Progress progress("tq retrain", steps);
+    int64_t step = 0;
+    double loss_acc = 0;
+    int64_t correct = 0, seen = 0;
+    for (int64_t epoch = 0; step < steps; ++epoch) {
+        std::vector<int64_t> order(n);
+        std::iota(order.begin(), order.end(), 0);
+        std::mt19937_64 rng(ctx.seed * 1000003 + (uint64_t)epoch);
+        std::shuffle(order.begin(), order.end(), rng);
+        const int64_t need = std::min<int64_t>(n, (steps - step) * p_.retrain_batch_size);
+        order.resize(need);
+        LoaderOptions lo;
+        lo.batch_size = p_.retrain_batch_size;
+        lo.augment = true;
+        lo.seed = ctx.seed + (uint64_t)epoch * 7919;
+        for_each_batch(ds, order, lo, [&](const Batch& b) {
+          if (step >= steps) return;
+          const double lr = 0.5 * p_.retrain_lr * (1 + std::cos(std::acos(-1.0) * (double)step / (double)steps));
+          for (auto& g : opt.param_groups()) static_cast<torch::optim::SGDOptions&>(g.options()).lr(lr);
+          opt.zero_grad();
+          auto logits = model.forward(b.images);
+          auto loss = torch::nn::functional::cross_entropy(logits, b.labels);
+          loss.backward();
+          opt.step();
+          loss_acc += loss.item<double>();
+          correct += logits.argmax(1).eq(b.labels).sum().item<int64_t>();
+          seen += b.labels.size(0);
+          ++step;
+          progress.advance();
+          if (step % 100 == 0 || step == steps) {
+            log_info("tq retrain step " + std::to_string(step) + "/" + std::to_string(steps) + ": loss " +
+                     std::to_string(loss_acc / 100.0) + ", train top-1 " + std::to_string(100.0 * correct / std::max<int64_t>(1, seen)));
+            loss_acc = 0;
+            correct = seen = 0;
+          }
+        });
+    }
+    progress.finish();
+    log_info("tq: retraining took " + std::to_string(now_seconds() - t0) + " s");
+    for (auto& z : latents) {
+      latent_S_.push_back(z.S.detach().to(torch::kFloat64));
+      latent_T_.push_back(z.T.detach().to(torch::kFloat64));
+    }
+  }
+
+  // MACs of direct vs transform-domain inference; with transform_inference=true also runs the
+  // calibration images both ways and reports agreement and time.
+  void report_macs(Model& model, const std::vector<TqLayerCode>& codes, const std::vector<TqLevels>& levels,
+                   const Dataset& calib, uint64_t seed) {
+    const auto& layers = model.layers();
+    Batch one = load_batch(calib, sample_indices(calib.size(), 1, seed));
+    struct Shapes : LayerTap {
+      std::vector<int64_t> positions;
+      torch::Tensor on_output(int l, const torch::Tensor& x, torch::Tensor y) override {
+        if ((size_t)l >= positions.size()) positions.resize(l + 1, 1);
+        positions[l] = y.dim() == 4 ? y.size(2) * y.size(3) : 1;
+        return y;
+      }
+    } shapes;
+    {
+      torch::NoGradGuard ng;
+      TapScope scope(model, &shapes);
+      model.forward(one.images);
+    }
+    double direct = 0, transform = 0;
+    for (size_t l = 0; l < layers.size(); ++l) {
+      TqMacs m = tq_macs_per_position(codes[l]);
+      direct += (double)m.direct * (double)shapes.positions[l];
+      transform += (double)m.transform * (double)shapes.positions[l];
+    }
+    last_.macs_direct = direct;
+    last_.macs_transform = transform;
+    log_info("tq: conv/FC MACs per image: direct " + std::to_string(direct / 1e6) + " M, transform domain " +
+             std::to_string(transform / 1e6) + " M (" + std::to_string(transform / direct) + "x)");
+    if (!p_.transform_inference) return;
+
+    TransformDomainTap tap;
+    tap.model = &model;
+    for (size_t l = 0; l < layers.size(); ++l) {
+      torch::Tensor S_hat, T_hat;
+      tq_dequantize(codes[l], levels[l], S_hat, T_hat);
+      std::vector<int64_t> rows;
+      for (size_t b = 0; b + 1 < codes[l].bounds.size(); ++b)
+        if (codes[l].blocks[b].t_bits > 0)
+          for (int64_t r = codes[l].bounds[b]; r < codes[l].bounds[b + 1]; ++r) rows.push_back(r);
+      auto idx = torch::tensor(rows, torch::kInt64);
+      tap.T_act.push_back(T_hat.index_select(0, idx).to(torch::kFloat32).contiguous());
+      tap.S_act.push_back(S_hat.index_select(1, idx).to(torch::kFloat32).contiguous());
+    }
+    Batch cal = load_batch(calib, sample_indices(calib.size(), std::min<int64_t>(p_.calib_images, calib.size()), seed));
+    torch::NoGradGuard ng;
+    torch::Tensor ref, out;
+    double t_direct, t_transform;
+    {
+      TapScope scope(model, nullptr);
+      double t0 = now_seconds();
+      ref = model.forward(cal.images);
+      t_direct = now_seconds() - t0;
+    }
+    {
+      TapScope scope(model, &tap);
+      double t0 = now_seconds();
+      out = model.forward(cal.images);
+      t_transform = now_seconds() - t0;
+    }
+    const double maxdiff = (out - ref).abs().max().item<double>();
+    const double agree = out.argmax(1).eq(ref.argmax(1)).to(torch::kFloat64).mean().item<double>();
+    last_.transform_max_logit_diff = maxdiff;
+    log_info("tq: transform-domain inference on " + std::to_string(cal.images.size(0)) + " images: " +
+             std::to_string(t_transform) + " s vs direct " + std::to_string(t_direct) + " s, max |logit diff| " +
+             std::to_string(maxdiff) + ", top-1 agreement " + std::to_string(100 * agree) + "%");
+  }
+
+  TqParams p_;
+  // Figures of the last compress(), for its log lines.
+  struct {
+    bool curves_from_cache = false;
+    double curves_seconds = 0, search_seconds = 0, allocate_seconds = 0;
+    double bpw_fixed = 0, bpw_coded = 0, lambda = 0;
+    bool lagrangian = true;
+    double macs_direct = 0, macs_transform = 0, transform_max_logit_diff = -1;
+  } last_;
+  std::vector<torch::Tensor> latent_S_, latent_T_;  // retrained latents (float64), consumed by compress
+};
+
+BB_REGISTER_METHOD("tq", TqMethod);
+
+}  // namespace
+}  // namespace bb

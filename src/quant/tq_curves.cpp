@@ -1,0 +1,474 @@
+#include "quant/tq_curves.h"
+
+#include "coding/bytes.h"
+#include "common/error.h"
+#include "common/fs_util.h"
+#include "common/hash.h"
+#include "common/log.h"
+#include "common/timer.h"
+#include "data/loader.h"
+
+#include <cmath>
+#include <filesystem>
+#include <sstream>
+
+namespace bb {
+namespace {
+
+namespace F = torch::nn::functional;
+
+constexpr char kCacheMagic[8] = {'B', 'B', 'T', 'Q', 'C', 'U', 'R', '1'};
+
+torch::Tensor weight_2d(const Layer& l) {
+  auto w = l.weight().detach();
+  return w.reshape({w.size(0), -1}).to(torch::kFloat64).contiguous();
+}
+
+// Mid-tread quantization of a tensor (the vectorised form of tq_level).
+torch::Tensor quantize_tensor(const torch::Tensor& x, double step, int bits) {
+  const double lo = -(double)(1 << (bits - 1)), hi = (double)((1 << (bits - 1)) - 1);
+  return torch::clamp(torch::round(x / step), lo, hi) * step;
+}
+
+// The step exponent minimising sum_g weight[g] * e_g^T M e_g, e_g the quantization error of group
+// g (len contiguous values of x). weight = null: all 1; metric M (len x len) = null: identity.
+// Plain loops: thousands of candidates per layer, too small for tensor ops to pay off.
+int best_step_exp(const double* x, int64_t groups, int64_t len, const double* weight, const double* metric,
+                  int bits, int spo) {
+  double amax = 0;
+  for (int64_t i = 0; i < groups * len; ++i) amax = std::max(amax, std::abs(x[i]));
+  if (amax == 0) return 0;
+  const int e_hi = (int)std::ceil(spo * std::log2(amax)) + spo;  // step up to ~2*amax: all zero
+  const int e_lo = e_hi - spo * (bits + 12);
+  std::vector<double> err(len);
+  int best = e_hi;
+  double best_cost = INFINITY;
+  for (int e = e_lo; e <= e_hi; ++e) {
+    const double st = tq_step(e, spo);
+    double cost = 0;
+    for (int64_t g = 0; g < groups; ++g) {
+      const double* xg = x + g * len;
+      for (int64_t i = 0; i < len; ++i) err[i] = tq_level(xg[i], st, bits) * st - xg[i];
+      double c = 0;
+      if (metric) {
+        for (int64_t i = 0; i < len; ++i) {
+          double mi = 0;
+          const double* row = metric + i * len;
+          for (int64_t j = 0; j < len; ++j) mi += row[j] * err[j];
+          c += err[i] * mi;
+        }
+      } else {
+        for (int64_t i = 0; i < len; ++i) c += err[i] * err[i];
+      }
+      cost += weight ? weight[g] * c : c;
+    }
+    if (cost < best_cost) {
+      best_cost = cost;
+      best = e;
+    }
+  }
+  return best;
+}
+
+// Records every layer's input and output of one forward.
+struct CaptureTap : LayerTap {
+  std::vector<torch::Tensor> x, y;
+  explicit CaptureTap(size_t n) : x(n), y(n) {}
+  void on_input(int l, const torch::Tensor& in) override { x[l] = in; }
+  torch::Tensor on_output(int l, const torch::Tensor& in, torch::Tensor out) override {
+    y[l] = out;
+    return out;
+  }
+};
+
+// Layers before `target` return their cached outputs; the target returns cached y + dy.
+struct PerturbTap : LayerTap {
+  const std::vector<torch::Tensor>* y = nullptr;
+  int target = -1;
+  torch::Tensor dy;
+  torch::Tensor precomputed_output(int l, const torch::Tensor& in) override {
+    if (l < target) return (*y)[l];
+    if (l == target) return (*y)[l] + dy;
+    return {};
+  }
+};
+
+// Calibration activations, one entry per micro-batch.
+struct CalibCache {
+  std::vector<torch::Tensor> images, logits;
+  std::vector<std::vector<torch::Tensor>> x, y;  // [batch][layer]
+  int64_t count = 0;
+  int64_t classes = 0;
+};
+
+class DistortionMeter {
+ public:
+  DistortionMeter(Model& model, const CalibCache& cache) : model_(model), cache_(cache) {}
+
+  // Logits MSE with the weight of layer `l` changed by dw (float64, the layer's 2-D shape).
+  double measure(int l, const torch::Tensor& dw) {
+    ++count_;
+    const double t0 = now_seconds();
+    const Layer& layer = model_.layers()[l];
+    auto w = dw.to(torch::kFloat32).reshape(layer.weight().sizes());
+    c10::InferenceMode im;
+    PerturbTap tap;
+    tap.target = l;
+    TapScope tg(model_, &tap);
+    double sse = 0;
+    for (size_t b = 0; b < cache_.images.size(); ++b) {
+      tap.y = &cache_.y[b];
+      tap.dy = tq_layer_apply(layer, cache_.x[b][l], w);
+      auto out = model_.forward(cache_.images[b]);
+      sse += (out - cache_.logits[b]).to(torch::kFloat64).pow(2).sum().item<double>();
+    }
+    seconds_ += now_seconds() - t0;
+    return sse / (double)(cache_.count * cache_.classes);
+  }
+  int64_t count() const { return count_; }
+  double seconds() const { return seconds_; }
+
+ private:
+  Model& model_;
+  const CalibCache& cache_;
+  int64_t count_ = 0;
+  double seconds_ = 0;
+};
+
+CalibCache capture(Model& model, const torch::Tensor& images, int64_t batch_size) {
+  torch::NoGradGuard ng;
+  CalibCache c;
+  const size_t nl = model.layers().size();
+  for (int64_t s = 0; s < images.size(0); s += batch_size) {
+    auto mb = images.slice(0, s, std::min(images.size(0), s + batch_size));
+    CaptureTap tap(nl);
+    torch::Tensor out;
+    {
+      TapScope tg(model, &tap);
+      out = model.forward(mb);
+    }
+    for (size_t l = 0; l < nl; ++l)
+      BB_CHECK(tap.x[l].defined(), "tq: layer ", model.layers()[l].name, " was not run by the forward pass");
+    c.images.push_back(mb);
+    c.logits.push_back(out);
+    c.x.push_back(std::move(tap.x));
+    c.y.push_back(std::move(tap.y));
+    c.count += mb.size(0);
+    c.classes = out.size(1);
+  }
+  return c;
+}
+
+// Distortion of quantizing T rows / S columns of one block, with the chosen step.
+struct Point {
+  int exp = 0;
+  double dist = 0;
+};
+
+Point measure_point(DistortionMeter& meter, int l, bool by_logits, int spo, int e_best,
+                    const std::function<torch::Tensor(double)>& dw_of_step) {
+  Point p;
+  p.exp = e_best;
+  auto dw = dw_of_step(tq_step(e_best, spo));
+  if (dw.abs().max().item<double>() == 0) return p;  // nothing changes: D = 0
+  p.dist = meter.measure(l, dw);
+  if (!by_logits) return p;
+  for (int e : {e_best - 1, e_best + 1}) {
+    double d = meter.measure(l, dw_of_step(tq_step(e, spo)));
+    if (d < p.dist) {
+      p.dist = d;
+      p.exp = e;
+    }
+  }
+  return p;
+}
+
+void analyse_layer(Model& model, int l, const TqCurveOptions& opt, const torch::Tensor* grad_cov,
+                   DistortionMeter& meter, TqLayerCurves& out, Progress& progress) {
+  const Layer& layer = model.layers()[l];
+  auto w = weight_2d(layer);
+  RowTransform tr = opt.transform == TransformKind::klt ? klt_transform(w) : elt_transform(w, *grad_cov, opt.elt_ridge);
+  torch::Tensor metric;  // undefined = identity
+  if (opt.transform == TransformKind::elt) metric = regularised_grad_cov(*grad_cov, opt.elt_ridge).contiguous();
+  out.layer = layer.name;
+  out.n = w.size(0);
+  out.d = w.size(1);
+  out.S = tr.S;
+  out.T = torch::mm(tr.U.t(), w).contiguous();
+  out.importance = tr.importance;
+  out.bounds = tq_block_bounds(out.n, opt.blocks);
+  const int spo = opt.steps_per_octave;
+  const size_t nb = out.bounds.size() - 1;
+  out.blocks.assign(nb, TqBlockCurves());
+  for (size_t b = 0; b < nb; ++b) {
+    const int64_t r0 = out.bounds[b], r1 = out.bounds[b + 1];
+    auto Sb = out.S.slice(1, r0, r1).contiguous();  // n x rows
+    auto Tb = out.T.slice(0, r0, r1).contiguous();  // rows x d
+    // Steps minimise tr(dW^T M dW): the weight-domain squared error (KLT: M = I) or its
+    // first-order effect on the logits (ELT: M = Sigma_g). For T rows, dW = S_b E and
+    // S_b^T M S_b is a multiple of I for both transforms, so this is the coefficients' squared
+    // error. For S columns, dW = E T_b with T_b T_b^T diagonal: column k's error weighs
+    // |t_k|^2 e_k^T M e_k.
+    auto s_cols = Sb.t().contiguous();              // rows x n: column k of S_b
+    auto t_energy = Tb.pow(2).sum(1).contiguous();  // |t_k|^2
+    TqBlockCurves& cv = out.blocks[b];
+
+    // R = 0: the rows zeroed.
+    cv.t_dist[0] = measure_point(meter, l, false, spo, 0, [&](double) { return torch::mm(Sb, -Tb); }).dist;
+    progress.advance();
+    for (int bits = 1; bits <= kTqMaxBits; ++bits) {
+      int e = best_step_exp(Tb.data_ptr<double>(), Tb.size(0), Tb.size(1), nullptr, nullptr, bits, spo);
+      Point p = measure_point(meter, l, opt.step_by_logits, spo, e,
+                              [&](double st) { return torch::mm(Sb, quantize_tensor(Tb, st, bits) - Tb); });
+      cv.t_exp[bits] = p.exp;
+      cv.t_dist[bits] = p.dist;
+      progress.advance();
+    }
+    for (int bits = 1; bits <= kTqMaxBits; ++bits) {
+      int e = best_step_exp(s_cols.data_ptr<double>(), s_cols.size(0), s_cols.size(1), t_energy.data_ptr<double>(),
+                            metric.defined() ? metric.data_ptr<double>() : nullptr, bits, spo);
+      Point p = measure_point(meter, l, opt.step_by_logits, spo, e,
+                              [&](double st) { return torch::mm(quantize_tensor(Sb, st, bits) - Sb, Tb); });
+      cv.s_exp[bits] = p.exp;
+      cv.s_dist[bits] = p.dist;
+      progress.advance();
+    }
+  }
+}
+
+std::string options_text(const TqCurveOptions& o) {
+  std::ostringstream s;
+  s.precision(17);
+  s << "transform=" << (o.transform == TransformKind::klt ? "klt" : "elt") << "|blocks=" << o.blocks
+    << "|calib_images=" << o.calib_images << "|seed=" << o.seed << "|steps_per_octave=" << o.steps_per_octave
+    << "|step_by_logits=" << o.step_by_logits << "|elt_ridge=" << o.elt_ridge;
+  return s.str();
+}
+
+void write_tensor(ByteWriter& w, const torch::Tensor& t) {
+  auto c = t.to(torch::kFloat64).contiguous();
+  w.varint((uint64_t)c.numel());
+  w.raw(c.data_ptr<double>(), (size_t)c.numel() * sizeof(double));
+}
+
+torch::Tensor read_tensor(ByteReader& r, std::vector<int64_t> shape) {
+  int64_t numel = 1;
+  for (int64_t s : shape) numel *= s;
+  BB_CHECK(r.varint() == (uint64_t)numel, "corrupt ", r.what(), ": tensor size mismatch");
+  auto t = torch::empty(shape, torch::kFloat64);
+  r.raw(t.data_ptr<double>(), (size_t)numel * sizeof(double));
+  return t;
+}
+
+}  // namespace
+
+torch::Tensor tq_layer_apply(const Layer& layer, const torch::Tensor& x, const torch::Tensor& w) {
+  if (!layer.is_conv()) return torch::linear(x, w);
+  const auto& o = layer.conv->options;
+  BB_CHECK(c10::get_if<torch::enumtype::kZeros>(&o.padding_mode()), "tq: layer ", layer.name,
+           " uses a non-zero padding mode (unsupported)");
+  const auto* pad = c10::get_if<torch::ExpandingArray<2>>(&o.padding());
+  BB_CHECK(pad, "tq: layer ", layer.name, " uses 'same'/'valid' padding (unsupported)");
+  return torch::conv2d(x, w, {}, o.stride(), *pad, o.dilation(), o.groups());
+}
+
+torch::Tensor tq_apply_factored(const Layer& layer, const torch::Tensor& x, const torch::Tensor& S_act,
+                                const torch::Tensor& T_act) {
+  const auto& w = layer.weight();
+  const int64_t k = T_act.size(0);
+  BB_CHECK(T_act.dim() == 2 && T_act.size(1) == layer.row_size() && S_act.dim() == 2 &&
+               S_act.size(0) == w.size(0) && S_act.size(1) == k,
+           "tq: factored weights do not fit layer ", layer.name);
+  if (!layer.is_conv()) return torch::linear(torch::linear(x, T_act), S_act);
+  if (k == 0) return torch::zeros_like(tq_layer_apply(layer, x, torch::zeros_like(w)));
+  auto z = tq_layer_apply(layer, x, T_act.reshape({k, w.size(1), w.size(2), w.size(3)}));
+  return torch::conv2d(z, S_act.reshape({w.size(0), k, 1, 1}));
+}
+
+std::vector<torch::Tensor> tq_grad_second_moments(Model& model, const torch::Tensor& images, int64_t batch_size) {
+  const auto& layers = model.layers();
+  const size_t nl = layers.size();
+  std::vector<torch::Tensor> acc(nl);
+  for (size_t l = 0; l < nl; ++l) acc[l] = torch::zeros({layers[l].out_features(), layers[l].out_features()}, torch::kFloat64);
+  RequiresGradSaver rg(model);  // gradients w.r.t. activations only
+  for (auto& p : model.parameters()) p.set_requires_grad(false);
+  int64_t count = 0, classes = 0;
+  for (int64_t s = 0; s < images.size(0); s += batch_size) {
+    auto mb = images.slice(0, s, std::min(images.size(0), s + batch_size)).clone().set_requires_grad(true);
+    CaptureTap tap(nl);
+    torch::Tensor logits;
+    {
+      TapScope tg(model, &tap);
+      logits = model.forward(mb);
+    }
+    classes = logits.size(1);
+    const int64_t B = mb.size(0);
+    count += B;
+    // Unfolded inputs (B x d x P) per layer, computed once per micro-batch.
+    std::vector<torch::Tensor> xu(nl);
+    for (size_t l = 0; l < nl; ++l) {
+      const Layer& L = layers[l];
+      auto x = tap.x[l].detach();
+      if (L.is_conv()) {
+        const auto& o = L.conv->options;
+        BB_CHECK(o.groups() == 1, "tq ELT: grouped convolution ", L.name, " is not supported");
+        const auto* pad = c10::get_if<torch::ExpandingArray<2>>(&o.padding());
+        BB_CHECK(pad, "tq ELT: layer ", L.name, " uses 'same'/'valid' padding (unsupported)");
+        xu[l] = F::unfold(x, F::UnfoldFuncOptions({L.kernel_h(), L.kernel_w()}).dilation(o.dilation()).padding(*pad).stride(o.stride()));
+      } else {
+        xu[l] = x.unsqueeze(2);  // B x d x 1
+      }
+    }
+    std::vector<torch::Tensor> outs(tap.y.begin(), tap.y.end());
+    for (int64_t c = 0; c < classes; ++c) {
+      auto grads = torch::autograd::grad({logits.select(1, c).sum()}, outs, {}, /*retain_graph=*/true,
+                                         /*create_graph=*/false, /*allow_unused=*/true);
+      torch::NoGradGuard ng;
+      for (size_t l = 0; l < nl; ++l) {
+        if (!grads[l].defined()) continue;
+        const int64_t n = layers[l].out_features();
+        auto delta = grads[l].reshape({B, n, -1});                 // B x n x P
+        auto g = torch::bmm(delta, xu[l].transpose(1, 2));        // B x n x d: per-image dlogit/dW
+        auto gm = g.permute({1, 0, 2}).reshape({n, -1}).to(torch::kFloat64);
+        acc[l] += torch::mm(gm, gm.t());
+      }
+    }
+  }
+  for (size_t l = 0; l < nl; ++l) acc[l] /= (double)(count * classes * layers[l].row_size());
+  return acc;
+}
+
+std::string tq_curves_key(const Model& model, const Dataset& calib, const TqCurveOptions& opt) {
+  Sha256 h;
+  h.update("bitbench tq curves v1\n");
+  h.update("model=" + model.arch() + "\n");
+  for (const auto& kv : model.state()) {
+    auto t = kv.second.detach().to(torch::kFloat32).contiguous();
+    h.update(kv.first + "\n");
+    h.update(t.data_ptr(), (size_t)t.numel() * sizeof(float));
+  }
+  h.update("calib=" + calib.identity() + "\n");
+  h.update(options_text(opt));
+  return h.hex();
+}
+
+void tq_write_curves(const std::string& path, const TqCurves& c) {
+  ByteWriter w;
+  w.raw(kCacheMagic, sizeof(kCacheMagic));
+  w.str(c.key);
+  w.raw(&c.search_seconds, sizeof(double));
+  w.varint((uint64_t)c.measurements);
+  w.varint(c.layers.size());
+  for (const auto& L : c.layers) {
+    w.str(L.layer);
+    w.varint((uint64_t)L.n);
+    w.varint((uint64_t)L.d);
+    w.varint(L.bounds.size());
+    for (int64_t b : L.bounds) w.varint((uint64_t)b);
+    write_tensor(w, L.S);
+    write_tensor(w, L.T);
+    write_tensor(w, L.importance);
+    for (const auto& cv : L.blocks) {
+      for (int r = 0; r <= kTqMaxBits; ++r) {
+        w.i64(cv.t_exp[r]);
+        w.raw(&cv.t_dist[r], sizeof(double));
+        w.i64(cv.s_exp[r]);
+        w.raw(&cv.s_dist[r], sizeof(double));
+      }
+    }
+  }
+  write_file_atomic(path, w.data().data(), w.size());
+}
+
+bool tq_read_curves(const std::string& path, const std::string& key, TqCurves& c) {
+  if (!std::filesystem::exists(path)) return false;
+  auto bytes = read_file_bytes(path);
+  ByteReader r(bytes.data(), bytes.size(), "tq curves cache " + path);
+  char magic[8];
+  r.raw(magic, sizeof(magic));
+  BB_CHECK(std::equal(magic, magic + 8, kCacheMagic), "tq curves cache ", path, ": bad magic");
+  if (r.str() != key) return false;
+  c = TqCurves();
+  c.key = key;
+  r.raw(&c.search_seconds, sizeof(double));
+  c.measurements = (int64_t)r.varint();
+  const uint64_t nl = r.varint();
+  BB_CHECK(nl < (1u << 20), "tq curves cache ", path, ": implausible layer count");
+  c.layers.resize(nl);
+  for (auto& L : c.layers) {
+    L.layer = r.str();
+    L.n = (int64_t)r.varint();
+    L.d = (int64_t)r.varint();
+    BB_CHECK(L.n > 0 && L.d > 0 && L.n <= (1 << 24) && L.d <= (1 << 28), "tq curves cache ", path, ": bad layer size");
+    const uint64_t nbnd = r.varint();
+    BB_CHECK(nbnd >= 2 && nbnd <= (uint64_t)L.n + 1, "tq curves cache ", path, ": bad block count");
+    L.bounds.resize(nbnd);
+    for (auto& b : L.bounds) b = (int64_t)r.varint();
+    BB_CHECK(L.bounds == tq_block_bounds(L.n, (int)nbnd - 1), "tq curves cache ", path, ": bad block layout");
+    L.S = read_tensor(r, {L.n, L.n});
+    L.T = read_tensor(r, {L.n, L.d});
+    L.importance = read_tensor(r, {L.n});
+    L.blocks.resize(nbnd - 1);
+    for (auto& cv : L.blocks) {
+      for (int k = 0; k <= kTqMaxBits; ++k) {
+        cv.t_exp[k] = (int)r.i64();
+        r.raw(&cv.t_dist[k], sizeof(double));
+        cv.s_exp[k] = (int)r.i64();
+        r.raw(&cv.s_dist[k], sizeof(double));
+      }
+    }
+  }
+  BB_CHECK(r.done(), "tq curves cache ", path, ": trailing bytes");
+  c.from_cache = true;
+  return true;
+}
+
+TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOptions& opt,
+                           const std::string& cache_dir) {
+  BB_CHECK(opt.blocks >= 1, "tq: blocks must be >= 1");
+  BB_CHECK(opt.calib_images >= 1 && opt.batch_size >= 1, "tq: calib_images and batch_size must be >= 1");
+  BB_CHECK(opt.steps_per_octave >= 1 && opt.steps_per_octave <= 64, "tq: steps_per_octave must be in 1..64");
+  TqCurves c;
+  c.key = tq_curves_key(model, calib, opt);
+  std::string path;
+  if (!cache_dir.empty()) {
+    path = (std::filesystem::path(cache_dir) / "tq" / (c.key + ".curves")).string();
+    try {
+      if (tq_read_curves(path, c.key, c)) {
+        log_info("tq: curves loaded from cache " + path);
+        return c;
+      }
+    } catch (const Error& e) {
+      log_warn(std::string("tq: ignoring unreadable curves cache: ") + e.what());
+    }
+  }
+  const double t0 = now_seconds();
+  const int64_t n_img = std::min<int64_t>(opt.calib_images, calib.size());
+  BB_CHECK(n_img > 0, "tq: calibration set ", calib.name(), " is empty");
+  Batch batch = load_batch(calib, sample_indices(calib.size(), n_img, opt.seed));
+  std::vector<torch::Tensor> grad_cov;
+  if (opt.transform == TransformKind::elt) grad_cov = tq_grad_second_moments(model, batch.images, opt.batch_size);
+  CalibCache cache = capture(model, batch.images, opt.batch_size);
+  DistortionMeter meter(model, cache);
+
+  const auto& layers = model.layers();
+  long total_points = 0;
+  for (const auto& L : layers)
+    total_points += (long)(tq_block_bounds(L.out_features(), opt.blocks).size() - 1) * (2 * kTqMaxBits + 1);
+  Progress progress("tq curves", total_points);
+  c.layers.resize(layers.size());
+  for (size_t l = 0; l < layers.size(); ++l)
+    analyse_layer(model, (int)l, opt, grad_cov.empty() ? nullptr : &grad_cov[l], meter, c.layers[l], progress);
+  progress.finish();
+  c.search_seconds = now_seconds() - t0;
+  c.measurements = meter.count();
+  log_info("tq: curve search took " + std::to_string(c.search_seconds) + " s (" + std::to_string(c.measurements) +
+           " forward passes of " + std::to_string(n_img) + " images: " + std::to_string(meter.seconds()) + " s)");
+  if (!path.empty()) {
+    std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+    tq_write_curves(path, c);
+  }
+  return c;
+}
+
+}  // namespace bb

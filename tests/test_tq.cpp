@@ -1,0 +1,441 @@
+// Transform quantization: transforms, allocation, quantizer, layer coding, curves cache, method.
+#include <catch2/catch.hpp>
+
+#include "coding/record.h"
+#include "common/error.h"
+#include "methods/method.h"
+#include "methods/params.h"
+#include "models/registry.h"
+#include "quant/rd_alloc.h"
+#include "quant/tq_core.h"
+#include "quant/tq_curves.h"
+#include "quant/transform.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <random>
+
+using namespace bb;
+
+namespace {
+
+// Rows with a strong common structure so that the decorrelation has something to do.
+torch::Tensor correlated_weight(int64_t n, int64_t d, uint64_t seed) {
+  torch::manual_seed(seed);
+  auto mix = torch::randn({n, n}, torch::kFloat64);
+  return torch::mm(mix, torch::randn({n, d}, torch::kFloat64));
+}
+
+double max_offdiag_ratio(const torch::Tensor& m) {
+  auto diag = m.diagonal();
+  auto off = m - torch::diag(diag);
+  return off.abs().max().item<double>() / diag.abs().max().item<double>();
+}
+
+bool is_diagonal(const torch::Tensor& m, double tol) { return max_offdiag_ratio(m) < tol; }
+
+// Random images for tests that need a calibration set but not real data.
+class SyntheticData : public Dataset {
+ public:
+  // family "mnist": 1 x 32 x 32 (LeNet-5), "cifar10": 3 x 32 x 32.
+  SyntheticData(int64_t n, const std::string& family) : n_(n), channels_(family == "mnist" ? 1 : 3) {
+    name_ = "synthetic";
+    family_ = family;
+    num_classes_ = 10;
+  }
+  int64_t size() const override { return n_; }
+  int64_t label(int64_t i) const override { return i % 10; }
+  torch::Tensor image(int64_t i, bool, uint64_t) const override {
+    std::mt19937 rng((uint32_t)(1234 + i));
+    std::normal_distribution<float> nd;
+    auto t = torch::empty({channels_, 32, 32});
+    float* p = t.data_ptr<float>();
+    for (int64_t k = 0; k < t.numel(); ++k) p[k] = nd(rng);
+    return t;
+  }
+  std::string identity() const override { return "synthetic:" + family_ + ":" + std::to_string(n_); }
+
+ private:
+  int64_t n_, channels_;
+};
+
+}  // namespace
+
+TEST_CASE("KLT decorrelates the transform coefficients", "[tq]") {
+  auto w = correlated_weight(16, 300, 1);
+  RowTransform tr = klt_transform(w);
+  auto T = torch::mm(tr.U.t(), w);
+  auto cov = torch::mm(T, T.t()) / 300.0;
+  REQUIRE(max_offdiag_ratio(weight_second_moment(w)) > 0.1);  // the input was correlated
+  CHECK(max_offdiag_ratio(cov) < 1e-10);
+  // Decreasing importance = the coefficient energies.
+  auto imp = tr.importance;
+  for (int64_t k = 1; k < 16; ++k) CHECK(imp[k].item<double>() <= imp[k - 1].item<double>());
+  CHECK(torch::allclose(cov.diagonal(), imp, 1e-9, 1e-9));
+  // Orthonormal basis, exact synthesis.
+  CHECK(torch::allclose(torch::mm(tr.S.t(), tr.S), torch::eye(16, torch::kFloat64), 1e-10, 1e-10));
+  CHECK(torch::allclose(torch::mm(tr.S, T), w, 1e-9, 1e-9));
+}
+
+TEST_CASE("ELT satisfies both diagonalisation identities", "[tq]") {
+  const int64_t n = 12;
+  auto w = correlated_weight(n, 200, 2);
+  auto a = torch::randn({n, 3 * n}, torch::kFloat64);
+  auto grad_cov = torch::mm(a, a.t()) / (3.0 * n);
+  const double ridge = 1e-3;
+  RowTransform tr = elt_transform(w, grad_cov, ridge);
+  auto g = regularised_grad_cov(grad_cov, ridge);
+  auto sw = weight_second_moment(w);
+  // U^T Sigma_w U and U^T Sigma_g^-1 U are both diagonal.
+  auto d1 = torch::mm(torch::mm(tr.U.t(), sw), tr.U);
+  auto d2 = torch::mm(torch::mm(tr.U.t(), torch::inverse(g)), tr.U);
+  CHECK(is_diagonal(d1, 1e-9));
+  CHECK(is_diagonal(d2, 1e-9));
+  // Equivalently, S^T Sigma_g S is diagonal; S T = W; S = U^-T.
+  CHECK(is_diagonal(torch::mm(torch::mm(tr.S.t(), g), tr.S), 1e-9));
+  CHECK(torch::allclose(torch::mm(tr.S, torch::mm(tr.U.t(), w)), w, 1e-8, 1e-8));
+  CHECK(torch::allclose(torch::mm(tr.S.t(), tr.U), torch::eye(n, torch::kFloat64), 1e-9, 1e-9));
+  // Importance = coefficient energy x output weight, decreasing, independent of the basis scale.
+  auto prod = d1.diagonal() * torch::mm(torch::mm(tr.S.t(), g), tr.S).diagonal();
+  CHECK(torch::allclose(prod, tr.importance, 1e-8, 1e-10));
+  for (int64_t k = 1; k < n; ++k) CHECK(tr.importance[k].item<double>() <= tr.importance[k - 1].item<double>());
+  CHECK(tr.S.pow(2).sum().item<double>() == Approx((double)n));
+  // The ELT is not the KLT here (the gradient statistics matter) ...
+  CHECK(!is_diagonal(torch::mm(tr.S.t(), tr.S), 1e-3));
+  // ... but with white gradients it is (up to the scalar normalisation).
+  RowTransform white = elt_transform(w, torch::eye(n, torch::kFloat64), ridge);
+  RowTransform klt = klt_transform(w);
+  CHECK(torch::allclose(white.S.abs(), klt.S.abs(), 1e-7, 1e-7));
+}
+
+TEST_CASE("transforms reject bad input", "[tq]") {
+  CHECK_THROWS_AS(klt_transform(torch::zeros({4})), Error);
+  CHECK_THROWS_AS(elt_transform(torch::randn({4, 8}), torch::eye(5), 1e-3), Error);
+  CHECK_THROWS_AS(elt_transform(torch::randn({4, 8}), torch::eye(4), 0.0), Error);
+}
+
+TEST_CASE("rate allocation is Lagrangian-optimal against exhaustive search", "[tq]") {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<double> u(0.05, 1.0);
+  for (int trial = 0; trial < 20; ++trial) {
+    // 4 items, 5 operating points each, convex decreasing D(R) with item-specific sizes.
+    std::vector<std::vector<RdPoint>> items(4);
+    for (auto& it : items) {
+      const double size = 1 + (int)(u(rng) * 4);
+      double d = 10 * u(rng), drop = d * u(rng);
+      for (int r = 0; r < 5; ++r) {
+        it.push_back({size * r, d});
+        d -= drop;
+        drop *= u(rng);  // shrinking decrements: convex
+      }
+    }
+    // Exhaustive: minimum distortion at each rate budget.
+    auto best_at = [&](double budget) {
+      double best = INFINITY;
+      for (int c = 0; c < 625; ++c) {
+        double r = 0, d = 0;
+        for (int i = 0, cc = c; i < 4; ++i, cc /= 5) {
+          r += items[i][cc % 5].rate;
+          d += items[i][cc % 5].dist;
+        }
+        if (r <= budget + 1e-9) best = std::min(best, d);
+      }
+      return best;
+    };
+    for (double budget = 0; budget <= 60; budget += 1) {
+      RdAllocation a = rd_allocate(items, budget, /*fill=*/false);
+      REQUIRE(a.rate <= budget + 1e-9);
+      CHECK(a.lagrangian);
+      CHECK(a.dist == Approx(best_at(a.rate)).epsilon(1e-12));
+      RdAllocation f = rd_allocate(items, budget, /*fill=*/true);
+      CHECK(f.rate <= budget + 1e-9);
+      CHECK(f.dist <= a.dist + 1e-12);
+      CHECK(f.dist >= best_at(budget) - 1e-12);
+    }
+    // The per-lambda solutions are optimal for their own rate as well.
+    for (double lambda : {0.0, 0.01, 0.1, 0.3, 1.0, 3.0, 100.0}) {
+      RdAllocation s = rd_solve(items, lambda);
+      CHECK(s.dist == Approx(best_at(s.rate)).epsilon(1e-12));
+    }
+  }
+}
+
+TEST_CASE("lower hull skips non-convex and useless points", "[tq]") {
+  std::vector<RdPoint> pts = {{0, 10}, {1, 9.5}, {2, 5}, {3, 6}, {4, 1}, {4, 0.5}, {5, 0.5}};
+  auto h = rd_lower_hull(pts);
+  REQUIRE(h == std::vector<int>({0, 2, 5}));
+}
+
+TEST_CASE("mid-tread quantizer has 2^R levels including zero", "[tq]") {
+  for (int bits = 1; bits <= kTqMaxBits; ++bits) {
+    int lo = 1 << 30, hi = -(1 << 30);
+    for (double x = -300; x <= 300; x += 0.25) {
+      int q = tq_level(x, 1.0, bits);
+      lo = std::min(lo, q);
+      hi = std::max(hi, q);
+    }
+    CHECK(hi - lo + 1 == (1 << bits));
+    CHECK(tq_level(0.0, 0.5, bits) == 0);
+    CHECK(tq_level(0.3, 1.0, bits) == 0);
+  }
+  CHECK(tq_level(2.6, 1.0, 3) == 3);
+  CHECK(tq_level(-7.0, 1.0, 3) == -4);
+  CHECK(tq_step(-3, 1) == 0.125);
+  CHECK(tq_step(-6, 2) == 0.125);
+  CHECK(tq_block_bounds(10, 16) == std::vector<int64_t>({0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10}));
+  CHECK(tq_block_bounds(64, 16).size() == 17);
+  CHECK(tq_block_bounds(64, 16)[1] == 4);
+  CHECK(tq_block_bounds(20, 16).back() == 20);
+}
+
+namespace {
+
+TqLayerCode random_code(int64_t n, int64_t d, int blocks, uint64_t seed) {
+  std::mt19937 rng((uint32_t)seed);
+  TqLayerCode c;
+  c.n = n;
+  c.d = d;
+  c.steps_per_octave = 1 + (int)(seed % 3);
+  c.bounds = tq_block_bounds(n, blocks);
+  for (size_t b = 0; b + 1 < c.bounds.size(); ++b) {
+    TqBlockCode k;
+    k.t_bits = (int)(rng() % 9);
+    if (k.t_bits) {
+      k.t_exp = -(int)(rng() % 12);
+      k.s_bits = 1 + (int)(rng() % 8);
+      k.s_exp = -(int)(rng() % 10);
+    }
+    c.blocks.push_back(k);
+  }
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("tq layer coding round-trips bit-exactly", "[tq]") {
+  for (uint64_t seed = 0; seed < 6; ++seed) {
+    const int64_t n = 16 + 3 * (int64_t)seed, d = 27 + (int64_t)seed;
+    TqLayerCode code = random_code(n, d, 16, seed);
+    torch::manual_seed(seed);
+    auto S = torch::randn({n, n}, torch::kFloat64) * 0.3;
+    auto T = torch::randn({n, d}, torch::kFloat64) * 0.05;
+    TqLevels lv = tq_quantize(code, S, T);
+    auto w = tq_reconstruct(code, lv);
+    // The reconstruction is S_hat T_hat.
+    torch::Tensor S_hat, T_hat;
+    tq_dequantize(code, lv, S_hat, T_hat);
+    CHECK(torch::allclose(w.to(torch::kFloat64), torch::mm(S_hat, T_hat), 1e-6, 1e-7));
+    for (Coder coder : {Coder::fixed, Coder::huffman, Coder::rans}) {
+      LayerRecord rec;
+      rec.layer = "l";
+      rec.method = "tq";
+      rec.shape = {n, d};
+      tq_encode(code, lv, coder, rec);
+      CHECK(rec.estimate.fixed_index_bits == code.t_bits_total());
+      CHECK(rec.estimate.codebook_bits == code.s_bits_total());
+      CHECK(rec.estimate.codebook_values == code.s_values());
+      TqLayerCode c2;
+      TqLevels l2;
+      tq_decode(rec, c2, l2);
+      CHECK(l2.t == lv.t);
+      CHECK(l2.s == lv.s);
+      CHECK(c2.bounds == code.bounds);
+      auto w2 = tq_reconstruct(c2, l2);
+      CHECK(torch::equal(w, w2));
+      if (coder == Coder::fixed) {
+        // Fixed width: the level streams carry (almost only) numel * bits.
+        double payload = 8.0 * (double)(rec.section("tq.coef").bytes.size() + rec.section("tq.basis").bytes.size());
+        CHECK(payload >= code.t_bits_total() + code.s_bits_total());
+        CHECK(payload <= code.t_bits_total() + code.s_bits_total() + 8 * 16 * 16);
+      }
+    }
+  }
+}
+
+TEST_CASE("tq decode rejects corrupt records", "[tq]") {
+  TqLayerCode code = random_code(16, 9, 4, 3);
+  code.blocks[0].t_bits = 3;
+  code.blocks[0].s_bits = 2;
+  auto S = torch::randn({16, 16}, torch::kFloat64);
+  auto T = torch::randn({16, 9}, torch::kFloat64);
+  TqLevels lv = tq_quantize(code, S, T);
+  LayerRecord rec;
+  rec.layer = "conv";
+  rec.shape = {16, 1, 3, 3};
+  tq_encode(code, lv, Coder::fixed, rec);
+  TqLayerCode c2;
+  TqLevels l2;
+  REQUIRE_NOTHROW(tq_decode(rec, c2, l2));
+  for (const char* sec : {"tq.side", "tq.coef", "tq.basis"}) {
+    LayerRecord bad = rec;
+    for (auto& s : bad.sections)
+      if (s.name == sec) s.bytes.resize(s.bytes.size() / 2);
+    CHECK_THROWS_AS(tq_decode(bad, c2, l2), Error);
+  }
+  LayerRecord wrong_shape = rec;
+  wrong_shape.shape = {16, 2, 3, 3};
+  CHECK_THROWS_AS(tq_decode(wrong_shape, c2, l2), Error);
+  LayerRecord bad_bits = rec;
+  for (auto& s : bad_bits.sections)
+    if (s.name == "tq.side") s.bytes[1 + 1 + 1 + 1 + 1 + 4] = 9;  // first block's t_bits (after header)
+  CHECK_THROWS_AS(tq_decode(bad_bits, c2, l2), Error);
+}
+
+TEST_CASE("transform-domain inference equals direct inference", "[tq]") {
+  auto model = make_model("cifar_resnet20");
+  model->eval();
+  torch::NoGradGuard ng;
+  torch::manual_seed(5);
+  for (int li : {0, 5, (int)model->layers().size() - 1}) {
+    const Layer& layer = model->layers()[li];
+    auto w = layer.weight().detach().reshape({layer.out_features(), -1}).to(torch::kFloat64);
+    RowTransform tr = klt_transform(w);
+    auto T = torch::mm(tr.U.t(), w);
+    const int64_t k = std::max<int64_t>(1, w.size(0) / 2);  // keep the leading half of the rows
+    auto S_act = tr.S.slice(1, 0, k).to(torch::kFloat32).contiguous();
+    auto T_act = T.slice(0, 0, k).to(torch::kFloat32).contiguous();
+    torch::Tensor x = layer.is_conv() ? torch::randn({2, layer.weight().size(1), 8, 8}) : torch::randn({2, layer.row_size()});
+    auto wk = torch::mm(S_act, T_act).view(layer.weight().sizes());
+    auto direct = tq_layer_apply(layer, x, wk);
+    auto factored = tq_apply_factored(layer, x, S_act, T_act);
+    CHECK(torch::allclose(direct, factored, 1e-4, 1e-4));
+  }
+}
+
+TEST_CASE("ELT gradient statistics match autograd per-image gradients", "[tq]") {
+  auto model = make_model("lenet5");
+  model->eval();
+  torch::manual_seed(3);
+  auto images = torch::randn({3, 1, 32, 32});
+  auto fast = tq_grad_second_moments(*model, images, 2);
+  // Reference: per image and logit, the full weight gradient of two layers.
+  const auto& layers = model->layers();
+  for (int li : {1, 2, (int)layers.size() - 2}) {
+    const Layer& L = layers[li];
+    const int64_t n = L.out_features();
+    auto ref = torch::zeros({n, n}, torch::kFloat64);
+    for (int64_t i = 0; i < 3; ++i) {
+      auto out = model->forward(images.slice(0, i, i + 1));
+      for (int64_t c = 0; c < out.size(1); ++c) {
+        auto g = torch::autograd::grad({out[0][c]}, {L.weight()}, {}, true)[0];
+        auto gm = g.reshape({n, -1}).to(torch::kFloat64);
+        ref += torch::mm(gm, gm.t());
+      }
+    }
+    ref /= (double)(3 * 10 * L.row_size());
+    CHECK(torch::allclose(fast[li], ref, 1e-4, 1e-9 * ref.abs().max().item<double>() + 1e-12));
+  }
+}
+
+TEST_CASE("tq method: decode(record) is the in-memory weight; curves cache reused", "[tq]") {
+  namespace fs = std::filesystem;
+  const std::string cache = (fs::temp_directory_path() / ("bb_tq_test_" + std::to_string(::getpid()))).string();
+  fs::remove_all(cache);
+  auto data = std::make_shared<SyntheticData>(8, "mnist");
+  auto run = [&](const std::map<std::string, std::string>& set, std::vector<torch::Tensor>* weights) {
+    auto model = make_model("lenet5");
+    torch::manual_seed(11);  // same random init every run
+    for (auto& p : model->parameters()) {
+      torch::NoGradGuard ng;
+      p.copy_(torch::randn_like(p) * 0.1);
+    }
+    model->eval();
+    auto m = make_method("tq");
+    ParamBinder::apply(m->params(), set, "test");
+    CompressContext ctx;
+    ctx.model = model.get();
+    ctx.calib = data;
+    ctx.cache_dir = cache;
+    auto recs = m->compress(ctx);
+    REQUIRE(recs.size() == model->layers().size());
+    double bits = 0;
+    for (size_t l = 0; l < recs.size(); ++l) {
+      auto w = m->decode(recs[l]);
+      CHECK(torch::equal(w, model->layers()[l].weight().detach()));
+      bits += recs[l].estimate.fixed_index_bits + recs[l].estimate.codebook_bits;
+      if (weights) weights->push_back(w);
+    }
+    const double target = std::stod(set.at("target_bpw"));
+    const double bpw = bits / (double)model->num_weights();
+    CHECK(bpw <= target * 1.0000001);
+    CHECK(bpw >= target * 0.95);  // few, large blocks in this test: the hull steps are coarse
+    return recs;
+  };
+  std::map<std::string, std::string> set = {
+      {"transform", "elt"}, {"target_bpw", "3"}, {"blocks", "4"}, {"calib_images", "8"}, {"batch_size", "8"}};
+  std::vector<torch::Tensor> w1;
+  auto r1 = run(set, &w1);
+  auto files = [&] {
+    std::vector<std::pair<std::string, int64_t>> out;
+    for (auto& e : fs::recursive_directory_iterator(cache))
+      if (e.is_regular_file())
+        out.emplace_back(e.path().string(), (int64_t)e.last_write_time().time_since_epoch().count());
+    return out;
+  };
+  auto f1 = files();
+  REQUIRE(f1.size() == 1);
+  auto r2 = run(set, nullptr);  // cache hit: same bytes
+  CHECK(files() == f1);
+  REQUIRE(r1.size() == r2.size());
+  for (size_t l = 0; l < r1.size(); ++l) {
+    REQUIRE(r1[l].sections.size() == r2[l].sections.size());
+    for (size_t s = 0; s < r1[l].sections.size(); ++s) CHECK(r1[l].sections[s].bytes == r2[l].sections[s].bytes);
+  }
+  set["target_bpw"] = "1.5";  // re-target: still the same curves file
+  auto r3 = run(set, nullptr);
+  CHECK(files() == f1);
+  // Retraining keeps the allocation (same side info and rate) but changes the levels.
+  set["retrain_epochs"] = "1";
+  set["retrain_batch_size"] = "4";
+  auto r4 = run(set, nullptr);
+  CHECK(files() == f1);
+  bool levels_changed = false;
+  for (size_t l = 0; l < r3.size(); ++l) {
+    CHECK(r4[l].section("tq.side").bytes == r3[l].section("tq.side").bytes);
+    CHECK(r4[l].estimate.fixed_index_bits == r3[l].estimate.fixed_index_bits);
+    levels_changed |= r4[l].section("tq.coef").bytes != r3[l].section("tq.coef").bytes;
+  }
+  CHECK(levels_changed);
+  set.erase("retrain_epochs");
+  set.erase("retrain_batch_size");
+  set["blocks"] = "3";  // another key: a second file
+  run(set, nullptr);
+  CHECK(files().size() == 2);
+  fs::remove_all(cache);
+}
+
+TEST_CASE("tq curves cache round-trips", "[tq]") {
+  namespace fs = std::filesystem;
+  auto model = make_model("lenet5");
+  model->eval();
+  SyntheticData data(4, "mnist");
+  TqCurveOptions o;
+  o.blocks = 2;
+  o.calib_images = 4;
+  const std::string dir = (fs::temp_directory_path() / ("bb_tq_cache_" + std::to_string(::getpid()))).string();
+  fs::remove_all(dir);
+  TqCurves a = tq_compute_curves(*model, data, o, dir);
+  CHECK(!a.from_cache);
+  CHECK(a.measurements > 0);
+  TqCurves b = tq_compute_curves(*model, data, o, dir);
+  CHECK(b.from_cache);
+  REQUIRE(a.layers.size() == b.layers.size());
+  for (size_t l = 0; l < a.layers.size(); ++l) {
+    CHECK(torch::equal(a.layers[l].S, b.layers[l].S));
+    CHECK(torch::equal(a.layers[l].T, b.layers[l].T));
+    for (size_t k = 0; k < a.layers[l].blocks.size(); ++k)
+      for (int r = 0; r <= kTqMaxBits; ++r) {
+        CHECK(a.layers[l].blocks[k].t_dist[r] == b.layers[l].blocks[k].t_dist[r]);
+        CHECK(a.layers[l].blocks[k].s_exp[r] == b.layers[l].blocks[k].s_exp[r]);
+      }
+    // 8 bits disturb the logits far less than zeroing the rows (a randomly initialised net).
+    for (const auto& cv : a.layers[l].blocks) CHECK(cv.t_dist[8] < 0.01 * cv.t_dist[0]);
+  }
+  // A corrupt cache file is ignored (recomputed), not fatal.
+  for (auto& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file()) fs::resize_file(e.path(), 100);
+  TqCurves c = tq_compute_curves(*model, data, o, dir);
+  CHECK(!c.from_cache);
+  fs::remove_all(dir);
+}
