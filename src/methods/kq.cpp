@@ -502,12 +502,14 @@ struct OutputStats : LayerTap {
       auto ks = o.kernel_size();
       auto st = o.stride();
       auto dl = o.dilation();
-      auto pd = std::get<torch::ExpandingArray<2>>(o.padding());
+      BB_CHECK(c10::holds_alternative<torch::ExpandingArray<2>>(o.padding()), "kq: layer '", l.name,
+               "' uses symbolic padding, not supported by the output proxy");
+      auto pd = c10::get<torch::ExpandingArray<2>>(o.padding());
       auto cols = torch::nn::functional::unfold(
-          x, torch::nn::functional::UnfoldFuncOptions({ks->at(0), ks->at(1)})
-                 .dilation({dl->at(0), dl->at(1)})
-                 .padding({pd->at(0), pd->at(1)})
-                 .stride({st->at(0), st->at(1)}));  // N x D x L
+          x, torch::nn::functional::UnfoldFuncOptions(torch::ExpandingArray<2>({ks->at(0), ks->at(1)}))
+                 .dilation(torch::ExpandingArray<2>({dl->at(0), dl->at(1)}))
+                 .padding(torch::ExpandingArray<2>({pd->at(0), pd->at(1)}))
+                 .stride(torch::ExpandingArray<2>({st->at(0), st->at(1)})));  // N x D x L
       P = cols.transpose(1, 2).reshape({-1, cols.size(1)});
     } else {
       P = x.reshape({-1, x.size(-1)});
@@ -569,6 +571,14 @@ int64_t record_file_bytes(const LayerRecord& rec) {
   static const int64_t empty = (int64_t)serialize_bbz(BbzFile{}).size();
   BbzFile f;
   f.layers.push_back(rec);
+  return (int64_t)serialize_bbz(f).size() - empty;
+}
+
+// Bytes a weight left in float adds to the file (stored as fp32 by default, with its header).
+int64_t kept_file_bytes(const Layer& l) {
+  static const int64_t empty = (int64_t)serialize_bbz(BbzFile{}).size();
+  BbzFile f;
+  f.tensors.push_back({l.name + ".weight", l.weight().detach(), false});
   return (int64_t)serialize_bbz(f).size() - empty;
 }
 
@@ -637,7 +647,7 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
           chosen[i] = make_candidate(l, roles[i], kq::fixed_bits_for(roles[i], p_), ctx.seed);
           fixed_bits += 8.0 * record_file_bytes(chosen[i].rec);
         } else {
-          fixed_bits += 32.0 * l.weight().numel();
+          fixed_bits += 8.0 * kept_file_bytes(l);
         }
         continue;
       }
