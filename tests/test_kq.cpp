@@ -184,7 +184,7 @@ TEST_CASE("kq: nominal rates on ImageNet ResNet-18 and VGG-16 shapes", "[kq]") {
 TEST_CASE("kq: target_bpw lands within 2% of the target on real bytes", "[kq]") {
   auto model = random_model("cifar_resnet20", 3);
   const int64_t nweights = model->num_weights();
-  for (double target : {0.8, 1.5, 3.0}) {
+  for (double target : {0.8, 1.2, 1.8}) {
     auto m = kq_method({{"target_bpw", std::to_string(target)}, {"alloc_proxy", "mse"}, {"kmeans_iters", "6"},
                         {"first_conv", "kq"}, {"alloc_max_bits", "8"}});
     auto mm = random_model("cifar_resnet20", 3);
