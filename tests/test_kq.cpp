@@ -2,6 +2,8 @@
 
 #include "coding/bbz.h"
 #include "common/error.h"
+#include "common/timer.h"
+#include "quant/kmeans.h"
 #include "methods/kq.h"
 #include "methods/method.h"
 #include "models/registry.h"
@@ -237,5 +239,22 @@ TEST_CASE("kq: bad parameters and corrupt records are clear errors", "[kq]") {
     CompressContext c2;
     c2.model = mm.get();
     REQUIRE_THROWS_AS(t->compress(c2), Error);
+  }
+}
+
+// Timing of the largest ResNet-18 layer (512x512 3x3: 262,144 kernels, k = 512). Hidden: run with
+// `bitbench_tests "[.kq_perf]"`.
+TEST_CASE("kq: timing of one ResNet-18 layer4 conv", "[.kq_perf]") {
+  torch::manual_seed(9);
+  auto x = torch::randn({262144, 9}) * 0.02;
+  kq::QuantOptions o;
+  o.k = 512;
+  double t0 = now_seconds();
+  auto c = kq::quantize_vectors(x, o);
+  WARN("quantize_vectors 262144 x 9, k=512: " << now_seconds() - t0 << " s");
+  for (int64_t chunk : {65536, 16384, 4096, 1024}) {
+    t0 = now_seconds();
+    auto a = assign_nearest(x, c.codebook(), chunk);
+    WARN("one assignment pass, chunk " << chunk << ": " << now_seconds() - t0 << " s");
   }
 }

@@ -132,9 +132,13 @@ namespace {
 
 float round_fp16(float v) { return half_to_float(float_to_half(v)); }
 
+// Rows per distance block: keeps the n x k block near 8 MB, small enough to be reused by the
+// allocator instead of being mapped and unmapped on every call (which cost more than the math).
+int64_t distance_chunk(int64_t k) { return std::max<int64_t>(256, std::min<int64_t>(65536, (int64_t(1) << 21) / k)); }
+
 // Nearest codeword; scalar codebooks (d = 1) by binary search, which is exact and O(n log k).
 torch::Tensor nearest(const torch::Tensor& x, const torch::Tensor& cb) {
-  if (cb.size(1) != 1) return assign_nearest(x, cb).first;
+  if (cb.size(1) != 1) return assign_nearest(x, cb, distance_chunk(cb.size(0))).first;
   auto flat = cb.flatten();
   auto sorted = flat.sort();
   auto vals = std::get<0>(sorted), order = std::get<1>(sorted);
@@ -174,6 +178,7 @@ ClusteringResult float_kmeans(const torch::Tensor& x, int64_t k, const QuantOpti
   cp.niter = o.kmeans_iters;
   cp.seed = o.seed;
   cp.max_splits_per_iter = (int)std::min<int64_t>(k, 1 << 16);  // bounded repair per iteration
+  cp.chunk = distance_chunk(k);
   auto train = subsample(x, k * (int64_t)o.max_points_per_centroid, o.seed ^ 0x9e3779b97f4a7c15ULL);
   return kmeans(train, k, cp);
 }
@@ -201,7 +206,8 @@ void quantize_plain(const torch::Tensor& x, const QuantOptions& o, LayerCode& c)
 // Joint nearest (codeword j, gain g) for w ~ g * c_j: for each j the best gain on the sorted gain
 // list is the one nearest to <w,c_j>/||c_j||^2 (the error is a parabola in g).
 std::pair<torch::Tensor, torch::Tensor> nearest_gain_shape(const torch::Tensor& x, const torch::Tensor& cb,
-                                                           const torch::Tensor& gains_sorted, int64_t chunk = 16384) {
+                                                           const torch::Tensor& gains_sorted) {
+  const int64_t chunk = distance_chunk(cb.size(0) * 4);  // a few m x k temporaries per block
   const int64_t n = x.size(0);
   auto idx = torch::empty({n}, torch::kInt64), gidx = torch::empty({n}, torch::kInt64);
   auto cn = cb.pow(2).sum(1);                      // k
@@ -598,7 +604,6 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
 
   std::vector<Candidate> chosen(L);
   if (p_.target_bpw <= 0) {
-    ctx.phase("kmeans");
     for (int i = 0; i < L; ++i) {
       if (!quantized(i)) continue;
       double t0 = now_seconds();
@@ -606,6 +611,7 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
       log_debug("kq: " + layers[i].name + " k=" + std::to_string(chosen[i].code.k) + " in " +
                 std::to_string(now_seconds() - t0) + " s");
     }
+    ctx.phase("kmeans");
   } else {
     // ---- rate target: candidates per layer, Lagrangian allocation on exact record sizes ----
     const bool conv_scope = p_.target_scope == "conv";
@@ -615,7 +621,6 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
     std::vector<torch::Tensor> H(L);
     std::vector<int64_t> Hrows(L, 0);
     if (p_.alloc_proxy == "output") {
-      ctx.phase("calibration");
       BB_CHECK(ctx.calib, "kq: target_bpw with alloc_proxy=output needs a calibration set (--calib), or use alloc_proxy=mse");
       OutputStats st(model, alloc);
       auto idx = sample_indices(ctx.calib->size(), p_.calib_images, ctx.seed ^ 0xca11b);
@@ -631,8 +636,8 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
       model.set_tap(nullptr);
       H = st.H;
       Hrows = st.rows;
+      ctx.phase("calibration");
     }
-    ctx.phase("candidates");
     double fixed_bits = 0;
     int64_t scope_weights = 0;
     std::vector<std::vector<Candidate>> cands(L);
@@ -675,8 +680,8 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
       points.push_back(std::move(pts));
       alloc_layers.push_back(i);
     }
+    ctx.phase("candidates");
     const double budget = p_.target_bpw * (double)scope_weights - fixed_bits;
-    ctx.phase("allocation");
     AllocResult ar;
     try {
       ar = allocate_bits(points, budget);
@@ -698,6 +703,7 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
     for (int i = 0; i < L; ++i)
       if (quantized(i) && !in_scope(i))
         chosen[i] = make_candidate(layers[i], roles[i], kq::fixed_bits_for(roles[i], p_), ctx.seed);
+    ctx.phase("allocation");
     double achieved = (ar.rate_bits + fixed_bits) / (double)scope_weights;
     std::string widths;
     for (int i : alloc_layers) widths += " " + layers[i].name + ":" + std::to_string(chosen[i].bits);
