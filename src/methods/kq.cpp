@@ -1,0 +1,728 @@
+// Kernel Quantization (KQ), Yu, Shi, Huang, Yu, arXiv 2003.05148. See docs/methods/kq.md.
+//
+// Per layer, by role:
+//   kernel     conv with K > 1: the C_out*C_in kernels are K*K vectors; k-means (k-means++,
+//              subsampled training, all kernels assigned) gives a codebook of min(2^b, n) kernels,
+//              its entries are put on a codebook_bits uniform grid (per-layer scale), and Lloyd
+//              continues on that grid so every kernel ends assigned to its nearest *quantized*
+//              codeword.
+//   pointwise  1x1 conv, fc: linear layer: the same with d = 1 (a scalar codebook; "weight level").
+//   kept       left in float (not returned; the pipeline stores it).
+// Index widths come from index_bits / pointwise_bits / fc_bits, or, with target_bpw > 0, from a
+// Lagrangian allocation (quant/layer_alloc.h) over per-layer candidates whose rate is the exact
+// serialised size of the candidate's record and whose distortion is the layer-output error on
+// calibration inputs (or the weight MSE).
+#include "methods/kq.h"
+
+#include "coding/bbz.h"
+#include "coding/bytes.h"
+#include "coding/symbols.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "common/timer.h"
+#include "data/loader.h"
+#include "methods/method.h"
+#include "quant/kmeans.h"
+#include "quant/layer_alloc.h"
+
+#include <cmath>
+#include <random>
+
+namespace bb {
+
+void KqParams::bind(ParamBinder& b) {
+  b.field("index_bits", index_bits, "kernel index width b for conv layers with K>1 (codebook of min(2^b, #kernels) kernels)");
+  b.field("codebook_bits", codebook_bits, "bits per codebook entry on a uniform per-layer grid (2..16; 32 = float32)");
+  b.field("pointwise_bits", pointwise_bits, "weight-level index width for 1x1 convs (0 = keep float)");
+  b.field("fc_bits", fc_bits, "weight-level index width for linear layers (0 = keep float)");
+  b.field("first_conv", first_conv, "the network's first conv", {"keep", "kq"});
+  b.field("kernel_mode", kernel_mode, "plain k-means on kernels, or gain_shape (unit-norm shapes + per-kernel gain index)",
+          {"plain", "gain_shape"});
+  b.field("gain_bits", gain_bits, "gain_shape: bits of the per-kernel gain index (1..8)");
+  b.field("kmeans_iters", kmeans_iters, "Lloyd iterations of the float k-means");
+  b.field("max_points_per_centroid", max_points_per_centroid, "k-means trains on at most k*this vectors (all are assigned)");
+  b.field("grid_iters", grid_iters, "Lloyd iterations on the quantized codebook grid");
+  b.field("coder", coder, "index stream coder", {"fixed", "huffman", "rans"});
+  b.field("target_bpw", target_bpw, "if > 0: choose per-layer index widths by Lagrangian allocation to hit this rate");
+  b.field("target_scope", target_scope, "what target_bpw counts: all conv+linear weights, or conv weights only",
+          {"all", "conv"});
+  b.field("alloc_proxy", alloc_proxy, "allocation distortion: layer-output error on calibration inputs, or weight MSE",
+          {"output", "mse"});
+  b.field("alloc_min_bits", alloc_min_bits, "smallest candidate index width in the allocation");
+  b.field("alloc_max_bits", alloc_max_bits, "largest candidate index width in the allocation");
+  b.field("calib_images", calib_images, "calibration images for the output proxy");
+  b.field("finetune_epochs", finetune_epochs, "codebook fine-tuning epochs over the calibration set (0 = off)");
+  b.field("finetune_lr", finetune_lr, "fine-tuning learning rate (Adam)");
+  b.field("finetune_batch", finetune_batch, "fine-tuning batch size");
+  b.field("finetune_loss", finetune_loss, "fine-tuning loss: labels or distillation from the float model", {"ce", "kd"});
+  b.field("finetune_kd_temperature", finetune_kd_temperature, "distillation temperature");
+}
+
+void KqParams::validate() {
+  auto where = std::string("method 'kq': ");
+  BB_CHECK(index_bits >= 1 && index_bits <= 16, where, "index_bits must be in 1..16, got ", index_bits);
+  BB_CHECK((codebook_bits >= 2 && codebook_bits <= 16) || codebook_bits == 32, where,
+           "codebook_bits must be in 2..16 or 32 (float), got ", codebook_bits);
+  BB_CHECK(pointwise_bits >= 0 && pointwise_bits <= 16, where, "pointwise_bits must be in 0..16, got ", pointwise_bits);
+  BB_CHECK(fc_bits >= 0 && fc_bits <= 16, where, "fc_bits must be in 0..16, got ", fc_bits);
+  BB_CHECK(gain_bits >= 1 && gain_bits <= 8, where, "gain_bits must be in 1..8, got ", gain_bits);
+  BB_CHECK(kmeans_iters >= 0, where, "kmeans_iters must be >= 0");
+  BB_CHECK(max_points_per_centroid >= 1, where, "max_points_per_centroid must be >= 1");
+  BB_CHECK(grid_iters >= 0, where, "grid_iters must be >= 0");
+  BB_CHECK(target_bpw >= 0, where, "target_bpw must be >= 0");
+  BB_CHECK(alloc_min_bits >= 1 && alloc_min_bits <= alloc_max_bits && alloc_max_bits <= 16, where,
+           "need 1 <= alloc_min_bits <= alloc_max_bits <= 16, got ", alloc_min_bits, "..", alloc_max_bits);
+  BB_CHECK(calib_images >= 1, where, "calib_images must be >= 1");
+  BB_CHECK(finetune_epochs >= 0, where, "finetune_epochs must be >= 0");
+  BB_CHECK(finetune_lr > 0, where, "finetune_lr must be > 0");
+  BB_CHECK(finetune_batch >= 1, where, "finetune_batch must be >= 1");
+  BB_CHECK(finetune_kd_temperature > 0, where, "finetune_kd_temperature must be > 0");
+}
+
+namespace kq {
+
+// ---------------------------------------------------------------------------------------------
+// Codebook grid
+
+static int grid_lo(int bits) { return -(1 << (bits - 1)); }
+static int grid_hi(int bits) { return (1 << (bits - 1)) - 1; }
+
+torch::Tensor to_grid(const torch::Tensor& v, float scale, int bits) {
+  return torch::round(v / scale).clamp(grid_lo(bits), grid_hi(bits)).to(torch::kInt32);
+}
+
+static torch::Tensor from_grid(const torch::Tensor& q, float scale) { return q.to(torch::kFloat32) * scale; }
+
+float grid_scale(const torch::Tensor& cb, const torch::Tensor& counts, int bits) {
+  torch::NoGradGuard ng;
+  const double lo = cb.min().item<double>(), hi = cb.max().item<double>();
+  // The scale at which the extreme entries just reach the ends of the grid.
+  double s0 = std::max(-lo / -grid_lo(bits), hi / grid_hi(bits));
+  if (!(s0 > 0)) return 1.0f;  // all-zero codebook: any scale represents it
+  auto w = counts.to(torch::kFloat32).reshape({-1, 1});
+  float best_s = (float)s0;
+  double best_e = 1e300;
+  // Clipping the few largest entries can pay for a finer step for all others.
+  for (double r : {1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5}) {
+    float s = (float)(s0 * r);
+    double e = ((from_grid(to_grid(cb, s, bits), s) - cb).pow(2) * w).sum().item<double>();
+    if (e < best_e) {
+      best_e = e;
+      best_s = s;
+    }
+  }
+  return best_s;
+}
+
+torch::Tensor LayerCode::codebook() const {
+  return codebook_bits == 32 ? codebook_f : from_grid(codebook_q, scale);
+}
+
+torch::Tensor reconstruct(const LayerCode& c) {
+  torch::NoGradGuard ng;
+  auto w = c.codebook().index_select(0, c.idx);
+  if (c.gain_bits > 0) w = w * c.gains.index_select(0, c.gain_idx).unsqueeze(1);
+  return w;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quantization of one layer's vectors
+
+namespace {
+
+float round_fp16(float v) { return half_to_float(float_to_half(v)); }
+
+// Rows per distance block: keeps the n x k block near 8 MB, small enough to be reused by the
+// allocator instead of being mapped and unmapped on every call (which cost more than the math).
+int64_t distance_chunk(int64_t k) { return std::max<int64_t>(256, std::min<int64_t>(65536, (int64_t(1) << 21) / k)); }
+
+// Nearest codeword; scalar codebooks (d = 1) by binary search, which is exact and O(n log k).
+torch::Tensor nearest(const torch::Tensor& x, const torch::Tensor& cb) {
+  if (cb.size(1) != 1) return assign_nearest(x, cb, distance_chunk(cb.size(0))).first;
+  auto flat = cb.flatten();
+  auto sorted = flat.sort();
+  auto vals = std::get<0>(sorted), order = std::get<1>(sorted);
+  if (vals.numel() == 1) return torch::zeros({x.size(0)}, torch::kInt64);
+  auto mids = (vals.slice(0, 1) + vals.slice(0, 0, -1)) * 0.5f;
+  auto pos = torch::bucketize(x.flatten(), mids);
+  return order.index_select(0, pos);
+}
+
+// Members' (weighted) mean per codeword; rows of empty codewords are NaN-free garbage (masked).
+std::pair<torch::Tensor, torch::Tensor> cluster_means(const torch::Tensor& x, const torch::Tensor& assign, int64_t k,
+                                                      const torch::Tensor& w = {}) {
+  auto x64 = x.to(torch::kFloat64);
+  auto sums = torch::zeros({k, x.size(1)}, torch::kFloat64);
+  auto cnt = torch::zeros({k}, torch::kFloat64);
+  if (w.defined()) {
+    auto w64 = w.to(torch::kFloat64);
+    sums.index_add_(0, assign, x64 * w64.unsqueeze(1));
+    cnt.index_add_(0, assign, w64);
+  } else {
+    sums.index_add_(0, assign, x64);
+    cnt.index_add_(0, assign, torch::ones({x.size(0)}, torch::kFloat64));
+  }
+  return {(sums / cnt.clamp_min(1e-300).unsqueeze(1)).to(torch::kFloat32), cnt > 0};
+}
+
+// Deterministic training subset of at most m rows.
+torch::Tensor subsample(const torch::Tensor& x, int64_t m, uint64_t seed) {
+  const int64_t n = x.size(0);
+  if (n <= m) return x;
+  std::vector<int64_t> idx = sample_indices(n, m, seed);
+  return x.index_select(0, torch::tensor(idx, torch::kInt64));
+}
+
+ClusteringResult float_kmeans(const torch::Tensor& x, int64_t k, const QuantOptions& o) {
+  ClusteringParams cp;
+  cp.niter = o.kmeans_iters;
+  cp.seed = o.seed;
+  cp.max_splits_per_iter = (int)std::min<int64_t>(k, 1 << 16);  // bounded repair per iteration
+  cp.chunk = distance_chunk(k);
+  auto train = subsample(x, k * (int64_t)o.max_points_per_centroid, o.seed ^ 0x9e3779b97f4a7c15ULL);
+  return kmeans(train, k, cp);
+}
+
+void quantize_plain(const torch::Tensor& x, const QuantOptions& o, LayerCode& c) {
+  auto km = float_kmeans(x, c.k, o);
+  if (o.codebook_bits == 32) {
+    c.codebook_f = km.centroids.contiguous();
+    c.idx = nearest(x, c.codebook_f);
+    return;
+  }
+  auto counts = torch::bincount(nearest(x, km.centroids), {}, c.k);
+  c.scale = grid_scale(km.centroids, counts, o.codebook_bits);
+  c.codebook_q = to_grid(km.centroids, c.scale, o.codebook_bits);
+  // Lloyd on the grid: for a fixed assignment, the grid point nearest to the members' mean is
+  // the best grid point per coordinate, so the error never increases.
+  for (int it = 0; it < o.grid_iters; ++it) {
+    auto a = nearest(x, c.codebook());
+    auto [mean, nonempty] = cluster_means(x, a, c.k);
+    c.codebook_q = torch::where(nonempty.unsqueeze(1), to_grid(mean, c.scale, o.codebook_bits), c.codebook_q);
+  }
+  c.idx = nearest(x, c.codebook());
+}
+
+// Joint nearest (codeword j, gain g) for w ~ g * c_j: for each j the best gain on the sorted gain
+// list is the one nearest to <w,c_j>/||c_j||^2 (the error is a parabola in g).
+std::pair<torch::Tensor, torch::Tensor> nearest_gain_shape(const torch::Tensor& x, const torch::Tensor& cb,
+                                                           const torch::Tensor& gains_sorted) {
+  const int64_t chunk = distance_chunk(cb.size(0) * 4);  // a few m x k temporaries per block
+  const int64_t n = x.size(0);
+  auto idx = torch::empty({n}, torch::kInt64), gidx = torch::empty({n}, torch::kInt64);
+  auto cn = cb.pow(2).sum(1);                      // k
+  auto inv = torch::where(cn > 0, 1.0f / cn.clamp_min(1e-30f), torch::zeros_like(cn));
+  auto cbt = cb.t().contiguous();
+  const int64_t G = gains_sorted.numel();
+  auto mids = G > 1 ? ((gains_sorted.slice(0, 1) + gains_sorted.slice(0, 0, -1)) * 0.5f).contiguous() : torch::Tensor();
+  for (int64_t s = 0; s < n; s += chunk) {
+    int64_t e = std::min(n, s + chunk);
+    auto dots = torch::mm(x.slice(0, s, e), cbt);  // m x k
+    auto gi = G > 1 ? torch::bucketize(dots * inv, mids) : torch::zeros_like(dots, torch::kInt64);
+    auto g = gains_sorted.index({gi});
+    auto err = g * g * cn - 2.0f * g * dots;  // + ||w||^2, constant per row
+    auto mn = err.min(1);
+    auto j = std::get<1>(mn);
+    idx.slice(0, s, e).copy_(j);
+    gidx.slice(0, s, e).copy_(gi.gather(1, j.unsqueeze(1)).squeeze(1));
+  }
+  return {idx, gidx};
+}
+
+void quantize_gain_shape(const torch::Tensor& x, const QuantOptions& o, LayerCode& c) {
+  const int64_t G = int64_t(1) << o.gain_bits;
+  auto norms = x.norm(2, 1);
+  auto shapes = x / norms.clamp_min(1e-30f).unsqueeze(1);  // zero kernels stay zero
+  auto km = float_kmeans(shapes, c.k, o);
+  auto quantize_cb = [&](const torch::Tensor& cbf, const torch::Tensor& counts) {
+    if (o.codebook_bits == 32) {
+      c.codebook_f = cbf.contiguous();
+    } else {
+      c.scale = grid_scale(cbf, counts, o.codebook_bits);
+      c.codebook_q = to_grid(cbf, c.scale, o.codebook_bits);
+    }
+  };
+  auto a0 = nearest(shapes, km.centroids);
+  quantize_cb(km.centroids, torch::bincount(a0, {}, c.k));
+  // Initial gains: optimal per-kernel gain for its nearest shape, clustered into G scalars.
+  auto cbq = c.codebook();
+  auto cj = cbq.index_select(0, a0);
+  auto gstar = (x * cj).sum(1) / cj.pow(2).sum(1).clamp_min(1e-30f);
+  ClusteringParams gp;
+  gp.niter = o.kmeans_iters;
+  gp.seed = o.seed + 17;
+  auto gk = kmeans(subsample(gstar.unsqueeze(1), G * (int64_t)o.max_points_per_centroid, o.seed + 18), G, gp);
+  auto set_gains = [&](const torch::Tensor& g) {
+    auto gs = std::get<0>(g.flatten().sort()).contiguous();
+    auto acc = gs.accessor<float, 1>();
+    for (int64_t i = 0; i < gs.numel(); ++i) acc[i] = round_fp16(acc[i]);  // stored as fp16
+    c.gains = gs;
+  };
+  set_gains(gk.centroids);
+  for (int it = 0; it <= o.grid_iters; ++it) {
+    auto [idx, gidx] = nearest_gain_shape(x, c.codebook(), c.gains);
+    c.idx = idx;
+    c.gain_idx = gidx;
+    if (it == o.grid_iters) break;
+    // Shapes: argmin_c sum ||w_i - g_i c||^2 = sum g_i w_i / sum g_i^2, rounded to the grid.
+    auto g = c.gains.index_select(0, gidx).to(torch::kFloat64);
+    auto num = torch::zeros({c.k, c.d}, torch::kFloat64).index_add_(0, idx, x.to(torch::kFloat64) * g.unsqueeze(1));
+    auto den = torch::zeros({c.k}, torch::kFloat64).index_add_(0, idx, g * g);
+    auto nonempty = (den > 0).unsqueeze(1);
+    auto shape_new = (num / den.clamp_min(1e-300).unsqueeze(1)).to(torch::kFloat32);
+    if (o.codebook_bits == 32) {
+      c.codebook_f = torch::where(nonempty, shape_new, c.codebook_f);
+    } else {
+      c.codebook_q = torch::where(nonempty, to_grid(shape_new, c.scale, o.codebook_bits), c.codebook_q);
+    }
+    // Gains: argmin_g sum ||w_i - g c_i||^2 = sum <w_i,c_i> / sum ||c_i||^2 over the gain's members.
+    auto cbn = c.codebook().index_select(0, idx);
+    auto num_g = torch::zeros({G}, torch::kFloat64).index_add_(0, gidx, (x * cbn).sum(1).to(torch::kFloat64));
+    auto den_g = torch::zeros({G}, torch::kFloat64).index_add_(0, gidx, cbn.pow(2).sum(1).to(torch::kFloat64));
+    auto newg = torch::where(den_g > 0, num_g / den_g.clamp_min(1e-300), c.gains.to(torch::kFloat64)).to(torch::kFloat32);
+    set_gains(newg);
+  }
+}
+
+}  // namespace
+
+LayerCode quantize_vectors(const torch::Tensor& x_in, const QuantOptions& o) {
+  torch::NoGradGuard ng;
+  BB_CHECK(x_in.dim() == 2 && x_in.size(0) > 0, "kq: expects a non-empty n x d matrix");
+  BB_CHECK(o.k >= 1, "kq: codebook size must be >= 1");
+  auto x = x_in.to(torch::kFloat32).contiguous();
+  LayerCode c;
+  c.d = x.size(1);
+  c.k = std::min<int64_t>(o.k, x.size(0));  // more codewords than vectors buys nothing
+  c.codebook_bits = o.codebook_bits;
+  if (o.gain_shape) {
+    c.gain_bits = o.gain_bits;
+    quantize_gain_shape(x, o, c);
+  } else {
+    quantize_plain(x, o, c);
+  }
+  return c;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layer roles and the nominal (paper-convention) rate
+
+LayerRole layer_role(const Model& m, int li, const KqParams& p) {
+  const Layer& l = m.layers()[li];
+  if (!l.is_conv()) return p.fc_bits > 0 ? LayerRole::fc : LayerRole::kept;
+  bool first = true;
+  for (int j = 0; j < li; ++j) first &= !m.layers()[j].is_conv();
+  if (first && p.first_conv == "keep") return LayerRole::first_conv_kept;
+  if (l.kernel_h() * l.kernel_w() == 1) return p.pointwise_bits > 0 ? LayerRole::pointwise : LayerRole::kept;
+  return LayerRole::kernel;
+}
+
+static int64_t vec_dim(const std::vector<int64_t>& shape, LayerRole role) {
+  return role == LayerRole::kernel ? shape[2] * shape[3] : 1;
+}
+
+static int index_width(int64_t k) { return k <= 1 ? 0 : (int)std::ceil(std::log2((double)k) - 1e-12); }
+
+NominalRate nominal_layer_rate(const std::vector<int64_t>& shape, LayerRole role, int bits, const KqParams& p) {
+  NominalRate r;
+  r.weights = 1;
+  for (auto s : shape) r.weights *= s;
+  if (role == LayerRole::kept || role == LayerRole::first_conv_kept) {
+    r.codebook_bits = 0;
+    r.index_bits = 32.0 * r.weights;  // float32, the paper's full-precision convention
+    return r;
+  }
+  const int64_t d = vec_dim(shape, role), n = r.weights / d;
+  const int64_t k = std::min<int64_t>(int64_t(1) << bits, n);
+  const bool gs = role == LayerRole::kernel && p.kernel_mode == "gain_shape";
+  r.index_bits = (double)n * (index_width(k) + (gs ? p.gain_bits : 0));
+  r.codebook_bits = (double)k * d * p.codebook_bits + (p.codebook_bits == 32 ? 0 : 32) + (gs ? 16.0 * (1 << p.gain_bits) : 0);
+  return r;
+}
+
+static int fixed_bits_for(LayerRole role, const KqParams& p) {
+  switch (role) {
+    case LayerRole::kernel: return p.index_bits;
+    case LayerRole::pointwise: return p.pointwise_bits;
+    case LayerRole::fc: return p.fc_bits;
+    default: return 0;
+  }
+}
+
+NominalRate nominal_model_rate(const Model& m, const KqParams& p, bool conv_only) {
+  NominalRate t;
+  for (int i = 0; i < (int)m.layers().size(); ++i) {
+    const Layer& l = m.layers()[i];
+    if (conv_only && !l.is_conv()) continue;
+    auto role = layer_role(m, i, p);
+    auto r = nominal_layer_rate(l.weight().sizes().vec(), role, fixed_bits_for(role, p), p);
+    t.weights += r.weights;
+    t.index_bits += r.index_bits;
+    t.codebook_bits += r.codebook_bits;
+  }
+  return t;
+}
+
+}  // namespace kq
+
+// =============================================================================================
+// The method
+
+namespace {
+
+constexpr uint8_t kFormatVersion = 1;
+
+uint64_t layer_seed(uint64_t seed, const std::string& name, int bits) {
+  uint64_t h = 1469598103934665603ULL;  // FNV-1a of the layer name: seeds independent of layer order
+  for (char ch : name) h = (h ^ (uint8_t)ch) * 1099511628211ULL;
+  return seed * 0x9e3779b97f4a7c15ULL + h + (uint64_t)bits * 7919;
+}
+
+std::vector<uint32_t> to_symbols(const torch::Tensor& t, int64_t offset = 0) {
+  auto v = t.to(torch::kInt64).contiguous();
+  const int64_t* p = v.data_ptr<int64_t>();
+  std::vector<uint32_t> out(v.numel());
+  for (int64_t i = 0; i < v.numel(); ++i) out[i] = (uint32_t)(p[i] + offset);
+  return out;
+}
+
+torch::Tensor from_symbols(const std::vector<uint32_t>& s, int64_t offset = 0) {
+  auto t = torch::empty({(int64_t)s.size()}, torch::kInt64);
+  auto* p = t.data_ptr<int64_t>();
+  for (size_t i = 0; i < s.size(); ++i) p[i] = (int64_t)s[i] - offset;
+  return t;
+}
+
+LayerRecord encode_record(const std::string& layer, const std::vector<int64_t>& shape, const kq::LayerCode& c,
+                          Coder coder) {
+  LayerRecord rec;
+  rec.layer = layer;
+  rec.method = "kq";
+  rec.shape = shape;
+  ByteWriter meta;
+  meta.u8(kFormatVersion);
+  meta.varint((uint64_t)c.d);
+  meta.varint((uint64_t)c.k);
+  meta.u8((uint8_t)c.codebook_bits);
+  meta.u8((uint8_t)c.gain_bits);
+  meta.f32(c.scale);
+  rec.add("meta", Component::side, meta.take());
+  if (c.codebook_bits == 32) {
+    ByteWriter w;
+    put_floats(w, c.codebook_f, false);
+    rec.add("codebook", Component::codebook, w.take());
+  } else {
+    rec.add("codebook", Component::codebook,
+            encode_symbols(to_symbols(c.codebook_q.flatten(), int64_t(1) << (c.codebook_bits - 1)),
+                           1u << c.codebook_bits, Coder::fixed));
+  }
+  auto idx = to_symbols(c.idx);
+  rec.add("idx", Component::indices, encode_symbols(idx, (uint32_t)c.k, coder));
+  const int64_t n = c.idx.numel();
+  const int ib = kq::index_width(c.k);
+  rec.estimate.fixed_index_bits = (double)n * ib;
+  rec.estimate.index_bits = coder == Coder::fixed ? (double)n * ib : empirical_entropy_bits(idx, (uint32_t)c.k);
+  rec.estimate.codebook_bits = (double)c.k * c.d * c.codebook_bits + (c.codebook_bits == 32 ? 0 : 32);
+  rec.estimate.codebook_values = c.k * c.d;
+  if (c.gain_bits > 0) {
+    ByteWriter w;
+    put_floats(w, c.gains, true);
+    rec.add("gains", Component::codebook, w.take());
+    auto gi = to_symbols(c.gain_idx);
+    const uint32_t G = 1u << c.gain_bits;
+    rec.add("gain_idx", Component::indices, encode_symbols(gi, G, coder));
+    rec.estimate.fixed_index_bits += (double)n * c.gain_bits;
+    rec.estimate.index_bits += coder == Coder::fixed ? (double)n * c.gain_bits : empirical_entropy_bits(gi, G);
+    rec.estimate.codebook_bits += 16.0 * G;
+    rec.estimate.codebook_values += G;
+  }
+  return rec;
+}
+
+kq::LayerCode decode_code(const LayerRecord& rec) {
+  const std::string what = "kq record of layer '" + rec.layer + "'";
+  ByteReader m(rec.section("meta").bytes, what + " meta");
+  uint8_t ver = m.u8();
+  BB_CHECK(ver == kFormatVersion, what, ": unsupported format version ", (int)ver);
+  kq::LayerCode c;
+  c.d = (int64_t)m.varint();
+  c.k = (int64_t)m.varint();
+  c.codebook_bits = m.u8();
+  c.gain_bits = m.u8();
+  c.scale = m.f32();
+  BB_CHECK(m.done(), what, ": trailing bytes in meta");
+  int64_t numel = 1;
+  for (auto s : rec.shape) {
+    BB_CHECK(s > 0, what, ": bad shape");
+    numel *= s;
+  }
+  BB_CHECK(c.d >= 1 && numel % c.d == 0, what, ": vector length ", c.d, " does not divide ", numel, " weights");
+  const int64_t n = numel / c.d;
+  BB_CHECK(c.k >= 1 && c.k <= n, what, ": codebook size ", c.k, " out of range for ", n, " vectors");
+  BB_CHECK((c.codebook_bits >= 2 && c.codebook_bits <= 16) || c.codebook_bits == 32, what, ": bad codebook_bits ",
+           c.codebook_bits);
+  BB_CHECK(c.gain_bits <= 8, what, ": bad gain_bits ", c.gain_bits);
+  BB_CHECK(std::isfinite(c.scale), what, ": non-finite scale");
+  const auto& cbs = rec.section("codebook").bytes;
+  if (c.codebook_bits == 32) {
+    ByteReader r(cbs, what + " codebook");
+    c.codebook_f = get_floats(r, c.k * c.d, false).reshape({c.k, c.d});
+    BB_CHECK(r.done(), what, ": trailing bytes in codebook");
+  } else {
+    auto q = decode_symbols(cbs);
+    BB_CHECK((int64_t)q.size() == c.k * c.d, what, ": codebook has ", q.size(), " entries, expected ", c.k * c.d);
+    for (auto v : q) BB_CHECK(v < (1u << c.codebook_bits), what, ": codebook entry out of range");
+    c.codebook_q = from_symbols(q, int64_t(1) << (c.codebook_bits - 1)).to(torch::kInt32).reshape({c.k, c.d});
+  }
+  auto idx = decode_symbols(rec.section("idx").bytes);
+  BB_CHECK((int64_t)idx.size() == n, what, ": ", idx.size(), " indices for ", n, " vectors");
+  for (auto v : idx) BB_CHECK((int64_t)v < c.k, what, ": index ", v, " >= codebook size ", c.k);
+  c.idx = from_symbols(idx);
+  if (c.gain_bits > 0) {
+    const int64_t G = int64_t(1) << c.gain_bits;
+    ByteReader r(rec.section("gains").bytes, what + " gains");
+    c.gains = get_floats(r, G, true);
+    BB_CHECK(r.done(), what, ": trailing bytes in gains");
+    auto gi = decode_symbols(rec.section("gain_idx").bytes);
+    BB_CHECK((int64_t)gi.size() == n, what, ": ", gi.size(), " gain indices for ", n, " vectors");
+    for (auto v : gi) BB_CHECK((int64_t)v < G, what, ": gain index out of range");
+    c.gain_idx = from_symbols(gi);
+  }
+  return c;
+}
+
+// Layer-output error statistics: H = sum over calibration positions of x x^T, x the layer's
+// input patch (im2col row for convs), so ||X dW^T||^2 = tr(dW H dW^T).
+struct OutputStats : LayerTap {
+  const Model* model;
+  std::vector<bool> wanted;
+  std::vector<torch::Tensor> H;  // float64
+  std::vector<int64_t> rows;
+  OutputStats(const Model& m, std::vector<bool> w) : model(&m), wanted(std::move(w)), H(wanted.size()), rows(wanted.size(), 0) {}
+  void on_input(int li, const torch::Tensor& x) override {
+    if (!wanted[li]) return;
+    const Layer& l = model->layers()[li];
+    torch::Tensor P;
+    if (l.is_conv()) {
+      const auto& o = l.conv->options;
+      auto ks = o.kernel_size();
+      auto st = o.stride();
+      auto dl = o.dilation();
+      BB_CHECK(c10::holds_alternative<torch::ExpandingArray<2>>(o.padding()), "kq: layer '", l.name,
+               "' uses symbolic padding, not supported by the output proxy");
+      auto pd = c10::get<torch::ExpandingArray<2>>(o.padding());
+      auto cols = torch::nn::functional::unfold(
+          x, torch::nn::functional::UnfoldFuncOptions(torch::ExpandingArray<2>({ks->at(0), ks->at(1)}))
+                 .dilation(torch::ExpandingArray<2>({dl->at(0), dl->at(1)}))
+                 .padding(torch::ExpandingArray<2>({pd->at(0), pd->at(1)}))
+                 .stride(torch::ExpandingArray<2>({st->at(0), st->at(1)})));  // N x D x L
+      P = cols.transpose(1, 2).reshape({-1, cols.size(1)});
+    } else {
+      P = x.reshape({-1, x.size(-1)});
+    }
+    auto h = torch::mm(P.t(), P).to(torch::kFloat64);
+    H[li] = H[li].defined() ? H[li] + h : h;
+    rows[li] += P.size(0);
+  }
+};
+
+struct Candidate {
+  int bits = 0;
+  kq::LayerCode code;
+  LayerRecord rec;
+  double rate_bits = 0, distortion = 0;
+};
+
+class KqMethod : public Method {
+ public:
+  std::string name() const override { return "kq"; }
+  ParamsBase& params() override { return p_; }
+  bool needs_calibration() const override {
+    return (p_.target_bpw > 0 && p_.alloc_proxy == "output") || p_.finetune_epochs > 0;
+  }
+
+  std::vector<LayerRecord> compress(CompressContext& ctx) override;
+
+  torch::Tensor decode(const LayerRecord& rec) const override {
+    auto c = decode_code(rec);
+    return kq::reconstruct(c).reshape(rec.shape);
+  }
+
+ private:
+  KqParams p_;
+
+  Candidate make_candidate(const Layer& l, kq::LayerRole role, int bits, uint64_t seed) const {
+    auto W = l.weight().detach().to(torch::kFloat32);
+    auto shape = W.sizes().vec();
+    const int64_t d = role == kq::LayerRole::kernel ? shape[2] * shape[3] : 1;
+    kq::QuantOptions o;
+    o.k = int64_t(1) << bits;
+    o.codebook_bits = p_.codebook_bits;
+    o.gain_shape = role == kq::LayerRole::kernel && p_.kernel_mode == "gain_shape";
+    o.gain_bits = p_.gain_bits;
+    o.kmeans_iters = p_.kmeans_iters;
+    o.max_points_per_centroid = p_.max_points_per_centroid;
+    o.grid_iters = p_.grid_iters;
+    o.seed = layer_seed(seed, l.name, bits);
+    Candidate c;
+    c.bits = bits;
+    c.code = kq::quantize_vectors(W.reshape({-1, d}), o);
+    c.rec = encode_record(l.name, shape, c.code, parse_coder(p_.coder));
+    return c;
+  }
+};
+
+// Bytes a record adds to a .bbz file: sections plus its own header, measured by serialising.
+int64_t record_file_bytes(const LayerRecord& rec) {
+  static const int64_t empty = (int64_t)serialize_bbz(BbzFile{}).size();
+  BbzFile f;
+  f.layers.push_back(rec);
+  return (int64_t)serialize_bbz(f).size() - empty;
+}
+
+// Bytes a weight left in float adds to the file (stored as fp32 by default, with its header).
+int64_t kept_file_bytes(const Layer& l) {
+  static const int64_t empty = (int64_t)serialize_bbz(BbzFile{}).size();
+  BbzFile f;
+  f.tensors.push_back({l.name + ".weight", l.weight().detach(), false});
+  return (int64_t)serialize_bbz(f).size() - empty;
+}
+
+std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
+  torch::NoGradGuard ng;
+  BB_CHECK(ctx.model, "kq: no model");
+  Model& model = *ctx.model;
+  const auto& layers = model.layers();
+  const int L = (int)layers.size();
+  const Coder coder = parse_coder(p_.coder);
+  (void)coder;
+  std::vector<kq::LayerRole> roles(L);
+  for (int i = 0; i < L; ++i) roles[i] = kq::layer_role(model, i, p_);
+  auto quantized = [&](int i) {
+    return roles[i] == kq::LayerRole::kernel || roles[i] == kq::LayerRole::pointwise || roles[i] == kq::LayerRole::fc;
+  };
+
+  std::vector<Candidate> chosen(L);
+  if (p_.target_bpw <= 0) {
+    for (int i = 0; i < L; ++i) {
+      if (!quantized(i)) continue;
+      double t0 = now_seconds();
+      chosen[i] = make_candidate(layers[i], roles[i], kq::fixed_bits_for(roles[i], p_), ctx.seed);
+      log_debug("kq: " + layers[i].name + " k=" + std::to_string(chosen[i].code.k) + " in " +
+                std::to_string(now_seconds() - t0) + " s");
+    }
+    ctx.phase("kmeans");
+  } else {
+    // ---- rate target: candidates per layer, Lagrangian allocation on exact record sizes ----
+    const bool conv_scope = p_.target_scope == "conv";
+    auto in_scope = [&](int i) { return !conv_scope || layers[i].is_conv(); };
+    std::vector<bool> alloc(L);
+    for (int i = 0; i < L; ++i) alloc[i] = quantized(i) && in_scope(i);
+    std::vector<torch::Tensor> H(L);
+    std::vector<int64_t> Hrows(L, 0);
+    if (p_.alloc_proxy == "output") {
+      BB_CHECK(ctx.calib, "kq: target_bpw with alloc_proxy=output needs a calibration set (--calib), or use alloc_proxy=mse");
+      OutputStats st(model, alloc);
+      auto idx = sample_indices(ctx.calib->size(), p_.calib_images, ctx.seed ^ 0xca11b);
+      LoaderOptions lo;
+      lo.batch_size = 64;
+      model.set_tap(&st);
+      try {
+        for_each_batch(*ctx.calib, idx, lo, [&](const Batch& b) { model.forward(b.images); });
+      } catch (...) {
+        model.set_tap(nullptr);
+        throw;
+      }
+      model.set_tap(nullptr);
+      H = st.H;
+      Hrows = st.rows;
+      ctx.phase("calibration");
+    }
+    double fixed_bits = 0;
+    int64_t scope_weights = 0;
+    std::vector<std::vector<Candidate>> cands(L);
+    std::vector<std::vector<AllocPoint>> points;
+    std::vector<int> alloc_layers;
+    for (int i = 0; i < L; ++i) {
+      const Layer& l = layers[i];
+      if (!in_scope(i)) continue;
+      scope_weights += l.weight().numel();
+      if (!alloc[i]) {
+        if (quantized(i)) {  // not reachable today (scope covers every quantized layer it counts)
+          chosen[i] = make_candidate(l, roles[i], kq::fixed_bits_for(roles[i], p_), ctx.seed);
+          fixed_bits += 8.0 * record_file_bytes(chosen[i].rec);
+        } else {
+          fixed_bits += 8.0 * kept_file_bytes(l);
+        }
+        continue;
+      }
+      const int64_t d = roles[i] == kq::LayerRole::kernel ? l.kernel_h() * l.kernel_w() : 1;
+      const int64_t n = l.weight().numel() / d;
+      int hi = std::min(p_.alloc_max_bits, std::max(1, kq::index_width(n)));
+      if (roles[i] != kq::LayerRole::kernel && p_.codebook_bits != 32) hi = std::min(hi, p_.codebook_bits);
+      const int lo = std::min(p_.alloc_min_bits, hi);
+      auto W = l.weight().detach().to(torch::kFloat32).reshape({l.out_features(), -1});
+      std::vector<AllocPoint> pts;
+      for (int b = lo; b <= hi; ++b) {
+        Candidate c = make_candidate(l, roles[i], b, ctx.seed);
+        auto dW = kq::reconstruct(c.code).reshape(W.sizes()) - W;
+        if (p_.alloc_proxy == "output") {
+          BB_CHECK(H[i].defined(), "kq: no calibration statistics for layer '", l.name, "'");
+          auto dW64 = dW.to(torch::kFloat64);
+          c.distortion = (torch::mm(dW64, H[i]) * dW64).sum().item<double>() / (double)Hrows[i];
+        } else {
+          c.distortion = dW.pow(2).sum().item<double>();
+        }
+        c.rate_bits = 8.0 * record_file_bytes(c.rec);
+        pts.push_back({c.rate_bits, c.distortion});
+        cands[i].push_back(std::move(c));
+      }
+      points.push_back(std::move(pts));
+      alloc_layers.push_back(i);
+    }
+    ctx.phase("candidates");
+    const double budget = p_.target_bpw * (double)scope_weights - fixed_bits;
+    AllocResult ar;
+    try {
+      ar = allocate_bits(points, budget);
+    } catch (const Error& e) {
+      double min_bits = fixed_bits;
+      for (auto& pts : points) {
+        double m = 1e300;
+        for (auto& q : pts) m = std::min(m, q.rate_bits);
+        min_bits += m;
+      }
+      BB_THROW("method 'kq': target_bpw=", p_.target_bpw, " is below the lowest rate reachable with these settings (",
+               min_bits / scope_weights, " bits per ", conv_scope ? "conv" : "conv+linear", " weight)");
+    }
+    for (size_t a = 0; a < alloc_layers.size(); ++a) {
+      int i = alloc_layers[a];
+      chosen[i] = std::move(cands[i][ar.choice[a]]);
+    }
+    // Out-of-scope quantized layers (linear layers under target_scope=conv) use their fixed width.
+    for (int i = 0; i < L; ++i)
+      if (quantized(i) && !in_scope(i))
+        chosen[i] = make_candidate(layers[i], roles[i], kq::fixed_bits_for(roles[i], p_), ctx.seed);
+    ctx.phase("allocation");
+    double achieved = (ar.rate_bits + fixed_bits) / (double)scope_weights;
+    std::string widths;
+    for (int i : alloc_layers) widths += " " + layers[i].name + ":" + std::to_string(chosen[i].bits);
+    log_info("kq: target " + std::to_string(p_.target_bpw) + " bpw, allocated " + std::to_string(achieved) +
+             " bpw (" + std::to_string(ar.lagrangian_steps) + " Lagrangian + " + std::to_string(ar.fill_steps) +
+             " fill steps); widths" + widths);
+  }
+
+  std::vector<LayerRecord> out;
+  for (int i = 0; i < L; ++i) {
+    if (!quantized(i)) continue;
+    layers[i].weight().copy_(kq::reconstruct(chosen[i].code).reshape(layers[i].weight().sizes()));
+    out.push_back(std::move(chosen[i].rec));
+  }
+  return out;
+}
+
+}  // namespace
+
+BB_REGISTER_METHOD("kq", KqMethod);
+
+}  // namespace bb

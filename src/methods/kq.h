@@ -1,0 +1,113 @@
+// Kernel Quantization (Yu, Shi, Huang, Yu, arXiv 2003.05148): a codebook of whole convolution
+// kernels per layer, every K x K kernel replaced by a low-bit index into it, the codebook's
+// entries quantized to a few bits. The method itself is src/methods/kq.cpp (registered as "kq");
+// this header exposes its algorithm core for tests and for the nominal-rate arithmetic in
+// docs/methods/kq.md.
+#pragma once
+#include "methods/params.h"
+#include "models/model.h"
+
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+namespace bb {
+
+struct KqParams : ParamsBase {
+  // --- rates (fixed mode) ---
+  int index_bits = 9;        // kernel index width b for conv layers with K > 1: codebook of
+                             // min(2^b, #kernels) kernels. 9 is the integer b nearest the paper's
+                             // ImageNet anchors (docs/methods/kq.md: VGG-16 1.03, ResNet-18 1.54)
+  int codebook_bits = 6;     // bits per codebook entry (uniform grid, per-layer scale); 32 = float32
+  int pointwise_bits = 0;    // weight-level index width for 1x1 convs (scalar codebook); 0 = keep float
+  int fc_bits = 6;           // weight-level index width for linear layers; 0 = keep float
+  std::string first_conv = "keep";  // the network's first conv: keep (float) | kq (as any other layer)
+  // --- kernel clustering ---
+  std::string kernel_mode = "plain";  // plain | gain_shape (cluster kernel shapes ||.||=1, plus a
+                                      // per-kernel gain index into a 2^gain_bits scalar codebook)
+  int gain_bits = 2;                  // gain_shape: bits of each kernel's gain index
+  int kmeans_iters = 25;              // Lloyd iterations of the float k-means
+  int max_points_per_centroid = 256;  // train k-means on at most k*this kernels (all are assigned)
+  int grid_iters = 5;                 // Lloyd iterations on the quantized grid after codebook quantization
+  // --- storage ---
+  std::string coder = "fixed";  // index streams: fixed (paper) | huffman | rans
+  // --- rate target (replaces index_bits / pointwise_bits / fc_bits per layer) ---
+  double target_bpw = 0;             // > 0: choose each layer's index width by Lagrangian allocation
+  std::string target_scope = "all";  // all: bits per conv+linear weight | conv: per conv weight (bpw_yu_conv)
+  std::string alloc_proxy = "output";  // output: layer-output error on calibration inputs | mse: weight MSE
+  int alloc_min_bits = 1;            // candidate index widths per layer: [min, max]
+  int alloc_max_bits = 10;
+  int calib_images = 256;            // calibration images for the output proxy and statistics
+  // --- fine-tuning of the codebooks (0 = off) ---
+  double finetune_epochs = 0;        // epochs over the calibration set (fractions allowed)
+  double finetune_lr = 1e-4;
+  int finetune_batch = 128;
+  std::string finetune_loss = "ce";  // ce (labels) | kd (distillation from the float model)
+  double finetune_kd_temperature = 4;
+
+  void bind(ParamBinder& b) override;
+  void validate() override;
+};
+
+namespace kq {
+
+// One layer's code: n vectors of dimension d (a kernel: d = K*K; weight level: d = 1) as indices
+// into a k-entry codebook of integers on a uniform grid, entry value = q * scale. In gain_shape
+// mode each vector also has a gain index: w_i = gains[gain_idx_i] * codeword[idx_i].
+struct LayerCode {
+  int64_t d = 0, k = 0;
+  int codebook_bits = 6;     // 32: codebook_f holds float32 entries, codebook_q unused
+  float scale = 0;
+  torch::Tensor codebook_q;  // k x d int32
+  torch::Tensor codebook_f;  // k x d float32 (codebook_bits == 32 only)
+  torch::Tensor idx;         // n int64
+  int gain_bits = 0;         // 0 = plain
+  torch::Tensor gains;       // 2^gain_bits float32 (fp16-representable)
+  torch::Tensor gain_idx;    // n int64
+  torch::Tensor codebook() const;  // k x d float32 as decoded
+};
+
+struct QuantOptions {
+  int64_t k = 256;
+  int codebook_bits = 6;
+  bool gain_shape = false;
+  int gain_bits = 2;
+  int kmeans_iters = 25;
+  int max_points_per_centroid = 256;
+  int grid_iters = 5;
+  uint64_t seed = 1;
+};
+
+// x: n x d float32 (one row per kernel). Float k-means (k-means++ init, subsampled training),
+// codebook quantization to the grid, then Lloyd on the grid: every vector assigned to its nearest
+// quantized codeword (jointly with the gain in gain_shape mode), codewords re-estimated and rounded.
+LayerCode quantize_vectors(const torch::Tensor& x, const QuantOptions& o);
+
+// n x d float32 reconstruction; the one function both compress() and decode() use.
+torch::Tensor reconstruct(const LayerCode& c);
+
+// Uniform grid of `bits` signed levels [-2^(bits-1), 2^(bits-1)-1] with the scale (from a few
+// clipping ratios) that minimises the count-weighted squared error of the codewords.
+float grid_scale(const torch::Tensor& codebook, const torch::Tensor& counts, int bits);
+torch::Tensor to_grid(const torch::Tensor& v, float scale, int bits);  // int32
+
+// How a layer is quantized under given parameters.
+enum class LayerRole { kernel, pointwise, fc, first_conv_kept, kept };
+LayerRole layer_role(const Model& m, int layer_index, const KqParams& p);
+
+// The paper-convention nominal size of one layer with index width b (fixed-width indices):
+// index bits n*ceil(log2 k), codebook k*d*codebook_bits + 32 (scale); kept layers 32 bits/weight.
+struct NominalRate {
+  int64_t weights = 0;
+  double index_bits = 0, codebook_bits = 0;
+  double total() const { return index_bits + codebook_bits; }
+};
+NominalRate nominal_layer_rate(const std::vector<int64_t>& weight_shape, LayerRole role, int bits,
+                               const KqParams& p);
+// Sum over a model's layers with the fixed (index_bits/pointwise_bits/fc_bits) widths.
+// conv_only: the paper's bits-per-conv-parameter convention (linear layers excluded).
+NominalRate nominal_model_rate(const Model& m, const KqParams& p, bool conv_only);
+
+}  // namespace kq
+}  // namespace bb
