@@ -8,6 +8,7 @@ PKGS=(
   libopencv-dev libyaml-cpp-dev nlohmann-json3-dev
   catch2 libbenchmark-dev libfaiss-dev libeigen3-dev
   python3-torch python3-torchvision python3-opencv python3-yaml
+  slurmctld slurmd slurm-client munge
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -14,7 +14,7 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   if (!std::strcmp(argv[1], "--version")) {
-    std::printf("bitbench %s (%s)\n", BITBENCH_VERSION, BITBENCH_GIT_COMMIT);
+    std::printf("bitbench %s (%s)\n", bb::bitbench_version().c_str(), bb::git_commit().c_str());
     return 0;
   }
   try {

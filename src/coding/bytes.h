@@ -21,6 +21,7 @@ class ByteWriter {
   void u64(uint64_t v) { raw(&v, 8); }
   void i64(int64_t v) { raw(&v, 8); }
   void f32(float v) { raw(&v, 4); }
+  void f64(double v) { raw(&v, 8); }
   void f16(float v) { u16(float_to_half(v)); }
   void varint(uint64_t v) {
     while (v >= 0x80) {
@@ -60,6 +61,7 @@ class ByteReader {
   uint64_t u64() { uint64_t v; raw(&v, 8); return v; }
   int64_t i64() { int64_t v; raw(&v, 8); return v; }
   float f32() { float v; raw(&v, 4); return v; }
+  double f64() { double v; raw(&v, 8); return v; }
   float f16() { return half_to_float(u16()); }
   uint64_t varint() {
     uint64_t v = 0;

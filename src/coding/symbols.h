@@ -21,6 +21,18 @@ std::vector<uint8_t> encode_symbols(const std::vector<uint32_t>& syms, uint32_t 
 std::vector<uint32_t> decode_symbols(const uint8_t* data, size_t n);
 inline std::vector<uint32_t> decode_symbols(const std::vector<uint8_t>& v) { return decode_symbols(v.data(), v.size()); }
 
+// Where a stream's bits go (decodes the stream; throws like decode_symbols). The three parts sum
+// to 8 * n: header = coder, count, alphabet; table = code lengths / frequencies (with their
+// size fields); payload = the coded symbols, padding included.
+struct SymbolStreamInfo {
+  Coder coder = Coder::fixed;
+  uint64_t count = 0;
+  uint32_t alphabet = 0;
+  uint64_t header_bits = 0, table_bits = 0, payload_bits = 0;
+};
+SymbolStreamInfo inspect_symbols(const uint8_t* data, size_t n);
+inline SymbolStreamInfo inspect_symbols(const std::vector<uint8_t>& v) { return inspect_symbols(v.data(), v.size()); }
+
 // n * H(p) in bits, p the empirical distribution of syms.
 double empirical_entropy_bits(const std::vector<uint32_t>& syms, uint32_t alphabet);
 // Bits per symbol of fixed-width coding: ceil(log2(alphabet)), 0 for alphabet <= 1.

@@ -2,6 +2,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/timer.h"
+#include "bitbench_build_info.h"
 
 #include <torch/torch.h>
 
@@ -58,6 +59,9 @@ void init_runtime() {
 }
 
 std::string source_dir() { return BITBENCH_SOURCE_DIR; }
+std::string binary_dir() { return BITBENCH_BINARY_DIR; }
+std::string bitbench_version() { return BITBENCH_VERSION; }
+std::string git_commit() { return BITBENCH_GIT_COMMIT; }
 
 std::string data_root(const std::string& explicit_root) {
   std::string root = explicit_root;

@@ -17,8 +17,12 @@ std::string blas_in_use();
 // relative to the source tree. Errors if the directory does not exist.
 std::string data_root(const std::string& explicit_root = "");
 
-// Source tree root (where configs/ and experiments/ live).
+// Source tree root (where configs/ and experiments/ live), build directory (where the bitbench
+// binary is), version and commit as compiled in.
 std::string source_dir();
+std::string binary_dir();
+std::string bitbench_version();
+std::string git_commit();
 
 // {"bitbench_version", "git_commit", "build_type", "host", "date", "num_threads", "blas", "torch_version"}
 nlohmann::json context_json();

@@ -1,0 +1,92 @@
+// bitbench run E.yaml [--dry-run] [--force] [--shard i/N]    execute an experiment
+// bitbench plan E.yaml                                        print the stable run IDs
+#include "cli/args.h"
+#include "common/error.h"
+#include "runner/runner.h"
+
+#include <cstdio>
+#include <filesystem>
+
+namespace bb {
+namespace {
+
+Args run_args(const std::string& cmd) {
+  return Args(cmd, {{"--dry-run", false, "", false, "list the runs, do nothing"},
+                    {"--force", false, "BITBENCH_FORCE", false, "redo finished runs"},
+                    {"--shard", true, "BITBENCH_SHARD", false, "run the i-th of N disjoint slices (i/N)"},
+                    {"--results", true, "BITBENCH_RESULTS", false, "results root (default <source>/results)"},
+                    {"--configs", true, "BITBENCH_CONFIGS", false, "configs folder (default <source>/configs)"},
+                    {"--data-root", true, "", false, "data root"},
+                    {"--json", false, "", false, "plan: JSON output"},
+                    {"--results-dir", false, "", false, "plan: print the experiment's results folder only"},
+                    {"--help", false, "", false, "this help"}});
+}
+
+int cmd_run(int argc, char** argv) {
+  Args a = run_args("run");
+  a.parse(argc, argv);
+  if (a.has("--help")) {
+    std::printf("usage: bitbench run EXPERIMENT.yaml [flags]\n%s", a.usage().c_str());
+    return 0;
+  }
+  BB_CHECK(a.positional().size() == 1, "run takes exactly one experiment file");
+  if (a.has("--data-root")) setenv("BITBENCH_DATA_ROOT", a.get("--data-root").c_str(), 1);
+  Experiment ex = load_experiment(a.positional()[0], a.get("--configs"), a.get("--results"));
+  RunnerOptions opt;
+  opt.force = a.has("--force");
+  opt.dry_run = a.has("--dry-run");
+  opt.shard_flag = a.get("--shard");
+  if (opt.dry_run) {
+    Shard s = resolve_shard(opt.shard_flag);
+    int n = 0;
+    for (auto& r : ex.runs) {
+      if (!in_shard(r, s)) continue;
+      ++n;
+      nlohmann::json p = r.params;
+      std::string w = r.model_cfg.weights.empty() ? "<unset: " + r.model_cfg.weights_spec + ">" : r.model_cfg.weights;
+      std::printf("%4d  %-16s %-14s seed=%llu  %s  weights=%s  eval=%s\n", r.index, r.model.c_str(), r.method.c_str(),
+                  (unsigned long long)r.seed, p.dump().c_str(), w.c_str(), nlohmann::json(r.eval).dump().c_str());
+    }
+    std::printf("%d runs (of %zu in the experiment) -> %s\n", n, ex.runs.size(), ex.results_dir.c_str());
+    return 0;
+  }
+  RunnerSummary s = run_experiment(ex, opt);
+  return s.failed > 0 ? 3 : 0;
+}
+
+int cmd_plan(int argc, char** argv) {
+  Args a = run_args("plan");
+  a.parse(argc, argv);
+  if (a.has("--help")) {
+    std::printf("usage: bitbench plan EXPERIMENT.yaml [--shard i/N] [--json]\n%s", a.usage().c_str());
+    return 0;
+  }
+  BB_CHECK(a.positional().size() == 1, "plan takes exactly one experiment file");
+  if (a.has("--data-root")) setenv("BITBENCH_DATA_ROOT", a.get("--data-root").c_str(), 1);
+  Experiment ex = load_experiment(a.positional()[0], a.get("--configs"), a.get("--results"));
+  if (a.has("--results-dir")) {
+    std::printf("%s\n", ex.results_dir.c_str());
+    return 0;
+  }
+  Shard s = resolve_shard(a.get("--shard"));
+  nlohmann::json out = nlohmann::json::array();
+  for (auto& r : ex.runs) {
+    if (!in_shard(r, s)) continue;
+    std::string id = run_id(r);
+    bool done = std::filesystem::exists(runs_dir(ex) + "/" + id + ".json");
+    if (a.has("--json")) {
+      out.push_back({{"index", r.index}, {"run_id", id}, {"model", r.model}, {"method", r.method},
+                     {"params", r.params}, {"seed", r.seed}, {"done", done}});
+    } else {
+      std::printf("%s %d %s %s %s\n", id.c_str(), r.index, r.model.c_str(), r.method.c_str(), done ? "done" : "todo");
+    }
+  }
+  if (a.has("--json")) std::printf("%s\n", out.dump().c_str());
+  return 0;
+}
+
+const bool r1 = register_command("run", cmd_run, "run an experiment (YAML) into results/<experiment>/runs");
+const bool r2 = register_command("plan", cmd_plan, "print an experiment's stable run IDs");
+
+}  // namespace
+}  // namespace bb

@@ -1,0 +1,378 @@
+#include "report/table.h"
+#include "common/error.h"
+#include "common/fs_util.h"
+#include "common/log.h"
+#include "common/runtime.h"
+#include "eval/evaluate.h"
+#include "report/plot.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <sstream>
+
+namespace fs = std::filesystem;
+
+namespace bb {
+namespace {
+
+std::vector<uint8_t> from_hex_bits(const std::string& hex, size_t n) {
+  std::vector<uint8_t> out(n);
+  for (size_t i = 0; i < n; ++i) {
+    char c = hex.at(i / 4);
+    int v = c <= '9' ? c - '0' : c - 'a' + 10;
+    out[i] = (v >> (i % 4)) & 1;
+  }
+  return out;
+}
+
+double epochs_of(const nlohmann::json& params) {
+  double e = 0;
+  for (auto it = params.begin(); it != params.end(); ++it)
+    if (it.key().find("epochs") != std::string::npos) e += std::stod(it.value().get<std::string>());
+  return e;
+}
+
+// Upper envelope sorted by bpw: keep points whose top-1 beats every cheaper point.
+std::vector<std::pair<double, double>> envelope(std::vector<std::pair<double, double>> p) {
+  std::sort(p.begin(), p.end());
+  std::vector<std::pair<double, double>> out;
+  for (auto& q : p)
+    if (out.empty() || q.second > out.back().second) out.push_back(q);
+  return out;
+}
+
+double interp(const std::vector<std::pair<double, double>>& c, double x) {
+  if (x <= c.front().first) return c.front().second;
+  for (size_t i = 1; i < c.size(); ++i)
+    if (x <= c[i].first) {
+      double t = (x - c[i - 1].first) / (c[i].first - c[i - 1].first);
+      return c[i - 1].second + t * (c[i].second - c[i - 1].second);
+    }
+  return c.back().second;
+}
+
+std::string fmt(double v, int prec = 2) {
+  char b[64];
+  std::snprintf(b, sizeof b, "%.*f", prec, v);
+  return b;
+}
+
+nlohmann::json load_published(const std::string& dir) {
+  nlohmann::json out = nlohmann::json::array();
+  if (!fs::is_directory(dir)) return out;
+  std::vector<fs::path> files;
+  for (auto& e : fs::directory_iterator(dir))
+    if (e.path().extension() == ".yaml") files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  for (auto& f : files) {
+    YAML::Node n;
+    try {
+      n = YAML::LoadFile(f.string());
+    } catch (const YAML::Exception& e) {
+      BB_THROW(f.string(), ": malformed YAML: ", e.what());
+    }
+    BB_CHECK(n["citation"] && n["models"], f.string(), ": needs 'citation' and 'models'");
+    const std::string cite = n["citation"].as<std::string>();
+    for (auto it = n["models"].begin(); it != n["models"].end(); ++it) {
+      const std::string model = it->first.as<std::string>();
+      const auto& m = it->second;
+      for (const auto& r : m["rows"]) {
+        nlohmann::json row = {{"kind", "published"}, {"model", model}, {"citation", cite}, {"source", f.filename().string()}};
+        row["method"] = r["method"].as<std::string>();
+        if (r["epochs"] && !r["epochs"].IsNull()) row["epochs"] = r["epochs"].as<double>();
+        if (r["bits"] && !r["bits"].IsNull()) row["bits"] = r["bits"].as<double>();
+        if (r["ratio"] && !r["ratio"].IsNull()) row["ratio"] = r["ratio"].as<double>();
+        else if (row.contains("bits")) row["ratio"] = 32.0 / row["bits"].get<double>();
+        if (r["top1"] && !r["top1"].IsNull()) row["top1_published"] = r["top1"].as<double>();
+        if (r["top5"] && !r["top5"].IsNull()) row["top5_published"] = r["top5"].as<double>();
+        if (r["note"]) row["note"] = r["note"].as<std::string>();
+        if (m["dataset"]) row["dataset"] = m["dataset"].as<std::string>();
+        if (m["fp"] && m["fp"]["top1"]) row["fp_top1_published"] = m["fp"]["top1"].as<double>();
+        out.push_back(row);
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<size_t> pareto_front(const std::vector<std::pair<double, double>>& pts) {
+  std::vector<size_t> out;
+  for (size_t i = 0; i < pts.size(); ++i) {
+    bool dominated = false;
+    for (size_t j = 0; j < pts.size() && !dominated; ++j)
+      if (j != i && pts[j].first <= pts[i].first && pts[j].second > pts[i].second) dominated = true;
+    if (!dominated) out.push_back(i);
+  }
+  return out;
+}
+
+nlohmann::json curve_gaps(std::vector<std::pair<double, double>> a, std::vector<std::pair<double, double>> b) {
+  nlohmann::json out = {{"mean_top1_gap", nullptr}, {"mean_bit_saving", nullptr}, {"overlap_bpw", nullptr}};
+  if (a.size() < 2 || b.size() < 2) return out;
+  auto ea = envelope(a), eb = envelope(b);
+  if (ea.size() < 2 || eb.size() < 2) return out;
+  // Top-1 gap over the shared bit range, averaged uniformly in log2(bits).
+  double lo = std::max(ea.front().first, eb.front().first), hi = std::min(ea.back().first, eb.back().first);
+  if (hi > lo) {
+    const int S = 200;
+    double acc = 0;
+    for (int i = 0; i <= S; ++i) {
+      double x = std::exp2(std::log2(lo) + (std::log2(hi) - std::log2(lo)) * i / S);
+      acc += interp(ea, x) - interp(eb, x);
+    }
+    out["mean_top1_gap"] = acc / (S + 1);
+    out["overlap_bpw"] = {lo, hi};
+  }
+  // Bit saving at equal top-1 over the shared accuracy range (envelopes are increasing).
+  std::vector<std::pair<double, double>> ia, ib;
+  for (auto& p : ea) ia.push_back({p.second, p.first});
+  for (auto& p : eb) ib.push_back({p.second, p.first});
+  double ylo = std::max(ia.front().first, ib.front().first), yhi = std::min(ia.back().first, ib.back().first);
+  if (yhi > ylo) {
+    const int S = 200;
+    double acc = 0;
+    for (int i = 0; i <= S; ++i) {
+      double y = ylo + (yhi - ylo) * i / S;
+      acc += interp(ib, y) - interp(ia, y);
+    }
+    out["mean_bit_saving"] = acc / (S + 1);
+    out["overlap_top1"] = {ylo, yhi};
+  }
+  return out;
+}
+
+nlohmann::json build_table(const std::string& results_dir, const TableOptions& opt) {
+  const std::string runs = results_dir + "/runs";
+  BB_CHECK(fs::is_directory(runs), "no run records under '", runs, "' (run the experiment first)");
+  std::vector<nlohmann::json> recs;
+  int failed = 0;
+  std::vector<fs::path> files;
+  for (auto& e : fs::directory_iterator(runs)) files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  for (auto& p : files) {
+    const std::string name = p.filename().string();
+    if (name.size() > 12 && name.substr(name.size() - 12) == ".failed.json") {
+      ++failed;
+      continue;
+    }
+    if (p.extension() != ".json") continue;
+    try {
+      recs.push_back(nlohmann::json::parse(read_file_text(p.string())));
+    } catch (const nlohmann::json::exception& e) {
+      BB_THROW("run record '", p.string(), "' is not valid JSON: ", e.what());
+    }
+  }
+  BB_CHECK(!recs.empty(), "no finished run records under '", runs, "'");
+  // Stable order: model, label, bits.
+  std::sort(recs.begin(), recs.end(), [](const nlohmann::json& a, const nlohmann::json& b) {
+    return std::make_tuple(a["model"].get<std::string>(), a["label"].get<std::string>(), a["bpw_core"].get<double>(),
+                           a["run_id"].get<std::string>()) <
+           std::make_tuple(b["model"].get<std::string>(), b["label"].get<std::string>(), b["bpw_core"].get<double>(),
+                           b["run_id"].get<std::string>());
+  });
+  auto published = load_published(opt.published_dir.empty() ? source_dir() + "/experiments/published" : opt.published_dir);
+
+  nlohmann::json table = {{"context", context_json()},
+                          {"experiment", recs.front().value("experiment", fs::path(results_dir).filename().string())},
+                          {"failed_runs", failed},
+                          {"bits_column", "bpw_core: bits of everything needed to rebuild conv+FC weights / n_weights, from the file's bytes"},
+                          {"models", nlohmann::json::object()}};
+  std::set<std::string> models;
+  for (auto& r : recs) models.insert(r["model"].get<std::string>());
+  std::ostringstream md, csv;
+  md << "# " << table["experiment"].get<std::string>() << "\n\n"
+     << "Bits = `bpw_core` (bits of everything needed to rebuild the conv+FC weights, counted from the .bbz file's "
+        "bytes, divided by the number of conv+FC weights). Compression = 32 / bits. Top-1/top-5 in percent with "
+        "95% Wilson intervals; p = McNemar's paired test against the FP baseline on the same images. "
+        "Published rows are as printed in the cited papers (their own bit conventions, ImageNet unless stated).\n\n";
+  csv << "model,kind,method,label,variant,epochs,compression,bits,bpw_total,dataset,top1,top1_lo,top1_hi,top5,"
+         "mcnemar_p_vs_fp,run_id,citation\n";
+
+  for (auto& model : models) {
+    std::vector<nlohmann::json> mine;
+    for (auto& r : recs)
+      if (r["model"] == model) mine.push_back(r);
+    std::vector<std::string> datasets;
+    for (auto it = mine.front()["eval"].begin(); it != mine.front()["eval"].end(); ++it) datasets.push_back(it.key());
+    // FP baseline: the fp32 run, if the experiment has one.
+    const nlohmann::json* fp = nullptr;
+    for (auto& r : mine)
+      if (r["method"] == "fp32") fp = &r;
+    // Which params vary within a label: they make up the variant string.
+    std::map<std::string, std::map<std::string, std::set<std::string>>> values;
+    for (auto& r : mine)
+      for (auto it = r["params"].begin(); it != r["params"].end(); ++it)
+        values[r["label"].get<std::string>()][it.key()].insert(it.value().get<std::string>());
+    nlohmann::json rows = nlohmann::json::array();
+    for (auto& r : mine) {
+      const std::string label = r["label"];
+      std::string variant;
+      for (auto it = r["params"].begin(); it != r["params"].end(); ++it)
+        if (values[label][it.key()].size() > 1)
+          variant += (variant.empty() ? "" : " ") + it.key() + "=" + it.value().get<std::string>();
+      if (r.value("seed", 0) != 0) variant += (variant.empty() ? "" : " ") + std::string("seed=") + std::to_string(r["seed"].get<int>());
+      nlohmann::json row = {{"kind", "measured"},
+                            {"method", r["method"]},
+                            {"label", label},
+                            {"variant", variant},
+                            {"epochs", epochs_of(r["params"])},
+                            {"bits", r["bpw_core"]},
+                            {"ratio", 32.0 / r["bpw_core"].get<double>()},
+                            {"bpw_total", r["bpw_total"]},
+                            {"bpw_choi", r["bpw_choi"]},
+                            {"size_mb_stock", r["size_mb_stock"]},
+                            {"bpw_young", r["bpw_young"]},
+                            {"bpw_yu_conv", r["bpw_yu_conv"]},
+                            {"file_bytes", r["file_bytes"]},
+                            {"run_id", r["run_id"]},
+                            {"wall_seconds", r.value("wall_seconds", 0.0)}};
+      for (auto& d : datasets) {
+        const auto& e = r["eval"][d];
+        row["top1"][d] = e["top1"];
+        row["top5"][d] = e["top5"];
+        row["top1_ci95"][d] = e["top1_ci95"];
+        if (fp && fp != &r && r.contains("hit1_hex") && fp->contains("hit1_hex")) {
+          size_t n = e["n"].get<size_t>();
+          auto a = from_hex_bits(r["hit1_hex"][d].get<std::string>(), n);
+          auto b = from_hex_bits((*fp)["hit1_hex"][d].get<std::string>(), n);
+          row["mcnemar_p_vs_fp"][d] = mcnemar_p(a, b);
+        }
+      }
+      rows.push_back(row);
+    }
+    for (auto& p : published)
+      if (p["model"] == model) rows.push_back(p);
+
+    // Curves per label on the first evaluation set; gaps between every pair of labels.
+    std::map<std::string, std::vector<std::pair<double, double>>> curves;
+    std::map<std::string, std::vector<const nlohmann::json*>> curve_rows;
+    for (auto& row : rows)
+      if (row["kind"] == "measured" && row["method"] != "fp32") {
+        curves[row["label"]].push_back({row["bits"].get<double>(), row["top1"][datasets[0]].get<double>()});
+        curve_rows[row["label"]].push_back(&row);
+      }
+    nlohmann::json comps = nlohmann::json::array();
+    for (auto ia = curves.begin(); ia != curves.end(); ++ia)
+      for (auto ib = std::next(ia); ib != curves.end(); ++ib) {
+        auto g = curve_gaps(ia->second, ib->second);
+        g["a"] = ia->first;
+        g["b"] = ib->first;
+        g["dataset"] = datasets[0];
+        comps.push_back(g);
+      }
+    nlohmann::json m = {{"datasets", datasets}, {"rows", rows}, {"comparisons", comps}};
+    if (fp) {
+      for (auto& d : datasets) {
+        m["baseline"]["top1"][d] = (*fp)["eval"][d]["top1"];
+        m["baseline"]["top5"][d] = (*fp)["eval"][d]["top5"];
+      }
+    }
+    table["models"][model] = m;
+
+    // Markdown.
+    md << "## " << model << "\n\n| Method | Variant | Epochs | Compression | Bits |";
+    for (auto& d : datasets) md << " Top-1 " << d << " | Top-5 " << d << " |";
+    md << " p vs FP | Source |\n|---|---|---|---|---|";
+    for (size_t i = 0; i < datasets.size(); ++i) md << "---|---|";
+    md << "---|---|\n";
+    for (auto& row : rows) {
+      const bool meas = row["kind"] == "measured";
+      md << "| " << (meas ? row["label"].get<std::string>() : row["method"].get<std::string>()) << " | "
+         << (meas ? row["variant"].get<std::string>() : "") << " | "
+         << (row.contains("epochs") ? fmt(row["epochs"].get<double>(), 0) : "–") << " | "
+         << (row.contains("ratio") ? fmt(row["ratio"].get<double>(), 1) + "×" : "–") << " | "
+         << (row.contains("bits") ? fmt(row["bits"].get<double>(), 3) : "–") << " |";
+      for (auto& d : datasets) {
+        if (meas) {
+          md << " " << fmt(row["top1"][d].get<double>()) << " (" << fmt(row["top1_ci95"][d][0].get<double>(), 1) << "–"
+             << fmt(row["top1_ci95"][d][1].get<double>(), 1) << ") | " << fmt(row["top5"][d].get<double>()) << " |";
+        } else if (d == datasets[0]) {
+          md << " " << (row.contains("top1_published") ? fmt(row["top1_published"].get<double>(), 2) : "–") << " | "
+             << (row.contains("top5_published") ? fmt(row["top5_published"].get<double>(), 2) : "–") << " |";
+        } else {
+          md << " | |";
+        }
+      }
+      std::string p = "";
+      if (meas && row.contains("mcnemar_p_vs_fp")) p = fmt(row["mcnemar_p_vs_fp"][datasets[0]].get<double>(), 3);
+      md << " " << p << " | "
+         << (meas ? "measured" : "published: " + row["citation"].get<std::string>() +
+                                     (row.contains("dataset") ? " (" + row["dataset"].get<std::string>() + ")" : ""))
+         << " |\n";
+      // CSV: one line per dataset for measured rows.
+      auto q = [](const std::string& s) { return "\"" + s + "\""; };
+      if (meas) {
+        for (auto& d : datasets)
+          csv << model << ",measured," << row["method"].get<std::string>() << "," << q(row["label"]) << ","
+              << q(row["variant"]) << "," << row["epochs"] << "," << row["ratio"] << "," << row["bits"] << ","
+              << row["bpw_total"] << "," << d << "," << row["top1"][d] << "," << row["top1_ci95"][d][0] << ","
+              << row["top1_ci95"][d][1] << "," << row["top5"][d] << ","
+              << (row.contains("mcnemar_p_vs_fp") ? row["mcnemar_p_vs_fp"][d].dump() : "") << ","
+              << row["run_id"].get<std::string>() << ",\n";
+      } else {
+        csv << model << ",published," << q(row["method"]) << ",,," << (row.contains("epochs") ? row["epochs"].dump() : "")
+            << "," << (row.contains("ratio") ? row["ratio"].dump() : "") << ","
+            << (row.contains("bits") ? row["bits"].dump() : "") << ",," << q(row.value("dataset", "")) << ","
+            << (row.contains("top1_published") ? row["top1_published"].dump() : "") << ",,,"
+            << (row.contains("top5_published") ? row["top5_published"].dump() : "") << ",,," << q(row["citation"])
+            << "\n";
+      }
+    }
+    if (!comps.empty()) {
+      md << "\nCurve comparisons on " << datasets[0]
+         << " (Bjøntegaard-style: mean top-1 gap A−B over the shared bit range; mean bits saved by A at equal top-1):\n\n"
+            "| A | B | mean top-1 gap | bits saved by A | shared bits |\n|---|---|---|---|---|\n";
+      for (auto& c : comps)
+        md << "| " << c["a"].get<std::string>() << " | " << c["b"].get<std::string>() << " | "
+           << (c["mean_top1_gap"].is_null() ? "–" : fmt(c["mean_top1_gap"].get<double>())) << " | "
+           << (c["mean_bit_saving"].is_null() ? "–" : fmt(c["mean_bit_saving"].get<double>(), 3)) << " | "
+           << (c["overlap_bpw"].is_null() ? "–"
+                                           : fmt(c["overlap_bpw"][0].get<double>()) + "–" + fmt(c["overlap_bpw"][1].get<double>()))
+           << " |\n";
+    }
+    md << "\n";
+
+    if (opt.plots) {
+      PlotSpec ps;
+      ps.title = model + " on " + datasets[0];
+      if (fp) ps.baseline = (*fp)["eval"][datasets[0]]["top1"];
+      std::vector<std::pair<double, double>> all;
+      std::vector<std::pair<std::string, size_t>> where;
+      for (auto& kv : curve_rows) {
+        PlotSeries s;
+        s.name = kv.first;
+        for (auto* row : kv.second) {
+          const auto& ci = (*row)["top1_ci95"][datasets[0]];
+          s.points.push_back({(*row)["bits"].get<double>(), (*row)["top1"][datasets[0]].get<double>(),
+                              ci[0].get<double>(), ci[1].get<double>()});
+        }
+        std::sort(s.points.begin(), s.points.end(), [](auto& a, auto& b) { return a.bpw < b.bpw; });
+        for (size_t i = 0; i < s.points.size(); ++i) {
+          all.push_back({s.points[i].bpw, s.points[i].top1});
+          where.push_back({kv.first, i});
+        }
+        ps.series.push_back(s);
+      }
+      for (size_t i : pareto_front(all))
+        for (auto& s : ps.series)
+          if (s.name == where[i].first) s.points[where[i].second].pareto = true;
+      fs::create_directories(results_dir + "/plots");
+      write_plot_svg(ps, results_dir + "/plots/" + model + ".svg");
+      write_plot_png(ps, results_dir + "/plots/" + model + ".png");
+    }
+  }
+  write_file_atomic(results_dir + "/table.json", table.dump(1) + "\n");
+  write_file_atomic(results_dir + "/table.md", md.str());
+  write_file_atomic(results_dir + "/table.csv", csv.str());
+  return table;
+}
+
+}  // namespace bb

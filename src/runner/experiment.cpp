@@ -1,0 +1,275 @@
+#include "runner/experiment.h"
+#include "common/error.h"
+#include "common/runtime.h"
+#include "data/dataset.h"
+#include "methods/method.h"
+#include "models/registry.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <set>
+
+namespace fs = std::filesystem;
+
+namespace bb {
+namespace {
+
+// "file:line" of a node (yaml-cpp marks are 0-based).
+std::string at(const std::string& file, const YAML::Node& n) {
+  if (!n.IsDefined() || n.Mark().line < 0) return file;
+  return file + ":" + std::to_string(n.Mark().line + 1);
+}
+
+YAML::Node load_yaml(const std::string& path) {
+  BB_CHECK(fs::exists(path), "config file '", path, "' does not exist");
+  try {
+    YAML::Node n = YAML::LoadFile(path);
+    BB_CHECK(n.IsMap(), path, ": top level must be a mapping");
+    return n;
+  } catch (const YAML::ParserException& e) {
+    BB_THROW(path, ":", e.mark.line + 1, ":", e.mark.column + 1, ": malformed YAML: ", e.msg);
+  } catch (const YAML::BadFile&) {
+    BB_THROW("cannot read config file '", path, "'");
+  }
+}
+
+void check_keys(const std::string& file, const YAML::Node& map, const std::set<std::string>& allowed,
+                const std::string& ctx) {
+  BB_CHECK(map.IsMap(), at(file, map), ": ", ctx, " must be a mapping");
+  for (auto it = map.begin(); it != map.end(); ++it) {
+    const std::string k = it->first.as<std::string>();
+    if (allowed.count(k)) continue;
+    std::string list;
+    for (auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+    BB_THROW(at(file, it->first), ": unknown key '", k, "' in ", ctx, " (allowed: ", list, ")");
+  }
+}
+
+std::string scalar(const std::string& file, const YAML::Node& n, const std::string& key) {
+  BB_CHECK(n.IsScalar(), at(file, n), ": '", key, "' must be a scalar value");
+  return n.Scalar();
+}
+
+std::vector<std::string> scalar_list(const std::string& file, const YAML::Node& n, const std::string& key) {
+  std::vector<std::string> out;
+  if (n.IsScalar()) return {n.Scalar()};
+  BB_CHECK(n.IsSequence(), at(file, n), ": '", key, "' must be a list of scalars");
+  for (const auto& e : n) out.push_back(scalar(file, e, key));
+  return out;
+}
+
+bool as_bool(const std::string& file, const YAML::Node& n, const std::string& key) {
+  std::string s = scalar(file, n, key);
+  if (s == "true" || s == "yes") return true;
+  if (s == "false" || s == "no") return false;
+  BB_THROW(at(file, n), ": '", key, "' must be true or false, got '", s, "'");
+}
+
+int64_t as_int(const std::string& file, const YAML::Node& n, const std::string& key) {
+  std::string s = scalar(file, n, key);
+  char* end = nullptr;
+  long long v = std::strtoll(s.c_str(), &end, 10);
+  BB_CHECK(!s.empty() && end && *end == 0, at(file, n), ": '", key, "' must be an integer, got '", s, "'");
+  return v;
+}
+
+ModelConfig load_model_config(const std::string& configs, const std::string& name, const std::string& where) {
+  BB_CHECK(has_model(name), where, ": unknown model '", name, "'");
+  const std::string path = configs + "/models/" + name + ".yaml";
+  BB_CHECK(fs::exists(path), where, ": model '", name, "' has no config file '", path, "'");
+  YAML::Node n = load_yaml(path);
+  check_keys(path, n, {"model", "weights", "calibration", "eval", "description"}, "a model config");
+  ModelConfig m;
+  m.name = name;
+  BB_CHECK(n["model"] && scalar(path, n["model"], "model") == name, path, ": 'model' must be '", name, "'");
+  BB_CHECK(n["weights"], path, ": missing key 'weights'");
+  m.weights_spec = scalar(path, n["weights"], "weights");
+  m.weights = expand_vars(m.weights_spec);
+  if (n["calibration"]) m.calibration = scalar(path, n["calibration"], "calibration");
+  if (n["eval"]) m.eval = scalar_list(path, n["eval"], "eval");
+  for (auto& d : m.eval) BB_CHECK(has_dataset(d), at(path, n["eval"]), ": unknown dataset '", d, "'");
+  if (!m.calibration.empty())
+    BB_CHECK(has_dataset(m.calibration), at(path, n["calibration"]), ": unknown dataset '", m.calibration, "'");
+  return m;
+}
+
+// Method defaults from configs/methods/<method>.yaml (optional file).
+std::map<std::string, std::string> load_method_defaults(const std::string& configs, const std::string& method) {
+  std::map<std::string, std::string> out;
+  const std::string path = configs + "/methods/" + method + ".yaml";
+  if (!fs::exists(path)) return out;
+  YAML::Node n = load_yaml(path);
+  check_keys(path, n, {"method", "params", "description"}, "a method config");
+  BB_CHECK(n["method"] && scalar(path, n["method"], "method") == method, path, ": 'method' must be '", method, "'");
+  if (n["params"] && !n["params"].IsNull()) {
+    BB_CHECK(n["params"].IsMap(), at(path, n["params"]), ": 'params' must be a mapping");
+    for (auto it = n["params"].begin(); it != n["params"].end(); ++it)
+      out[it->first.as<std::string>()] = scalar(path, it->second, it->first.as<std::string>());
+  }
+  auto m = make_method(method);
+  ParamBinder::apply(m->params(), out, path);
+  return out;
+}
+
+}  // namespace
+
+std::string expand_vars(const std::string& s, std::string* missing) {
+  std::string out;
+  size_t i = 0;
+  while (i < s.size()) {
+    size_t b = s.find("${", i);
+    if (b == std::string::npos) {
+      out += s.substr(i);
+      break;
+    }
+    out += s.substr(i, b - i);
+    size_t e = s.find('}', b);
+    BB_CHECK(e != std::string::npos, "unterminated ${ in '", s, "'");
+    std::string var = s.substr(b + 2, e - b - 2);
+    if (var == "data") {
+      out += data_root();
+    } else if (var.rfind("env:", 0) == 0) {
+      const char* v = std::getenv(var.substr(4).c_str());
+      if (!v || !*v) {
+        if (missing) *missing = var.substr(4);
+        return "";
+      }
+      out += v;
+    } else {
+      BB_THROW("unknown variable ${", var, "} in '", s, "' (known: ${data}, ${env:NAME})");
+    }
+    i = e + 1;
+  }
+  return out;
+}
+
+nlohmann::json RunSpec::config_json() const {
+  return {{"model", model},     {"method", method},   {"params", params},  {"calibration", calibration},
+          {"eval", eval},       {"eval_limit", eval_limit}, {"seed", seed}};
+}
+
+Experiment load_experiment(const std::string& path, const std::string& configs_dir, const std::string& results_root) {
+  const std::string configs = configs_dir.empty() ? source_dir() + "/configs" : configs_dir;
+  YAML::Node n = load_yaml(path);
+  check_keys(path, n,
+             {"experiment", "description", "models", "eval", "eval_limit", "calibration", "seeds", "keep_bbz", "runs"},
+             "an experiment");
+  Experiment ex;
+  ex.path = path;
+  ex.name = n["experiment"] ? scalar(path, n["experiment"], "experiment") : fs::path(path).stem().string();
+  ex.results_dir = (results_root.empty() ? source_dir() + "/results" : results_root) + "/" + ex.name;
+  BB_CHECK(n["models"], path, ": missing key 'models'");
+  auto models = scalar_list(path, n["models"], "models");
+  std::vector<std::string> eval;
+  if (n["eval"]) eval = scalar_list(path, n["eval"], "eval");
+  for (auto& d : eval) BB_CHECK(has_dataset(d), at(path, n["eval"]), ": unknown dataset '", d, "'");
+  int64_t eval_limit = n["eval_limit"] ? as_int(path, n["eval_limit"], "eval_limit") : 0;
+  std::string calibration = n["calibration"] ? scalar(path, n["calibration"], "calibration") : "";
+  if (!calibration.empty()) BB_CHECK(has_dataset(calibration), at(path, n["calibration"]), ": unknown dataset '", calibration, "'");
+  std::vector<uint64_t> seeds = {0};
+  if (n["seeds"]) {
+    seeds.clear();
+    for (auto& s : scalar_list(path, n["seeds"], "seeds")) seeds.push_back(std::stoull(s));
+  }
+  bool keep_bbz = n["keep_bbz"] ? as_bool(path, n["keep_bbz"], "keep_bbz") : false;
+  std::map<std::string, ModelConfig> model_cfgs;
+  for (auto& m : models) model_cfgs[m] = load_model_config(configs, m, at(path, n["models"]));
+
+  BB_CHECK(n["runs"] && n["runs"].IsSequence() && n["runs"].size() > 0, at(path, n), ": 'runs' must be a non-empty list");
+  int index = 0;
+  for (const auto& rb : n["runs"]) {
+    const std::string where = at(path, rb);
+    check_keys(path, rb, {"method", "label", "models", "params", "grid", "zip"}, "a run block");
+    BB_CHECK(rb["method"], where, ": run block without 'method'");
+    const std::string method = scalar(path, rb["method"], "method");
+    BB_CHECK(has_method(method), at(path, rb["method"]), ": unknown method '", method, "' (see `bitbench methods`)");
+    auto base = load_method_defaults(configs, method);
+    std::map<std::string, std::string> fixed;
+    if (rb["params"]) {
+      BB_CHECK(rb["params"].IsMap(), at(path, rb["params"]), ": 'params' must be a mapping");
+      for (auto it = rb["params"].begin(); it != rb["params"].end(); ++it)
+        fixed[it->first.as<std::string>()] = scalar(path, it->second, it->first.as<std::string>());
+    }
+    // Points: Cartesian product over grid keys, then each zip row.
+    std::vector<std::map<std::string, std::string>> points = {{}};
+    std::map<std::string, std::string> key_where;
+    if (rb["grid"]) {
+      BB_CHECK(rb["grid"].IsMap(), at(path, rb["grid"]), ": 'grid' must be a mapping of lists");
+      for (auto it = rb["grid"].begin(); it != rb["grid"].end(); ++it) {
+        const std::string k = it->first.as<std::string>();
+        key_where[k] = at(path, it->first);
+        auto vals = scalar_list(path, it->second, k);
+        BB_CHECK(!vals.empty(), at(path, it->second), ": grid '", k, "' is empty");
+        std::vector<std::map<std::string, std::string>> next;
+        for (auto& p : points)
+          for (auto& v : vals) {
+            auto q = p;
+            q[k] = v;
+            next.push_back(q);
+          }
+        points = next;
+      }
+    }
+    if (rb["zip"]) {
+      BB_CHECK(rb["zip"].IsMap(), at(path, rb["zip"]), ": 'zip' must be a mapping of equal-length lists");
+      size_t len = 0;
+      std::vector<std::pair<std::string, std::vector<std::string>>> cols;
+      for (auto it = rb["zip"].begin(); it != rb["zip"].end(); ++it) {
+        const std::string k = it->first.as<std::string>();
+        key_where[k] = at(path, it->first);
+        auto vals = scalar_list(path, it->second, k);
+        if (cols.empty()) len = vals.size();
+        BB_CHECK(vals.size() == len, at(path, it->second), ": zip list '", k, "' has ", vals.size(),
+                 " values, the others ", len);
+        cols.push_back({k, vals});
+      }
+      std::vector<std::map<std::string, std::string>> next;
+      for (auto& p : points)
+        for (size_t r = 0; r < len; ++r) {
+          auto q = p;
+          for (auto& c : cols) q[c.first] = c.second[r];
+          next.push_back(q);
+        }
+      points = next;
+    }
+    auto block_models = rb["models"] ? scalar_list(path, rb["models"], "models") : models;
+    for (auto& m : block_models)
+      if (!model_cfgs.count(m)) model_cfgs[m] = load_model_config(configs, m, at(path, rb["models"]));
+    const std::string label = rb["label"] ? scalar(path, rb["label"], "label") : method;
+    for (auto& m : block_models) {
+      for (auto& pt : points) {
+        auto params = base;
+        for (auto& kv : fixed) params[kv.first] = kv.second;
+        for (auto& kv : pt) params[kv.first] = kv.second;
+        // Validate now (unknown key / bad value -> file:line), before any work.
+        auto inst = make_method(method);
+        std::string pwhere = where;
+        for (auto& kv : pt) pwhere = key_where[kv.first];
+        ParamBinder::apply(inst->params(), params, pwhere + " (method '" + method + "')");
+        for (auto s : seeds) {
+          RunSpec r;
+          r.experiment = ex.name;
+          r.index = index++;
+          r.label = label;
+          r.model = m;
+          r.model_cfg = model_cfgs[m];
+          r.method = method;
+          r.params = params;
+          r.calibration = !calibration.empty() ? calibration : r.model_cfg.calibration;
+          r.eval = !eval.empty() ? eval : r.model_cfg.eval;
+          r.eval_limit = eval_limit;
+          r.seed = s;
+          r.keep_bbz = keep_bbz;
+          r.where = where;
+          BB_CHECK(!r.eval.empty(), where, ": no evaluation dataset for model '", m, "' (set 'eval')");
+          ex.runs.push_back(r);
+        }
+      }
+    }
+  }
+  return ex;
+}
+
+}  // namespace bb

@@ -1,0 +1,54 @@
+// Experiments: YAML files in experiments/ that reference reusable defaults in configs/
+// (configs/models/<model>.yaml, configs/methods/<method>.yaml, configs/datasets/<dataset>.yaml)
+// and expand into runs: models x run blocks x parameter grid (lists: Cartesian product; `zip`:
+// paired lists) x seeds. Parsing is strict: an unknown key, a wrong type or an unknown
+// method/model/dataset is an error naming file:line and key, before any work starts.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace bb {
+
+struct ModelConfig {
+  std::string name;          // registry name
+  std::string weights;       // path after ${data} / ${env:VAR} substitution ("" if an env var is unset)
+  std::string weights_spec;  // as written
+  std::string calibration;   // dataset name
+  std::vector<std::string> eval;
+};
+
+struct RunSpec {
+  std::string experiment;
+  int index = 0;                              // position in the expanded experiment (stable)
+  std::string label;                          // run block label (method variant)
+  std::string model;
+  ModelConfig model_cfg;
+  std::string method;
+  std::map<std::string, std::string> params;  // fully resolved (method defaults + overrides), as text
+  std::string calibration;
+  std::vector<std::string> eval;
+  int64_t eval_limit = 0;
+  uint64_t seed = 0;
+  bool keep_bbz = false;
+  std::string where;                          // file:line of the run block, for errors
+  nlohmann::json config_json() const;         // what the run ID hashes (with weights/dataset identity)
+};
+
+struct Experiment {
+  std::string name;
+  std::string path;
+  std::string results_dir;   // results/<name>
+  std::vector<RunSpec> runs;
+};
+
+// Loads and validates; `configs_dir` defaults to <source>/configs. Throws bb::Error "file:line: ...".
+Experiment load_experiment(const std::string& path, const std::string& configs_dir = "",
+                           const std::string& results_root = "");
+
+// Expands ${data} and ${env:VAR}; unset variables leave "" (and `missing` names them).
+std::string expand_vars(const std::string& s, std::string* missing = nullptr);
+
+}  // namespace bb

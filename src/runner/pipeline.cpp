@@ -1,0 +1,151 @@
+#include "runner/pipeline.h"
+#include "common/error.h"
+#include "common/hash.h"
+#include "common/log.h"
+#include "common/runtime.h"
+#include "common/timer.h"
+#include "models/registry.h"
+
+#include <filesystem>
+
+namespace bb {
+
+std::string default_calibration(const std::string& family) {
+  if (family == "cifar10") return "cifar10-jpeg-train";
+  if (family == "imagenet") return "imagenet-sample";
+  if (family == "mnist") return "mnist-test";
+  BB_THROW("no default calibration set for family '", family, "'");
+}
+
+nlohmann::json CompressOutcome::to_json() const {
+  nlohmann::json j = accounting.to_json();
+  nlohmann::json ev = nlohmann::json::object();
+  for (auto& e : evals) ev[e.dataset] = e.to_json();
+  j["eval"] = ev;
+  if (!evals.empty()) {
+    j["top1"] = evals.front().top1;
+    j["top5"] = evals.front().top5;
+  }
+  j["phase_seconds"] = phase_seconds;
+  j["provenance"] = provenance;
+  return j;
+}
+
+StateDict decode_bbz(const BbzFile& f) {
+  StateDict sd;
+  for (const auto& rec : f.layers) {
+    auto m = make_method(rec.method);
+    torch::Tensor w = m->decode(rec);
+    std::vector<int64_t> got(w.sizes().begin(), w.sizes().end());
+    BB_CHECK(got == rec.shape, "layer '", rec.layer, "': method '", rec.method, "' decoded shape ", w.sizes(),
+             " but the record says ", c10::IntArrayRef(rec.shape));
+    sd[rec.layer + ".weight"] = w.to(torch::kFloat32).contiguous();
+  }
+  for (const auto& t : f.tensors) {
+    BB_CHECK(!sd.count(t.name), "tensor '", t.name, "' is stored twice in the file");
+    sd[t.name] = t.value;
+  }
+  return sd;
+}
+
+CompressOutcome compress_model(const CompressRequest& req) {
+  CompressOutcome out;
+  double t = now_seconds();
+  auto lap = [&](const std::string& phase) {
+    double n = now_seconds();
+    out.phase_seconds[phase] += n - t;
+    t = n;
+  };
+  BB_CHECK(req.rest_dtype == "fp32" || req.rest_dtype == "fp16", "rest dtype must be fp32 or fp16, got '",
+           req.rest_dtype, "'");
+  BB_CHECK(!req.out_path.empty(), "no output path given for the .bbz file");
+  auto model = make_model(req.model);
+  load_weights(*model, req.weights);
+  const std::string weights_hash = sha256_file(req.weights);
+  auto method = make_method(req.method);
+  ParamBinder::apply(method->params(), req.params, "method '" + req.method + "'");
+  lap("load");
+
+  CompressContext ctx;
+  ctx.model = model.get();
+  ctx.seed = req.seed;
+  ctx.cache_dir = req.cache_dir;
+  ctx.weights_hash = weights_hash;
+  ctx.phase = [&](const std::string& name) { lap(name); };
+  std::string calib_name;
+  if (method->needs_calibration()) {
+    calib_name = req.calib_dataset.empty() ? default_calibration(model->input_spec().family) : req.calib_dataset;
+    ctx.calib = open_dataset(calib_name, req.data_root);
+    check_model_dataset(*model, *ctx.calib);
+    if (calib_name.find("test") != std::string::npos || calib_name.find("val") != std::string::npos ||
+        calib_name == "imagenet-sample")
+      log_warn("calibrating on '" + calib_name + "', which is evaluation data: accuracy on it is optimistic");
+  }
+  log_info("compressing " + req.model + " with " + req.method);
+  std::vector<LayerRecord> records = method->compress(ctx);
+  lap("method");
+
+  // In-memory decode: what the method intends the evaluated weights to be.
+  model->eval();
+  BbzFile f;
+  f.model = req.model;
+  out.provenance = {{"bitbench_version", bitbench_version()},
+                    {"git_commit", git_commit()},
+                    {"method", req.method},
+                    {"params", ParamBinder::to_json(method->params())},
+                    {"weights_file", req.weights},
+                    {"weights_sha256", weights_hash},
+                    {"calibration", calib_name},
+                    {"seed", req.seed},
+                    {"rest_dtype", req.rest_dtype}};
+  f.provenance = out.provenance;
+  std::map<std::string, torch::Tensor> in_memory;
+  for (auto& rec : records) {
+    BB_CHECK(model->layer_index(rec.layer) >= 0, "method '", req.method, "' returned a record for unknown layer '",
+             rec.layer, "'");
+    BB_CHECK(!in_memory.count(rec.layer), "method '", req.method, "' returned layer '", rec.layer, "' twice");
+    rec.method = rec.method.empty() ? req.method : rec.method;
+    in_memory[rec.layer] = method->decode(rec);
+  }
+  f.layers = records;
+  for (auto& kv : model->state()) {
+    bool compressed = false;
+    for (auto& rec : records)
+      if (kv.first == rec.layer + ".weight") compressed = true;
+    if (compressed) continue;
+    StoredTensor st;
+    st.name = kv.first;
+    st.value = kv.second.detach().clone();
+    st.fp16 = req.rest_dtype == "fp16" && kv.second.is_floating_point();
+    f.tensors.push_back(st);
+  }
+  BbzSizes wsizes;
+  write_bbz(req.out_path, f, &wsizes);
+  lap("write");
+
+  // Everything evaluated comes from the file.
+  BbzSizes rsizes;
+  BbzFile back = read_bbz(req.out_path, &rsizes);
+  StateDict sd = decode_bbz(back);
+  for (auto& kv : in_memory) {
+    const auto& got = sd.at(kv.first + ".weight");
+    BB_CHECK(got.sizes() == kv.second.sizes() && torch::equal(got, kv.second.to(torch::kFloat32)), "layer '",
+             kv.first, "': weights decoded from the file differ from the method's in-memory result");
+  }
+  load_state_dict(*model, sd, "compressed file '" + req.out_path + "'");
+  lap("decode");
+  out.accounting = account(*model, back, rsizes);
+  BB_CHECK(out.accounting.file_bytes == (int64_t)std::filesystem::file_size(req.out_path),
+           "accounting disagrees with the file size of '", req.out_path, "'");
+
+  for (auto& name : req.eval_datasets) {
+    auto ds = open_dataset(name, req.data_root);
+    EvalOptions eo;
+    eo.limit = req.eval_limit;
+    out.evals.push_back(evaluate(*model, *ds, eo));
+  }
+  lap("eval");
+  return out;
+}
+
+}  // namespace bb

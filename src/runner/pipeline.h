@@ -1,0 +1,49 @@
+// The one direction data flows: model -> calibration -> method -> codes -> file -> decode -> eval.
+// compress_model() writes the .bbz, reads it back, decodes it, checks the decoded weights are
+// bit-identical to what the method produced in memory, and evaluates the decoded model.
+#pragma once
+#include "coding/accounting.h"
+#include "coding/bbz.h"
+#include "eval/evaluate.h"
+#include "methods/method.h"
+#include "models/weights_io.h"
+
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace bb {
+
+struct CompressRequest {
+  std::string model;                           // registry name
+  std::string weights;                         // plain-dict weights file
+  std::string method;                          // registry name
+  std::map<std::string, std::string> params;   // method parameters (strings, validated)
+  std::string calib_dataset;                   // "" = default for the model's family
+  std::string data_root;                       // "" = default
+  std::string out_path;                        // .bbz
+  std::string rest_dtype = "fp32";             // uncompressed tensors: fp32 | fp16
+  uint64_t seed = 0;
+  std::string cache_dir;                       // "" = no caching of intermediates
+  std::vector<std::string> eval_datasets;
+  int64_t eval_limit = 0;
+};
+
+struct CompressOutcome {
+  Accounting accounting;
+  std::vector<EvalResult> evals;
+  std::map<std::string, double> phase_seconds;  // load, calibration/method phases, write, decode, eval
+  nlohmann::json provenance;
+  nlohmann::json to_json() const;  // accounting fields at top level, evals under "eval"
+};
+
+// Default calibration set for a model family (cifar10 -> cifar10-jpeg-train).
+std::string default_calibration(const std::string& family);
+
+CompressOutcome compress_model(const CompressRequest& req);
+
+// Rebuilds every parameter and buffer from a .bbz (methods decode their records).
+StateDict decode_bbz(const BbzFile& f);
+
+}  // namespace bb

@@ -1,0 +1,218 @@
+#include "runner/runner.h"
+#include "common/error.h"
+#include "common/fs_util.h"
+#include "common/hash.h"
+#include "common/log.h"
+#include "common/runtime.h"
+#include "common/timer.h"
+#include "data/dataset.h"
+#include "runner/pipeline.h"
+
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <mutex>
+
+#include <cerrno>
+#include <signal.h>
+
+namespace fs = std::filesystem;
+
+namespace bb {
+namespace {
+
+int env_int(const char* name, int def) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return def;
+  char* end = nullptr;
+  long x = std::strtol(v, &end, 10);
+  BB_CHECK(end && *end == 0, "environment variable ", name, " is not an integer: '", v, "'");
+  return (int)x;
+}
+
+// Hashing a large weights file once per process is enough.
+std::string cached_file_hash(const std::string& path) {
+  static std::mutex mu;
+  static std::map<std::string, std::string> memo;
+  std::lock_guard<std::mutex> lk(mu);
+  auto key = path + "|" + std::to_string(fs::file_size(path)) + "|" +
+             std::to_string(fs::last_write_time(path).time_since_epoch().count());
+  auto it = memo.find(key);
+  if (it != memo.end()) return it->second;
+  return memo[key] = sha256_file(path);
+}
+
+std::string dataset_identity(const std::string& name) {
+  static std::map<std::string, std::string> memo;
+  auto it = memo.find(name);
+  if (it != memo.end()) return it->second;
+  // Name and image count: stable across machines (the root path is not part of the identity).
+  auto ds = open_dataset(name);
+  return memo[name] = name + ":" + std::to_string(ds->size());
+}
+
+std::string hex_bits(const std::vector<uint8_t>& hits) {
+  static const char* hexd = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < hits.size(); i += 4) {
+    int v = 0;
+    for (size_t j = 0; j < 4 && i + j < hits.size(); ++j) v |= (hits[i + j] ? 1 : 0) << j;
+    out.push_back(hexd[v]);
+  }
+  return out;
+}
+
+// A process killed while writing leaves "<file>.tmp.<pid>"; remove those whose writer is gone.
+void remove_stale_temporaries(const std::string& dir) {
+  for (auto& e : fs::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    auto pos = name.rfind(".tmp.");
+    if (pos == std::string::npos) continue;
+    int pid = std::atoi(name.c_str() + pos + 5);
+    if (pid > 0 && (kill(pid, 0) == 0 || errno != ESRCH)) continue;
+    std::error_code ec;
+    fs::remove(e.path(), ec);
+  }
+}
+
+}  // namespace
+
+Shard resolve_shard(const std::string& flag) {
+  Shard s;
+  if (!flag.empty()) {
+    auto slash = flag.find('/');
+    BB_CHECK(slash != std::string::npos, "--shard expects i/N, got '", flag, "'");
+    s.index = std::stoi(flag.substr(0, slash));
+    s.count = std::stoi(flag.substr(slash + 1));
+    s.source = "flag";
+  } else if (std::getenv("SLURM_ARRAY_TASK_ID")) {
+    s.index = env_int("SLURM_ARRAY_TASK_ID", 0) - env_int("SLURM_ARRAY_TASK_MIN", 0);
+    s.count = env_int("SLURM_ARRAY_TASK_COUNT", 1);
+    s.source = "SLURM_ARRAY_TASK_ID";
+  } else if (std::getenv("JOB_COMPLETION_INDEX")) {
+    s.index = env_int("JOB_COMPLETION_INDEX", 0);
+    s.count = env_int("BITBENCH_SHARD_COUNT", 0);
+    BB_CHECK(s.count > 0, "JOB_COMPLETION_INDEX is set: set BITBENCH_SHARD_COUNT to the Job's completions");
+    s.source = "JOB_COMPLETION_INDEX";
+  } else if (std::getenv("PARALLEL_SEQ") && std::getenv("BITBENCH_SHARD_COUNT")) {
+    s.index = env_int("PARALLEL_SEQ", 1) - 1;
+    s.count = env_int("BITBENCH_SHARD_COUNT", 0);
+    s.source = "PARALLEL_SEQ";
+  }
+  BB_CHECK(s.count >= 1 && s.index >= 0 && s.index < s.count, "shard ", s.index, "/", s.count, " (from ", s.source,
+           ") is out of range");
+  return s;
+}
+
+bool in_shard(const RunSpec& r, const Shard& s) { return r.index % s.count == s.index; }
+
+nlohmann::json run_identity(const RunSpec& r) {
+  nlohmann::json j = r.config_json();
+  BB_CHECK(!r.model_cfg.weights.empty(), "model '", r.model, "': weights '", r.model_cfg.weights_spec,
+           "' names an unset environment variable");
+  BB_CHECK(fs::exists(r.model_cfg.weights), "model '", r.model, "': weights file '", r.model_cfg.weights,
+           "' does not exist");
+  j["weights_sha256"] = cached_file_hash(r.model_cfg.weights);
+  nlohmann::json ds = nlohmann::json::array();
+  for (auto& d : r.eval) ds.push_back(dataset_identity(d));
+  j["eval_identity"] = ds;
+  j["bitbench_version"] = bitbench_version();
+  return j;
+}
+
+std::string run_id(const RunSpec& r) { return sha256_hex(run_identity(r).dump()).substr(0, 16); }
+
+std::string runs_dir(const Experiment& ex) { return ex.results_dir + "/runs"; }
+std::string cache_dir(const Experiment& ex) { return fs::path(ex.results_dir).parent_path().string() + "/cache"; }
+
+RunnerSummary run_experiment(const Experiment& ex, const RunnerOptions& opt) {
+  RunnerSummary sum;
+  Shard shard = resolve_shard(opt.shard_flag);
+  const std::string dir = runs_dir(ex);
+  std::vector<const RunSpec*> mine;
+  for (auto& r : ex.runs) {
+    ++sum.total;
+    if (in_shard(r, shard)) mine.push_back(&r);
+  }
+  sum.in_shard = (int)mine.size();
+  log_info("experiment '" + ex.name + "': " + std::to_string(sum.total) + " runs, shard " +
+           std::to_string(shard.index) + "/" + std::to_string(shard.count) + " (" + shard.source + ") has " +
+           std::to_string(mine.size()));
+  if (!opt.dry_run) {
+    fs::create_directories(dir);
+    remove_stale_temporaries(dir);
+  }
+  int k = 0;
+  for (const RunSpec* r : mine) {
+    ++k;
+    const std::string id = run_id(*r);
+    const std::string rec_path = dir + "/" + id + ".json";
+    const std::string fail_path = dir + "/" + id + ".failed.json";
+    nlohmann::json params = r->params;
+    const std::string desc = r->model + " " + r->method + " " + params.dump();
+    if (!opt.force && fs::exists(rec_path)) {
+      ++sum.cached;
+      log_info("[" + std::to_string(k) + "/" + std::to_string(mine.size()) + "] cached " + id + " " + desc);
+      continue;
+    }
+    log_info("[" + std::to_string(k) + "/" + std::to_string(mine.size()) + "] run " + id + " " + desc);
+    if (opt.dry_run) continue;
+    const double t0 = now_seconds();
+    CompressRequest req;
+    req.model = r->model;
+    req.weights = r->model_cfg.weights;
+    req.method = r->method;
+    req.params = r->params;
+    req.calib_dataset = r->calibration;
+    req.data_root = opt.data_root;
+    req.seed = r->seed;
+    req.cache_dir = cache_dir(ex);
+    req.eval_datasets = r->eval;
+    req.eval_limit = r->eval_limit;
+    // Each run writes its own files (named by its ID): shards on a shared filesystem never collide.
+    req.out_path = dir + "/" + id + ".bbz";
+    std::string phase = "compress";
+    try {
+      CompressOutcome o = compress_model(req);
+      nlohmann::json rec = o.to_json();
+      rec["run_id"] = id;
+      rec["experiment"] = ex.name;
+      rec["label"] = r->label;
+      rec["model"] = r->model;
+      rec["method"] = r->method;
+      rec["params"] = r->params;
+      rec["config"] = r->config_json();
+      rec["identity"] = run_identity(*r);
+      rec["seed"] = r->seed;
+      rec["wall_seconds"] = now_seconds() - t0;
+      rec["peak_rss_bytes"] = peak_rss_bytes();
+      rec["context"] = context_json();
+      nlohmann::json hits = nlohmann::json::object();
+      for (auto& e : o.evals) hits[e.dataset] = hex_bits(e.hit1);
+      rec["hit1_hex"] = hits;
+      phase = "write-record";
+      if (!r->keep_bbz) fs::remove(req.out_path);
+      write_file_atomic(rec_path, rec.dump(1) + "\n");
+      fs::remove(fail_path);
+      ++sum.done;
+      std::string line = "  done in " + std::to_string((int)(now_seconds() - t0)) + " s: bpw_core " +
+                         std::to_string(o.accounting.bpw_core);
+      for (auto& e : o.evals) line += ", " + e.dataset + " top-1 " + std::to_string(e.top1);
+      log_info(line);
+    } catch (const std::exception& e) {
+      ++sum.failed;
+      fs::remove(req.out_path);
+      nlohmann::json fail = {{"run_id", id}, {"experiment", ex.name}, {"error", e.what()}, {"phase", phase},
+                             {"model", r->model}, {"method", r->method}, {"params", r->params},
+                             {"config", r->config_json()}, {"where", r->where}, {"context", context_json()}};
+      write_file_atomic(fail_path, fail.dump(1) + "\n");
+      log_warn("run " + id + " failed (" + phase + "): " + e.what() + " -> " + fail_path);
+    }
+  }
+  log_info("experiment '" + ex.name + "' shard " + std::to_string(shard.index) + "/" + std::to_string(shard.count) +
+           ": " + std::to_string(sum.done) + " done, " + std::to_string(sum.cached) + " cached, " +
+           std::to_string(sum.failed) + " failed");
+  return sum;
+}
+
+}  // namespace bb

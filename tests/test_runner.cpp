@@ -1,0 +1,254 @@
+#include <catch2/catch.hpp>
+
+#include "common/error.h"
+#include "common/fs_util.h"
+#include "common/runtime.h"
+#include "report/table.h"
+#include "runner/experiment.h"
+#include "runner/runner.h"
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+
+namespace fs = std::filesystem;
+using namespace bb;
+
+namespace {
+
+struct TempDir {
+  std::string path;
+  TempDir() {
+    char tmpl[] = "/tmp/bb-test-XXXXXX";
+    path = mkdtemp(tmpl);
+  }
+  ~TempDir() { fs::remove_all(path); }
+};
+
+std::string write(const std::string& dir, const std::string& name, const std::string& text) {
+  std::string p = dir + "/" + name;
+  std::ofstream(p) << text;
+  return p;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const bb::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+const char* kSmall = R"(experiment: small
+models: [cifar_resnet20]
+eval: [cifar10-lossless-1k]
+eval_limit: 100
+runs:
+  - method: fp32
+  - method: uniform
+    grid: {bits: [2, 4, 8]}
+)";
+
+}  // namespace
+
+TEST_CASE("grid and zip expansion", "[runner]") {
+  TempDir t;
+  auto p = write(t.path, "e.yaml", R"(models: [cifar_resnet20, cifar_resnet32]
+seeds: [0, 1]
+runs:
+  - method: uniform
+    grid: {bits: [2, 3, 4], clip_steps: [8, 16]}
+  - method: uniform
+    label: zipped
+    models: [cifar_resnet20]
+    zip: {bits: [2, 8], coder: [huffman, fixed]}
+)");
+  Experiment ex = load_experiment(p, "", t.path + "/results");
+  // 2 models x 6 points x 2 seeds + 1 model x 2 zip rows x 2 seeds
+  REQUIRE(ex.runs.size() == 24 + 4);
+  std::set<std::string> zipped;
+  for (auto& r : ex.runs)
+    if (r.label == "zipped") zipped.insert(r.params.at("bits") + "/" + r.params.at("coder"));
+  REQUIRE(zipped == std::set<std::string>{"2/huffman", "8/fixed"});
+  for (size_t i = 0; i < ex.runs.size(); ++i) REQUIRE(ex.runs[i].index == (int)i);
+  REQUIRE(ex.name == "e");
+}
+
+TEST_CASE("run IDs are stable under YAML key order", "[runner]") {
+  TempDir t;
+  auto a = write(t.path, "a.yaml", "experiment: x\nmodels: [cifar_resnet20]\nruns:\n  - method: uniform\n    params: {bits: 3, coder: huffman}\n");
+  auto b = write(t.path, "b.yaml", "runs:\n  - params: {coder: huffman, bits: 3}\n    method: uniform\nmodels: [cifar_resnet20]\nexperiment: x\n");
+  auto ea = load_experiment(a, "", t.path), eb = load_experiment(b, "", t.path);
+  REQUIRE(run_id(ea.runs[0]) == run_id(eb.runs[0]));
+  auto c = write(t.path, "c.yaml", "experiment: x\nmodels: [cifar_resnet20]\nruns:\n  - method: uniform\n    params: {bits: 4, coder: huffman}\n");
+  REQUIRE(run_id(load_experiment(c, "", t.path).runs[0]) != run_id(ea.runs[0]));
+}
+
+TEST_CASE("schema errors name file, line and key", "[runner]") {
+  TempDir t;
+  auto p = write(t.path, "bad.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    gird: {bits: [2]}\n");
+  auto e = error_of([&] { load_experiment(p, "", t.path); });
+  REQUIRE_THAT(e, Catch::Contains("bad.yaml:4") && Catch::Contains("unknown key 'gird'"));
+
+  p = write(t.path, "m.yaml", "models: [cifar_resnet20]\nruns:\n  - method: nosuch\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("m.yaml:3") && Catch::Contains("unknown method 'nosuch'"));
+
+  p = write(t.path, "mo.yaml", "models: [resnet99]\nruns:\n  - method: fp32\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("unknown model 'resnet99'"));
+
+  p = write(t.path, "d.yaml", "models: [cifar_resnet20]\neval: [cifar11]\nruns:\n  - method: fp32\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("d.yaml:2") && Catch::Contains("unknown dataset 'cifar11'"));
+
+  p = write(t.path, "k.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    grid:\n      bitz: [2]\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("k.yaml:5") && Catch::Contains("unknown parameter 'bitz'"));
+
+  p = write(t.path, "v.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    params: {bits: many}\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("'bits' expects an integer"));
+
+  p = write(t.path, "y.yaml", "models: [cifar_resnet20\nruns: [\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("malformed YAML"));
+
+  p = write(t.path, "z.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    zip: {bits: [2, 3], coder: [fixed]}\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("z.yaml:4") && Catch::Contains("zip list"));
+}
+
+TEST_CASE("shards partition the runs exactly once", "[runner]") {
+  TempDir t;
+  auto p = write(t.path, "e.yaml", "models: [cifar_resnet20, cifar_resnet32, cifar_resnet44]\nruns:\n  - method: uniform\n    grid: {bits: [1, 2, 3, 4, 5, 6, 7]}\n");
+  Experiment ex = load_experiment(p, "", t.path);
+  for (int n : {1, 2, 3, 4, 7, 50}) {
+    std::map<int, int> seen;
+    for (int i = 0; i < n; ++i) {
+      Shard s = resolve_shard(std::to_string(i) + "/" + std::to_string(n));
+      for (auto& r : ex.runs)
+        if (in_shard(r, s)) seen[r.index]++;
+    }
+    REQUIRE(seen.size() == ex.runs.size());
+    for (auto& kv : seen) REQUIRE(kv.second == 1);
+  }
+  REQUIRE_THROWS_AS(resolve_shard("4/4"), bb::Error);
+  setenv("SLURM_ARRAY_TASK_ID", "7", 1);
+  setenv("SLURM_ARRAY_TASK_MIN", "5", 1);
+  setenv("SLURM_ARRAY_TASK_COUNT", "3", 1);
+  Shard s = resolve_shard("");
+  unsetenv("SLURM_ARRAY_TASK_ID");
+  unsetenv("SLURM_ARRAY_TASK_MIN");
+  unsetenv("SLURM_ARRAY_TASK_COUNT");
+  REQUIRE(s.index == 2);
+  REQUIRE(s.count == 3);
+  setenv("JOB_COMPLETION_INDEX", "1", 1);
+  setenv("BITBENCH_SHARD_COUNT", "4", 1);
+  s = resolve_shard("");
+  unsetenv("JOB_COMPLETION_INDEX");
+  unsetenv("BITBENCH_SHARD_COUNT");
+  REQUIRE(s.index == 1);
+  REQUIRE(s.source == "JOB_COMPLETION_INDEX");
+}
+
+TEST_CASE("finished runs are cached, --force redoes them, failures leave records", "[runner]") {
+  TempDir t;
+  auto p = write(t.path, "small.yaml", kSmall);
+  Experiment ex = load_experiment(p, "", t.path + "/results");
+  RunnerOptions opt;
+  auto s1 = run_experiment(ex, opt);
+  REQUIRE(s1.done == 4);
+  REQUIRE(s1.failed == 0);
+  auto s2 = run_experiment(ex, opt);
+  REQUIRE(s2.cached == 4);
+  REQUIRE(s2.done == 0);
+  opt.force = true;
+  opt.shard_flag = "0/2";
+  auto s3 = run_experiment(ex, opt);
+  REQUIRE(s3.done == 2);
+  // Table: one row per run, 8-bit within 0.3 points of fp32 on the same images.
+  auto table = build_table(ex.results_dir, {});
+  auto rows = table["models"]["cifar_resnet20"]["rows"];
+  REQUIRE(rows.size() == 4);
+  REQUIRE(fs::exists(ex.results_dir + "/plots/cifar_resnet20.png"));
+  REQUIRE(fs::exists(ex.results_dir + "/table.md"));
+  // A run that fails writes a failure record and the others go on.
+  auto bad = write(t.path, "bad.yaml", R"(experiment: bad
+models: [cifar_resnet20]
+eval: [cifar10-lossless-1k]
+eval_limit: 50
+runs:
+  - method: uniform
+    params: {bits: 4}
+  - method: fp32
+)");
+  Experiment eb = load_experiment(bad, "", t.path + "/results");
+  eb.runs[0].model_cfg.weights = t.path + "/small.yaml";  // not a weights file: fails at load
+  auto sb = run_experiment(eb, RunnerOptions{});
+  REQUIRE(sb.failed == 1);
+  REQUIRE(sb.done == 1);
+  int failures = 0;
+  for (auto& e : fs::directory_iterator(eb.results_dir + "/runs"))
+    if (e.path().string().find(".failed.json") != std::string::npos) {
+      auto j = nlohmann::json::parse(read_file_text(e.path().string()));
+      REQUIRE(j.contains("error"));
+      REQUIRE(j.contains("config"));
+      ++failures;
+    }
+  REQUIRE(failures == 1);
+}
+
+TEST_CASE("a run killed mid-way leaves nothing half-written and resumes", "[runner][slow]") {
+  TempDir t;
+  auto p = write(t.path, "small.yaml", kSmall);
+  const std::string bin = binary_dir() + "/bitbench";
+  const std::string results = t.path + "/results";
+  const std::string runs = results + "/small/runs";
+  pid_t pid = fork();
+  if (pid == 0) {
+    setenv("BITBENCH_RESULTS", results.c_str(), 1);
+    int devnull = open("/dev/null", 1);
+    dup2(devnull, 2);
+    execl(bin.c_str(), bin.c_str(), "run", p.c_str(), (char*)nullptr);
+    _exit(127);
+  }
+  // Kill it as soon as the first record lands (or after a timeout).
+  for (int i = 0; i < 600; ++i) {
+    int n = 0;
+    if (fs::exists(runs))
+      for (auto& e : fs::directory_iterator(runs))
+        if (e.path().extension() == ".json") ++n;
+    if (n >= 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  auto count = [&] {
+    int n = 0;
+    for (auto& e : fs::directory_iterator(runs))
+      if (e.path().extension() == ".json") {
+        REQUIRE_NOTHROW(nlohmann::json::parse(read_file_text(e.path().string())));
+        ++n;
+      }
+    return n;
+  };
+  int before = count();
+  REQUIRE(before >= 1);
+  REQUIRE(before < 4);
+  Experiment ex = load_experiment(p, "", results);
+  auto s = run_experiment(ex, RunnerOptions{});
+  REQUIRE(s.cached == before);
+  REQUIRE(s.done == 4 - before);
+  REQUIRE(count() == 4);
+  for (auto& e : fs::directory_iterator(runs)) REQUIRE(e.path().string().find(".tmp.") == std::string::npos);
+}
+
+TEST_CASE("Bjontegaard-style gaps and the Pareto front", "[runner][report]") {
+  std::vector<std::pair<double, double>> a = {{1, 80}, {2, 90}, {4, 92}}, b = {{1, 70}, {2, 85}, {4, 91}};
+  auto g = curve_gaps(a, b);
+  REQUIRE(g["mean_top1_gap"].get<double>() > 0);
+  REQUIRE(g["mean_bit_saving"].get<double>() > 0);
+  auto g2 = curve_gaps(a, a);
+  REQUIRE(g2["mean_top1_gap"].get<double>() == Approx(0).margin(1e-9));
+  auto front = pareto_front({{1, 80}, {2, 79}, {3, 90}, {1.5, 85}});
+  REQUIRE(front == std::vector<size_t>{0, 2, 3});
+}
