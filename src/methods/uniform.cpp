@@ -1,6 +1,7 @@
 // `uniform` baseline: per-output-channel symmetric uniform scalar quantization at b bits, the
 // step of each channel chosen to minimise its weight MSE (a clipping search), levels optionally
 // entropy-coded.
+#include "coding/bbz.h"
 #include "coding/bytes.h"
 #include "coding/symbols.h"
 #include "methods/method.h"

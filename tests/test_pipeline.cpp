@@ -1,0 +1,145 @@
+// The compress -> file -> decode -> eval pipeline, the baselines and the CLI around them.
+#include <catch2/catch.hpp>
+
+#include "coding/bbz.h"
+#include "common/fs_util.h"
+#include "common/runtime.h"
+#include "models/registry.h"
+#include "runner/pipeline.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <sys/wait.h>
+
+namespace fs = std::filesystem;
+using namespace bb;
+
+namespace {
+
+std::string weights(int depth) { return data_root() + "/models/cifar10_resnet" + std::to_string(depth) + ".pt"; }
+
+struct Tmp {
+  std::string dir;
+  Tmp() {
+    char t[] = "/tmp/bb-pipe-XXXXXX";
+    dir = mkdtemp(t);
+  }
+  ~Tmp() { fs::remove_all(dir); }
+};
+
+// Runs the CLI; returns exit status and captures stdout+stderr.
+int cli(const std::string& args, std::string* out = nullptr) {
+  std::string cmd = binary_dir() + "/bitbench " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string s;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) s.append(buf, n);
+  int st = pclose(p);
+  if (out) *out = s;
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+CompressRequest req(const std::string& method, const std::string& out) {
+  CompressRequest r;
+  r.model = "cifar_resnet20";
+  r.weights = weights(20);
+  r.method = method;
+  r.out_path = out;
+  r.eval_datasets = {"cifar10-lossless-1k"};
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("fp32 round trip reproduces the reference accuracy", "[pipeline]") {
+  Tmp t;
+  auto o = compress_model(req("fp32", t.dir + "/a.bbz"));
+  REQUIRE(o.evals[0].top1 == Approx(91.50));
+  REQUIRE(o.accounting.bpw_core > 32.0);
+  REQUIRE(o.accounting.bpw_core < 32.5);  // tensor headers only
+  REQUIRE(o.accounting.file_bytes == (int64_t)fs::file_size(t.dir + "/a.bbz"));
+}
+
+TEST_CASE("uniform: 8-bit within 0.3 points of fp32; decode is bit-exact and deterministic", "[pipeline]") {
+  Tmp t;
+  auto r = req("uniform", t.dir + "/u8.bbz");
+  r.params = {{"bits", "8"}};
+  auto o = compress_model(r);
+  REQUIRE(std::abs(o.evals[0].top1 - 91.50) <= 0.3);
+  REQUIRE(o.accounting.bpw_core == Approx(8.0).margin(0.1));
+  // Same inputs -> the same bytes.
+  r.out_path = t.dir + "/u8b.bbz";
+  compress_model(r);
+  REQUIRE(read_file_bytes(t.dir + "/u8.bbz") == read_file_bytes(t.dir + "/u8b.bbz"));
+  // decompress -> eval gives the recorded accuracy.
+  REQUIRE(cli("decompress " + t.dir + "/u8.bbz --out " + t.dir + "/u8.pt") == 0);
+  std::string out;
+  REQUIRE(cli("eval --model cifar_resnet20 --weights " + t.dir + "/u8.pt --dataset cifar10-lossless-1k --json", &out) == 0);
+  auto j = nlohmann::json::parse(out.substr(out.find('{')));
+  REQUIRE(j["top1"].get<double>() == Approx(o.evals[0].top1));
+}
+
+TEST_CASE("entropy-coded levels are smaller and decode to the same weights", "[pipeline]") {
+  Tmp t;
+  auto r = req("uniform", t.dir + "/f.bbz");
+  r.eval_datasets = {};
+  r.params = {{"bits", "4"}};
+  auto fixed = compress_model(r);
+  r.params["coder"] = "huffman";
+  r.out_path = t.dir + "/h.bbz";
+  auto huff = compress_model(r);
+  r.params["coder"] = "rans";
+  r.out_path = t.dir + "/r.bbz";
+  auto rans = compress_model(r);
+  REQUIRE(huff.accounting.bpw_core < fixed.accounting.bpw_core);
+  REQUIRE(rans.accounting.bpw_core <= huff.accounting.bpw_core + 0.01);
+  auto a = decode_bbz(read_bbz(t.dir + "/f.bbz")), b = decode_bbz(read_bbz(t.dir + "/h.bbz"));
+  for (auto& kv : a) REQUIRE(torch::equal(kv.second, b.at(kv.first)));
+}
+
+TEST_CASE("compress CLI: --json fields, dry run, and bad input", "[pipeline][cli]") {
+  Tmp t;
+  std::string out;
+  const std::string base = "compress --model cifar_resnet20 --weights " + weights(20) + " --out " + t.dir + "/x.bbz";
+  REQUIRE(cli(base + " --method uniform --set bits=3 --json --eval cifar10-lossless-1k --limit 200", &out) == 0);
+  auto j = nlohmann::json::parse(out.substr(out.rfind("\n{") == std::string::npos ? out.find('{') : out.rfind("\n{") + 1));
+  for (auto k : {"n_weights", "n_params", "bpw_core", "bpw_total", "file_bytes", "bpw_choi", "size_mb_stock",
+                 "bpw_young", "bpw_yu_conv", "top1", "top5", "breakdown"})
+    REQUIRE(j.contains(k));
+  REQUIRE(j["n_weights"] == 268336);
+  REQUIRE(j["file_bytes"].get<int64_t>() == (int64_t)fs::file_size(t.dir + "/x.bbz"));
+  REQUIRE(cli("inspect " + t.dir + "/x.bbz", &out) == 0);
+  REQUIRE_THAT(out, Catch::Contains("layer3.2.conv2"));
+  REQUIRE(cli(base + " --method uniform --set bits=3 --dry-run", &out) == 0);
+  REQUIRE_THAT(out, Catch::Contains("\"bits\": 3"));
+
+  REQUIRE(cli(base + " --method nosuch", &out) != 0);
+  REQUIRE_THAT(out, Catch::Contains("unknown method 'nosuch'"));
+  REQUIRE(cli(base + " --method uniform --set bitz=3", &out) != 0);
+  REQUIRE_THAT(out, Catch::Contains("unknown parameter 'bitz'"));
+  REQUIRE(cli(base + " --method uniform --set bits=99", &out) != 0);
+  REQUIRE_THAT(out, Catch::Contains("bits must be in 1..16"));
+  // A corrupt or foreign file is a clear error, not a crash.
+  auto bytes = read_file_bytes(t.dir + "/x.bbz");
+  bytes[bytes.size() / 2] ^= 0x5a;
+  write_file_atomic(t.dir + "/bad.bbz", bytes.data(), bytes.size());
+  REQUIRE(cli("inspect " + t.dir + "/bad.bbz", &out) == 1);
+  REQUIRE_THAT(out, Catch::Contains("bitbench: error"));
+  REQUIRE(cli("decompress " + weights(20) + " --out " + t.dir + "/y.pt", &out) == 1);
+  REQUIRE_THAT(out, Catch::Contains("bitbench: error"));
+  REQUIRE(cli("decompress " + t.dir + "/missing.bbz --out " + t.dir + "/y.pt", &out) == 1);
+}
+
+TEST_CASE("uniform baseline table on cifar_resnet20", "[pipeline][slow]") {
+  Tmp t;
+  for (int b : {2, 3, 4, 8}) {
+    auto r = req("uniform", t.dir + "/u.bbz");
+    r.params = {{"bits", std::to_string(b)}};
+    auto o = compress_model(r);
+    INFO("bits " << b << " bpw_core " << o.accounting.bpw_core << " top1 " << o.evals[0].top1);
+    REQUIRE(o.accounting.bpw_core >= b);
+    REQUIRE(o.accounting.bpw_core < b + 0.2);
+    if (b >= 4) REQUIRE(o.evals[0].top1 > 85.0);
+  }
+}
