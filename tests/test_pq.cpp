@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include "common/error.h"
+#include "common/timer.h"
 #include "methods/pq.h"
 #include "models/registry.h"
 #include "quant/kmeans.h"
@@ -192,4 +193,17 @@ TEST_CASE("pq size_mb_stock reproduces the published ResNet-18/50 sizes", "[pq]"
   REQUIRE(std::round(bpp(stock_size_mb(*r18, "small", 2048), *r18) * 1000) == 1106);
   REQUIRE(std::round(bpp(stock_size_mb(*r18, p), *r18) * 1000) == 739);
   REQUIRE(std::round(bpp(stock_size_mb(*r50, "small", 1024), *r50) * 1000) == 1671);
+}
+
+// Timing of one layer's EM at CIFAR layer3 / ResNet-18 layer4 sizes (hidden: run explicitly).
+TEST_CASE("pq EM timing", "[.][pq-bench]") {
+  for (auto [n, k] : {std::pair<int64_t, int64_t>{4096, 256}, {262144, 256}}) {
+    auto X = make_patches(1 << 20, 9, 1);
+    torch::manual_seed(2);
+    auto sub = torch::randn({n, 9});
+    PQParams p;
+    const double t0 = now_seconds();
+    auto r = pq_cluster(sub, X, k, p, 1);
+    WARN("n_sub " << n << " k " << k << " em_iters " << p.em_iters << ": " << now_seconds() - t0 << " s");
+  }
 }
