@@ -67,7 +67,9 @@ TEST_CASE("uniform: 8-bit within 0.3 points of fp32; decode is bit-exact and det
   r.params = {{"bits", "8"}};
   auto o = compress_model(r);
   REQUIRE(std::abs(o.evals[0].top1 - 91.50) <= 0.3);
-  REQUIRE(o.accounting.bpw_core == Approx(8.0).margin(0.1));
+  // 8 bits per level plus per-channel fp32 steps and record headers (~0.14 bit/weight here).
+  REQUIRE(o.accounting.bpw_core >= 8.0);
+  REQUIRE(o.accounting.bpw_core < 8.2);
   // Same inputs -> the same bytes.
   r.out_path = t.dir + "/u8b.bbz";
   compress_model(r);

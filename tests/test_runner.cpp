@@ -8,6 +8,7 @@
 #include "runner/runner.h"
 
 #include <csignal>
+#include <fcntl.h>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -206,7 +207,7 @@ TEST_CASE("a run killed mid-way leaves nothing half-written and resumes", "[runn
   pid_t pid = fork();
   if (pid == 0) {
     setenv("BITBENCH_RESULTS", results.c_str(), 1);
-    int devnull = open("/dev/null", 1);
+    int devnull = open("/dev/null", O_WRONLY);
     dup2(devnull, 2);
     execl(bin.c_str(), bin.c_str(), "run", p.c_str(), (char*)nullptr);
     _exit(127);

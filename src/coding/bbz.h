@@ -2,6 +2,7 @@
 // of a model, plus provenance, closed by a CRC-32. Sizes are measured while serialising, and the
 // accounting (coding/accounting.h) is computed from those measured bytes.
 #pragma once
+#include "coding/bytes.h"
 #include "coding/record.h"
 
 #include <nlohmann/json.hpp>
@@ -49,8 +50,6 @@ BbzFile parse_bbz(const uint8_t* data, size_t n, const std::string& what, BbzSiz
 void write_bbz(const std::string& path, const BbzFile& f, BbzSizes* sizes = nullptr);  // atomic
 BbzFile read_bbz(const std::string& path, BbzSizes* sizes = nullptr);
 
-// Tensor payload helpers for methods' sections (shape not included).
-void put_floats(class ByteWriter& w, const torch::Tensor& t, bool fp16);
-torch::Tensor get_floats(class ByteReader& r, int64_t count, bool fp16);
+// put_floats / get_floats (tensor payloads of sections) are declared in coding/bytes.h.
 
 }  // namespace bb

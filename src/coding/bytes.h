@@ -8,6 +8,10 @@
 #include <string>
 #include <vector>
 
+namespace at {
+class Tensor;  // torch::Tensor; the full type comes from the precompiled torch headers
+}
+
 namespace bb {
 
 uint16_t float_to_half(float f);  // round-to-nearest-even, as torch's .half()
@@ -107,5 +111,12 @@ class ByteReader {
   size_t pos_ = 0;
   std::string what_;
 };
+
+class ByteWriter;
+class ByteReader;
+// Float tensor payloads for methods' sections (shape not included): numel values as fp32, or fp16
+// rounded as torch's .half(). get_floats returns a 1-D float32 tensor; bounds-checked.
+void put_floats(ByteWriter& w, const at::Tensor& t, bool fp16);
+at::Tensor get_floats(ByteReader& r, int64_t count, bool fp16);
 
 }  // namespace bb

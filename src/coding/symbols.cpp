@@ -3,8 +3,9 @@
 // fixed:   payload = count * ceil(log2 alphabet) bits, LSB-first (8-bit symbols = plain bytes).
 // huffman: varint S, then one LSB-first bit stream: code-length table (int-seq, below) followed by
 //          the codes (canonical, bit-reversed so a decoder can index a table with the next bits).
-// rans:    varint S, u8 scale_bits, frequency table (int-seq, byte-aligned), then 32-bit words of
-//          a 64-bit-state rANS coder (32-bit renormalisation).
+// rans:    varint S, u8 scale_bits (+0x80: the table holds code lengths l, frequency 2^(scale-l)),
+//          frequency table (int-seq, byte-aligned), then 32-bit words of two interleaved
+//          64-bit-state rANS coders (32-bit renormalisation).
 // S = largest used symbol + 1; the tables list one value per symbol < S (0 = unused).
 // A stream with a single distinct symbol has no payload (the symbol costs 0 bits).
 #include "coding/symbols.h"
@@ -26,9 +27,12 @@ constexpr uint64_t kMaxSymbols = 1ull << 28;         // per stream (largest CNN 
 constexpr uint32_t kMaxEntropyAlphabet = 1u << 24;   // huffman / rans alphabet
 constexpr uint32_t kMaxUsedSymbols = 1u << 20;       // distinct symbols for huffman / rans
 constexpr int kMaxCodeLen = 20;                      // huffman code-length limit (>= log2 used)
-constexpr int kRootBits = 11;                        // first-level Huffman decode table bits
+constexpr int kRootBits = 13;                        // first-level Huffman decode table bits
 constexpr int kRansMaxScale = 20;                    // rans frequency total <= 2^20
+constexpr int kRansScaleSlack = 4;                   // scales tried: up to log2(used) + 4 (>= 16)
 constexpr uint64_t kRansL = 1ull << 31;              // rans state lower bound
+constexpr int kRansWays = 2;                         // interleaved rans states
+constexpr uint8_t kRansLengthTable = 0x80;           // scale-byte flag: table holds code lengths
 
 int ceil_log2(uint64_t v) {  // v >= 1
   int b = 0;
@@ -323,13 +327,15 @@ class FastDecoder {
 
 // ---------------------------------------------------------------------------------------------
 // int-seq: a sequence of unsigned ints (code lengths, frequencies), mostly small, with runs of
-// zeros (unused symbols). Tokens: 0..15 literal value; 16+(b-4) for b = 4..31: value in
-// [2^b, 2^(b+1)) followed by its low b bits; kTokZeroRun: a run of zeros, length Elias-gamma
-// coded. The tokens are Huffman coded; the token code lengths (<= 15) are stored first:
-//   6 bits T = number of token lengths stored, then T x 4 bits.
+// zeros (unused symbols). Tokens: 0 = a run of >= 3 zeros, its length Elias-gamma coded;
+// 1 + v for a literal v < 32 (covers every Huffman code length); 33 + (b - 5) for b = 5..31: a
+// value in [2^b, 2^(b+1)) followed by its low b bits. The tokens are Huffman coded; their code
+// lengths (<= 15) come first: 6 bits T = number of token lengths stored, then T x 4 bits.
 
-constexpr int kTokZeroRun = 44;
-constexpr int kNumTokens = 45;
+constexpr int kTokZeroRun = 0;
+constexpr int kNumLiterals = 32;
+constexpr int kTokFirstBucket = 1 + kNumLiterals;
+constexpr int kNumTokens = kTokFirstBucket + 27;
 constexpr int kTokMaxLen = 15;
 
 void put_gamma(BitWriter& w, uint64_t v) {  // v in [1, 2^32)
@@ -359,11 +365,11 @@ void put_int_seq(BitWriter& w, const std::vector<uint32_t>& v) {
       }
     }
     uint32_t x = v[i++];
-    if (x < 16) {
-      toks.push_back({(int)x, 0, 0});
+    if (x < (uint32_t)kNumLiterals) {
+      toks.push_back({1 + (int)x, 0, 0});
     } else {
       int b = 31 - __builtin_clz(x);
-      toks.push_back({16 + b - 4, x & ((1u << b) - 1), b});
+      toks.push_back({kTokFirstBucket + b - 5, x & ((1u << b) - 1), b});
     }
   }
   std::vector<uint32_t> freq(kNumTokens, 0);
@@ -401,14 +407,14 @@ std::vector<uint32_t> get_int_seq(BitReader& r, uint64_t count, const char* what
   v.reserve(std::min<uint64_t>(count, 1u << 16));
   while (v.size() < count) {
     int tok = code.used == 1 ? (int)single : (int)code.decode_slow(r);
-    if (tok < 16) {
-      v.push_back((uint32_t)tok);
-    } else if (tok == kTokZeroRun) {
+    if (tok == kTokZeroRun) {
       uint64_t run = get_gamma(r, what);
       BB_CHECK(run <= count - v.size(), "corrupt ", what, ": zero run past the end");
       v.resize(v.size() + run, 0);
+    } else if (tok < kTokFirstBucket) {
+      v.push_back((uint32_t)(tok - 1));
     } else {
-      int b = tok - 16 + 4;
+      int b = tok - kTokFirstBucket + 5;
       v.push_back((1u << b) | r.get(b));
     }
   }
@@ -524,7 +530,7 @@ void encode_huffman(ByteWriter& w, const std::vector<uint32_t>& syms, uint32_t a
   w.raw(bits.data(), bits.size());
 }
 
-void decode_huffman(ByteReader& r, const Header& h, std::vector<uint32_t>& out, uint64_t* table_bits) {
+void decode_huffman(ByteReader& r, const Header& h, std::vector<uint32_t>& out, SymbolStreamInfo* info) {
   check_entropy_alphabet(h.alphabet, "corrupt huffman stream:");
   if (h.count == 0) return;
   const size_t table_start = r.pos();
@@ -532,7 +538,7 @@ void decode_huffman(ByteReader& r, const Header& h, std::vector<uint32_t>& out, 
   BB_CHECK(S >= 1 && S <= h.alphabet, "corrupt huffman stream: table size ", S, " for alphabet ", h.alphabet);
   BitReader br(r.ptr(), r.remaining());
   std::vector<uint32_t> l32 = get_int_seq(br, S, "huffman code-length table");
-  if (table_bits) *table_bits = (r.pos() - table_start) * 8 + br.bits_consumed();
+  if (info) info->table_bits = (r.pos() - table_start) * 8 + br.bits_consumed();
   std::vector<uint8_t> lens(S);
   for (uint64_t s = 0; s < S; ++s) {
     BB_CHECK(l32[s] <= (uint32_t)kMaxCodeLen, "corrupt huffman stream: code length ", l32[s]);
@@ -618,67 +624,104 @@ void encode_rans(ByteWriter& w, const std::vector<uint32_t>& syms, uint32_t alph
     w.raw(bits.data(), bits.size());
     return;
   }
-  // Pick the scale that minimises table + payload (payload: cross-entropy of counts under q).
-  int best_scale = -1;
-  double best_bits = 0;
-  std::vector<uint32_t> best_q;
-  std::vector<uint8_t> best_table;
-  for (int scale = std::max(1, ceil_log2(used)); scale <= kRansMaxScale; ++scale) {
-    std::vector<uint32_t> q = quantize_freqs(hist, n, scale);
+  // Candidate tables; the one minimising table + payload wins (payload estimated as the
+  // cross-entropy of the counts under q; the coder adds only its flushed states to that).
+  struct Candidate {
+    uint8_t scale_byte = 0;
+    std::vector<uint32_t> q;
     std::vector<uint8_t> table;
-    BitWriter bw(table);
-    put_int_seq(bw, q);
+    double bits = 0;
+  };
+  auto make = [&](uint8_t scale_byte, int scale, std::vector<uint32_t> q, const std::vector<uint32_t>& stored) {
+    Candidate c;
+    c.scale_byte = scale_byte;
+    BitWriter bw(c.table);
+    put_int_seq(bw, stored);
     bw.flush();
-    double payload = 0;
     for (size_t s = 0; s < hist.size(); ++s)
-      if (hist[s]) payload += hist[s] * (scale - std::log2((double)q[s]));
-    double total = payload + 8.0 * table.size();
-    if (best_scale < 0 || total < best_bits) {
-      best_scale = scale;
-      best_bits = total;
-      best_q = std::move(q);
-      best_table = std::move(table);
-    }
+      if (hist[s]) c.bits += hist[s] * (scale - std::log2((double)q[s]));
+    c.bits += 8.0 * c.table.size();
+    c.q = std::move(q);
+    return c;
+  };
+  Candidate best;
+  best.bits = HUGE_VAL;
+  // Frequencies quantised to 2^scale. Totals beyond log2(used) + slack gain almost nothing but
+  // cost decode-table cache misses.
+  const int min_scale = std::max(1, ceil_log2(used));
+  const int max_scale = std::min(kRansMaxScale, std::max(16, min_scale + kRansScaleSlack));
+  for (int scale = min_scale; scale <= max_scale; ++scale) {
+    std::vector<uint32_t> q = quantize_freqs(hist, n, scale);
+    Candidate c = make((uint8_t)scale, scale, q, q);
+    if (c.bits < best.bits) best = std::move(c);
   }
-  const int scale = best_scale;
-  const std::vector<uint32_t>& q = best_q;
-  w.u8((uint8_t)scale);
-  w.raw(best_table.data(), best_table.size());
+  // Dyadic frequencies 2^(L - length) from Huffman code lengths: the lengths are a much cheaper
+  // table when the alphabet is large next to the count (big codebooks), at Huffman's payload.
+  {
+    std::vector<uint8_t> lens = huffman_lengths(hist, kMaxCodeLen);
+    const int L = *std::max_element(lens.begin(), lens.end());
+    std::vector<uint32_t> q(hist.size(), 0), stored(hist.size(), 0);
+    for (size_t s = 0; s < hist.size(); ++s)
+      if (lens[s]) q[s] = 1u << (L - lens[s]), stored[s] = lens[s];
+    Candidate c = make((uint8_t)(kRansLengthTable | L), L, std::move(q), stored);
+    if (c.bits < best.bits) best = std::move(c);
+  }
+  const int scale = best.scale_byte & ~kRansLengthTable;
+  const std::vector<uint32_t>& q = best.q;
+  w.u8(best.scale_byte);
+  w.raw(best.table.data(), best.table.size());
 
   std::vector<uint32_t> cum(q.size(), 0);
   for (size_t s = 1; s < q.size(); ++s) cum[s] = cum[s - 1] + q[s - 1];
-  // Encode backwards so the decoder runs forwards; words come out in reverse order.
+  // Encode backwards so the decoder runs forwards; words come out in reverse order. Symbol i
+  // uses state i % kRansWays (two independent chains let the decoder overlap table lookups);
+  // all states share one word stream, read by the decoder in the order it decodes.
   std::vector<uint32_t> words;
   words.reserve(n / 4 + 4);
-  uint64_t x = kRansL;
+  uint64_t x[kRansWays];
+  for (uint64_t& xi : x) xi = kRansL;
   const uint64_t x_max_base = (kRansL >> scale) << 32;
   for (uint64_t i = n; i-- > 0;) {
+    uint64_t& xi = x[i % kRansWays];
     const uint32_t s = syms[i];
     const uint64_t f = q[s];
-    if (x >= x_max_base * f) {
-      words.push_back((uint32_t)x);
-      x >>= 32;
+    if (xi >= x_max_base * f) {
+      words.push_back((uint32_t)xi);
+      xi >>= 32;
     }
-    x = ((x / f) << scale) + (x % f) + cum[s];
+    xi = ((xi / f) << scale) + (xi % f) + cum[s];
   }
-  words.push_back((uint32_t)(x >> 32));
-  words.push_back((uint32_t)x);
+  for (int j = kRansWays; j-- > 0;) {  // read back as lo0, hi0, lo1, hi1, ...
+    words.push_back((uint32_t)(x[j] >> 32));
+    words.push_back((uint32_t)x[j]);
+  }
   std::reverse(words.begin(), words.end());
   w.raw(words.data(), words.size() * 4);  // little-endian host
 }
 
-void decode_rans(ByteReader& r, const Header& h, std::vector<uint32_t>& out, uint64_t* table_bits) {
+void decode_rans(ByteReader& r, const Header& h, std::vector<uint32_t>& out, SymbolStreamInfo* info) {
   check_entropy_alphabet(h.alphabet, "corrupt rans stream:");
   if (h.count == 0) return;
   const size_t table_start = r.pos();
   uint64_t S = r.varint();
   BB_CHECK(S >= 1 && S <= h.alphabet, "corrupt rans stream: table size ", S, " for alphabet ", h.alphabet);
-  const int scale = r.u8();
+  const uint8_t scale_byte = r.u8();
+  const int scale = scale_byte & ~kRansLengthTable;
   BB_CHECK(scale <= kRansMaxScale, "corrupt rans stream: scale 2^", scale);
   BitReader br(r.ptr(), r.remaining());
   std::vector<uint32_t> q = get_int_seq(br, S, "rans frequency table");
   r.skip((br.bits_consumed() + 7) / 8);  // need() inside: rejects a table read past the end
-  if (table_bits) *table_bits = (r.pos() - table_start) * 8;
+  if (scale_byte & kRansLengthTable) {  // code lengths: frequency 2^(scale - length)
+    for (uint32_t& v : q) {
+      BB_CHECK(v <= (uint32_t)scale, "corrupt rans stream: code length ", v, " > ", scale);
+      if (v) v = 1u << (scale - v);
+    }
+  }
+  if (info) {
+    info->table_bits = (r.pos() - table_start) * 8;
+    info->rans_scale_bits = scale;
+    info->rans_length_table = (scale_byte & kRansLengthTable) != 0;
+  }
   const uint64_t M = 1ull << scale;
   uint64_t sum = 0;
   size_t used = 0;
@@ -694,7 +737,7 @@ void decode_rans(ByteReader& r, const Header& h, std::vector<uint32_t>& out, uin
     return;
   }
   const size_t nbytes = r.remaining();
-  BB_CHECK(nbytes >= 8 && nbytes % 4 == 0, "corrupt rans stream: payload of ", nbytes, " bytes");
+  BB_CHECK(nbytes >= 8 * kRansWays && nbytes % 4 == 0, "corrupt rans stream: payload of ", nbytes, " bytes");
   const size_t nwords = nbytes / 4;
   std::vector<uint32_t> words(nwords);
   std::memcpy(words.data(), r.ptr(), nbytes);
@@ -709,30 +752,48 @@ void decode_rans(ByteReader& r, const Header& h, std::vector<uint32_t>& out, uin
 
   out.resize(h.count);
   const uint64_t mask = M - 1;
-  uint64_t x = (uint64_t)words[0] | ((uint64_t)words[1] << 32);
-  size_t pos = 2;
-  for (uint64_t i = 0; i < h.count; ++i) {
-    const uint64_t e = slots[x & mask];
-    out[i] = (uint32_t)(e >> 40);
+  static_assert(kRansWays == 2, "the decode loop below is written for two states");
+  uint64_t x0 = (uint64_t)words[0] | ((uint64_t)words[1] << 32);
+  uint64_t x1 = (uint64_t)words[2] | ((uint64_t)words[3] << 32);
+  size_t pos = 4;
+  // One decode step; a corrupt stream may ask for words past the end: rejected, never read.
+  auto step = [&](uint64_t& x, uint64_t e, uint64_t i) {
     x = ((e >> 20) & 0xfffff) * (x >> scale) + (e & 0xfffff);
     if (x < kRansL) {
       BB_CHECK(pos < nwords, "corrupt rans stream: payload ends early at symbol ", i);
       x = (x << 32) | words[pos++];
     }
+  };
+  uint64_t i = 0;
+  for (; i + 2 <= h.count; i += 2) {
+    const uint64_t e0 = slots[x0 & mask], e1 = slots[x1 & mask];
+    out[i] = (uint32_t)(e0 >> 40);
+    out[i + 1] = (uint32_t)(e1 >> 40);
+    step(x0, e0, i);
+    step(x1, e1, i + 1);
   }
-  BB_CHECK(pos == nwords && x == kRansL, "corrupt rans stream: final state mismatch");
+  if (i < h.count) {
+    const uint64_t e0 = slots[x0 & mask];
+    out[i] = (uint32_t)(e0 >> 40);
+    step(x0, e0, i);
+  }
+  BB_CHECK(pos == nwords && x0 == kRansL && x1 == kRansL, "corrupt rans stream: final state mismatch");
 }
 
-std::vector<uint32_t> decode_impl(const uint8_t* data, size_t n, uint64_t* header_bytes, uint64_t* table_bits) {
+std::vector<uint32_t> decode_impl(const uint8_t* data, size_t n, SymbolStreamInfo* info) {
   ByteReader r(data, n, "symbol stream");
   Header h = get_header(r);
-  if (header_bytes) *header_bytes = r.pos();
-  if (table_bits) *table_bits = 0;
+  if (info) {
+    info->coder = h.coder;
+    info->count = h.count;
+    info->alphabet = h.alphabet;
+    info->header_bits = r.pos() * 8;
+  }
   std::vector<uint32_t> out;
   switch (h.coder) {
     case Coder::fixed: decode_fixed(r, h, out); break;
-    case Coder::huffman: decode_huffman(r, h, out, table_bits); break;
-    case Coder::rans: decode_rans(r, h, out, table_bits); break;
+    case Coder::huffman: decode_huffman(r, h, out, info); break;
+    case Coder::rans: decode_rans(r, h, out, info); break;
   }
   BB_CHECK(r.done(), "corrupt ", coder_name(h.coder), " symbol stream: ", r.remaining(), " trailing bytes");
   BB_CHECK(out.size() == h.count, "corrupt symbol stream: decoded ", out.size(), " of ", h.count);
@@ -780,20 +841,12 @@ std::vector<uint8_t> encode_symbols(const std::vector<uint32_t>& syms, uint32_t 
 }
 
 std::vector<uint32_t> decode_symbols(const uint8_t* data, size_t n) {
-  return decode_impl(data, n, nullptr, nullptr);
+  return decode_impl(data, n, nullptr);
 }
 
 SymbolStreamInfo inspect_symbols(const uint8_t* data, size_t n) {
   SymbolStreamInfo info;
-  uint64_t header_bytes = 0, table_bits = 0;
-  std::vector<uint32_t> syms = decode_impl(data, n, &header_bytes, &table_bits);
-  ByteReader r(data, n, "symbol stream");
-  Header h = get_header(r);
-  info.coder = h.coder;
-  info.count = h.count;
-  info.alphabet = h.alphabet;
-  info.header_bits = header_bytes * 8;
-  info.table_bits = table_bits;
+  decode_impl(data, n, &info);
   info.payload_bits = (uint64_t)n * 8 - info.header_bits - info.table_bits;
   return info;
 }

@@ -29,6 +29,8 @@ struct SymbolStreamInfo {
   uint64_t count = 0;
   uint32_t alphabet = 0;
   uint64_t header_bits = 0, table_bits = 0, payload_bits = 0;
+  int rans_scale_bits = 0;         // rans: frequencies sum to 2^rans_scale_bits
+  bool rans_length_table = false;  // rans: dyadic frequencies stored as code lengths
 };
 SymbolStreamInfo inspect_symbols(const uint8_t* data, size_t n);
 inline SymbolStreamInfo inspect_symbols(const std::vector<uint8_t>& v) { return inspect_symbols(v.data(), v.size()); }

@@ -28,6 +28,8 @@ class Dataset {
   // Preprocessed image i as a float32 CHW tensor. With augment=true, training augmentation
   // (random crop with padding and horizontal flip for CIFAR; flip for others) seeded by `seed`.
   virtual torch::Tensor image(int64_t i, bool augment = false, uint64_t seed = 0) const = 0;
+  // The file image i is read from ("" for datasets packed into one file).
+  virtual std::string image_path(int64_t i) const { return ""; }
   // Dataset identity for content hashes: name, root, count.
   virtual std::string identity() const = 0;
   const std::string& name() const { return name_; }
@@ -41,7 +43,12 @@ class Dataset {
 
 // Known names: cifar10-lossless-1k, cifar10-jpeg-train, cifar10-jpeg-test, mnist-test,
 // imagenet-sample, imagenet-val. `root` is the data root (see bb::data_root) except for
-// imagenet-val, whose root is the validation folder itself (--data-root or BITBENCH_IMAGENET_VAL).
+// imagenet-val, whose root is the validation folder itself (--data-root or BITBENCH_IMAGENET_VAL)
+// in one of two layouts: class subfolders (<wnid>/<file>), or a flat folder of images plus a label
+// file of "<file> <label>" lines, label = class index (sorted-wnid order) or wnid: the folder's
+// val_labels.txt or $BITBENCH_IMAGENET_LABELS (scripts/devkit_to_labels.py writes one from the
+// ILSVRC2012 devkit). Class list: $BITBENCH_IMAGENET_SYNSETS, else <data root>/imagenet-sample/
+// synsets.tsv, else the 1000 class subfolders themselves. See datasets/README.md.
 std::shared_ptr<Dataset> open_dataset(const std::string& name, const std::string& root_override = "");
 std::vector<std::string> dataset_names();
 bool has_dataset(const std::string& name);

@@ -1,14 +1,19 @@
 // The dataset implementations and the name -> dataset table.
 #include "common/error.h"
-#include "common/fs_util.h"
 #include "common/runtime.h"
 #include "data/dataset.h"
 #include "data/transforms.h"
 
-#include <opencv2/imgcodecs.hpp>
-#include <opencv2/imgproc.hpp>
+#include <opencv2/core.hpp>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -42,21 +47,56 @@ cv::Mat maybe_flip(const cv::Mat& img, uint64_t seed, int64_t index) {
   return img;
 }
 
+// A read-only memory map of a packed dataset file: records are paged in as they are read (and can
+// be evicted), so the process never copies a whole dataset into memory.
+class MappedFile {
+ public:
+  explicit MappedFile(const std::string& path) : path_(path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    BB_CHECK(fd >= 0, "cannot open '", path, "': ", std::strerror(errno));
+    struct stat st {};
+    const bool ok = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+    size_ = ok ? (size_t)st.st_size : 0;
+    if (size_ > 0) {
+      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+      data_ = p == MAP_FAILED ? nullptr : static_cast<const uint8_t*>(p);
+    }
+    ::close(fd);
+    BB_CHECK(ok, "'", path, "' is not a regular file");
+    BB_CHECK(size_ == 0 || data_, "cannot map '", path, "' into memory");
+  }
+  ~MappedFile() {
+    if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+  }
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+  uint32_t be32(size_t off) const {
+    return (uint32_t)data_[off] << 24 | (uint32_t)data_[off + 1] << 16 | (uint32_t)data_[off + 2] << 8 | data_[off + 3];
+  }
+
+ private:
+  std::string path_;
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
 // The official CIFAR-10 binary format: records of 1 label byte + 3072 bytes (R, G, B planes).
 class CifarBinary : public Dataset {
  public:
-  CifarBinary(const std::string& name, const std::string& path) : path_(path) {
+  CifarBinary(const std::string& name, const std::string& path) : file_(path) {
     name_ = name;
     family_ = "cifar10";
-    bytes_ = read_file_bytes(path);
-    BB_CHECK(!bytes_.empty() && bytes_.size() % 3073 == 0, "'", path,
-             "' is not a CIFAR-10 binary file (size ", bytes_.size(), " is not a multiple of 3073)");
-    n_ = (int64_t)bytes_.size() / 3073;
+    BB_CHECK(file_.size() > 0 && file_.size() % 3073 == 0, "'", path,
+             "' is not a CIFAR-10 binary file (size ", file_.size(), " is not a multiple of 3073)");
+    n_ = (int64_t)(file_.size() / 3073);
   }
   int64_t size() const override { return n_; }
-  int64_t label(int64_t i) const override { return bytes_[(size_t)i * 3073]; }
+  int64_t label(int64_t i) const override { return record(i)[0]; }
   torch::Tensor image(int64_t i, bool augment, uint64_t seed) const override {
-    const uint8_t* rec = &bytes_[(size_t)i * 3073 + 1];
+    const uint8_t* rec = record(i) + 1;
     cv::Mat rgb(32, 32, CV_8UC3);
     for (int p = 0; p < 1024; ++p)
       for (int c = 0; c < 3; ++c) rgb.data[p * 3 + c] = rec[c * 1024 + p];
@@ -66,10 +106,21 @@ class CifarBinary : public Dataset {
   std::string identity() const override { return name_ + ":" + std::to_string(n_); }
 
  private:
-  std::string path_;
-  std::vector<unsigned char> bytes_;
+  const uint8_t* record(int64_t i) const {
+    BB_CHECK(i >= 0 && i < n_, "image index ", i, " out of range for dataset '", name_, "'");
+    return file_.data() + (size_t)i * 3073;
+  }
+  MappedFile file_;
   int64_t n_;
 };
+
+std::vector<std::string> subfolders(const std::string& root) {
+  std::vector<std::string> dirs;
+  for (auto& e : fs::directory_iterator(root))
+    if (e.is_directory()) dirs.push_back(e.path().filename().string());
+  std::sort(dirs.begin(), dirs.end());
+  return dirs;
+}
 
 // root/<class>/<image>, decoded with OpenCV. Class index: position of the folder name in
 // `classes` (ImageNet: synsets.tsv order = sorted wnids, the torchvision order), else sorted
@@ -82,10 +133,7 @@ class ImageFolder : public Dataset {
     name_ = name;
     family_ = family;
     BB_CHECK(fs::is_directory(root), "dataset '", name, "': folder '", root, "' does not exist");
-    std::vector<std::string> dirs;
-    for (auto& e : fs::directory_iterator(root))
-      if (e.is_directory()) dirs.push_back(e.path().filename().string());
-    std::sort(dirs.begin(), dirs.end());
+    std::vector<std::string> dirs = subfolders(root);
     if (classes.empty()) classes = dirs;
     std::map<std::string, int64_t> index;
     for (size_t i = 0; i < classes.size(); ++i) index[classes[i]] = (int64_t)i;
@@ -120,13 +168,12 @@ class ImageFolder : public Dataset {
   }
   int64_t size() const override { return (int64_t)files_.size(); }
   int64_t label(int64_t i) const override { return labels_[i]; }
-  const std::string& file(int64_t i) const { return files_[i]; }
+  std::string image_path(int64_t i) const override {
+    BB_CHECK(i >= 0 && i < size(), "image index ", i, " out of range for dataset '", name_, "'");
+    return (fs::path(root_) / files_[i]).string();
+  }
   torch::Tensor image(int64_t i, bool augment, uint64_t seed) const override {
-    const std::string path = (fs::path(root_) / files_[i]).string();
-    cv::Mat bgr = cv::imread(path, cv::IMREAD_COLOR);
-    BB_CHECK(!bgr.empty(), "cannot decode image '", path, "'");
-    cv::Mat rgb;
-    cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
+    cv::Mat rgb = decode_image_rgb(image_path(i));
     if (augment) rgb = family_ == "cifar10" ? cifar_augment(rgb, seed, i) : maybe_flip(rgb, seed, i);
     return preprocess_rgb(rgb, pre_);
   }
@@ -141,41 +188,44 @@ class ImageFolder : public Dataset {
   std::vector<int64_t> labels_;
 };
 
-uint32_t be32(const std::vector<unsigned char>& b, size_t off) {
-  return (uint32_t)b[off] << 24 | (uint32_t)b[off + 1] << 16 | (uint32_t)b[off + 2] << 8 | b[off + 3];
-}
-
 // MNIST IDX files (uncompressed); 28x28 resized to 32x32 bilinear, [0,1], no normalisation.
 class MnistIdx : public Dataset {
  public:
-  MnistIdx(const std::string& name, const std::string& images, const std::string& labels) {
+  MnistIdx(const std::string& name, const std::string& images, const std::string& labels)
+      : img_(images), lab_(labels) {
     name_ = name;
     family_ = "mnist";
-    img_ = read_file_bytes(images);
-    lab_ = read_file_bytes(labels);
-    BB_CHECK(img_.size() >= 16 && be32(img_, 0) == 2051, "'", images, "' is not an IDX image file");
-    BB_CHECK(lab_.size() >= 8 && be32(lab_, 0) == 2049, "'", labels, "' is not an IDX label file");
-    n_ = be32(img_, 4);
-    rows_ = be32(img_, 8);
-    cols_ = be32(img_, 12);
-    BB_CHECK(be32(lab_, 4) == (uint32_t)n_, "MNIST image/label counts differ");
+    BB_CHECK(img_.size() >= 16 && img_.be32(0) == 2051, "'", images, "' is not an IDX image file");
+    BB_CHECK(lab_.size() >= 8 && lab_.be32(0) == 2049, "'", labels, "' is not an IDX label file");
+    n_ = img_.be32(4);
+    rows_ = img_.be32(8);
+    cols_ = img_.be32(12);
+    BB_CHECK(lab_.be32(4) == (uint32_t)n_, "MNIST image/label counts differ ('", images, "', '", labels, "')");
     BB_CHECK(img_.size() == 16 + (size_t)n_ * rows_ * cols_ && lab_.size() == 8 + (size_t)n_,
-             "MNIST files are truncated");
+             "MNIST files '", images, "', '", labels, "' are truncated");
   }
   int64_t size() const override { return n_; }
-  int64_t label(int64_t i) const override { return lab_[8 + i]; }
+  int64_t label(int64_t i) const override {
+    check(i);
+    return lab_.data()[8 + i];
+  }
   torch::Tensor image(int64_t i, bool augment, uint64_t seed) const override {
-    cv::Mat m(rows_, cols_, CV_8UC1, const_cast<unsigned char*>(&img_[16 + (size_t)i * rows_ * cols_]));
+    check(i);
+    // A header over the mapped bytes: read only, never written.
+    cv::Mat m(rows_, cols_, CV_8UC1, const_cast<uint8_t*>(img_.data() + 16 + (size_t)i * rows_ * cols_));
     return preprocess_rgb(m, Preprocess::mnist());
   }
   std::string identity() const override { return name_ + ":" + std::to_string(n_); }
 
  private:
-  std::vector<unsigned char> img_, lab_;
+  void check(int64_t i) const {
+    BB_CHECK(i >= 0 && i < n_, "image index ", i, " out of range for dataset '", name_, "'");
+  }
+  MappedFile img_, lab_;
   int64_t n_, rows_, cols_;
 };
 
-// synsets.tsv: "index<TAB>wnid<TAB>name" for all 1000 classes in torchvision order.
+// synsets.tsv: "index<TAB>wnid<TAB>name" for all 1000 classes in torchvision order (sorted wnids).
 std::vector<std::string> read_synsets(const std::string& path) {
   std::ifstream f(path);
   BB_CHECK(f.good(), "cannot read ImageNet class list '", path, "'");
@@ -188,12 +238,27 @@ std::vector<std::string> read_synsets(const std::string& path) {
     wnids.push_back(wnid);
   }
   BB_CHECK(wnids.size() == 1000, "'", path, "' lists ", wnids.size(), " classes, expected 1000");
+  // Class indices must be torchvision's, or every label would be wrong without any error.
+  BB_CHECK(std::adjacent_find(wnids.begin(), wnids.end(), std::greater_equal<std::string>()) == wnids.end(),
+           "'", path, "': classes are not in sorted-wnid order (torchvision's class indices)");
   return wnids;
 }
 
-std::string imagenet_synsets_path(const std::string& root_override) {
-  if (const char* e = std::getenv("BITBENCH_IMAGENET_SYNSETS"); e && *e) return e;
-  return data_root() + "/imagenet-sample/synsets.tsv";
+// The 1000 ImageNet classes for a validation folder elsewhere: $BITBENCH_IMAGENET_SYNSETS, else
+// the data root's imagenet-sample/synsets.tsv, else the folder's 1000 class subfolders.
+std::vector<std::string> imagenet_classes(const std::string& val_root) {
+  if (const char* e = std::getenv("BITBENCH_IMAGENET_SYNSETS"); e && *e) return read_synsets(e);
+  std::string sample;
+  try {
+    sample = data_root() + "/imagenet-sample/synsets.tsv";
+  } catch (const Error&) {
+  }
+  if (!sample.empty() && fs::exists(sample)) return read_synsets(sample);
+  auto dirs = subfolders(val_root);
+  if (dirs.size() == 1000) return dirs;
+  BB_THROW("dataset 'imagenet-val' needs the list of the 1000 ImageNet classes: set "
+           "BITBENCH_IMAGENET_SYNSETS to a synsets.tsv (scripts/devkit_to_labels.py --synsets writes one; "
+           "see datasets/README.md)");
 }
 
 // A flat validation folder plus a label file: lines "<file> <label>" where label is a class
@@ -213,7 +278,9 @@ std::shared_ptr<Dataset> open_flat_imagenet(const std::string& root, const std::
     std::istringstream ls(line);
     std::string file, lab;
     if (!(ls >> file)) continue;
-    BB_CHECK((bool)(ls >> lab), label_file, ":", lineno, ": expected '<file> <label>'");
+    BB_CHECK((bool)(ls >> lab), label_file, ":", lineno, ": expected '<file> <label>', got '", line,
+             "' (the devkit's ILSVRC2012_validation_ground_truth.txt lists bare class IDs: convert it with "
+             "scripts/devkit_to_labels.py)");
     int64_t y;
     if (index.count(lab)) {
       y = index[lab];
@@ -274,18 +341,20 @@ const std::map<std::string, Entry>& table() {
       {"imagenet-val",
        {"imagenet",
         [](const std::string& r) -> std::shared_ptr<Dataset> {
-          std::string root = r;
+              std::string root = r;
           if (root.empty())
             if (const char* e = std::getenv("BITBENCH_IMAGENET_VAL"); e && *e) root = e;
           BB_CHECK(!root.empty(), "dataset 'imagenet-val' needs its folder: pass --data-root DIR or set "
                                   "BITBENCH_IMAGENET_VAL (see datasets/README.md)");
           BB_CHECK(fs::is_directory(root), "imagenet-val folder '", root, "' does not exist");
-          auto wnids = read_synsets(imagenet_synsets_path(r));
+          auto wnids = imagenet_classes(root);
           std::string labels;
           if (const char* e = std::getenv("BITBENCH_IMAGENET_LABELS"); e && *e) labels = e;
           if (labels.empty() && fs::exists(fs::path(root) / "val_labels.txt"))
             labels = (fs::path(root) / "val_labels.txt").string();
           if (!labels.empty()) return open_flat_imagenet(root, labels, wnids);
+          BB_CHECK(!subfolders(root).empty(), "imagenet-val folder '", root, "' has no class subfolders and no "
+                   "val_labels.txt; for a flat folder set BITBENCH_IMAGENET_LABELS (see datasets/README.md)");
           return std::make_shared<ImageFolder>("imagenet-val", "imagenet", root, Preprocess::imagenet(), wnids);
         }}},
   };

@@ -3,6 +3,8 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <map>
 #include <mutex>
@@ -13,14 +15,23 @@ namespace bb {
 Batch load_batch(const Dataset& ds, const std::vector<int64_t>& indices, bool augment, uint64_t seed) {
   Batch b;
   b.indices = indices;
-  std::vector<torch::Tensor> imgs;
-  imgs.reserve(indices.size());
-  std::vector<int64_t> labels;
-  for (int64_t i : indices) {
-    imgs.push_back(ds.image(i, augment, seed));
-    labels.push_back(ds.label(i));
+  std::vector<int64_t> labels(indices.size());
+  // Each image is copied straight into the batch tensor: a memcpy, never a libtorch op, because
+  // on a decode thread a large op would start an OpenMP team of its own and compete with inference.
+  for (size_t j = 0; j < indices.size(); ++j) {
+    torch::Tensor img = ds.image(indices[j], augment, seed).contiguous();
+    BB_CHECK(img.scalar_type() == torch::kFloat32, "dataset '", ds.name(), "' returned a non-float image");
+    if (j == 0) {
+      std::vector<int64_t> shape{(int64_t)indices.size()};
+      for (int64_t d : img.sizes()) shape.push_back(d);
+      b.images = torch::empty(shape, torch::kFloat32);
+    }
+    BB_CHECK(img.sizes() == b.images.sizes().slice(1), "dataset '", ds.name(), "': image ", indices[j], " has shape ",
+             img.sizes(), ", the batch ", b.images.sizes().slice(1));
+    std::memcpy(b.images.data_ptr<float>() + j * img.numel(), img.data_ptr<float>(), img.numel() * sizeof(float));
+    labels[j] = ds.label(indices[j]);
   }
-  b.images = imgs.empty() ? torch::empty({0}) : torch::stack(imgs);
+  if (indices.empty()) b.images = torch::empty({0});
   b.labels = torch::tensor(labels, torch::kInt64);
   return b;
 }
@@ -31,7 +42,10 @@ void for_each_batch(const Dataset& ds, const std::vector<int64_t>& indices, cons
   const int64_t n = (int64_t)indices.size();
   const int64_t nb = (n + opt.batch_size - 1) / opt.batch_size;
   if (nb == 0) return;
-  int workers = opt.workers > 0 ? opt.workers : (int)std::max(1u, std::thread::hardware_concurrency());
+  int workers = opt.workers;
+  if (workers <= 0)
+    if (const char* e = std::getenv("BITBENCH_DECODE_THREADS"); e && *e) workers = std::atoi(e);
+  if (workers <= 0) workers = (int)std::max(1u, std::thread::hardware_concurrency());
   workers = (int)std::min<int64_t>(workers, nb);
   const int64_t window = std::max(opt.prefetch, workers);
 

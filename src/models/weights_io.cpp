@@ -6,6 +6,7 @@
 
 #include <fstream>
 #include <iterator>
+#include <sstream>
 
 namespace bb {
 
@@ -20,8 +21,11 @@ StateDict read_state_dict(const std::string& path) {
   } catch (const std::exception& e) {
     std::string what = e.what();
     what = what.substr(0, what.find('\n'));
-    BB_THROW("weights file '", path, "' is not a torch.save'd plain dict of tensors (", what,
-             "); an OrderedDict state_dict must be saved as dict(sd)");
+    // libtorch's unpickler lacks SETITEM, which Python's pickle uses for a one-entry dict.
+    const std::string hint = what.find("0x73") != std::string::npos
+                                 ? "libtorch cannot read a dict with exactly one entry"
+                                 : "an OrderedDict state_dict must be saved as dict(sd)";
+    BB_THROW("weights file '", path, "' is not a torch.save'd plain dict of tensors (", what, "); ", hint);
   }
   BB_CHECK(iv.isGenericDict(), "weights file '", path, "' holds a ", iv.tagKind(),
            ", expected a plain dict {name: tensor}");
@@ -50,17 +54,17 @@ static bool tolerated_missing(const std::string& key) {
 void load_state_dict(Model& model, const StateDict& sd, const std::string& origin) {
   torch::NoGradGuard ng;
   auto state = model.state();
-  std::vector<std::string> missing, extra;
+  // Every problem is collected first and reported together; nothing is copied unless all fit.
+  std::vector<std::string> missing, extra, misshaped;
   for (auto& kv : state) {
     auto it = sd.find(kv.first);
     if (it == sd.end()) {
       if (!tolerated_missing(kv.first)) missing.push_back(kv.first);
-      continue;
+    } else if (it->second.sizes() != kv.second.sizes()) {
+      std::ostringstream os;
+      os << kv.first << " (file " << it->second.sizes() << ", model " << kv.second.sizes() << ")";
+      misshaped.push_back(os.str());
     }
-    const auto& src = it->second;
-    BB_CHECK(src.sizes() == kv.second.sizes(), origin, ": tensor '", kv.first, "' has shape ",
-             src.sizes(), " but model '", model.arch(), "' expects ", kv.second.sizes());
-    kv.second.copy_(src.to(kv.second.dtype()));
   }
   for (auto& kv : sd)
     if (!state.count(kv.first)) extra.push_back(kv.first);
@@ -70,8 +74,15 @@ void load_state_dict(Model& model, const StateDict& sd, const std::string& origi
     if (v.size() > 8) s += ", ... (" + std::to_string(v.size()) + " in all)";
     return s;
   };
-  BB_CHECK(missing.empty(), origin, ": missing tensors for model '", model.arch(), "': ", join(missing));
-  BB_CHECK(extra.empty(), origin, ": unexpected tensors for model '", model.arch(), "': ", join(extra));
+  std::string problems;
+  if (!misshaped.empty()) problems += "; tensors of the wrong shape: " + join(misshaped);
+  if (!missing.empty()) problems += "; missing tensors: " + join(missing);
+  if (!extra.empty()) problems += "; unexpected tensors: " + join(extra);
+  if (!problems.empty()) BB_THROW(origin, " does not fit model '", model.arch(), "'", problems);
+  for (auto& kv : state) {
+    auto it = sd.find(kv.first);
+    if (it != sd.end()) kv.second.copy_(it->second.to(kv.second.dtype()));
+  }
 }
 
 void load_weights(Model& model, const std::string& path) {

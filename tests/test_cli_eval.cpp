@@ -1,0 +1,133 @@
+// [cli]: `bitbench eval` run as a user runs it (the built binary): the published accuracies of the
+// bundled pretrained models, the JSON contract, and clear errors on bad input.
+#include <catch2/catch.hpp>
+
+#include "common/runtime.h"
+#include "models/registry.h"
+#include "models/weights_io.h"
+#include "test_data_helpers.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+
+using namespace bbtest;
+
+namespace {
+
+std::string models_dir() { return bb::data_root() + "/models/"; }
+
+Proc eval(const std::string& args) {
+  const std::string bin = bitbench_binary();
+  REQUIRE(fs::exists(bin));
+  return run_cmd(sh_quote(bin) + " eval " + args);
+}
+
+nlohmann::json eval_json(const std::string& model, const std::string& weights, const std::string& dataset) {
+  Proc p = eval("--model " + model + " --weights " + sh_quote(models_dir() + weights) + " --dataset " + dataset +
+                " --json");
+  INFO(p.err);
+  REQUIRE(p.status == 0);
+  // Exactly one JSON object on stdout.
+  nlohmann::json j = nlohmann::json::parse(p.out);
+  REQUIRE(j.is_object());
+  for (const char* key : {"top1", "top5", "n", "top1_ci95", "images_per_s"}) REQUIRE(j.contains(key));
+  REQUIRE(j["top1_ci95"].is_array());
+  REQUIRE(j["top1_ci95"].size() == 2);
+  CHECK(j["top1_ci95"][0].get<double>() <= j["top1"].get<double>());
+  CHECK(j["top1"].get<double>() <= j["top1_ci95"][1].get<double>());
+  CHECK(j["top1"].get<double>() <= j["top5"].get<double>());
+  CHECK(j["images_per_s"].get<double>() > 0);
+  std::printf("[cli] %s on %s: top-1 %.2f%%, top-5 %.2f%%, n %lld, CI [%.2f, %.2f], %.0f images/s\n", model.c_str(),
+              dataset.c_str(), j["top1"].get<double>(), j["top5"].get<double>(), (long long)j["n"].get<int64_t>(),
+              j["top1_ci95"][0].get<double>(), j["top1_ci95"][1].get<double>(), j["images_per_s"].get<double>());
+  return j;
+}
+
+void check_cifar(int depth, double top1) {
+  auto j = eval_json("cifar_resnet" + std::to_string(depth), "cifar10_resnet" + std::to_string(depth) + ".pt",
+                     "cifar10-lossless-1k");
+  CHECK(j["n"].get<int64_t>() == 1000);
+  // 1000 images: every top-1 is a multiple of 0.1, so "exactly" is well defined.
+  CHECK(j["top1"].get<double>() == Approx(top1).margin(1e-9));
+}
+
+// A failed command: non-zero exit, no crash (signal), a message on stderr containing `what`.
+void check_fails(const std::string& args, const std::string& what) {
+  Proc p = eval(args);
+  INFO("bitbench eval " << args << "\nstderr: " << p.err);
+  CHECK(p.signal == 0);
+  CHECK(p.status > 0);
+  CHECK(p.status < 128);
+  CHECK_THAT(p.err, Catch::Contains("error") && Catch::Contains(what));
+  CHECK(p.out.empty());
+}
+
+}  // namespace
+
+TEST_CASE("eval: CIFAR ResNet-20 on cifar10-lossless-1k gives 91.50", "[cli]") { check_cifar(20, 91.50); }
+TEST_CASE("eval: CIFAR ResNet-32 on cifar10-lossless-1k gives 92.80", "[cli]") { check_cifar(32, 92.80); }
+TEST_CASE("eval: CIFAR ResNet-44 on cifar10-lossless-1k gives 93.30", "[cli][slow]") { check_cifar(44, 93.30); }
+TEST_CASE("eval: CIFAR ResNet-56 on cifar10-lossless-1k gives 92.60", "[cli][slow]") { check_cifar(56, 92.60); }
+
+TEST_CASE("eval: LeNet-5 on mnist-test is within 0.1 of 99.13", "[cli]") {
+  auto j = eval_json("lenet5", "mnist_lenet5.pt", "mnist-test");
+  CHECK(j["n"].get<int64_t>() == 10000);
+  CHECK(std::fabs(j["top1"].get<double>() - 99.13) <= 0.1);
+}
+
+TEST_CASE("eval: --limit, --data-root and the text output", "[cli]") {
+  Proc p = eval("--model cifar_resnet20 --weights " + sh_quote(models_dir() + "cifar10_resnet20.pt") +
+                " --dataset cifar10-lossless-1k --limit 50 --data-root " + sh_quote(bb::data_root()));
+  INFO(p.err);
+  REQUIRE(p.status == 0);
+  CHECK_THAT(p.out, Catch::Contains("top-1") && Catch::Contains("n=50"));
+}
+
+TEST_CASE("eval: bad input gives a clear error and a non-zero exit", "[cli]") {
+  const std::string w20 = sh_quote(models_dir() + "cifar10_resnet20.pt");
+  TempDir tmp;
+  SECTION("missing weights file") {
+    check_fails("--model cifar_resnet20 --weights " + sh_quote(tmp / "none.pt") + " --dataset cifar10-lossless-1k",
+                "none.pt");
+  }
+  SECTION("weights of another network") {
+    check_fails("--model cifar_resnet32 --weights " + w20 + " --dataset cifar10-lossless-1k",
+                "missing tensors: layer1.3");
+  }
+  SECTION("a tensor of the wrong shape") {
+    bb::StateDict sd = bb::read_state_dict(models_dir() + "cifar10_resnet20.pt");
+    sd["layer2.0.conv1.weight"] = torch::zeros({32, 16, 5, 5});
+    bb::write_state_dict(sd, tmp / "bad.pt");
+    check_fails("--model cifar_resnet20 --weights " + sh_quote(tmp / "bad.pt") + " --dataset cifar10-lossless-1k",
+                "layer2.0.conv1.weight (file [32, 16, 5, 5], model [32, 16, 3, 3])");
+  }
+  SECTION("not a weights file") {
+    write_text(tmp / "junk.pt", "junk");
+    check_fails("--model cifar_resnet20 --weights " + sh_quote(tmp / "junk.pt") + " --dataset cifar10-lossless-1k",
+                "junk.pt");
+  }
+  SECTION("unknown model") {
+    check_fails("--model resnet999 --weights " + w20 + " --dataset cifar10-lossless-1k", "unknown model 'resnet999'");
+  }
+  SECTION("unknown dataset") {
+    check_fails("--model cifar_resnet20 --weights " + w20 + " --dataset cifar11", "unknown dataset 'cifar11'");
+  }
+  SECTION("missing data root") {
+    check_fails("--model cifar_resnet20 --weights " + w20 + " --dataset cifar10-lossless-1k --data-root " +
+                    sh_quote(tmp / "nowhere"),
+                "nowhere");
+  }
+  SECTION("data root without the dataset") {
+    check_fails("--model cifar_resnet20 --weights " + w20 + " --dataset cifar10-lossless-1k --data-root " +
+                    sh_quote(tmp.path.string()),
+                "test_lossless_1k.bin");
+  }
+  SECTION("model and dataset of different families") {
+    check_fails("--model cifar_resnet20 --weights " + w20 + " --dataset mnist-test", "mnist");
+  }
+  SECTION("missing required flag") { check_fails("--model cifar_resnet20 --dataset cifar10-lossless-1k", "--weights"); }
+  SECTION("bad --limit") {
+    check_fails("--model cifar_resnet20 --weights " + w20 + " --dataset cifar10-lossless-1k --limit -3", "--limit");
+  }
+}
