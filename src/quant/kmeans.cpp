@@ -61,8 +61,9 @@ torch::Tensor assign_nearest_ref(const torch::Tensor& x, const torch::Tensor& c)
 
 namespace {
 
-torch::Tensor init_centroids(const torch::Tensor& x, int64_t k, const ClusteringParams& p, const torch::Tensor& w,
-                             std::mt19937_64& rng) {
+// Picks k rows of x; k-means++ measures D^2 on xd (x itself, or x in a metric's space).
+torch::Tensor init_centroids(const torch::Tensor& x, const torch::Tensor& xd, int64_t k, const ClusteringParams& p,
+                             const torch::Tensor& w, std::mt19937_64& rng) {
   const int64_t n = x.size(0), d = x.size(1);
   auto c = torch::empty({k, d}, torch::kFloat32);
   if (p.init == "random") {
@@ -88,18 +89,19 @@ torch::Tensor init_centroids(const torch::Tensor& x, int64_t k, const Clustering
   auto base = w.defined() ? w.to(torch::kFloat64) : torch::ones({n}, torch::kFloat64);
   int64_t first = pick(base);
   c[0].copy_(x[first]);
-  auto mind = (x - x[first]).pow(2).sum(1).to(torch::kFloat64);
+  auto mind = (xd - xd[first]).pow(2).sum(1).to(torch::kFloat64);
   for (int64_t i = 1; i < k; ++i) {
     int64_t j = pick(mind * base);
     c[i].copy_(x[j]);
-    mind = torch::minimum(mind, (x - x[j]).pow(2).sum(1).to(torch::kFloat64));
+    mind = torch::minimum(mind, (xd - xd[j]).pow(2).sum(1).to(torch::kFloat64));
   }
   return c;
 }
 
 }  // namespace
 
-ClusteringResult kmeans(const torch::Tensor& x_in, int64_t k, const ClusteringParams& p, const torch::Tensor& weights) {
+ClusteringResult kmeans(const torch::Tensor& x_in, int64_t k, const ClusteringParams& p, const torch::Tensor& weights,
+                        const ClusteringMetric& metric) {
   p.validate();
   torch::NoGradGuard ng;
   BB_CHECK(x_in.dim() == 2 && x_in.size(0) > 0, "kmeans: expects a non-empty n x d matrix, got ", x_in.sizes());
@@ -112,15 +114,27 @@ ClusteringResult kmeans(const torch::Tensor& x_in, int64_t k, const ClusteringPa
     w = weights.to(torch::kFloat32).reshape({n}).contiguous();
     BB_CHECK(w.min().item<float>() >= 0, "kmeans: weights must be >= 0");
   }
-  std::mt19937_64 rng(p.seed);
   ClusteringResult r;
-  r.centroids = init_centroids(x, k, p, w, rng);
+  // Iteration it's transform, shape-checked (without a metric, plain squared distances).
+  auto metric_at = [&](int it) {
+    auto T = metric(it).to(torch::kFloat32).contiguous();
+    BB_CHECK(T.dim() == 2 && T.size(0) == d && T.size(1) == d, "kmeans: metric(", it, ") must be ", d, " x ", d,
+             ", got ", T.sizes());
+    return T;
+  };
+  auto assign_step = [&](int it) {
+    if (!metric) return assign_nearest(x, r.centroids, p.chunk);
+    auto T = metric_at(it);
+    return assign_nearest(x.mm(T), r.centroids.mm(T), p.chunk);
+  };
+  std::mt19937_64 rng(p.seed);
+  r.centroids = init_centroids(x, metric ? x.mm(metric_at(0)) : x, k, p, w, rng);
   const double t0 = now_seconds();
   const int max_splits = p.max_splits_per_iter < 0 ? (int)k : p.max_splits_per_iter;
   double prev = 1e300;
   auto wcol = w.defined() ? w.unsqueeze(1) : torch::Tensor();
   for (int it = 0; it < p.niter; ++it) {
-    auto [assign, dist] = assign_nearest(x, r.centroids, p.chunk);
+    auto [assign, dist] = assign_step(it);
     r.assign = assign;
     double obj = (w.defined() ? (dist * w).sum() : dist.sum()).item<double>();
     // M-step: (weighted) means of the members.
@@ -163,7 +177,7 @@ ClusteringResult kmeans(const torch::Tensor& x_in, int64_t k, const ClusteringPa
     if (p.tol > 0 && splits == 0 && prev < 1e300 && (prev - obj) <= p.tol * prev) break;
     prev = obj;
   }
-  auto [assign, dist] = assign_nearest(x, r.centroids, p.chunk);
+  auto [assign, dist] = assign_step(p.niter);
   r.assign = assign;
   r.objective = (w.defined() ? (dist * w).sum() : dist.sum()).item<double>();
   return r;

@@ -4,10 +4,12 @@
 //
 // Used by KQ (kernels as K*K vectors) and PQ (sub-vectors; PQ's activation-weighted E-step
 // ||X(w-c)||^2 = ||L^T (w-c)||^2 with G = X^T X = L L^T is plain k-means on L^T-transformed
-// vectors, so it runs through the same code).
+// vectors, so it runs through the same code). PQ re-estimates G from fresh patches every
+// iteration; the optional `metric` argument supplies that per-iteration transform.
 #pragma once
 #include <torch/torch.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -40,11 +42,19 @@ struct ClusteringResult {
   std::vector<ClusteringIterationStats> stats;
 };
 
+// Per-iteration metric: metric(it) returns a d x d matrix T, and iteration `it` assigns each
+// point to argmin_c ||(x - c) T||^2 (T = L of G = L L^T gives (x-c)^T G (x-c)). It is called
+// with it = 0 (also used by k-means++ seeding) .. niter (the final assignment), possibly more
+// than once per it, so it must be a function of it (seed any sampling by it). The M-step stays
+// the plain (weighted) mean in the original space: with one T shared by all points it is the
+// minimiser in the metric too. Objectives in the stats are measured in that iteration's metric.
+using ClusteringMetric = std::function<torch::Tensor(int iter)>;
+
 // x: n x d float32. weights: optional n (>= 0) for weighted k-means (M-step = weighted mean,
 // k-means++ sampling proportional to weight * D^2). k may exceed the number of distinct points;
 // the surplus centroids then duplicate points (counted as splits).
 ClusteringResult kmeans(const torch::Tensor& x, int64_t k, const ClusteringParams& p,
-                        const torch::Tensor& weights = {});
+                        const torch::Tensor& weights = {}, const ClusteringMetric& metric = {});
 
 // Nearest centroid of every row of x (squared Euclidean), in chunks: returns (assign n int64,
 // squared distance n float32).

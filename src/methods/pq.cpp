@@ -1,0 +1,367 @@
+// PQ (Stock et al., ICLR 2020): see methods/pq.h and docs/methods/pq.md.
+#include "methods/pq.h"
+#include "coding/bbz.h"
+#include "coding/bytes.h"
+#include "coding/symbols.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "common/timer.h"
+#include "quant/activations.h"
+
+#include <cmath>
+#include <random>
+#include <sstream>
+
+namespace bb {
+
+void PQParams::bind(ParamBinder& b) {
+  b.field("regime", regime, "block sizes: small = kh*kw (9 for 3x3) / 4 (1x1) / 4 (FC); large = 2*kh*kw (18) / 8 / 4",
+          {"small", "large"});
+  b.field("d_conv", d_conv, "override d for non-1x1 convs (0 = regime's)");
+  b.field("d_pw", d_pw, "override d for 1x1 convs (0 = regime's)");
+  b.field("d_fc", d_fc, "override d for linear layers (0 = regime's)");
+  b.field("k", k, "centroids per conv layer (256 = byte-aligned indices)");
+  b.field("fc_k", fc_k, "centroids for linear layers (0 = k)");
+  b.field("min_per_centroid", min_per_centroid, "cap k at n_subvectors / this (sub-vectors per centroid on average)");
+  b.field("k_pow2", k_pow2, "round a capped k down to a power of two");
+  b.field("first_conv", first_conv, "the network's first conv layer", {"keep", "quantize"});
+  b.field("em_iters", em_iters, "EM iterations per layer");
+  b.field("n_calib", n_calib, "calibration images (training augmentation)");
+  b.field("rows_per_image", rows_per_image, "im2col rows sampled per calibration image into the patch pool");
+  b.field("max_pool_mb", max_pool_mb, "cap on a layer's patch pool in MB (fewer rows per image if needed)");
+  b.field("patches_per_iter", patches_per_iter, "sub-patches resampled per EM iteration for G (0 = whole pool)");
+  b.field("gram_ridge", gram_ridge, "ridge on G normalised to mean eigenvalue 1");
+  b.field("max_splits", max_splits, "empty-cluster repairs per EM iteration (-1 = k)");
+  b.field("coder", coder, "index coding", {"fixed", "huffman", "rans"});
+  b.field("layer_finetune_iters", layer_finetune_iters, "per-layer codeword distillation steps (0 = off)");
+  b.field("layer_lr", layer_lr, "per-layer fine-tuning learning rate (SGD)");
+  b.field("global_finetune_epochs", global_finetune_epochs, "global codeword fine-tuning epochs, BN updating (0 = off)");
+  b.field("global_finetune_images", global_finetune_images, "images per global fine-tuning epoch (0 = whole calibration set)");
+  b.field("global_lr", global_lr, "global fine-tuning learning rate (SGD)");
+  b.field("momentum", momentum, "SGD momentum of both fine-tunings");
+  b.field("finetune_batch", finetune_batch, "fine-tuning batch size");
+  b.field("seed", seed, "added to the run seed");
+}
+
+void PQParams::validate() {
+  BB_CHECK(regime == "small" || regime == "large", "pq: regime must be small or large, got '", regime, "'");
+  BB_CHECK(d_conv >= 0 && d_pw >= 0 && d_fc >= 0, "pq: d_conv, d_pw, d_fc must be >= 0 (0 = regime's)");
+  BB_CHECK(k >= 1 && k <= (1 << 24), "pq: k must be in [1, 2^24], got ", k);
+  BB_CHECK(fc_k >= 0 && fc_k <= (1 << 24), "pq: fc_k must be in [0, 2^24], got ", fc_k);
+  BB_CHECK(min_per_centroid >= 1, "pq: min_per_centroid must be >= 1, got ", min_per_centroid);
+  BB_CHECK(first_conv == "keep" || first_conv == "quantize", "pq: first_conv must be keep or quantize");
+  BB_CHECK(em_iters >= 0, "pq: em_iters must be >= 0, got ", em_iters);
+  BB_CHECK(n_calib >= 1, "pq: n_calib must be >= 1, got ", n_calib);
+  BB_CHECK(rows_per_image >= 1, "pq: rows_per_image must be >= 1, got ", rows_per_image);
+  BB_CHECK(max_pool_mb >= 1, "pq: max_pool_mb must be >= 1, got ", max_pool_mb);
+  BB_CHECK(patches_per_iter >= 0, "pq: patches_per_iter must be >= 0, got ", patches_per_iter);
+  BB_CHECK(gram_ridge >= 0 && std::isfinite(gram_ridge), "pq: gram_ridge must be >= 0, got ", gram_ridge);
+  BB_CHECK(max_splits >= -1, "pq: max_splits must be >= -1, got ", max_splits);
+  parse_coder(coder);
+  BB_CHECK(layer_finetune_iters >= 0, "pq: layer_finetune_iters must be >= 0");
+  BB_CHECK(global_finetune_epochs >= 0 && std::isfinite(global_finetune_epochs), "pq: global_finetune_epochs must be >= 0");
+  BB_CHECK(global_finetune_images >= 0, "pq: global_finetune_images must be >= 0");
+  BB_CHECK(layer_lr > 0 && global_lr > 0, "pq: learning rates must be > 0");
+  BB_CHECK(momentum >= 0 && momentum < 1, "pq: momentum must be in [0, 1)");
+  BB_CHECK(finetune_batch >= 1, "pq: finetune_batch must be >= 1");
+}
+
+namespace {
+
+uint64_t mix_seed(uint64_t a, uint64_t b) {
+  uint64_t z = a + 0x9E3779B97F4A7C15ull * (b + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+int64_t largest_pow2_at_most(int64_t n) {
+  int64_t p = 1;
+  while (p * 2 <= n) p *= 2;
+  return p;
+}
+
+int first_conv_index(const Model& m) {
+  for (size_t i = 0; i < m.layers().size(); ++i)
+    if (m.layers()[i].is_conv()) return (int)i;
+  return -1;
+}
+
+torch::Tensor round_fp16(const torch::Tensor& t) { return t.to(torch::kHalf).to(torch::kFloat32); }
+
+}  // namespace
+
+PQLayerPlan pq_plan_layer(const Model& m, int li, const PQParams& p) {
+  const Layer& l = m.layers().at(li);
+  PQLayerPlan plan;
+  if (p.first_conv == "keep" && li == first_conv_index(m)) {
+    plan.skip_reason = "first conv kept (first_conv=keep)";
+    return plan;
+  }
+  const bool large = p.regime == "large";
+  int64_t d, k;
+  if (!l.is_conv()) {
+    d = p.d_fc ? p.d_fc : 4;
+    k = p.fc_k ? p.fc_k : p.k;
+  } else if (l.kernel_h() * l.kernel_w() == 1) {
+    d = p.d_pw ? p.d_pw : (large ? 8 : 4);
+    k = p.k;
+  } else {
+    d = p.d_conv ? p.d_conv : l.kernel_h() * l.kernel_w() * (large ? 2 : 1);
+    k = p.k;
+  }
+  const int64_t row = l.row_size();
+  BB_CHECK(row % d == 0, "pq: layer '", l.name, "': block size d=", d, " does not divide its row size ", row,
+           " (C_in*kh*kw); choose another d (d_conv / d_pw / d_fc)");
+  plan.quantize = true;
+  plan.d = d;
+  plan.n_sub = l.weight().numel() / d;
+  // Few sub-vectors per centroid overfit the codebook and make empty clusters (CIFAR layers).
+  const int64_t cap = std::max<int64_t>(1, plan.n_sub / p.min_per_centroid);
+  plan.k = std::min(k, p.k_pow2 && k > cap ? largest_pow2_at_most(cap) : cap);
+  return plan;
+}
+
+torch::Tensor pq_subvectors(const torch::Tensor& w, int64_t d) {
+  BB_CHECK(w.numel() % d == 0, "pq_subvectors: d=", d, " does not divide ", w.numel());
+  return w.detach().to(torch::kFloat32).contiguous().reshape({-1, d});
+}
+
+torch::Tensor pq_gram_factor(const torch::Tensor& patches, double ridge) {
+  torch::NoGradGuard ng;
+  BB_CHECK(patches.dim() == 2 && patches.size(1) >= 1, "pq_gram_factor: patches must be n x d, got ", patches.sizes());
+  const int64_t d = patches.size(1);
+  auto X = patches.to(torch::kFloat64);
+  auto G = X.t().mm(X);
+  const double tr = G.trace().item<double>();
+  auto eye = torch::eye(d, torch::kFloat64);
+  // Zero input: every weight error is invisible; fall back to plain k-means.
+  if (!(tr > 0) || !std::isfinite(tr)) return torch::eye(d, torch::kFloat32);
+  G = G / (tr / (double)d) + ridge * eye;
+  auto chol = torch::linalg_cholesky_ex(G);
+  if (std::get<1>(chol).item<int64_t>() == 0) return std::get<0>(chol).to(torch::kFloat32);
+  // Singular G (ridge 0 on dead inputs): T = Q sqrt(max(lambda, 0)) also gives T T^T = G.
+  auto eig = torch::linalg_eigh(G);
+  auto T = std::get<1>(eig) * std::get<0>(eig).clamp_min(0).sqrt().unsqueeze(0);
+  return T.to(torch::kFloat32);
+}
+
+torch::Tensor pq_assign(const torch::Tensor& sub, const torch::Tensor& centroids, const torch::Tensor& patches,
+                        double ridge) {
+  torch::NoGradGuard ng;
+  auto T = pq_gram_factor(patches, ridge);
+  return assign_nearest(sub.to(torch::kFloat32).mm(T), centroids.to(torch::kFloat32).mm(T)).first;
+}
+
+ClusteringResult pq_cluster(const torch::Tensor& sub, const torch::Tensor& patches, int64_t k, const PQParams& p,
+                            uint64_t seed) {
+  torch::NoGradGuard ng;
+  BB_CHECK(sub.dim() == 2 && patches.dim() == 2 && sub.size(1) == patches.size(1), "pq_cluster: sub-vectors ",
+           sub.sizes(), " and patches ", patches.sizes(), " must both be n x d");
+  BB_CHECK(patches.size(0) >= 1, "pq_cluster: no patches");
+  const int64_t P = patches.size(0);
+  const auto pool = patches.to(torch::kFloat32).contiguous();
+  const auto full = pq_gram_factor(pool, p.gram_ridge);
+  const bool resample = p.patches_per_iter > 0 && p.patches_per_iter < P;
+  ClusteringMetric metric = [&](int it) -> torch::Tensor {
+    if (!resample || it >= p.em_iters) return full;
+    std::mt19937_64 rng(mix_seed(seed, (uint64_t)it));
+    auto idx = torch::empty({p.patches_per_iter}, torch::kInt64);
+    auto* ip = idx.data_ptr<int64_t>();
+    for (int64_t i = 0; i < p.patches_per_iter; ++i) ip[i] = (int64_t)(rng() % (uint64_t)P);
+    return pq_gram_factor(pool.index_select(0, idx), p.gram_ridge);
+  };
+  ClusteringParams cp;
+  cp.niter = p.em_iters;
+  cp.seed = seed;
+  cp.max_splits_per_iter = p.max_splits;
+  cp.chunk = std::max<int64_t>(4096, (int64_t(1) << 24) / k);  // distance block <= 64 MB
+  return kmeans(sub, k, cp, {}, metric);
+}
+
+double stock_size_mb(const Model& m, const PQParams& p) {
+  double bits = 32.0 * (double)m.num_params();
+  for (int i = 0; i < (int)m.layers().size(); ++i) {
+    const PQLayerPlan plan = pq_plan_layer(m, i, p);
+    if (!plan.quantize) continue;
+    const double n = (double)m.layers()[i].weight().numel();
+    bits += n * (std::log2((double)plan.k) / (double)plan.d - 32.0) + 16.0 * (double)(plan.k * plan.d);
+  }
+  return bits / 8.0 / (1024.0 * 1024.0);
+}
+
+double stock_size_mb(const Model& m, const std::string& regime, int64_t fc_k) {
+  PQParams p;
+  p.regime = regime;
+  p.fc_k = fc_k;
+  p.validate();
+  return stock_size_mb(m, p);
+}
+
+namespace {
+
+constexpr uint8_t kFormat = 1;
+
+// One quantized layer: codebook (fp16-representable values) and assignment.
+struct PQLayer {
+  int layer = -1;
+  PQLayerPlan plan;
+  torch::Tensor centroids;  // k x d float32, fp16-rounded
+  torch::Tensor assign;     // n_sub int64
+};
+
+torch::Tensor pq_weight(const torch::Tensor& centroids, const torch::Tensor& assign, at::IntArrayRef shape) {
+  return centroids.index_select(0, assign).reshape(shape).contiguous();
+}
+
+// Output error of a quantized layer relative to its output, on the pool's Gram matrix:
+// sum ||X (w - c)||^2 / sum ||X w||^2.
+double relative_output_error(const torch::Tensor& sub, const torch::Tensor& q, const torch::Tensor& pool) {
+  auto T = pq_gram_factor(pool, 0.0);
+  const double num = (sub - q).mm(T).pow(2).sum().item<double>();
+  const double den = sub.mm(T).pow(2).sum().item<double>();
+  return den > 0 ? num / den : 0.0;
+}
+
+class PQMethod : public Method {
+ public:
+  std::string name() const override { return "pq"; }
+  ParamsBase& params() override { return p_; }
+  bool needs_calibration() const override { return true; }
+  std::vector<LayerRecord> compress(CompressContext& ctx) override;
+  torch::Tensor decode(const LayerRecord& rec) const override;
+
+ private:
+  LayerRecord encode(const Model& m, const PQLayer& q) const;
+  PQParams p_;
+};
+
+std::vector<LayerRecord> PQMethod::compress(CompressContext& ctx) {
+  BB_CHECK(ctx.model, "pq: no model");
+  BB_CHECK(ctx.calib, "pq: needs calibration data (--calib)");
+  Model& model = *ctx.model;
+  torch::NoGradGuard ng;
+  model.eval();
+  const auto& layers = model.layers();
+  const uint64_t seed = mix_seed(ctx.seed, (uint64_t)p_.seed);
+  std::vector<PQLayerPlan> plans;
+  for (int i = 0; i < (int)layers.size(); ++i) plans.push_back(pq_plan_layer(model, i, p_));
+
+  ctx.phase("calibration");
+  const torch::Tensor images = load_calibration_images(*ctx.calib, p_.n_calib, /*augment=*/true, seed);
+  const int64_t n_img = images.size(0);
+  if (n_img < p_.n_calib)
+    log_warn("pq: calibration set '" + ctx.calib->name() + "' has only " + std::to_string(n_img) + " images (n_calib=" +
+             std::to_string(p_.n_calib) + ")");
+
+  std::vector<torch::Tensor> fp_weights;  // the uncompressed weights (quantization targets, teacher)
+  for (auto& l : layers) fp_weights.push_back(l.weight().detach().clone());
+
+  std::vector<PQLayer> done;
+  for (int li = 0; li < (int)layers.size(); ++li) {
+    const PQLayerPlan& plan = plans[li];
+    const Layer& l = layers[li];
+    if (!plan.quantize) {
+      log_info("pq: " + l.name + ": " + plan.skip_reason);
+      continue;
+    }
+    const double t0 = now_seconds();
+    // Patches from the current student: all earlier layers already quantized (and fine-tuned).
+    ctx.phase("patches");
+    const int64_t row = l.row_size();
+    const int64_t pool_rows_cap = std::max<int64_t>(1, p_.max_pool_mb * (1 << 20) / 4 / row);
+    const int64_t rpi = std::max<int64_t>(1, std::min(p_.rows_per_image, pool_rows_cap / n_img));
+    auto pool = sample_layer_patches(model, li, images, rpi, mix_seed(seed, 1000 + li)).reshape({-1, plan.d});
+
+    ctx.phase("em");
+    const auto sub = pq_subvectors(fp_weights[li], plan.d);
+    ClusteringResult r = pq_cluster(sub, pool, plan.k, p_, mix_seed(seed, 2000 + li));
+    PQLayer q;
+    q.layer = li;
+    q.plan = plan;
+    q.centroids = round_fp16(r.centroids);
+    q.assign = r.assign;
+    l.weight().copy_(pq_weight(q.centroids, q.assign, l.weight().sizes()));
+    const auto qsub = q.centroids.index_select(0, q.assign);
+    const double out_err = relative_output_error(sub, qsub, pool);
+    const double w_err = (sub - qsub).pow(2).sum().item<double>() / std::max(1e-30, sub.pow(2).sum().item<double>());
+    std::ostringstream msg;
+    msg.precision(4);
+    msg << "pq: " << l.name << " d=" << plan.d << " k=" << plan.k << " n_sub=" << plan.n_sub << " pool=" << pool.size(0)
+        << " rel_out_err=" << out_err << " rel_w_err=" << w_err << " splits=" << r.total_splits << " "
+        << (now_seconds() - t0) << " s";
+    log_info(msg.str());
+    done.push_back(q);
+  }
+
+  std::vector<LayerRecord> records;
+  for (auto& q : done) records.push_back(encode(model, q));
+  return records;
+}
+
+LayerRecord PQMethod::encode(const Model& m, const PQLayer& q) const {
+  const Layer& l = m.layers()[q.layer];
+  LayerRecord rec;
+  rec.layer = l.name;
+  rec.method = name();
+  rec.shape = l.weight().sizes().vec();
+  const int64_t k = q.plan.k, d = q.plan.d, n = q.plan.n_sub;
+  ByteWriter meta;
+  meta.u8(kFormat);
+  meta.varint((uint64_t)d);
+  meta.varint((uint64_t)k);
+  rec.add("meta", Component::side, meta.take());
+  ByteWriter cb;
+  put_floats(cb, q.centroids, /*fp16=*/true);
+  rec.add("centroids", Component::codebook, cb.take());
+  std::vector<uint32_t> syms(n);
+  auto a = q.assign.contiguous();
+  const int64_t* ap = a.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) syms[i] = (uint32_t)ap[i];
+  const Coder coder = parse_coder(p_.coder);
+  rec.add("idx", Component::indices, encode_symbols(syms, (uint32_t)k, coder));
+  rec.estimate.fixed_index_bits = (double)n * std::log2((double)k);
+  rec.estimate.index_bits = coder == Coder::fixed ? (double)n * fixed_width_bits((uint32_t)k)
+                                                  : empirical_entropy_bits(syms, (uint32_t)k);
+  rec.estimate.codebook_values = k * d;
+  rec.estimate.codebook_bits = 16.0 * (double)(k * d);
+  return rec;
+}
+
+torch::Tensor PQMethod::decode(const LayerRecord& rec) const {
+  const std::string what = "pq layer '" + rec.layer + "'";
+  ByteReader meta(rec.section("meta").bytes, what + " meta");
+  const uint8_t fmt = meta.u8();
+  BB_CHECK(fmt == kFormat, what, ": unknown format version ", (int)fmt);
+  const uint64_t d = meta.varint(), k = meta.varint();
+  BB_CHECK(meta.done(), what, ": trailing bytes in meta");
+  int64_t numel = 1;
+  for (int64_t s : rec.shape) {
+    BB_CHECK(s >= 1 && s <= (int64_t(1) << 40), what, ": bad shape");
+    numel *= s;
+    BB_CHECK(numel <= (int64_t(1) << 40), what, ": bad shape");
+  }
+  BB_CHECK(!rec.shape.empty() && d >= 1 && d <= (uint64_t)numel && numel % (int64_t)d == 0, what, ": block size ", d,
+           " does not divide the weight's ", numel, " values");
+  BB_CHECK(k >= 1 && k <= (1u << 24), what, ": bad codebook size ", k);
+  const int64_t n = numel / (int64_t)d;
+  const auto& cbs = rec.section("centroids").bytes;
+  BB_CHECK(cbs.size() == 2 * k * d, what, ": centroids section has ", cbs.size(), " bytes, expected ", 2 * k * d);
+  ByteReader cr(cbs, what + " centroids");
+  auto centroids = get_floats(cr, (int64_t)(k * d), /*fp16=*/true).reshape({(int64_t)k, (int64_t)d});
+  const auto syms = decode_symbols(rec.section("idx").bytes);
+  BB_CHECK((int64_t)syms.size() == n, what, ": ", syms.size(), " indices for ", n, " sub-vectors");
+  auto assign = torch::empty({n}, torch::kInt64);
+  int64_t* ap = assign.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    BB_CHECK(syms[i] < k, what, ": index ", syms[i], " >= k = ", k);
+    ap[i] = syms[i];
+  }
+  return pq_weight(centroids, assign, rec.shape);
+}
+
+}  // namespace
+
+BB_REGISTER_METHOD("pq", PQMethod);
+
+}  // namespace bb

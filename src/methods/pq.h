@@ -1,0 +1,91 @@
+// PQ: "And the Bit Goes Down: Revisiting the Quantization of Neural Networks" (Stock, Joulin,
+// Gribonval, Graham, Jegou; ICLR 2020, arXiv 1907.05686). Activation-aware product quantization.
+//
+// A weight W (C_out x C_in x kh x kw) is viewed as C_out x (C_in*kh*kw) and cut into contiguous
+// sub-vectors of d values along the input dimension; one codebook of k centroids per layer is
+// shared by all sub-vector positions. Layers are quantized in network order, each from input
+// activations of the current student (earlier layers already quantized and fine-tuned), so
+// that the layer's output error on real inputs is minimised: per sub-vector ||X (w - c)||^2, X
+// the d-wide slices of the layer's im2col patches. The E-step uses the d x d Gram matrix
+// G = X^T X = L L^T of freshly sampled patches (k-means on L-transformed vectors, quant/kmeans.h),
+// the M-step is the members' mean. Optional fine-tuning of the codewords (quant/finetune_shared.h):
+// per layer by distillation from the uncompressed network with BN frozen, then globally with BN
+// statistics updating. See docs/methods/pq.md.
+//
+// This header exposes the algorithm's pieces for tests; the method registers itself as "pq".
+#pragma once
+#include "methods/method.h"
+#include "quant/kmeans.h"
+
+#include <string>
+
+namespace bb {
+
+struct PQParams : ParamsBase {
+  // Block sizes (sub-vector length d). small: kh*kw for kh x kw convs (one kernel: 9 for 3x3),
+  // 4 for 1x1 convs, 4 for linears. large: 2*kh*kw (18 for 3x3), 8, 4.
+  std::string regime = "small";
+  int d_conv = 0;  // override d for non-1x1 convs (0 = regime's)
+  int d_pw = 0;    // override d for 1x1 convs (0 = regime's)
+  int d_fc = 0;    // override d for linear layers (0 = regime's)
+  int64_t k = 256;              // centroids per conv layer (256: byte-aligned indices)
+  int64_t fc_k = 0;             // centroids for linear layers (0 = k; the paper: 2048 ResNet-18, 1024 ResNet-50)
+  int64_t min_per_centroid = 4; // cap k so that every centroid has >= this many sub-vectors on average
+  bool k_pow2 = true;           // round a capped k down to a power of two (whole-bit fixed-width indices)
+  std::string first_conv = "keep";  // keep | quantize (the first conv layer of the network)
+  int em_iters = 100;               // EM iterations per layer
+  int64_t n_calib = 1024;           // calibration images (training augmentation, seeded)
+  int64_t rows_per_image = 16;      // im2col rows sampled per calibration image into the patch pool
+  int64_t max_pool_mb = 256;        // cap on the patch pool per layer (fewer rows per image if needed)
+  int64_t patches_per_iter = 8192;  // sub-patches resampled from the pool to estimate G each iteration (0 = whole pool)
+  double gram_ridge = 1e-4;         // ridge added to G normalised to mean eigenvalue 1 (Cholesky needs G > 0)
+  int max_splits = -1;              // empty-cluster repairs per EM iteration (-1 = k); bounded, never loops
+  std::string coder = "fixed";      // index coding: fixed (bytes for k = 256) | huffman | rans
+  int64_t layer_finetune_iters = 0; // per-layer codeword distillation steps (0 = off; the paper: 2500 at batch 128)
+  double layer_lr = 0.05;           // per-layer fine-tuning learning rate (SGD, momentum)
+  double global_finetune_epochs = 0;    // global codeword fine-tuning epochs, BN updating (0 = off; the paper: 9)
+  int64_t global_finetune_images = 0;   // images per global epoch (0 = whole calibration set)
+  double global_lr = 0.01;          // global fine-tuning learning rate (SGD, momentum)
+  double momentum = 0.9;            // SGD momentum of both fine-tunings
+  int64_t finetune_batch = 128;     // fine-tuning batch size
+  int64_t seed = 0;                 // added to the run seed
+
+  void bind(ParamBinder& b) override;
+  void validate() override;
+};
+
+// What PQ does with one layer: d, the (capped) k and the number of sub-vectors.
+struct PQLayerPlan {
+  bool quantize = false;
+  int64_t d = 0, k = 0, n_sub = 0;
+  std::string skip_reason;  // when !quantize
+};
+// Throws bb::Error naming the layer when d does not divide the layer's row size.
+PQLayerPlan pq_plan_layer(const Model& m, int layer, const PQParams& p);
+
+// n_sub x d sub-vectors of a weight (contiguous d-blocks of the rows of W viewed as C_out x rest).
+torch::Tensor pq_subvectors(const torch::Tensor& w, int64_t d);
+
+// Lower-triangular T with T T^T = G / (tr G / d) + ridge I, G = X^T X of patches X (n x d): then
+// ||(w - c) T||^2 is ||X (w - c)||^2 up to the normalisation (and the ridge). Identity when X is
+// all zero; falls back to an eigen-factor when G is singular and ridge = 0.
+torch::Tensor pq_gram_factor(const torch::Tensor& patches, double ridge);
+
+// E-step: for each row w of sub, argmin over centroids c of ||X (w - c)||^2 (X = patches).
+torch::Tensor pq_assign(const torch::Tensor& sub, const torch::Tensor& centroids, const torch::Tensor& patches,
+                        double ridge);
+
+// EM of one layer: sub (n_sub x d) against a pool of sub-patches (P x d). Each iteration's G comes
+// from p.patches_per_iter pool rows drawn afresh (seeded by seed and the iteration); the final
+// assignment uses the whole pool. k-means++ seeding in the first iteration's metric.
+ClusteringResult pq_cluster(const torch::Tensor& sub, const torch::Tensor& patches, int64_t k, const PQParams& p,
+                            uint64_t seed);
+
+// Model size in MB (2^20 bytes) in the convention of Stock et al.'s tables: log2(k)/d bits per
+// quantized weight, k*d fp16 values per codebook, and every other learnable parameter (the
+// unquantized first conv, BN weight and bias, biases) at 32 bits; BN running statistics are not
+// counted. Pure function of the shapes and the plan.
+double stock_size_mb(const Model& m, const PQParams& p);
+double stock_size_mb(const Model& m, const std::string& regime, int64_t fc_k);
+
+}  // namespace bb
