@@ -31,8 +31,13 @@ if [[ ! -s /etc/munge/munge.key ]]; then
 fi
 chown munge:munge /etc/munge/munge.key && chmod 0400 /etc/munge/munge.key
 if ! pgrep -x munged >/dev/null; then
-  runuser -u munge -- munged --pid-file="$work/munged.pid" 2>"$work/munged.err" || { cat "$work/munged.err"; exit 1; }
-  pids+=("$(cat "$work/munged.pid")")
+  # munged runs as the munge user, which cannot write into the root-owned 0700 work folder: its
+  # pid file lives in /run/munge, and the PID is read back with pgrep.
+  runuser -u munge -- munged 2>"$work/munged.err" || { cat "$work/munged.err"; exit 1; }
+  for i in $(seq 1 20); do pgrep -x munged >/dev/null && break; sleep 0.1; done
+  mpid=$(pgrep -x munged | head -1)
+  [[ -n "$mpid" ]] || { echo "slurm test: munged did not start"; cat "$work/munged.err"; exit 1; }
+  pids+=("$mpid")
 fi
 
 cpus=$(nproc)
