@@ -46,6 +46,56 @@ struct ECSQMethodParams : ParamsBase {
   }
 };
 
+// One ECSQ assignment step with the centres and cluster probabilities of `sol` held fixed:
+// a_i = argmin_j h_i (x_i - c_j)^2 - mu log2 p_j. Clusters may empty (they keep their value;
+// the coder stores only what is used). `network`: one quantizer over all layers.
+SharingSolution reassign_fixed(const SharingProblem& prob, const SharingSolution& sol, bool network, double mu) {
+  SharingSolution out = sol;
+  out.distortion = 0;
+  const float* h = prob.hptr();
+  const size_t nl = prob.layers.size();
+  for (size_t g = 0; g < nl; ++g) {
+    // The group of layers sharing one quantizer: all of them (network scope) or layer g alone.
+    const int64_t begin = prob.offset[g], end = network ? prob.offset[nl] : prob.offset[g + 1];
+    const auto& c = sol.centers[g];
+    std::vector<double> count(c.size(), 0.0);
+    for (int64_t i = begin; i < end; ++i) count[sol.assign[i]] += 1;
+    std::vector<double> cost(c.size());
+    for (size_t j = 0; j < c.size(); ++j)
+      cost[j] = count[j] > 0 ? -mu * std::log2(count[j] / (double)(end - begin)) : INFINITY;
+    for (int64_t i = begin; i < end; ++i) {
+      const double hi = h ? h[i] : 1.0;
+      double best = INFINITY;
+      int32_t arg = sol.assign[i];
+      for (size_t j = 0; j < c.size(); ++j) {
+        const double d = hi * (prob.x[i] - c[j]) * (prob.x[i] - c[j]);
+        if (d + cost[j] < best) best = d + cost[j], arg = (int32_t)j;
+      }
+      out.assign[i] = arg;
+    }
+    // Then the centres move to their members' weighted means (the rate does not change).
+    std::vector<double> sw(c.size(), 0.0), swx(c.size(), 0.0);
+    for (int64_t i = begin; i < end; ++i) {
+      const double hi = h ? h[i] : 1.0;
+      sw[out.assign[i]] += hi;
+      swx[out.assign[i]] += hi * prob.x[i];
+    }
+    std::vector<double> nc = c;
+    for (size_t j = 0; j < c.size(); ++j)
+      if (sw[j] > 0) nc[j] = swx[j] / sw[j];
+    for (int64_t i = begin; i < end; ++i) {
+      const double d = prob.x[i] - nc[out.assign[i]];
+      out.distortion += (h ? h[i] : 1.0) * d * d;
+    }
+    if (network) {
+      for (auto& cl : out.centers) cl = nc;
+      break;
+    }
+    out.centers[g] = nc;
+  }
+  return out;
+}
+
 class ECSQMethod : public Method {
  public:
   std::string name() const override { return "ecsq"; }
@@ -83,12 +133,31 @@ class ECSQMethod : public Method {
       m /= (double)prob.x.size();
       for (float x : prob.x) v += (x - m) * (x - m);
       v = std::max(v / (double)prob.x.size(), 1e-30);
+      double above_lambda = 0, above_bpw = INFINITY;  // the lowest rate seen above the target
       auto r = search_rate(v * 1e-7, v * 10, share.target_bpw, share.rate_tol, 60, [&](double l) {
-        return sharing_bpw(prob, encode_sharing(prob, at(l), share, name()));
+        double bpw = sharing_bpw(prob, encode_sharing(prob, at(l), share, name()));
+        if (bpw >= share.target_bpw && bpw < above_bpw) above_bpw = bpw, above_lambda = l;
+        return bpw;
       });
       lambda = r.knob;
       log_info("ecsq: lambda " + std::to_string(lambda) + " -> " + std::to_string(r.bpw) + " bpw (target " +
                std::to_string(share.target_bpw) + ", " + std::to_string(r.evals) + " evaluations)");
+      // The rate of converged ECSQ jumps where clusters die (a shrinking cluster's -log p grows
+      // and drives its last members away at once). Past such a jump, trim the solution just above
+      // the target instead: ECSQ assignments at fixed centres and probabilities move one boundary
+      // point at a time as the multiplier grows, so the rate follows it closely.
+      if (std::fabs(r.bpw - share.target_bpw) > share.rate_tol * share.target_bpw && above_lambda > 0) {
+        SharingSolution hi = at(above_lambda);
+        auto trimmed = [&](double mu) { return reassign_fixed(prob, hi, share.scope == "network", mu); };
+        auto t = search_rate(above_lambda, above_lambda * 64, share.target_bpw, share.rate_tol, 60, [&](double mu) {
+          return sharing_bpw(prob, encode_sharing(prob, trimmed(mu), share, name()));
+        });
+        log_info("ecsq: rate jumps at lambda ~" + std::to_string(above_lambda) + "; trimming the " +
+                 std::to_string(above_bpw) + " bpw solution at fixed probabilities: multiplier " +
+                 std::to_string(t.knob) + " -> " + std::to_string(t.bpw) + " bpw");
+        if (std::fabs(t.bpw - share.target_bpw) < std::fabs(r.bpw - share.target_bpw))
+          return finish_sharing(ctx, prob, trimmed(t.knob), share, name());
+      }
     }
     iters = runs = 0;
     SharingSolution sol = at(lambda);
