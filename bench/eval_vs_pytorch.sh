@@ -57,7 +57,7 @@ run_case() {
   local b p
   b=$(printf "%s\n" "${bbs[@]}" | median)
   p=$(printf "%s\n" "${pys[@]}" | median)
-  printf "%-34s %14.1f %14.1f %6.2fx %7.2f / %6.2f\n" "$name" "$b" "$p" "$(echo "$b / $p" | bc -l)" "$bbtop" "$pytop"
+  printf "%-34s %14.1f %14.1f %6.2fx %7.2f / %6.2f\n" "$name" "$b" "$p" "$(awk -v b="$b" -v p="$p" 'BEGIN {print b / p}')" "$bbtop" "$pytop"
 }
 
 M=$DATA/models

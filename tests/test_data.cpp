@@ -6,6 +6,7 @@
 #include "common/runtime.h"
 #include "data/dataset.h"
 #include "data/loader.h"
+#include "data/memo_dataset.h"
 #include "data/transforms.h"
 #include "models/weights_io.h"
 #include "test_data_helpers.h"
@@ -438,4 +439,27 @@ TEST_CASE("for_each_batch: errors from decoding or the consumer propagate, no ha
     bb::for_each_batch(ds, {}, opt, [&](const bb::Batch&) { ++calls; });
     CHECK(calls == 0);
   }
+}
+
+TEST_CASE("memoized datasets give the decoded images exactly, and share one object per name", "[data]") {
+  auto base = bb::open_dataset("cifar10-jpeg-test");
+  auto memo = bb::open_dataset_memoized("cifar10-jpeg-test");
+  REQUIRE(memo == bb::open_dataset_memoized("cifar10-jpeg-test"));
+  REQUIRE(memo->size() == base->size());
+  REQUIRE(memo->identity() == base->identity());
+  for (int64_t i : {0, 1, 4999, 9999}) {
+    auto first = memo->image(i);   // decoded and kept
+    auto again = memo->image(i);   // from the memo
+    auto truth = base->image(i);
+    REQUIRE(torch::equal(first, truth));
+    REQUIRE(torch::equal(again, truth));
+    REQUIRE(memo->label(i) == base->label(i));
+    // Augmented images are never memoized: they depend on the seed.
+    REQUIRE(torch::equal(memo->image(i, true, 7), base->image(i, true, 7)));
+  }
+  // A batch through the threaded loader equals the plain one.
+  std::vector<int64_t> idx = {3, 1, 4, 1, 5, 9, 2, 6};
+  auto via_memo = bb::load_batch(*memo, idx);
+  auto plain = bb::load_batch(*base, idx);
+  REQUIRE(torch::equal(via_memo.images, plain.images));
 }

@@ -4,6 +4,7 @@
 #include "common/log.h"
 #include "common/runtime.h"
 #include "common/timer.h"
+#include "data/memo_dataset.h"
 #include "models/registry.h"
 
 #include <filesystem>
@@ -75,7 +76,7 @@ CompressOutcome compress_model(const CompressRequest& req) {
   std::string calib_name;
   if (method->needs_calibration()) {
     calib_name = req.calib_dataset.empty() ? default_calibration(model->input_spec().family) : req.calib_dataset;
-    ctx.calib = open_dataset(calib_name, req.data_root);
+    ctx.calib = open_dataset_memoized(calib_name, req.data_root);
     check_model_dataset(*model, *ctx.calib);
     if (calib_name.find("test") != std::string::npos || calib_name.find("val") != std::string::npos ||
         calib_name == "imagenet-sample")
@@ -139,7 +140,7 @@ CompressOutcome compress_model(const CompressRequest& req) {
            "accounting disagrees with the file size of '", req.out_path, "'");
 
   for (auto& name : req.eval_datasets) {
-    auto ds = open_dataset(name, req.data_root);
+    auto ds = open_dataset_memoized(name, req.data_root);
     EvalOptions eo;
     eo.limit = req.eval_limit;
     out.evals.push_back(evaluate(*model, *ds, eo));
