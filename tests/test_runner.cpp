@@ -253,3 +253,26 @@ TEST_CASE("Bjontegaard-style gaps and the Pareto front", "[runner][report]") {
   auto front = pareto_front({{1, 80}, {2, 79}, {3, 90}, {1.5, 85}});
   REQUIRE(front == std::vector<size_t>{0, 2, 3});
 }
+
+TEST_CASE("the shipped experiments parse and expand (a dry run of each)", "[runner]") {
+  // table2_imagenet.yaml must dry-run on machines without ImageNet: its weights come from unset
+  // environment variables, which a plan shows and only a real run rejects.
+  for (const char* name : {"table2", "table2_full", "table2_imagenet", "table2_retrain"}) {
+    INFO(name);
+    Experiment ex = load_experiment(source_dir() + "/experiments/" + name + ".yaml");
+    REQUIRE(ex.name == name);
+    REQUIRE(!ex.runs.empty());
+    std::set<std::string> ids;
+    size_t with_weights = 0;
+    for (auto& r : ex.runs) {
+      if (r.model_cfg.weights.empty()) {
+        // Unset ${env:...}: the plan names the variable; IDs need the weights' hash.
+        REQUIRE(r.model_cfg.weights_spec.find("${env:BITBENCH_") != std::string::npos);
+        continue;
+      }
+      ids.insert(run_id(r));
+      ++with_weights;
+    }
+    REQUIRE(ids.size() == with_weights);  // no two runs collide
+  }
+}
