@@ -148,6 +148,14 @@ TEST_CASE("pq layer plans: block sizes, k cap, first conv", "[pq]") {
   auto m = make_model("cifar_resnet20");
   PQParams p;
   p.validate();
+  {  // Fine-tuning is not built yet: asking for it is an error, never a silently un-tuned model.
+    PQParams f = p;
+    f.layer_finetune_iters = 10;
+    REQUIRE_THROWS_AS(f.validate(), Error);
+    f = p;
+    f.global_finetune_epochs = 1;
+    REQUIRE_THROWS_AS(f.validate(), Error);
+  }
   const int conv1 = m->layer_index("conv1"), l1 = m->layer_index("layer1.0.conv1"),
             l2 = m->layer_index("layer2.0.conv1"), l3 = m->layer_index("layer3.2.conv2"), fc = m->layer_index("linear");
   REQUIRE(!pq_plan_layer(*m, conv1, p).quantize);

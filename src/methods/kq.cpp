@@ -74,6 +74,9 @@ void KqParams::validate() {
            "need 1 <= alloc_min_bits <= alloc_max_bits <= 16, got ", alloc_min_bits, "..", alloc_max_bits);
   BB_CHECK(calib_images >= 1, where, "calib_images must be >= 1");
   BB_CHECK(finetune_epochs >= 0, where, "finetune_epochs must be >= 0");
+  // The parameter is part of the command-line contract, but codebook fine-tuning is not built yet:
+  // refuse it rather than silently return an un-tuned model.
+  BB_CHECK(finetune_epochs == 0, where, "finetune_epochs > 0: KQ codebook fine-tuning is not implemented yet");
   BB_CHECK(finetune_lr > 0, where, "finetune_lr must be > 0");
   BB_CHECK(finetune_batch >= 1, where, "finetune_batch must be >= 1");
   BB_CHECK(finetune_kd_temperature > 0, where, "finetune_kd_temperature must be > 0");

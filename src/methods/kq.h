@@ -18,7 +18,7 @@ struct KqParams : ParamsBase {
   // --- rates (fixed mode) ---
   int index_bits = 9;        // kernel index width b for conv layers with K > 1: codebook of
                              // min(2^b, #kernels) kernels. 9 is the integer b nearest the paper's
-                             // ImageNet anchors (docs/methods/kq.md: VGG-16 1.03, ResNet-18 1.54)
+                             // ImageNet shapes: VGG-16 1.026, ResNet-18 1.543 bits/conv param (paper: 1.05, 1.62)
   int codebook_bits = 6;     // bits per codebook entry (uniform grid, per-layer scale); 32 = float32
   int pointwise_bits = 0;    // weight-level index width for 1x1 convs (scalar codebook); 0 = keep float
   int fc_bits = 6;           // weight-level index width for linear layers; 0 = keep float

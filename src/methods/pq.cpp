@@ -61,6 +61,10 @@ void PQParams::validate() {
   BB_CHECK(layer_finetune_iters >= 0, "pq: layer_finetune_iters must be >= 0");
   BB_CHECK(global_finetune_epochs >= 0 && std::isfinite(global_finetune_epochs), "pq: global_finetune_epochs must be >= 0");
   BB_CHECK(global_finetune_images >= 0, "pq: global_finetune_images must be >= 0");
+  // Part of the command-line contract, but codeword fine-tuning is not built yet: refuse it rather
+  // than silently return an un-tuned model.
+  BB_CHECK(layer_finetune_iters == 0, "pq: layer_finetune_iters > 0: per-layer fine-tuning is not implemented yet");
+  BB_CHECK(global_finetune_epochs == 0, "pq: global_finetune_epochs > 0: global fine-tuning is not implemented yet");
   BB_CHECK(layer_lr > 0 && global_lr > 0, "pq: learning rates must be > 0");
   BB_CHECK(momentum >= 0 && momentum < 1, "pq: momentum must be in [0, 1)");
   BB_CHECK(finetune_batch >= 1, "pq: finetune_batch must be >= 1");

@@ -8,9 +8,8 @@
 // that the layer's output error on real inputs is minimised: per sub-vector ||X (w - c)||^2, X
 // the d-wide slices of the layer's im2col patches. The E-step uses the d x d Gram matrix
 // G = X^T X = L L^T of freshly sampled patches (k-means on L-transformed vectors, quant/kmeans.h),
-// the M-step is the members' mean. Optional fine-tuning of the codewords (quant/finetune_shared.h):
-// per layer by distillation from the uncompressed network with BN frozen, then globally with BN
-// statistics updating. See docs/methods/pq.md.
+// the M-step is the members' mean. Fine-tuning of the codewords (per layer by distillation, then
+// global) is not implemented yet: its parameters are accepted only at 0. See docs/methods/pq.md.
 //
 // This header exposes the algorithm's pieces for tests; the method registers itself as "pq".
 #pragma once
