@@ -1,0 +1,68 @@
+// Golden numbers: the committed results/table2/table.json (written by `make reproduce-table2`) is
+// a regression reference. This re-runs a small, cheap slice of experiments/table2.yaml on the
+// lossless 1k set and fails if the bits or the top-1 drift.
+//   bits: exact (same config and seed give the same file bytes; bpw_core follows from them);
+//   top-1: within 0.2 points (2 of 1000 images), room for a different BLAS summing in another
+//   order on another machine, nothing more.
+#include <catch2/catch.hpp>
+
+#include "common/runtime.h"
+#include "runner/experiment.h"
+#include "runner/pipeline.h"
+#include "runner/runner.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <unistd.h>
+
+namespace fs = std::filesystem;
+using namespace bb;
+
+TEST_CASE("golden: a slice of results/table2 reproduces its bits and top-1", "[golden]") {
+  const std::string table_path = source_dir() + "/results/table2/table.json";
+  REQUIRE(fs::exists(table_path));
+  nlohmann::json table = nlohmann::json::parse(std::ifstream(table_path));
+  const auto& rows = table.at("models").at("cifar_resnet20").at("rows");
+
+  Experiment ex = load_experiment(source_dir() + "/experiments/table2.yaml");
+  // The cheap methods of the slice: no calibration data, seconds each.
+  auto wanted = [](const RunSpec& r) {
+    if (r.model != "cifar_resnet20") return false;
+    if (r.method == "fp32") return true;
+    if (r.method == "uniform" && r.params.at("bits") == "4" && r.params.at("coder") == "fixed") return true;
+    if (r.method == "kmeans" && r.params.at("bits") == "3") return true;
+    return false;
+  };
+  int checked = 0;
+  std::string tmp = fs::temp_directory_path() / ("bb-golden-" + std::to_string(getpid()) + ".bbz");
+  for (const RunSpec& r : ex.runs) {
+    if (!wanted(r)) continue;
+    const std::string id = run_id(r);
+    const nlohmann::json* row = nullptr;
+    for (const auto& x : rows)
+      if (x.value("run_id", "") == id) row = &x;
+    INFO("run " << id << " " << r.method << " " << r.label);
+    REQUIRE(row != nullptr);  // the committed table holds this run
+
+    CompressRequest req;
+    req.model = r.model;
+    req.weights = r.model_cfg.weights;
+    req.method = r.method;
+    req.params = r.params;
+    req.calib_dataset = r.calibration;
+    req.seed = r.seed;
+    req.out_path = tmp;
+    req.eval_datasets = {"cifar10-lossless-1k"};
+    CompressOutcome out = compress_model(req);
+    std::remove(tmp.c_str());
+
+    CHECK(out.accounting.file_bytes == row->at("file_bytes").get<int64_t>());
+    CHECK(out.accounting.bpw_core == Approx(row->at("bits").get<double>()).epsilon(1e-12));
+    const double golden = row->at("top1").at("cifar10-lossless-1k").get<double>();
+    INFO("top-1 now " << out.evals.at(0).top1 << ", golden " << golden);
+    CHECK(std::fabs(out.evals.at(0).top1 - golden) <= 0.2 + 1e-9);
+    ++checked;
+  }
+  REQUIRE(checked == 3);
+}
