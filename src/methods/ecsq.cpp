@@ -53,9 +53,9 @@ SharingSolution reassign_fixed(const SharingProblem& prob, const SharingSolution
   SharingSolution out = sol;
   out.distortion = 0;
   const float* h = prob.hptr();
-  const size_t nl = prob.layers.size();
-  for (size_t g = 0; g < nl; ++g) {
-    // The group of layers sharing one quantizer: all of them (network scope) or layer g alone.
+  const size_t nl = prob.layers.size(), groups = network ? 1 : nl;
+  for (size_t g = 0; g < groups; ++g) {
+    // The weights sharing one quantizer: all layers (network scope) or layer g alone.
     const int64_t begin = prob.offset[g], end = network ? prob.offset[nl] : prob.offset[g + 1];
     const auto& c = sol.centers[g];
     std::vector<double> count(c.size(), 0.0);
@@ -63,6 +63,8 @@ SharingSolution reassign_fixed(const SharingProblem& prob, const SharingSolution
     std::vector<double> cost(c.size());
     for (size_t j = 0; j < c.size(); ++j)
       cost[j] = count[j] > 0 ? -mu * std::log2(count[j] / (double)(end - begin)) : INFINITY;
+    // Reassign, accumulating the members' weighted sums for the centre update.
+    std::vector<double> sw(c.size(), 0.0), swx(c.size(), 0.0);
     for (int64_t i = begin; i < end; ++i) {
       const double hi = h ? h[i] : 1.0;
       double best = INFINITY;
@@ -72,14 +74,10 @@ SharingSolution reassign_fixed(const SharingProblem& prob, const SharingSolution
         if (d + cost[j] < best) best = d + cost[j], arg = (int32_t)j;
       }
       out.assign[i] = arg;
+      sw[arg] += hi;
+      swx[arg] += hi * prob.x[i];
     }
     // Then the centres move to their members' weighted means (the rate does not change).
-    std::vector<double> sw(c.size(), 0.0), swx(c.size(), 0.0);
-    for (int64_t i = begin; i < end; ++i) {
-      const double hi = h ? h[i] : 1.0;
-      sw[out.assign[i]] += hi;
-      swx[out.assign[i]] += hi * prob.x[i];
-    }
     std::vector<double> nc = c;
     for (size_t j = 0; j < c.size(); ++j)
       if (sw[j] > 0) nc[j] = swx[j] / sw[j];
@@ -87,11 +85,8 @@ SharingSolution reassign_fixed(const SharingProblem& prob, const SharingSolution
       const double d = prob.x[i] - nc[out.assign[i]];
       out.distortion += (h ? h[i] : 1.0) * d * d;
     }
-    if (network) {
-      for (auto& cl : out.centers) cl = nc;
-      break;
-    }
-    out.centers[g] = nc;
+    if (network) out.centers.assign(nl, nc);
+    else out.centers[g] = nc;
   }
   return out;
 }
@@ -147,8 +142,8 @@ class ECSQMethod : public Method {
       // the target instead: ECSQ assignments at fixed centres and probabilities move one boundary
       // point at a time as the multiplier grows, so the rate follows it closely.
       if (std::fabs(r.bpw - share.target_bpw) > share.rate_tol * share.target_bpw && above_lambda > 0) {
-        SharingSolution hi = at(above_lambda);
-        auto trimmed = [&](double mu) { return reassign_fixed(prob, hi, share.scope == "network", mu); };
+        const SharingSolution above = at(above_lambda);
+        auto trimmed = [&](double mu) { return reassign_fixed(prob, above, share.scope == "network", mu); };
         auto t = search_rate(above_lambda, above_lambda * 64, share.target_bpw, share.rate_tol, 60, [&](double mu) {
           return sharing_bpw(prob, encode_sharing(prob, trimmed(mu), share, name()));
         });

@@ -37,7 +37,7 @@ struct SharedWeights {
 };
 
 struct FinetuneOptions {
-  double epochs = 1.0;            // passes over the (capped) image set; fractional allowed
+  double epochs = 0;              // passes over the (capped) image set; fractional allowed; 0 = off
   double lr = 1e-4;               // learning rate
   std::string optimizer = "adam"; // adam | sgd (momentum 0.9)
   double momentum = 0.9;          // sgd only

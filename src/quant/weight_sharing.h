@@ -50,9 +50,6 @@ struct SharingParams {
   FinetuneOptions finetune;         // finetune.epochs = 0: no fine-tuning of the shared values
   bool finetune_average = false;    // codeword gradient = mean (not sum) of member gradients
 
-  // FinetuneOptions defaults to one epoch; weight sharing fine-tunes only when asked to.
-  SharingParams() { finetune.epochs = 0; }
-
   void bind(ParamBinder& b);
   void validate();
   bool pruned() const { return prune_keep < 1.0; }
