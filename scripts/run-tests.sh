@@ -20,7 +20,6 @@ else
   failed=${failed:-0}
   [[ $rc -ne 0 && $failed -eq 0 ]] && failed=1
 fi
-rm -f "$log"
 if [[ $# -eq 0 && "${BITBENCH_SKIP_SLURM:-0}" != 1 ]]; then
   echo "=== real Slurm test (tests/slurm/test_slurm.sh) ==="
   bash tests/slurm/test_slurm.sh "$BUILD"
@@ -29,5 +28,11 @@ if [[ $# -eq 0 && "${BITBENCH_SKIP_SLURM:-0}" != 1 ]]; then
   elif [[ $src -eq 77 ]]; then echo "(slurm test skipped)";
   else failed=$((failed + 1)); rc=1; fi
 fi
+# CI shows only the tail of the output: repeat each failed assertion (where, what, its values) here.
+if [[ $failed -gt 0 && -s "$log" ]]; then
+  echo "=== failed assertions (first 10) ==="
+  awk '/FAILED:$/ {k++; n = 6} n > 0 && k <= 10 {print; n--}' "$log" | sed "s#^$(pwd)/##"
+fi
+rm -f "$log"
 echo "tests: $passed passed, $failed failed"
 exit $rc

@@ -82,6 +82,36 @@ TEST_CASE("uniform: 8-bit within 0.3 points of fp32; decode is bit-exact and det
   REQUIRE(j["top1"].get<double>() == Approx(o.evals[0].top1));
 }
 
+TEST_CASE("file bytes do not depend on where the data lives (same config, other machine)", "[pipeline]") {
+  // CI keeps ../shared somewhere else than a workstation: a data root at another absolute path
+  // must give the same bytes, so committed file sizes hold on every machine.
+  Tmp t;
+  auto r = req("uniform", t.dir + "/here.bbz");
+  r.eval_datasets = {};
+  r.params = {{"bits", "4"}};
+  compress_model(r);
+  const std::string elsewhere = t.dir + "/a/much/longer/absolute/path/to/the/data";
+  fs::create_directories(elsewhere + "/models");
+  fs::copy_file(weights(20), elsewhere + "/models/cifar10_resnet20.pt");
+  const char* old = std::getenv("BITBENCH_DATA_ROOT");
+  const std::string saved = old ? old : "";
+  setenv("BITBENCH_DATA_ROOT", elsewhere.c_str(), 1);
+  r.weights = elsewhere + "/models/cifar10_resnet20.pt";
+  r.out_path = t.dir + "/there.bbz";
+  CompressOutcome o;
+  try {
+    o = compress_model(r);
+  } catch (...) {
+    old ? setenv("BITBENCH_DATA_ROOT", saved.c_str(), 1) : unsetenv("BITBENCH_DATA_ROOT");
+    throw;
+  }
+  old ? setenv("BITBENCH_DATA_ROOT", saved.c_str(), 1) : unsetenv("BITBENCH_DATA_ROOT");
+  CHECK(o.provenance.at("weights_file") == "${data}/models/cifar10_resnet20.pt");
+  REQUIRE(read_file_bytes(t.dir + "/here.bbz") == read_file_bytes(t.dir + "/there.bbz"));
+  // A file outside the data root keeps the name it was given.
+  CHECK(portable_data_path(t.dir + "/x.pt") == t.dir + "/x.pt");
+}
+
 TEST_CASE("entropy-coded levels are smaller and decode to the same weights", "[pipeline]") {
   Tmp t;
   auto r = req("uniform", t.dir + "/f.bbz");

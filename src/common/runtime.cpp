@@ -83,6 +83,21 @@ std::string data_root(const std::string& explicit_root) {
   return fs::weakly_canonical(root).string();
 }
 
+std::string portable_data_path(const std::string& path) {
+  std::error_code ec;
+  const fs::path file = fs::weakly_canonical(path, ec);
+  if (ec) return path;
+  std::string root;
+  try {
+    root = data_root();
+  } catch (const std::exception&) {
+    return path;  // no data root on this machine: nothing to be relative to
+  }
+  const fs::path rel = file.lexically_relative(root);
+  if (rel.empty() || *rel.begin() == "..") return path;
+  return "${data}/" + rel.generic_string();
+}
+
 long peak_rss_bytes() {
   std::ifstream st("/proc/self/status");
   std::string key;

@@ -17,6 +17,11 @@ std::string blas_in_use();
 // relative to the source tree. Errors if the directory does not exist.
 std::string data_root(const std::string& explicit_root = "");
 
+// A file's name as written into outputs whose bytes must not depend on where the data lives:
+// "${data}/<relative path>" for a file under the data root (the experiment-config spelling),
+// otherwise the path as given. Same config on another machine => same string => same bytes.
+std::string portable_data_path(const std::string& path);
+
 // Source tree root (where configs/ and experiments/ live), build directory (where the bitbench
 // binary is), version and commit as compiled in.
 std::string source_dir();

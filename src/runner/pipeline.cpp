@@ -94,7 +94,7 @@ CompressOutcome compress_model(const CompressRequest& req) {
                     {"git_commit", git_commit()},
                     {"method", req.method},
                     {"params", ParamBinder::to_json(method->params())},
-                    {"weights_file", req.weights},
+                    {"weights_file", portable_data_path(req.weights)},
                     {"weights_sha256", weights_hash},
                     {"calibration", calib_name},
                     {"seed", req.seed},
