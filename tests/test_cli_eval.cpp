@@ -3,6 +3,8 @@
 #include <catch2/catch.hpp>
 
 #include "common/runtime.h"
+#include "data/dataset.h"
+#include "eval/evaluate.h"
 #include "models/registry.h"
 #include "models/weights_io.h"
 #include "test_data_helpers.h"
@@ -130,4 +132,20 @@ TEST_CASE("eval: bad input gives a clear error and a non-zero exit", "[cli]") {
   SECTION("bad --limit") {
     check_fails("--model cifar_resnet20 --weights " + w20 + " --dataset cifar10-lossless-1k --limit -3", "--limit");
   }
+}
+
+TEST_CASE("eval: folding BN into the convs changes no prediction (ResNet-56, lossless 1k)", "[cli]") {
+  auto model = bb::make_model("cifar_resnet56");
+  bb::load_weights(*model, models_dir() + "cifar10_resnet56.pt");
+  auto ds = bb::open_dataset("cifar10-lossless-1k");
+  bb::EvalOptions o;
+  o.progress = false;
+  o.fold_bn = false;
+  auto plain = bb::evaluate(*model, *ds, o);
+  o.fold_bn = true;
+  auto folded = bb::evaluate(*model, *ds, o);
+  REQUIRE(plain.n == 1000);
+  REQUIRE(folded.hit1 == plain.hit1);  // image by image
+  REQUIRE(folded.correct5 == plain.correct5);
+  REQUIRE(!model->fold_bn());  // evaluate() leaves the model as it found it
 }

@@ -211,8 +211,8 @@ TEST_CASE("kq: bad parameters and corrupt records are clear errors", "[kq]") {
   REQUIRE_THROWS_AS(kq_method({{"codebook_bits", "20"}}), Error);
   REQUIRE_THROWS_AS(kq_method({{"kernel_mode", "bogus"}}), Error);
   REQUIRE_THROWS_AS(kq_method({{"alloc_min_bits", "6"}, {"alloc_max_bits", "4"}}), Error);
-  // Fine-tuning is not built yet: asking for it is an error, never a silently un-tuned model.
-  REQUIRE_THROWS_AS(kq_method({{"finetune_epochs", "1"}}), Error);
+  REQUIRE_THROWS_AS(kq_method({{"finetune_epochs", "-1"}}), Error);
+  REQUIRE_THROWS_AS(kq_method({{"finetune_loss", "mse"}}), Error);
 
   auto model = random_model("cifar_resnet20", 4);
   auto m = kq_method({{"index_bits", "4"}, {"kmeans_iters", "3"}});

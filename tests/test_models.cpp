@@ -41,6 +41,17 @@ void check_parity(const std::string& arch, int batch) {
               batch, diff, ref.abs().max().item<double>());
   CHECK(diff <= 1e-4);
   CHECK(torch::equal(logits.argmax(1), ref.argmax(1)));
+
+  // Evaluation folds each BN into its conv: the same logits up to float rounding.
+  REQUIRE(!model->is_training());
+  model->set_fold_bn(true);
+  torch::Tensor folded = model->forward(io.at("input"));
+  model->set_fold_bn(false);
+  const double fdiff = max_abs_diff(folded, ref);
+  std::printf("[models] %s with BN folded: max |logit diff| %.3g\n", arch.c_str(), fdiff);
+  CHECK(fdiff <= 1e-4);
+  CHECK(torch::equal(folded.argmax(1), ref.argmax(1)));
+  CHECK(max_abs_diff(model->forward(io.at("input")), logits) == 0);  // off again: the plain path
 }
 
 std::string shape_str(at::IntArrayRef s) {

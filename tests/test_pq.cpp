@@ -148,12 +148,13 @@ TEST_CASE("pq layer plans: block sizes, k cap, first conv", "[pq]") {
   auto m = make_model("cifar_resnet20");
   PQParams p;
   p.validate();
-  {  // Fine-tuning is not built yet: asking for it is an error, never a silently un-tuned model.
+  {  // Per-layer fine-tuning is not built yet: asking for it is an error, never a silently
+     // un-tuned model. Global fine-tuning is built (tests/test_finetune_methods.cpp).
     PQParams f = p;
     f.layer_finetune_iters = 10;
     REQUIRE_THROWS_AS(f.validate(), Error);
     f = p;
-    f.global_finetune_epochs = 1;
+    f.global_finetune_epochs = -1;
     REQUIRE_THROWS_AS(f.validate(), Error);
   }
   const int conv1 = m->layer_index("conv1"), l1 = m->layer_index("layer1.0.conv1"),

@@ -5,6 +5,8 @@
 #include "data/loader.h"
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 namespace bb {
 
@@ -55,10 +57,23 @@ void check_model_dataset(const Model& model, const Dataset& ds) {
            model.input_spec().num_classes, " classes but dataset '", ds.name(), "' has ", ds.num_classes());
 }
 
+namespace {
+// Folding on for one evaluation, off again however it ends (the model's weights may change next).
+struct FoldBnScope {
+  Model& m;
+  FoldBnScope(Model& model, bool on) : m(model) {
+    if (const char* e = std::getenv("BITBENCH_FOLD_BN"); e && std::string(e) == "0") on = false;
+    m.set_fold_bn(on);
+  }
+  ~FoldBnScope() { m.set_fold_bn(false); }
+};
+}  // namespace
+
 EvalResult evaluate(Model& model, const Dataset& ds, const EvalOptions& opt) {
   check_model_dataset(model, ds);
   torch::NoGradGuard ng;
   model.eval();
+  FoldBnScope fold(model, opt.fold_bn);
   int64_t n = ds.size();
   if (opt.limit > 0) n = std::min(n, opt.limit);
   std::vector<int64_t> idx(n);

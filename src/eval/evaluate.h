@@ -12,6 +12,9 @@ struct EvalOptions {
   int64_t limit = 0;        // first N images (0 = all)
   int64_t batch_size = 0;   // 0 = 100 for 32x32 inputs, 25 for ImageNet
   bool progress = true;
+  // Fold each BN into the conv before it for the duration (Model::set_fold_bn): same top-1 up to
+  // float rounding, fewer memory passes. BITBENCH_FOLD_BN=0 turns it off.
+  bool fold_bn = true;
 };
 
 struct EvalResult {

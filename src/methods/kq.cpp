@@ -23,6 +23,7 @@
 #include "data/loader.h"
 #include "methods/method.h"
 #include "quant/kmeans.h"
+#include "quant/finetune_shared.h"
 #include "quant/layer_alloc.h"
 
 #include <cmath>
@@ -56,6 +57,7 @@ void KqParams::bind(ParamBinder& b) {
   b.field("finetune_batch", finetune_batch, "fine-tuning batch size");
   b.field("finetune_loss", finetune_loss, "fine-tuning loss: labels or distillation from the float model", {"ce", "kd"});
   b.field("finetune_kd_temperature", finetune_kd_temperature, "distillation temperature");
+  b.field("finetune_max_images", finetune_max_images, "images per fine-tuning epoch (0 = the whole calibration set)");
 }
 
 void KqParams::validate() {
@@ -74,9 +76,7 @@ void KqParams::validate() {
            "need 1 <= alloc_min_bits <= alloc_max_bits <= 16, got ", alloc_min_bits, "..", alloc_max_bits);
   BB_CHECK(calib_images >= 1, where, "calib_images must be >= 1");
   BB_CHECK(finetune_epochs >= 0, where, "finetune_epochs must be >= 0");
-  // The parameter is part of the command-line contract, but codebook fine-tuning is not built yet:
-  // refuse it rather than silently return an un-tuned model.
-  BB_CHECK(finetune_epochs == 0, where, "finetune_epochs > 0: KQ codebook fine-tuning is not implemented yet");
+  BB_CHECK(finetune_max_images >= 0, where, "finetune_max_images must be >= 0");
   BB_CHECK(finetune_lr > 0, where, "finetune_lr must be > 0");
   BB_CHECK(finetune_batch >= 1, where, "finetune_batch must be >= 1");
   BB_CHECK(finetune_kd_temperature > 0, where, "finetune_kd_temperature must be > 0");
@@ -545,6 +545,7 @@ class KqMethod : public Method {
   }
 
   std::vector<LayerRecord> compress(CompressContext& ctx) override;
+  void finetune_codebooks(CompressContext& ctx, std::vector<Candidate>& chosen) const;
 
   torch::Tensor decode(const LayerRecord& rec) const override {
     auto c = decode_code(rec);
@@ -715,6 +716,11 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
              " fill steps); widths" + widths);
   }
 
+  if (p_.finetune_epochs > 0) {
+    finetune_codebooks(ctx, chosen);
+    ctx.phase("finetune");
+  }
+
   std::vector<LayerRecord> out;
   for (int i = 0; i < L; ++i) {
     if (!quantized(i)) continue;
@@ -722,6 +728,65 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
     out.push_back(std::move(chosen[i].rec));
   }
   return out;
+}
+
+// Codebook fine-tuning: the indices (and gain indices) stay fixed, each layer's codebook is a
+// learnable k x d leaf and the layer's weight is rebuilt as codebook[idx] (* gain). A codeword's
+// gradient is the average over the kernels that share it (grad_scale = 1 / members), as the
+// paper does. Afterwards the codebook goes back onto its b-bit grid (a fresh per-layer scale) and
+// the record is re-encoded, so the file holds exactly what is evaluated; the index streams and
+// hence the rate are unchanged.
+void KqMethod::finetune_codebooks(CompressContext& ctx, std::vector<Candidate>& chosen) const {
+  BB_CHECK(ctx.calib, "kq: finetune_epochs > 0 needs a calibration set (--calib)");
+  Model& model = *ctx.model;
+  const auto& layers = model.layers();
+  SharedWeights sw;
+  std::vector<int> owner;
+  for (int i = 0; i < (int)chosen.size(); ++i) {
+    const kq::LayerCode& c = chosen[i].code;
+    if (!c.idx.defined()) continue;
+    auto leaf = c.codebook().clone().contiguous();
+    auto counts = torch::bincount(c.idx, {}, c.k).to(torch::kFloat32).clamp_min(1).unsqueeze(1);
+    sw.leaves.push_back(leaf);
+    sw.grad_scale.push_back(1.0 / counts);
+    auto idx = c.idx;
+    auto gain = c.gain_bits > 0 ? c.gains.index_select(0, c.gain_idx).unsqueeze(1) : torch::Tensor();
+    auto shape = layers[i].weight().sizes().vec();
+    sw.layers.push_back({i, [leaf, idx, gain, shape] {
+                           auto w = leaf.index_select(0, idx);
+                           if (gain.defined()) w = w * gain;
+                           return w.view(shape);
+                         }});
+    owner.push_back(i);
+  }
+  BB_CHECK(!owner.empty(), "kq: finetune_epochs > 0 but no layer is quantized");
+  FinetuneOptions fo;
+  fo.epochs = p_.finetune_epochs;
+  fo.lr = p_.finetune_lr;
+  fo.batch_size = p_.finetune_batch;
+  fo.max_images = p_.finetune_max_images;
+  fo.mode = p_.finetune_loss == "kd" ? "distill" : "labels";
+  fo.temperature = p_.finetune_kd_temperature;
+  fo.seed = ctx.seed ^ 0xf17e;
+  fo.validate();
+  {
+    torch::AutoGradMode grad(true);  // compress() runs under NoGradGuard
+    finetune_shared(model, *ctx.calib, sw, fo);
+  }
+  torch::NoGradGuard ng;
+  const Coder coder = parse_coder(p_.coder);
+  for (size_t a = 0; a < owner.size(); ++a) {
+    const int i = owner[a];
+    kq::LayerCode& c = chosen[i].code;
+    auto tuned = sw.leaves[a].detach().contiguous();
+    if (c.codebook_bits == 32) {
+      c.codebook_f = tuned;
+    } else {
+      c.scale = kq::grid_scale(tuned, torch::bincount(c.idx, {}, c.k), c.codebook_bits);
+      c.codebook_q = kq::to_grid(tuned, c.scale, c.codebook_bits);
+    }
+    chosen[i].rec = encode_record(layers[i].name, layers[i].weight().sizes().vec(), c, coder);
+  }
 }
 
 }  // namespace

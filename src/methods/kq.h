@@ -45,6 +45,7 @@ struct KqParams : ParamsBase {
   int finetune_batch = 128;
   std::string finetune_loss = "ce";  // ce (labels) | kd (distillation from the float model)
   double finetune_kd_temperature = 4;
+  int64_t finetune_max_images = 0;   // images per epoch (0 = the whole calibration set)
 
   void bind(ParamBinder& b) override;
   void validate() override;

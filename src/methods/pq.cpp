@@ -6,7 +6,9 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/timer.h"
+#include "models/registry.h"
 #include "quant/activations.h"
+#include "quant/finetune_shared.h"
 
 #include <cmath>
 #include <random>
@@ -61,10 +63,6 @@ void PQParams::validate() {
   BB_CHECK(layer_finetune_iters >= 0, "pq: layer_finetune_iters must be >= 0");
   BB_CHECK(global_finetune_epochs >= 0 && std::isfinite(global_finetune_epochs), "pq: global_finetune_epochs must be >= 0");
   BB_CHECK(global_finetune_images >= 0, "pq: global_finetune_images must be >= 0");
-  // Part of the command-line contract, but codeword fine-tuning is not built yet: refuse it rather
-  // than silently return an un-tuned model.
-  BB_CHECK(layer_finetune_iters == 0, "pq: layer_finetune_iters > 0: per-layer fine-tuning is not implemented yet");
-  BB_CHECK(global_finetune_epochs == 0, "pq: global_finetune_epochs > 0: global fine-tuning is not implemented yet");
   BB_CHECK(layer_lr > 0 && global_lr > 0, "pq: learning rates must be > 0");
   BB_CHECK(momentum >= 0 && momentum < 1, "pq: momentum must be in [0, 1)");
   BB_CHECK(finetune_batch >= 1, "pq: finetune_batch must be >= 1");
@@ -237,6 +235,10 @@ class PQMethod : public Method {
 
  private:
   LayerRecord encode(const Model& m, const PQLayer& q) const;
+  void finetune_layer(Model& student, Model& teacher, int li, PQLayer& q, const torch::Tensor& images,
+                      uint64_t seed) const;
+  void finetune_global(CompressContext& ctx, const std::vector<torch::Tensor>& fp_weights, std::vector<PQLayer>& done,
+                       uint64_t seed) const;
   PQParams p_;
 };
 
@@ -260,6 +262,14 @@ std::vector<LayerRecord> PQMethod::compress(CompressContext& ctx) {
 
   std::vector<torch::Tensor> fp_weights;  // the uncompressed weights (quantization targets, teacher)
   for (auto& l : layers) fp_weights.push_back(l.weight().detach().clone());
+  // Per-layer fine-tuning distils each layer from the uncompressed network: keep a copy of it.
+  std::shared_ptr<Model> teacher;
+  if (p_.layer_finetune_iters > 0) {
+    teacher = make_model(model.arch());
+    auto src = model.state(), dst = teacher->state();
+    for (auto& kv : dst) kv.second.copy_(src.at(kv.first));
+    teacher->eval();
+  }
 
   std::vector<PQLayer> done;
   for (int li = 0; li < (int)layers.size(); ++li) {
@@ -285,6 +295,10 @@ std::vector<LayerRecord> PQMethod::compress(CompressContext& ctx) {
     q.plan = plan;
     q.centroids = round_fp16(r.centroids);
     q.assign = r.assign;
+    if (teacher) {
+      ctx.phase("layer_finetune");
+      finetune_layer(model, *teacher, li, q, images, mix_seed(seed, 3000 + li));
+    }
     l.weight().copy_(pq_weight(q.centroids, q.assign, l.weight().sizes()));
     const auto qsub = q.centroids.index_select(0, q.assign);
     const double out_err = relative_output_error(sub, qsub, pool);
@@ -298,9 +312,155 @@ std::vector<LayerRecord> PQMethod::compress(CompressContext& ctx) {
     done.push_back(q);
   }
 
+  if (p_.global_finetune_epochs > 0 && !done.empty()) {
+    finetune_global(ctx, fp_weights, done, seed);
+    ctx.phase("finetune");
+  }
+
   std::vector<LayerRecord> records;
   for (auto& q : done) records.push_back(encode(model, q));
   return records;
+}
+
+// Captures one layer's input (or output) and stops the forward pass there.
+struct CaptureTap : LayerTap {
+  int layer = -1;
+  bool output = false;
+  torch::Tensor got;
+  void on_input(int l, const torch::Tensor& x) override {
+    if (!output && l == layer) {
+      got = x.detach();
+      throw StopForward{};
+    }
+  }
+  torch::Tensor on_output(int l, const torch::Tensor& x, torch::Tensor y) override {
+    if (output && l == layer) {
+      got = y.detach();
+      throw StopForward{};
+    }
+    return y;
+  }
+};
+
+torch::Tensor capture(Model& m, int layer, bool output, const torch::Tensor& x) {
+  CaptureTap tap;
+  tap.layer = layer;
+  tap.output = output;
+  m.set_tap(&tap);
+  try {
+    m.forward(x);
+  } catch (const StopForward&) {
+  } catch (...) {
+    m.set_tap(nullptr);
+    throw;
+  }
+  m.set_tap(nullptr);
+  BB_CHECK(tap.got.defined(), "pq: layer ", layer, " was not reached in forward()");
+  return tap.got;
+}
+
+// The layer's own computation with a given weight (differentiable in it).
+torch::Tensor apply_layer(const Layer& l, const torch::Tensor& x, const torch::Tensor& w) {
+  const torch::Tensor b = l.bias().defined() ? l.bias().detach() : torch::Tensor();  // not trained
+  if (!l.is_conv()) return torch::linear(x, w, b);
+  const auto& o = l.conv->options;
+  const auto& pad = c10::get<torch::ExpandingArray<2>>(o.padding());
+  return torch::conv2d(x, w, b, o.stride(), pad, o.dilation(), o.groups());
+}
+
+// Per-layer fine-tuning (the paper's layer-wise distillation): with the assignments fixed, the
+// layer's codewords are trained so that the layer, fed by the student (earlier layers already
+// quantized), reproduces the uncompressed network's output of the same layer on the same
+// images: loss = mean ||y_teacher - layer(x_student; C[assign])||^2. A codeword's gradient is the
+// average over its sub-vectors; SGD with momentum; batches drawn from the calibration images.
+void PQMethod::finetune_layer(Model& student, Model& teacher, int li, PQLayer& q, const torch::Tensor& images,
+                              uint64_t seed) const {
+  const Layer& l = student.layers()[li];
+  const int64_t n = images.size(0), bs = std::min<int64_t>(p_.finetune_batch, n);
+  const auto shape = l.weight().sizes().vec();
+  auto leaf = q.centroids.clone().contiguous();
+  const auto inv_count = 1.0 / torch::bincount(q.assign, {}, q.plan.k).to(torch::kFloat32).clamp_min(1).unsqueeze(1);
+  torch::optim::SGD opt({leaf}, torch::optim::SGDOptions(p_.layer_lr).momentum(p_.momentum));
+  std::mt19937_64 rng(seed);
+  std::vector<int64_t> order(n);
+  for (int64_t i = 0; i < n; ++i) order[i] = i;
+  double first = 0, last = 0;
+  const int64_t window = std::max<int64_t>(1, p_.layer_finetune_iters / 10);
+  int64_t pos = n;
+  for (int64_t it = 0; it < p_.layer_finetune_iters; ++it) {
+    if (pos + bs > n) {
+      std::shuffle(order.begin(), order.end(), rng);
+      pos = 0;
+    }
+    auto idx = torch::from_blob(order.data() + pos, {bs}, torch::kInt64).clone();
+    pos += bs;
+    torch::Tensor x_s, y_t;
+    {
+      torch::NoGradGuard ng;
+      auto batch = images.index_select(0, idx);
+      x_s = capture(student, li, false, batch);
+      y_t = capture(teacher, li, true, batch);
+    }
+    torch::AutoGradMode grad(true);
+    leaf.requires_grad_(true);
+    auto y_s = apply_layer(l, x_s, leaf.index_select(0, q.assign).view(shape));
+    auto loss = (y_s - y_t).pow(2).mean();
+    opt.zero_grad();
+    loss.backward();
+    leaf.mutable_grad().mul_(inv_count);
+    opt.step();
+    const double v = loss.item<double>();
+    if (it < window) first += v / (double)window;
+    if (it >= p_.layer_finetune_iters - window) last += v / (double)window;
+  }
+  leaf.requires_grad_(false);
+  q.centroids = round_fp16(leaf.detach());
+  log_info("pq: " + l.name + " layer fine-tuning: " + std::to_string(p_.layer_finetune_iters) + " steps, output MSE " +
+           std::to_string(first) + " -> " + std::to_string(last));
+}
+
+// Global fine-tuning (the paper's last step): every quantized layer's codebook is a learnable
+// leaf, its weight is rebuilt as centroids[assign]; a codeword's gradient is the average over
+// the sub-vectors assigned to it; SGD with momentum; BN statistics update; distillation from the
+// uncompressed network. Assignments stay fixed, so the rate does not change; the tuned codewords
+// are rounded to fp16 again, as stored.
+void PQMethod::finetune_global(CompressContext& ctx, const std::vector<torch::Tensor>& fp_weights,
+                               std::vector<PQLayer>& done, uint64_t seed) const {
+  Model& model = *ctx.model;
+  const auto& layers = model.layers();
+  SharedWeights sw;
+  for (const PQLayer& q : done) {
+    auto leaf = q.centroids.clone().contiguous();
+    auto counts = torch::bincount(q.assign, {}, q.plan.k).to(torch::kFloat32).clamp_min(1).unsqueeze(1);
+    sw.leaves.push_back(leaf);
+    sw.grad_scale.push_back(1.0 / counts);
+    auto assign = q.assign;
+    auto shape = layers[q.layer].weight().sizes().vec();
+    sw.layers.push_back({q.layer, [leaf, assign, shape] { return leaf.index_select(0, assign).view(shape); }});
+  }
+  // The teacher is the model as finetune_shared finds it: put the uncompressed weights back.
+  for (const PQLayer& q : done) layers[q.layer].weight().copy_(fp_weights[q.layer]);
+  FinetuneOptions fo;
+  fo.epochs = p_.global_finetune_epochs;
+  fo.lr = p_.global_lr;
+  fo.optimizer = "sgd";
+  fo.momentum = p_.momentum;
+  fo.batch_size = p_.finetune_batch;
+  fo.max_images = p_.global_finetune_images;
+  fo.mode = "distill";
+  fo.bn = "update";
+  fo.seed = mix_seed(seed, 0xf17e);
+  fo.validate();
+  {
+    torch::AutoGradMode grad(true);  // compress() runs under NoGradGuard
+    finetune_shared(model, *ctx.calib, sw, fo);
+  }
+  torch::NoGradGuard ng;
+  for (size_t a = 0; a < done.size(); ++a) {
+    PQLayer& q = done[a];
+    q.centroids = round_fp16(sw.leaves[a].detach());
+    layers[q.layer].weight().copy_(pq_weight(q.centroids, q.assign, layers[q.layer].weight().sizes()));
+  }
 }
 
 LayerRecord PQMethod::encode(const Model& m, const PQLayer& q) const {

@@ -8,8 +8,10 @@
 // that the layer's output error on real inputs is minimised: per sub-vector ||X (w - c)||^2, X
 // the d-wide slices of the layer's im2col patches. The E-step uses the d x d Gram matrix
 // G = X^T X = L L^T of freshly sampled patches (k-means on L-transformed vectors, quant/kmeans.h),
-// the M-step is the members' mean. Fine-tuning of the codewords (per layer by distillation, then
-// global) is not implemented yet: its parameters are accepted only at 0. See docs/methods/pq.md.
+// the M-step is the members' mean. With the assignments fixed, the codewords can then be
+// fine-tuned per layer (layer_finetune_iters: the layer's output on student inputs distilled from
+// the uncompressed network's) and globally (global_finetune_epochs: the whole network distilled,
+// BN updating). See docs/methods/pq.md.
 //
 // This header exposes the algorithm's pieces for tests; the method registers itself as "pq".
 #pragma once

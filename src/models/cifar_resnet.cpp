@@ -18,6 +18,7 @@ class CifarResNet : public Model {
     conv1_ = register_module("conv1", conv3x3(3, 16, 1));
     bn1_ = register_module("bn1", nn::BatchNorm2d(16));
     first_ = add_layer("conv1", conv1_);
+    pair_bn(first_, bn1_);
     int64_t in = 16;
     const int64_t planes[3] = {16, 32, 64};
     for (int s = 0; s < 3; ++s) {
@@ -34,6 +35,8 @@ class CifarResNet : public Model {
         b.bn2 = blk->register_module("bn2", nn::BatchNorm2d(planes[s]));
         b.c1 = add_layer(pre + "conv1", c1);
         b.c2 = add_layer(pre + "conv2", c2);
+        pair_bn(b.c1, b.bn1);
+        pair_bn(b.c2, b.bn2);
         blocks_.push_back(b);
         in = planes[s];
       }
@@ -45,10 +48,10 @@ class CifarResNet : public Model {
   }
 
   torch::Tensor forward(torch::Tensor x) override {
-    x = torch::relu(bn1_(run(first_, x)));
+    x = torch::relu(run_bn(first_, x));
     for (auto& b : blocks_) {
-      auto out = torch::relu(b.bn1(run(b.c1, x)));
-      out = b.bn2(run(b.c2, out));
+      auto out = torch::relu(run_bn(b.c1, x));
+      out = run_bn(b.c2, out);
       torch::Tensor sc = x;
       if (b.stride != 1 || b.pad > 0) {
         using namespace torch::indexing;

@@ -1,5 +1,7 @@
 #include "models/model.h"
 
+#include "common/error.h"
+
 namespace bb {
 
 int Model::layer_index(const std::string& name) const {
@@ -24,6 +26,44 @@ int Model::add_layer(const std::string& name, torch::nn::Linear m) {
   l.linear = m;
   layers_.push_back(l);
   return (int)layers_.size() - 1;
+}
+
+void Model::pair_bn(int id, torch::nn::BatchNorm2d bn) {
+  BB_CHECK(id >= 0 && id < (int)layers_.size() && layers_[id].is_conv(), "pair_bn: layer ", id, " is not a conv");
+  if (bn_of_.size() < layers_.size()) bn_of_.resize(layers_.size(), torch::nn::BatchNorm2d{nullptr});
+  bn_of_[id] = bn;
+}
+
+torch::Tensor Model::run_bn(int id, const torch::Tensor& x) {
+  torch::nn::BatchNorm2d& bn = bn_of_.at(id);
+  if (fold_on_ && !tap_ && !is_training()) {
+    const auto& f = folded_[id];
+    const auto& o = layers_[id].conv->options;
+    return torch::conv2d(x, f.first, f.second, o.stride(), c10::get<torch::ExpandingArray<2>>(o.padding()),
+                         o.dilation(), o.groups());
+  }
+  return bn(run(id, x));
+}
+
+void Model::set_fold_bn(bool on) {
+  folded_.clear();
+  fold_on_ = false;
+  if (!on) return;
+  torch::NoGradGuard ng;
+  folded_.resize(layers_.size());
+  for (size_t i = 0; i < bn_of_.size(); ++i) {
+    if (bn_of_[i].is_empty()) continue;
+    const auto& bn = *bn_of_[i];
+    BB_CHECK(bn.running_mean.defined() && bn.running_var.defined(), "fold_bn: BN after '", layers_[i].name,
+             "' has no running statistics");
+    // In double, so the folded conv differs from conv-then-BN by float rounding only.
+    auto s = bn.weight.to(torch::kFloat64) / (bn.running_var.to(torch::kFloat64) + bn.options.eps()).sqrt();
+    auto w = layers_[i].weight().to(torch::kFloat64) * s.view({-1, 1, 1, 1});
+    auto b = bn.bias.to(torch::kFloat64) - bn.running_mean.to(torch::kFloat64) * s;
+    if (layers_[i].bias().defined()) b = b + layers_[i].bias().to(torch::kFloat64) * s;
+    folded_[i] = {w.to(torch::kFloat32).contiguous(), b.to(torch::kFloat32).contiguous()};
+  }
+  fold_on_ = true;
 }
 
 std::map<std::string, torch::Tensor> Model::state() const {

@@ -76,12 +76,23 @@ class Model : public torch::nn::Module {
   int64_t num_weights() const;
   int64_t num_params() const;
 
+  // Inference with BatchNorm folded into the conv before it: one conv with weight w*s and bias
+  // beta - mean*s (s = gamma / sqrt(var + eps)) instead of a conv and a memory-bound BN pass.
+  // set_fold_bn(true) builds the folded tensors from the current weights and BN statistics (call
+  // it again after they change); it takes effect in eval mode with no tap installed, so methods
+  // that observe layers always see the plain conv. Evaluation turns it on for its duration.
+  void set_fold_bn(bool on);
+  bool fold_bn() const { return fold_on_; }
+
  protected:
   Model(std::string arch, InputSpec input) : arch_(std::move(arch)), input_(input) {}
 
   // Register a conv/linear in execution order; call run() with the returned index in forward().
   int add_layer(const std::string& name, torch::nn::Conv2d m);
   int add_layer(const std::string& name, torch::nn::Linear m);
+  // Declares that conv layer `id` is followed directly by `bn`; forward() then calls run_bn(id, x).
+  void pair_bn(int id, torch::nn::BatchNorm2d bn);
+  torch::Tensor run_bn(int id, const torch::Tensor& x);
 
   torch::Tensor run(int id, const torch::Tensor& x) {
     Layer& l = layers_[id];
@@ -97,6 +108,9 @@ class Model : public torch::nn::Module {
   InputSpec input_;
   std::vector<Layer> layers_;
   LayerTap* tap_ = nullptr;
+  std::vector<torch::nn::BatchNorm2d> bn_of_;                    // per layer; null if none
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> folded_;  // per layer: weight, bias
+  bool fold_on_ = false;
 };
 
 // A named group of child modules, so dotted names like "layer1.0.conv1" or "features.3" can be

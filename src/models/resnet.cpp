@@ -19,6 +19,7 @@ class ResNet : public Model {
     const int64_t expansion = bottleneck ? 4 : 1;
     stem_conv_ = add_layer("conv1", register_module("conv1", conv(3, 64, 7, 2, 3)));
     bn1_ = register_module("bn1", nn::BatchNorm2d(64));
+    pair_bn(stem_conv_, bn1_);
     int64_t in = 64;
     for (int s = 0; s < 4; ++s) {
       const int64_t planes = 64 << s;
@@ -46,7 +47,9 @@ class ResNet : public Model {
           auto ds = blk->register_module("downsample", std::make_shared<Group>());
           b.down = add_layer(pre + "downsample.0", ds->register_module("0", conv(in, planes * expansion, 1, stride, 0)));
           b.down_bn = ds->register_module("1", nn::BatchNorm2d(planes * expansion));
+          pair_bn(b.down, b.down_bn);
         }
+        for (size_t j = 0; j < b.convs.size(); ++j) pair_bn(b.convs[j], b.bns[j]);
         blocks_.push_back(b);
         in = planes * expansion;
       }
@@ -59,16 +62,16 @@ class ResNet : public Model {
   }
 
   torch::Tensor forward(torch::Tensor x) override {
-    x = torch::relu(bn1_(run(stem_conv_, x)));
+    x = torch::relu(run_bn(stem_conv_, x));
     x = torch::max_pool2d(x, 3, 2, 1);
     for (auto& b : blocks_) {
       torch::Tensor out = x;
       const size_t n = b.convs.size();
       for (size_t j = 0; j < n; ++j) {
-        out = b.bns[j](run(b.convs[j], out));
+        out = run_bn(b.convs[j], out);
         if (j + 1 < n) out = torch::relu(out);
       }
-      torch::Tensor identity = b.down >= 0 ? b.down_bn(run(b.down, x)) : x;
+      torch::Tensor identity = b.down >= 0 ? run_bn(b.down, x) : x;
       x = torch::relu(out + identity);
     }
     x = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);

@@ -29,6 +29,7 @@ class VGG : public Model {
       idx += 1;
       if (bn) {
         op.bn = features->register_module(std::to_string(idx), nn::BatchNorm2d(v));
+        pair_bn(op.layer, op.bn);
         idx += 1;
       }
       idx += 1;  // ReLU
@@ -47,8 +48,7 @@ class VGG : public Model {
         x = torch::max_pool2d(x, 2, 2);
         continue;
       }
-      x = run(op.layer, x);
-      if (op.bn) x = op.bn(x);
+      x = op.bn ? run_bn(op.layer, x) : run(op.layer, x);
       x = torch::relu(x);
     }
     x = torch::adaptive_avg_pool2d(x, {7, 7}).flatten(1);
