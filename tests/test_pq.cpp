@@ -148,10 +148,9 @@ TEST_CASE("pq layer plans: block sizes, k cap, first conv", "[pq]") {
   auto m = make_model("cifar_resnet20");
   PQParams p;
   p.validate();
-  {  // Per-layer fine-tuning is not built yet: asking for it is an error, never a silently
-     // un-tuned model. Global fine-tuning is built (tests/test_finetune_methods.cpp).
+  {  // Fine-tuning settings are checked (its effect: tests/test_finetune_methods.cpp).
     PQParams f = p;
-    f.layer_finetune_iters = 10;
+    f.layer_finetune_iters = -1;
     REQUIRE_THROWS_AS(f.validate(), Error);
     f = p;
     f.global_finetune_epochs = -1;
