@@ -745,18 +745,8 @@ void KqMethod::finetune_codebooks(CompressContext& ctx, std::vector<Candidate>& 
   for (int i = 0; i < (int)chosen.size(); ++i) {
     const kq::LayerCode& c = chosen[i].code;
     if (!c.idx.defined()) continue;
-    auto leaf = c.codebook().clone().contiguous();
-    auto counts = torch::bincount(c.idx, {}, c.k).to(torch::kFloat32).clamp_min(1).unsqueeze(1);
-    sw.leaves.push_back(leaf);
-    sw.grad_scale.push_back(1.0 / counts);
-    auto idx = c.idx;
-    auto gain = c.gain_bits > 0 ? c.gains.index_select(0, c.gain_idx).unsqueeze(1) : torch::Tensor();
-    auto shape = layers[i].weight().sizes().vec();
-    sw.layers.push_back({i, [leaf, idx, gain, shape] {
-                           auto w = leaf.index_select(0, idx);
-                           if (gain.defined()) w = w * gain;
-                           return w.view(shape);
-                         }});
+    sw.add_indexed(i, c.codebook(), c.idx, layers[i].weight().sizes().vec(),
+                   c.gain_bits > 0 ? c.gains.index_select(0, c.gain_idx) : torch::Tensor());
     owner.push_back(i);
   }
   BB_CHECK(!owner.empty(), "kq: finetune_epochs > 0 but no layer is quantized");

@@ -429,15 +429,7 @@ void PQMethod::finetune_global(CompressContext& ctx, const std::vector<torch::Te
   Model& model = *ctx.model;
   const auto& layers = model.layers();
   SharedWeights sw;
-  for (const PQLayer& q : done) {
-    auto leaf = q.centroids.clone().contiguous();
-    auto counts = torch::bincount(q.assign, {}, q.plan.k).to(torch::kFloat32).clamp_min(1).unsqueeze(1);
-    sw.leaves.push_back(leaf);
-    sw.grad_scale.push_back(1.0 / counts);
-    auto assign = q.assign;
-    auto shape = layers[q.layer].weight().sizes().vec();
-    sw.layers.push_back({q.layer, [leaf, assign, shape] { return leaf.index_select(0, assign).view(shape); }});
-  }
+  for (const PQLayer& q : done) sw.add_indexed(q.layer, q.centroids, q.assign, layers[q.layer].weight().sizes().vec());
   // The teacher is the model as finetune_shared finds it: put the uncompressed weights back.
   for (const PQLayer& q : done) layers[q.layer].weight().copy_(fp_weights[q.layer]);
   FinetuneOptions fo;

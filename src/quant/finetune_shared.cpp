@@ -70,6 +70,22 @@ std::string FinetuneOptions::key() const {
   return os.str();
 }
 
+int SharedWeights::add_indexed(int layer, const torch::Tensor& codebook, const torch::Tensor& idx,
+                               std::vector<int64_t> shape, const torch::Tensor& row_gain) {
+  torch::NoGradGuard ng;
+  auto leaf = codebook.to(torch::kFloat32).clone().contiguous();
+  const auto members = torch::bincount(idx, {}, leaf.size(0)).to(torch::kFloat32).clamp_min(1);
+  leaves.push_back(leaf);
+  grad_scale.push_back((1.0 / members).view({-1, 1}));
+  auto gain = row_gain.defined() ? row_gain.unsqueeze(1) : torch::Tensor();
+  layers.push_back({layer, [leaf, idx, gain, shape] {
+                      auto w = leaf.index_select(0, idx);
+                      if (gain.defined()) w = w * gain;
+                      return w.view(shape);
+                    }});
+  return (int)leaves.size() - 1;
+}
+
 FinetuneStats finetune_shared(Model& model, const Dataset& data, SharedWeights& sw, const FinetuneOptions& opt) {
   opt.validate();
   FinetuneStats st;

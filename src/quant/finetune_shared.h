@@ -34,6 +34,12 @@ struct SharedWeights {
     std::function<torch::Tensor()> fn;
   };
   std::vector<Rebuild> layers;
+
+  // The common case of KQ and PQ: layer `layer`'s weight (of `shape`) is rows codebook[idx]
+  // (times row_gain per row, if given). Adds a copy of the k x d codebook as a leaf whose
+  // gradient is the average over the rows sharing a codeword; returns the leaf's index.
+  int add_indexed(int layer, const torch::Tensor& codebook, const torch::Tensor& idx, std::vector<int64_t> shape,
+                  const torch::Tensor& row_gain = {});
 };
 
 struct FinetuneOptions {
