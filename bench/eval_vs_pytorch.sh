@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): `bitbench eval` images/s against the evaluation loop a PyTorch user writes
 # (scripts/eval_pytorch_loop.py: torchvision ImageFolder + transforms, DataLoader), on the same
-# images with the same model, weights, batch size, intra-op threads and decode workers.
+# images with the same model, weights, batch size and intra-op threads; each side decodes with its
+# usual workers (DataLoader: one process per core; bitbench: its default decode threads).
 #
 #   bench/eval_vs_pytorch.sh [BUILD_DIR]
 #   env: THREADS  libtorch intra-op threads on both sides (default: nproc)
-#        WORKERS  decode threads (bitbench) / DataLoader worker processes (PyTorch) (default: nproc)
+#        WORKERS  DataLoader worker processes on the PyTorch side (default: nproc)
+#        BB_WORKERS  bitbench decode threads (default: unset = bitbench's default, half the cores)
 #        REPEATS  runs of each side, interleaved; the median is reported (default: 3)
 #        LIMIT    images of the CIFAR-10 JPEG test folder (default: 2000; 0 = all 10,000)
 #        BITBENCH_DATA_ROOT  as for bitbench
@@ -22,6 +24,7 @@ BB="$BUILD/bitbench"
 PY=/usr/bin/python3
 THREADS=${THREADS:-$(nproc)}
 WORKERS=${WORKERS:-$(nproc)}
+BB_WORKERS=${BB_WORKERS:-0}
 REPEATS=${REPEATS:-3}
 LIMIT=${LIMIT:-2000}
 DATA=${BITBENCH_DATA_ROOT:-../shared/data}
@@ -36,7 +39,7 @@ $PY -c "import torch, torchvision; torch.manual_seed(0); torch.save(dict(torchvi
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 field() { $PY -c "import json, sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])['$1'])"; }
 
-echo "threads=$THREADS workers=$WORKERS repeats=$REPEATS cifar-folder-limit=$LIMIT host=$(hostname) cores=$(nproc) load=$(cut -d' ' -f1-3 /proc/loadavg)"
+echo "threads=$THREADS pytorch-workers=$WORKERS bitbench-decode-threads=${BB_WORKERS/#0/default} repeats=$REPEATS cifar-folder-limit=$LIMIT host=$(hostname) cores=$(nproc) load=$(cut -d' ' -f1-3 /proc/loadavg)"
 printf "%-34s %14s %14s %7s %16s\n" "case" "bitbench img/s" "pytorch img/s" "ratio" "top-1 bb / pt"
 
 # run_case NAME MODEL WEIGHTS BITBENCH_DATASET PY_KIND PY_DATA BATCH LIMIT
@@ -45,7 +48,7 @@ run_case() {
   local bbs=() pys=() bbtop pytop
   for ((r = 0; r < REPEATS; ++r)); do
     local out
-    out=$(BITBENCH_THREADS=$THREADS BITBENCH_DECODE_THREADS=$WORKERS "$BB" eval --model "$model" --weights "$weights" \
+    out=$(BITBENCH_THREADS=$THREADS BITBENCH_DECODE_THREADS=$BB_WORKERS "$BB" eval --model "$model" --weights "$weights" \
           --dataset "$dataset" --batch-size "$batch" --limit "$limit" --json 2>/dev/null)
     bbs+=("$(echo "$out" | field images_per_s)")
     bbtop=$(echo "$out" | field top1)

@@ -52,6 +52,18 @@ void check_parity(const std::string& arch, int batch) {
   CHECK(fdiff <= 1e-4);
   CHECK(torch::equal(folded.argmax(1), ref.argmax(1)));
   CHECK(max_abs_diff(model->forward(io.at("input")), logits) == 0);  // off again: the plain path
+
+  // Folded convs on oneDNN's blocked layout (evaluation's default where the model supports it).
+  model->set_fold_bn(true, /*blocked=*/true);
+  CHECK(model->blocked_layout() == (model->supports_blocked_layout() && at::hasMKLDNN()));
+  torch::Tensor blocked = model->forward(io.at("input"));
+  model->set_fold_bn(false);
+  CHECK(!blocked.is_mkldnn());
+  const double bdiff = max_abs_diff(blocked, ref);
+  std::printf("[models] %s with BN folded, blocked layout %d: max |logit diff| %.3g\n", arch.c_str(),
+              (int)model->supports_blocked_layout(), bdiff);
+  CHECK(bdiff <= 1e-4);
+  CHECK(torch::equal(blocked.argmax(1), ref.argmax(1)));
 }
 
 std::string shape_str(at::IntArrayRef s) {

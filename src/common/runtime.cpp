@@ -3,6 +3,7 @@
 #include "common/log.h"
 #include "common/timer.h"
 #include "bitbench_build_info.h"
+#include "bitbench_git_info.h"
 
 #include <torch/torch.h>
 
@@ -122,6 +123,7 @@ nlohmann::json context_json() {
   return {{"schema_version", 1},
           {"bitbench_version", BITBENCH_VERSION},
           {"git_commit", BITBENCH_GIT_COMMIT},
+          {"git_dirty", BITBENCH_GIT_DIRTY},  // tracked files differed from the commit at build time
           {"build_type", BITBENCH_BUILD_TYPE},
           {"host", host},
           {"date", date},

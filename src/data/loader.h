@@ -15,7 +15,7 @@ struct Batch {
 
 struct LoaderOptions {
   int64_t batch_size = 100;
-  int workers = 0;        // decode threads; 0 = $BITBENCH_DECODE_THREADS, else the number of cores
+  int workers = 0;        // decode threads; 0 = $BITBENCH_DECODE_THREADS, else half the cores (at least 1)
   int prefetch = 4;       // batches in flight
   bool augment = false;   // training augmentation (seeded by seed + index)
   uint64_t seed = 0;

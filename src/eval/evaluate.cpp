@@ -61,9 +61,10 @@ namespace {
 // Folding on for one evaluation, off again however it ends (the model's weights may change next).
 struct FoldBnScope {
   Model& m;
-  FoldBnScope(Model& model, bool on) : m(model) {
+  FoldBnScope(Model& model, bool on, bool blocked) : m(model) {
     if (const char* e = std::getenv("BITBENCH_FOLD_BN"); e && std::string(e) == "0") on = false;
-    m.set_fold_bn(on);
+    if (const char* e = std::getenv("BITBENCH_BLOCKED_LAYOUT"); e && std::string(e) == "0") blocked = false;
+    m.set_fold_bn(on, blocked);
   }
   ~FoldBnScope() { m.set_fold_bn(false); }
 };
@@ -73,7 +74,7 @@ EvalResult evaluate(Model& model, const Dataset& ds, const EvalOptions& opt) {
   check_model_dataset(model, ds);
   torch::NoGradGuard ng;
   model.eval();
-  FoldBnScope fold(model, opt.fold_bn);
+  FoldBnScope fold(model, opt.fold_bn, opt.blocked_layout);
   int64_t n = ds.size();
   if (opt.limit > 0) n = std::min(n, opt.limit);
   std::vector<int64_t> idx(n);

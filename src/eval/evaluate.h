@@ -15,6 +15,9 @@ struct EvalOptions {
   // Fold each BN into the conv before it for the duration (Model::set_fold_bn): same top-1 up to
   // float rounding, fewer memory passes. BITBENCH_FOLD_BN=0 turns it off.
   bool fold_bn = true;
+  // With fold_bn, run the folded convs on oneDNN's blocked layout where the model supports it
+  // (ImageNet ResNets/VGGs; Model::set_fold_bn). BITBENCH_BLOCKED_LAYOUT=0 turns it off.
+  bool blocked_layout = true;
 };
 
 struct EvalResult {

@@ -39,16 +39,21 @@ torch::Tensor Model::run_bn(int id, const torch::Tensor& x) {
   if (fold_on_ && !tap_ && !is_training()) {
     const auto& f = folded_[id];
     const auto& o = layers_[id].conv->options;
+    if (blocked_)
+      return torch::mkldnn_convolution(x.is_mkldnn() ? x : x.to_mkldnn(), f.first, f.second,
+                                       c10::get<torch::ExpandingArray<2>>(o.padding()), o.stride(), o.dilation(),
+                                       o.groups());
     return torch::conv2d(x, f.first, f.second, o.stride(), c10::get<torch::ExpandingArray<2>>(o.padding()),
                          o.dilation(), o.groups());
   }
   return bn(run(id, x));
 }
 
-void Model::set_fold_bn(bool on) {
+void Model::set_fold_bn(bool on, bool blocked) {
   folded_.clear();
-  fold_on_ = false;
+  fold_on_ = blocked_ = false;
   if (!on) return;
+  blocked = blocked && supports_blocked_layout() && at::hasMKLDNN();
   torch::NoGradGuard ng;
   folded_.resize(layers_.size());
   for (size_t i = 0; i < bn_of_.size(); ++i) {
@@ -62,8 +67,16 @@ void Model::set_fold_bn(bool on) {
     auto b = bn.bias.to(torch::kFloat64) - bn.running_mean.to(torch::kFloat64) * s;
     if (layers_[i].bias().defined()) b = b + layers_[i].bias().to(torch::kFloat64) * s;
     folded_[i] = {w.to(torch::kFloat32).contiguous(), b.to(torch::kFloat32).contiguous()};
+    if (blocked) {
+      const auto& o = layers_[i].conv->options;
+      folded_[i].first = torch::mkldnn_reorder_conv2d_weight(
+          folded_[i].first.to_mkldnn(), c10::get<torch::ExpandingArray<2>>(o.padding()), o.stride(), o.dilation(),
+          o.groups());
+      folded_[i].second = folded_[i].second.to_mkldnn();
+    }
   }
   fold_on_ = true;
+  blocked_ = blocked;
 }
 
 std::map<std::string, torch::Tensor> Model::state() const {

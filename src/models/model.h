@@ -81,8 +81,17 @@ class Model : public torch::nn::Module {
   // set_fold_bn(true) builds the folded tensors from the current weights and BN statistics (call
   // it again after they change); it takes effect in eval mode with no tap installed, so methods
   // that observe layers always see the plain conv. Evaluation turns it on for its duration.
-  void set_fold_bn(bool on);
+  //
+  // With `blocked` (and a model that supports it), the folded convs run on oneDNN's blocked
+  // tensor layout (weights reordered once, activations stay blocked between convs): measured on
+  // this 2-core machine, torchvision ResNet-18 at 224x224 runs ~1.5x faster than in NCHW, where
+  // every conv reorders its input and output. Non-BN layers take dense tensors as before.
+  void set_fold_bn(bool on, bool blocked = false);
   bool fold_bn() const { return fold_on_; }
+  bool blocked_layout() const { return blocked_; }
+  // Whether forward() copes with blocked (mkldnn) activations between BN-folded convs: only
+  // relu, add, max-pool between them, and dense() before anything else.
+  virtual bool supports_blocked_layout() const { return false; }
 
  protected:
   Model(std::string arch, InputSpec input) : arch_(std::move(arch)), input_(input) {}
@@ -93,8 +102,11 @@ class Model : public torch::nn::Module {
   // Declares that conv layer `id` is followed directly by `bn`; forward() then calls run_bn(id, x).
   void pair_bn(int id, torch::nn::BatchNorm2d bn);
   torch::Tensor run_bn(int id, const torch::Tensor& x);
+  // A blocked-layout activation back to a plain strided tensor (a no-op for plain ones).
+  static torch::Tensor dense(const torch::Tensor& x) { return x.is_mkldnn() ? x.to_dense() : x; }
 
   torch::Tensor run(int id, const torch::Tensor& x) {
+    if (x.is_mkldnn()) return run(id, x.to_dense());
     Layer& l = layers_[id];
     if (!tap_) return l.is_conv() ? l.conv->forward(x) : l.linear->forward(x);
     tap_->on_input(id, x);
@@ -111,6 +123,7 @@ class Model : public torch::nn::Module {
   std::vector<torch::nn::BatchNorm2d> bn_of_;                    // per layer; null if none
   std::vector<std::pair<torch::Tensor, torch::Tensor>> folded_;  // per layer: weight, bias
   bool fold_on_ = false;
+  bool blocked_ = false;  // folded_ holds oneDNN-reordered weights; run_bn returns blocked tensors
 };
 
 // A named group of child modules, so dotted names like "layer1.0.conv1" or "features.3" can be

@@ -61,6 +61,8 @@ class ResNet : public Model {
     }
   }
 
+  bool supports_blocked_layout() const override { return true; }
+
   torch::Tensor forward(torch::Tensor x) override {
     x = torch::relu(run_bn(stem_conv_, x));
     x = torch::max_pool2d(x, 3, 2, 1);
@@ -74,7 +76,7 @@ class ResNet : public Model {
       torch::Tensor identity = b.down >= 0 ? run_bn(b.down, x) : x;
       x = torch::relu(out + identity);
     }
-    x = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
+    x = torch::adaptive_avg_pool2d(dense(x), {1, 1}).flatten(1);
     return run(fc_, x);
   }
 

@@ -42,6 +42,8 @@ class VGG : public Model {
     fc_[2] = add_layer("classifier.6", cls->register_module("6", nn::Linear(4096, 1000)));
   }
 
+  bool supports_blocked_layout() const override { return true; }
+
   torch::Tensor forward(torch::Tensor x) override {
     for (auto& op : ops_) {
       if (op.pool) {
@@ -51,7 +53,7 @@ class VGG : public Model {
       x = op.bn ? run_bn(op.layer, x) : run(op.layer, x);
       x = torch::relu(x);
     }
-    x = torch::adaptive_avg_pool2d(x, {7, 7}).flatten(1);
+    x = torch::adaptive_avg_pool2d(dense(x), {7, 7}).flatten(1);
     x = torch::relu(run(fc_[0], x));
     x = torch::relu(run(fc_[1], x));
     return run(fc_[2], x);
