@@ -98,4 +98,14 @@ TEST_CASE("pq per-layer fine-tuning: same weight bits, better top-1", "[finetune
   // Later layers are clustered on the tuned layers' activations, so their assignments may differ;
   // k and the sub-vector counts do not, so neither do the weight bits (fixed-width indices).
   require_tuning_helps(plain, tuned);
+
+  // Activations computed once per layer (the default) or per step (when they would not fit):
+  // the same batches, so the same result up to float rounding.
+  setenv("BITBENCH_PQ_FT_CACHE_MB", "0", 1);
+  Run per_step = compress("pq", p, "pq4");
+  unsetenv("BITBENCH_PQ_FT_CACHE_MB");
+  const double cached = tuned.out.evals[0].top1, stepped = per_step.out.evals[0].top1;
+  std::printf("[finetune] pq per-layer, activations cached: top-1 %.2f, per step: %.2f\n", cached, stepped);
+  CHECK(per_step.out.accounting.bpw_core == tuned.out.accounting.bpw_core);
+  CHECK(std::abs(cached - stepped) <= 1.0);
 }
