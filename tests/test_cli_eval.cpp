@@ -134,7 +134,7 @@ TEST_CASE("eval: bad input gives a clear error and a non-zero exit", "[cli]") {
   }
 }
 
-TEST_CASE("eval: folding BN into the convs changes no prediction (ResNet-56, lossless 1k)", "[cli]") {
+TEST_CASE("eval: folding BN into the convs, in NCHW or blocked, changes no prediction (ResNet-56, lossless 1k)", "[cli]") {
   auto model = bb::make_model("cifar_resnet56");
   bb::load_weights(*model, models_dir() + "cifar10_resnet56.pt");
   auto ds = bb::open_dataset("cifar10-lossless-1k");
@@ -143,9 +143,15 @@ TEST_CASE("eval: folding BN into the convs changes no prediction (ResNet-56, los
   o.fold_bn = false;
   auto plain = bb::evaluate(*model, *ds, o);
   o.fold_bn = true;
+  o.blocked_layout = false;
   auto folded = bb::evaluate(*model, *ds, o);
+  o.blocked_layout = true;
+  auto blocked = bb::evaluate(*model, *ds, o);
   REQUIRE(plain.n == 1000);
   REQUIRE(folded.hit1 == plain.hit1);  // image by image
   REQUIRE(folded.correct5 == plain.correct5);
+  REQUIRE(blocked.hit1 == plain.hit1);
+  REQUIRE(blocked.correct5 == plain.correct5);
   REQUIRE(!model->fold_bn());  // evaluate() leaves the model as it found it
+  REQUIRE(!model->blocked_layout());
 }

@@ -78,6 +78,31 @@ TEST_CASE("resnet18 logits equal torchvision's", "[models]") { check_parity("res
 TEST_CASE("resnet50 logits equal torchvision's", "[models]") { check_parity("resnet50", 2); }
 TEST_CASE("vgg16_bn logits equal torchvision's", "[models][slow]") { check_parity("vgg16_bn", 1); }
 
+TEST_CASE("CIFAR ResNets: BN folded, in NCHW and on the blocked layout, give the plain logits", "[models]") {
+  for (int depth : {20, 56}) {
+    auto model = bb::make_model("cifar_resnet" + std::to_string(depth));
+    bb::load_weights(*model, bb::data_root() + "/models/cifar10_resnet" + std::to_string(depth) + ".pt");
+    model->eval();
+    torch::NoGradGuard ng;
+    torch::manual_seed(depth);
+    torch::Tensor x = torch::randn({8, 3, 32, 32});
+    torch::Tensor ref = model->forward(x);
+    for (bool blocked : {false, true}) {
+      model->set_fold_bn(true, blocked);
+      CHECK(model->blocked_layout() == (blocked && at::hasMKLDNN()));
+      torch::Tensor y = model->forward(x);
+      model->set_fold_bn(false);
+      CHECK(!y.is_mkldnn());
+      const double diff = max_abs_diff(y, ref);
+      std::printf("[models] cifar_resnet%d BN folded, blocked %d: max |logit diff| %.3g (logits max |.| %.3g)\n", depth,
+                  (int)blocked, diff, ref.abs().max().item<double>());
+      CHECK(diff <= 1e-4);
+      CHECK(torch::equal(y.argmax(1), ref.argmax(1)));
+    }
+    CHECK(max_abs_diff(model->forward(x), ref) == 0);  // the plain path again
+  }
+}
+
 TEST_CASE("ImageNet architectures have torchvision's tensor names and shapes", "[models]") {
   BB_REQUIRE_ORACLE("torch, torchvision");
   // torchvision's names/shapes for all seven, printed "<arch> <name> <d0,d1,...>", in one process

@@ -39,8 +39,8 @@ Batch load_batch(const Dataset& ds, const std::vector<int64_t>& indices, bool au
 void for_each_batch(const Dataset& ds, const std::vector<int64_t>& indices, const LoaderOptions& opt,
                     const std::function<void(const Batch&)>& fn) {
   BB_CHECK(opt.batch_size > 0, "batch size must be positive");
-  const int64_t n = (int64_t)indices.size();
-  const int64_t nb = (n + opt.batch_size - 1) / opt.batch_size;
+  const int64_t n = (int64_t)indices.size(), bs = opt.batch_size;
+  const int64_t nb = (n + bs - 1) / bs;
   if (nb == 0) return;
   int workers = opt.workers;
   if (workers <= 0)
@@ -48,40 +48,74 @@ void for_each_batch(const Dataset& ds, const std::vector<int64_t>& indices, cons
   // Half the cores: decoding is a small share of the work next to inference, and every decode
   // thread that preempts an intra-op thread stalls the whole OpenMP team at its next barrier
   // (measured on 2 cores, ResNet-56 on the JPEG folder: 1 decode thread 325-370 img/s, 2: 230-300).
+  // The consumer thread decodes too, but only while it waits for its batch (the first one, or when
+  // decoding is the bottleneck), so it never competes with inference.
   if (workers <= 0) workers = (int)std::max(1u, std::thread::hardware_concurrency() / 2);
   workers = (int)std::min<int64_t>(workers, nb);
   const int64_t window = std::max(opt.prefetch, workers);
+  auto batch_len = [&](int64_t b) { return std::min(n, (b + 1) * bs) - b * bs; };
 
+  // Work is claimed one image at a time, in order; images go straight into their batch's tensor.
+  struct Slot {
+    torch::Tensor images;
+    std::vector<int64_t> labels;
+    int64_t done = 0;
+  };
   std::mutex mu;
   std::condition_variable cv;
-  std::map<int64_t, Batch> ready;
-  std::atomic<int64_t> next{0};
-  int64_t consumed = 0;
+  std::map<int64_t, Slot> slots;  // batches with at least one image decoded, not yet consumed
+  int64_t next_pos = 0;           // next image position to claim
+  int64_t consumed = 0;           // batches handed to fn
   bool stop = false;
   std::exception_ptr error;
 
-  auto work = [&] {
+  auto fail = [&](std::exception_ptr e) {
+    std::lock_guard<std::mutex> lk(mu);
+    if (!error) error = e;
+    stop = true;
+    cv.notify_all();
+  };
+  // Decodes position p into its batch. A memcpy, never a libtorch op, because on a decode thread a
+  // large op would start an OpenMP team of its own and compete with inference.
+  auto decode = [&](int64_t p) {
     try {
-      for (;;) {
-        int64_t b = next.fetch_add(1);
-        if (b >= nb) return;
-        {
-          std::unique_lock<std::mutex> lk(mu);
-          cv.wait(lk, [&] { return stop || b < consumed + window; });
-          if (stop) return;
-        }
-        std::vector<int64_t> idx(indices.begin() + b * opt.batch_size,
-                                 indices.begin() + std::min(n, (b + 1) * opt.batch_size));
-        Batch batch = load_batch(ds, idx, opt.augment, opt.seed);
+      const int64_t b = p / bs, j = p % bs;
+      torch::Tensor img = ds.image(indices[p], opt.augment, opt.seed).contiguous();
+      BB_CHECK(img.scalar_type() == torch::kFloat32, "dataset '", ds.name(), "' returned a non-float image");
+      const int64_t label = ds.label(indices[p]);
+      float* dst;
+      Slot* slot;
+      {
         std::lock_guard<std::mutex> lk(mu);
-        ready.emplace(b, std::move(batch));
-        cv.notify_all();
+        slot = &slots[b];  // std::map: the node stays put until the consumer erases the full batch
+        if (!slot->images.defined()) {
+          std::vector<int64_t> shape{batch_len(b)};
+          for (int64_t d : img.sizes()) shape.push_back(d);
+          slot->images = torch::empty(shape, torch::kFloat32);
+          slot->labels.resize(batch_len(b));
+        }
+        BB_CHECK(img.sizes() == slot->images.sizes().slice(1), "dataset '", ds.name(), "': image ", indices[p],
+                 " has shape ", img.sizes(), ", the batch ", slot->images.sizes().slice(1));
+        dst = slot->images.data_ptr<float>() + j * img.numel();
       }
-    } catch (...) {
+      std::memcpy(dst, img.data_ptr<float>(), img.numel() * sizeof(float));
       std::lock_guard<std::mutex> lk(mu);
-      if (!error) error = std::current_exception();
-      stop = true;
-      cv.notify_all();
+      slot->labels[j] = label;
+      if (++slot->done == batch_len(b)) cv.notify_all();
+    } catch (...) {
+      fail(std::current_exception());
+    }
+  };
+  auto work = [&] {
+    for (;;) {
+      int64_t p;
+      {
+        std::unique_lock<std::mutex> lk(mu);
+        cv.wait(lk, [&] { return stop || next_pos >= n || next_pos / bs < consumed + window; });
+        if (stop || next_pos >= n) return;
+        p = next_pos++;
+      }
+      decode(p);
     }
   };
   std::vector<std::thread> pool;
@@ -98,13 +132,30 @@ void for_each_batch(const Dataset& ds, const std::vector<int64_t>& indices, cons
   try {
     for (int64_t b = 0; b < nb; ++b) {
       Batch batch;
+      const int64_t len = batch_len(b), end = b * bs + len;
       {
         std::unique_lock<std::mutex> lk(mu);
-        cv.wait(lk, [&] { return error || ready.count(b); });
+        for (;;) {
+          if (error) break;
+          auto it = slots.find(b);
+          if (it != slots.end() && it->second.done == len) {
+            batch.images = std::move(it->second.images);
+            batch.labels = torch::tensor(it->second.labels, torch::kInt64);
+            slots.erase(it);
+            break;
+          }
+          if (next_pos < end) {  // this batch still has unclaimed images: decode one here
+            const int64_t p = next_pos++;
+            lk.unlock();
+            decode(p);
+            lk.lock();
+            continue;
+          }
+          cv.wait(lk);
+        }
         if (error) break;
-        batch = std::move(ready[b]);
-        ready.erase(b);
       }
+      batch.indices.assign(indices.begin() + b * bs, indices.begin() + end);
       fn(batch);
       std::lock_guard<std::mutex> lk(mu);
       consumed = b + 1;

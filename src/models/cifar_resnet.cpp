@@ -47,18 +47,26 @@ class CifarResNet : public Model {
       if (auto* c = m->as<nn::Conv2d>()) nn::init::kaiming_normal_(c->weight);
   }
 
+  bool supports_blocked_layout() const override { return true; }
+
   torch::Tensor forward(torch::Tensor x) override {
-    x = torch::relu(run_bn(first_, x));
+    // In-place relu/add on run_bn's results: they are fresh tensors (a BN output, or the folded
+    // conv's, which runs only without a tap), so nothing else holds them; saves a pass over memory.
+    x = run_bn(first_, x).relu_();
     for (auto& b : blocks_) {
-      auto out = torch::relu(run_bn(b.c1, x));
+      auto out = run_bn(b.c1, x).relu_();
       out = run_bn(b.c2, out);
       torch::Tensor sc = x;
       if (b.stride != 1 || b.pad > 0) {
-        using namespace torch::indexing;
-        sc = x.index({Slice(), Slice(), Slice(None, None, 2), Slice(None, None, 2)});
-        sc = torch::constant_pad_nd(sc, {0, 0, 0, 0, b.pad, b.pad}, 0);
+        if (x.is_mkldnn()) {
+          sc = shortcut_blocked(b, x);
+        } else {
+          using namespace torch::indexing;
+          sc = x.index({Slice(), Slice(), Slice(None, None, 2), Slice(None, None, 2)});
+          sc = torch::constant_pad_nd(sc, {0, 0, 0, 0, b.pad, b.pad}, 0);
+        }
       }
-      x = torch::relu(out + sc);
+      x = out.add_(sc).relu_();
     }
     x = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
     return run(fc_, x);
@@ -69,7 +77,21 @@ class CifarResNet : public Model {
     int c1, c2;
     int64_t stride, pad;
     nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
+    torch::Tensor select_blocked;  // option-A shortcut as a blocked 1x1 conv weight, built on first use
   };
+
+  // The option-A shortcut (every other pixel, channels zero-padded on both sides) on a blocked
+  // activation: strided slicing and padding need a dense tensor, so it runs as a 1x1 stride-2
+  // conv whose weight is a shifted identity (exact: each output is one input times 1, or 0).
+  torch::Tensor shortcut_blocked(Block& b, const torch::Tensor& x) {
+    const int64_t cin = x.size(1), cout = cin + 2 * b.pad;
+    if (!b.select_blocked.defined() || b.select_blocked.size(1) != cin) {
+      auto w = torch::zeros({cout, cin, 1, 1});
+      for (int64_t c = 0; c < cin; ++c) w[b.pad + c][c][0][0] = 1.0f;
+      b.select_blocked = torch::mkldnn_reorder_conv2d_weight(w.to_mkldnn(), {0, 0}, {b.stride, b.stride}, {1, 1}, 1);
+    }
+    return torch::mkldnn_convolution(x, b.select_blocked, {}, {0, 0}, {b.stride, b.stride}, {1, 1}, 1);
+  }
   nn::Conv2d conv1_{nullptr};
   nn::BatchNorm2d bn1_{nullptr};
   nn::Linear linear_{nullptr};

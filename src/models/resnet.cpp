@@ -64,17 +64,18 @@ class ResNet : public Model {
   bool supports_blocked_layout() const override { return true; }
 
   torch::Tensor forward(torch::Tensor x) override {
-    x = torch::relu(run_bn(stem_conv_, x));
+    // In-place relu/add on run_bn's results: fresh tensors nothing else holds (see cifar_resnet.cpp).
+    x = run_bn(stem_conv_, x).relu_();
     x = torch::max_pool2d(x, 3, 2, 1);
     for (auto& b : blocks_) {
       torch::Tensor out = x;
       const size_t n = b.convs.size();
       for (size_t j = 0; j < n; ++j) {
         out = run_bn(b.convs[j], out);
-        if (j + 1 < n) out = torch::relu(out);
+        if (j + 1 < n) out.relu_();
       }
       torch::Tensor identity = b.down >= 0 ? run_bn(b.down, x) : x;
-      x = torch::relu(out + identity);
+      x = out.add_(identity).relu_();
     }
     x = torch::adaptive_avg_pool2d(dense(x), {1, 1}).flatten(1);
     return run(fc_, x);
