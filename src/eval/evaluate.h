@@ -16,7 +16,7 @@ struct EvalOptions {
   // float rounding, fewer memory passes. BITBENCH_FOLD_BN=0 turns it off.
   bool fold_bn = true;
   // With fold_bn, run the folded convs on oneDNN's blocked layout where the model supports it
-  // (ImageNet ResNets/VGGs; Model::set_fold_bn). BITBENCH_BLOCKED_LAYOUT=0 turns it off.
+  // (CIFAR and ImageNet ResNets, VGGs; Model::set_fold_bn). BITBENCH_BLOCKED_LAYOUT=0 turns it off.
   bool blocked_layout = true;
 };
 
