@@ -14,7 +14,10 @@ runs = defaultdict(list)
 for b in j["benchmarks"]:
     if b.get("run_type") == "aggregate":
         continue
-    runs[b["run_name"]].append(b)
+    # "BM_x/0/iterations:1/repeats:3" -> "BM_x/0": the fixed-iteration/repetition suffixes
+    # Google Benchmark appends are not part of the problem's name.
+    name = "/".join(p for p in b["run_name"].split("/") if not p.startswith(("iterations:", "repeats:")))
+    runs[name].append(b)
 
 
 def med(name, key="real_time"):

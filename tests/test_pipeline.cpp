@@ -4,10 +4,13 @@
 #include "coding/bbz.h"
 #include "common/fs_util.h"
 #include "common/runtime.h"
+#include "methods/method.h"
 #include "models/registry.h"
 #include "runner/pipeline.h"
 
+#include <chrono>
 #include <cstdio>
+#include <thread>
 #include <filesystem>
 #include <sys/wait.h>
 
@@ -50,7 +53,44 @@ CompressRequest req(const std::string& method, const std::string& out) {
   return r;
 }
 
+// A method that only spends time: 40 ms before its first phase, then 150 ms in "alpha" and 80 ms
+// in "beta"; it writes no records (the container keeps every tensor, like fp32).
+struct PhaseProbeParams : ParamsBase {
+  void bind(ParamBinder&) override {}
+};
+class PhaseProbe : public Method {
+ public:
+  std::string name() const override { return "test_phase_probe"; }
+  ParamsBase& params() override { return p_; }
+  std::vector<LayerRecord> compress(CompressContext& ctx) override {
+    using std::chrono::milliseconds;
+    std::this_thread::sleep_for(milliseconds(40));
+    ctx.phase("alpha");
+    std::this_thread::sleep_for(milliseconds(150));
+    ctx.phase("beta");
+    std::this_thread::sleep_for(milliseconds(80));
+    return {};
+  }
+  torch::Tensor decode(const LayerRecord&) const override { BB_THROW("no records"); }
+
+ private:
+  PhaseProbeParams p_;
+};
+BB_REGISTER_METHOD("test_phase_probe", PhaseProbe);
+
 }  // namespace
+
+TEST_CASE("phase_seconds: ctx.phase(name) starts a phase; its time is charged to that name", "[pipeline]") {
+  Tmp t;
+  CompressRequest r = req("test_phase_probe", t.dir + "/p.bbz");
+  r.eval_datasets.clear();
+  auto o = compress_model(r);
+  REQUIRE(o.phase_seconds.count("alpha"));
+  REQUIRE(o.phase_seconds.count("beta"));
+  CHECK(o.phase_seconds.at("method") == Approx(0.040).margin(0.030));
+  CHECK(o.phase_seconds.at("alpha") == Approx(0.150).margin(0.030));
+  CHECK(o.phase_seconds.at("beta") == Approx(0.080).margin(0.030));
+}
 
 TEST_CASE("fp32 round trip reproduces the reference accuracy", "[pipeline]") {
   Tmp t;

@@ -608,6 +608,7 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
 
   std::vector<Candidate> chosen(L);
   if (p_.target_bpw <= 0) {
+    ctx.phase("kmeans");
     for (int i = 0; i < L; ++i) {
       if (!quantized(i)) continue;
       double t0 = now_seconds();
@@ -615,7 +616,6 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
       log_debug("kq: " + layers[i].name + " k=" + std::to_string(chosen[i].code.k) + " in " +
                 std::to_string(now_seconds() - t0) + " s");
     }
-    ctx.phase("kmeans");
   } else {
     // ---- rate target: candidates per layer, Lagrangian allocation on exact record sizes ----
     const bool conv_scope = p_.target_scope == "conv";
@@ -626,6 +626,7 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
     std::vector<int64_t> Hrows(L, 0);
     if (p_.alloc_proxy == "output") {
       BB_CHECK(ctx.calib, "kq: target_bpw with alloc_proxy=output needs a calibration set (--calib), or use alloc_proxy=mse");
+      ctx.phase("calibration");
       OutputStats st(model, alloc);
       auto idx = sample_indices(ctx.calib->size(), p_.calib_images, ctx.seed ^ 0xca11b);
       LoaderOptions lo;
@@ -640,8 +641,8 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
       model.set_tap(nullptr);
       H = st.H;
       Hrows = st.rows;
-      ctx.phase("calibration");
     }
+    ctx.phase("candidates");
     double fixed_bits = 0;
     int64_t scope_weights = 0;
     std::vector<std::vector<Candidate>> cands(L);
@@ -684,7 +685,7 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
       points.push_back(std::move(pts));
       alloc_layers.push_back(i);
     }
-    ctx.phase("candidates");
+    ctx.phase("allocation");
     const double budget = p_.target_bpw * (double)scope_weights - fixed_bits;
     AllocResult ar;
     try {
@@ -707,7 +708,6 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
     for (int i = 0; i < L; ++i)
       if (quantized(i) && !in_scope(i))
         chosen[i] = make_candidate(layers[i], roles[i], kq::fixed_bits_for(roles[i], p_), ctx.seed);
-    ctx.phase("allocation");
     double achieved = (ar.rate_bits + fixed_bits) / (double)scope_weights;
     std::string widths;
     for (int i : alloc_layers) widths += " " + layers[i].name + ":" + std::to_string(chosen[i].bits);
@@ -717,9 +717,10 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
   }
 
   if (p_.finetune_epochs > 0) {
-    finetune_codebooks(ctx, chosen);
     ctx.phase("finetune");
+    finetune_codebooks(ctx, chosen);
   }
+  ctx.phase("encode");
 
   std::vector<LayerRecord> out;
   for (int i = 0; i < L; ++i) {

@@ -28,7 +28,8 @@ struct CompressContext {
   uint64_t seed = 0;
   std::string cache_dir;                   // for expensive intermediates ("" = no caching)
   std::string weights_hash;                // sha256 of the source weights (cache keys)
-  // Phase timer: methods call ctx.phase("hessian") etc.; the runner records wall time per phase.
+  // Phase timer: ctx.phase("hessian") at the *start* of a phase; the time until the next call (or
+  // the method's return) is recorded as that phase's wall time (run records: phase_seconds).
   std::function<void(const std::string&)> phase = [](const std::string&) {};
 };
 

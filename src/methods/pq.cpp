@@ -300,6 +300,7 @@ std::vector<LayerRecord> PQMethod::compress(CompressContext& ctx) {
       ctx.phase("layer_finetune");
       finetune_layer(model, *teacher, li, q, images, mix_seed(seed, 3000 + li));
     }
+    ctx.phase("layer_stats");  // the layer's output/weight errors, for the log
     l.weight().copy_(pq_weight(q.centroids, q.assign, l.weight().sizes()));
     const auto qsub = q.centroids.index_select(0, q.assign);
     const double out_err = relative_output_error(sub, qsub, pool);
@@ -314,9 +315,10 @@ std::vector<LayerRecord> PQMethod::compress(CompressContext& ctx) {
   }
 
   if (p_.global_finetune_epochs > 0 && !done.empty()) {
-    finetune_global(ctx, fp_weights, done, seed);
     ctx.phase("finetune");
+    finetune_global(ctx, fp_weights, done, seed);
   }
+  ctx.phase("encode");
 
   std::vector<LayerRecord> records;
   for (auto& q : done) records.push_back(encode(model, q));

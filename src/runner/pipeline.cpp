@@ -72,7 +72,13 @@ CompressOutcome compress_model(const CompressRequest& req) {
   ctx.seed = req.seed;
   ctx.cache_dir = req.cache_dir;
   ctx.weights_hash = weights_hash;
-  ctx.phase = [&](const std::string& name) { lap(name); };
+  // ctx.phase(name) starts phase `name`: the time until the next call (or the method's return) is
+  // charged to it; what a method does before its first call is charged to "method".
+  std::string method_phase = "method";
+  ctx.phase = [&](const std::string& name) {
+    lap(method_phase);
+    method_phase = name;
+  };
   std::string calib_name;
   if (method->needs_calibration()) {
     calib_name = req.calib_dataset.empty() ? default_calibration(model->input_spec().family) : req.calib_dataset;
@@ -84,7 +90,8 @@ CompressOutcome compress_model(const CompressRequest& req) {
   }
   log_info("compressing " + req.model + " with " + req.method);
   std::vector<LayerRecord> records = method->compress(ctx);
-  lap("method");
+  lap(method_phase);
+  ctx.phase = [](const std::string&) {};  // the closure refers to locals of this call
 
   // In-memory decode: what the method intends the evaluated weights to be.
   model->eval();
