@@ -155,3 +155,23 @@ TEST_CASE("eval: folding BN into the convs, in NCHW or blocked, changes no predi
   REQUIRE(!model->fold_bn());  // evaluate() leaves the model as it found it
   REQUIRE(!model->blocked_layout());
 }
+
+// `run` and `plan` share most flags; the plan-only ones must not start an experiment under `run`.
+TEST_CASE("run rejects plan-only flags, plan prints the results folder", "[cli]") {
+  const std::string bin = bitbench_binary();
+  REQUIRE(fs::exists(bin));
+  const std::string exp = sh_quote(bb::source_dir() + "/experiments/table2.yaml");
+  for (const char* flag : {"--results-dir", "--json"}) {
+    Proc p = run_cmd(sh_quote(bin) + " run " + exp + " " + flag);
+    INFO("bitbench run " << flag << "\nstderr: " << p.err);
+    CHECK(p.status > 0);
+    CHECK(p.status < 128);
+    CHECK(p.err.find(std::string("unknown flag '") + flag + "'") != std::string::npos);
+  }
+  Proc p = run_cmd(sh_quote(bin) + " plan " + exp + " --results-dir");
+  INFO(p.err);
+  REQUIRE(p.status == 0);
+  CHECK(p.out.find("results/table2") != std::string::npos);
+  Proc q = run_cmd(sh_quote(bin) + " plan " + exp + " --force");
+  CHECK(q.status > 0);
+}

@@ -10,16 +10,23 @@
 namespace bb {
 namespace {
 
+// Each command accepts only its own flags: `run --results-dir` used to be accepted and ignored,
+// starting the whole experiment when the user wanted a path.
 Args run_args(const std::string& cmd) {
-  return Args(cmd, {{"--dry-run", false, "", false, "list the runs, do nothing"},
-                    {"--force", false, "BITBENCH_FORCE", false, "redo finished runs"},
-                    {"--shard", true, "BITBENCH_SHARD", false, "run the i-th of N disjoint slices (i/N)"},
-                    {"--results", true, "BITBENCH_RESULTS", false, "results root (default <source>/results)"},
-                    {"--configs", true, "BITBENCH_CONFIGS", false, "configs folder (default <source>/configs)"},
-                    {"--data-root", true, "", false, "data root"},
-                    {"--json", false, "", false, "plan: JSON output"},
-                    {"--results-dir", false, "", false, "plan: print the experiment's results folder only"},
-                    {"--help", false, "", false, "this help"}});
+  std::vector<FlagSpec> specs = {
+      {"--shard", true, "BITBENCH_SHARD", false, "run the i-th of N disjoint slices (i/N)"},
+      {"--results", true, "BITBENCH_RESULTS", false, "results root (default <source>/results)"},
+      {"--configs", true, "BITBENCH_CONFIGS", false, "configs folder (default <source>/configs)"},
+      {"--data-root", true, "", false, "data root"},
+      {"--help", false, "", false, "this help"}};
+  if (cmd == "run") {
+    specs.push_back({"--dry-run", false, "", false, "list the runs, do nothing"});
+    specs.push_back({"--force", false, "BITBENCH_FORCE", false, "redo finished runs"});
+  } else {
+    specs.push_back({"--json", false, "", false, "JSON output"});
+    specs.push_back({"--results-dir", false, "", false, "print the experiment's results folder only"});
+  }
+  return Args(cmd, specs);
 }
 
 int cmd_run(int argc, char** argv) {
