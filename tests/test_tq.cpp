@@ -439,3 +439,57 @@ TEST_CASE("tq curves cache round-trips", "[tq]") {
   CHECK(!c.from_cache);
   fs::remove_all(dir);
 }
+
+// The curve search measures D on the BN-folded network, skipping the stages upstream of the
+// perturbed layer and reusing cached outputs: it must give the D of actually changing the weight
+// and running the plain network. Random BN statistics, so the folded BN scale matters.
+TEST_CASE("tq distortion passes equal a plain forward with the perturbed weight", "[tq]") {
+  struct Case {
+    std::string arch;
+    int64_t hw;
+  };
+  for (const Case& cs : {Case{"cifar_resnet20", 32}, Case{"resnet18", 64}, Case{"lenet5", 32}}) {
+    INFO(cs.arch);
+    torch::manual_seed(11);
+    auto model = make_model(cs.arch);
+    model->eval();
+    torch::NoGradGuard ng;
+    for (auto& b : model->named_buffers(true)) {
+      if (b.key().size() >= 11 && b.key().substr(b.key().size() - 11) == "running_var") b.value().uniform_(0.5, 2.0);
+      if (b.key().size() >= 12 && b.key().substr(b.key().size() - 12) == "running_mean") b.value().normal_(0, 0.1);
+    }
+    for (auto& p : model->named_parameters(true))
+      if (p.value().dim() == 1) p.value().uniform_(0.5, 1.5);
+    const int64_t ch = model->input_spec().channels;
+    auto images = torch::randn({6, ch, cs.hw, cs.hw});
+    auto ref_logits = model->forward(images);
+
+    std::vector<std::pair<int, torch::Tensor>> perts;
+    std::vector<double> expect;
+    const auto& layers = model->layers();
+    for (int l = 0; l < (int)layers.size(); ++l) {
+      auto w = layers[l].weight();
+      auto dw = torch::randn_like(w) * w.std() * 0.2;
+      auto saved = w.clone();
+      w.add_(dw);
+      expect.push_back((model->forward(images) - ref_logits).to(torch::kFloat64).pow(2).mean().item<double>());
+      w.copy_(saved);
+      perts.emplace_back(l, dw.reshape({w.size(0), -1}));
+    }
+    // Micro-batches of 4 and 2: the cache holds one entry per micro-batch. fast = false is the
+    // benchmark's reference path (plain network, no stage skipped).
+    for (bool fast : {true, false}) {
+      auto got = tq_measure_distortions(*model, images, 4, perts, fast);
+      REQUIRE(got.size() == expect.size());
+      for (size_t l = 0; l < got.size(); ++l) {
+        INFO("fast " << fast << ", layer " << layers[l].name << ": measured " << got[l] << ", plain " << expect[l]);
+        CHECK(expect[l] > 0);
+        CHECK(std::abs(got[l] - expect[l]) <= 1e-3 * expect[l]);
+      }
+    }
+    // The model is left as it was: folding off, no tap.
+    CHECK_FALSE(model->fold_bn());
+    CHECK(model->tap() == nullptr);
+    CHECK(torch::equal(model->forward(images), ref_logits));
+  }
+}

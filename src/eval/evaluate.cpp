@@ -58,23 +58,19 @@ void check_model_dataset(const Model& model, const Dataset& ds) {
 }
 
 namespace {
-// Folding on for one evaluation, off again however it ends (the model's weights may change next).
-struct FoldBnScope {
-  Model& m;
-  FoldBnScope(Model& model, bool on, bool blocked) : m(model) {
-    if (const char* e = std::getenv("BITBENCH_FOLD_BN"); e && std::string(e) == "0") on = false;
-    if (const char* e = std::getenv("BITBENCH_BLOCKED_LAYOUT"); e && std::string(e) == "0") blocked = false;
-    m.set_fold_bn(on, blocked);
-  }
-  ~FoldBnScope() { m.set_fold_bn(false); }
-};
+// The environment can turn folding / the blocked layout off (to compare, or to rule them out).
+bool env_off(const char* name) {
+  const char* e = std::getenv(name);
+  return e && std::string(e) == "0";
+}
 }  // namespace
 
 EvalResult evaluate(Model& model, const Dataset& ds, const EvalOptions& opt) {
   check_model_dataset(model, ds);
   torch::NoGradGuard ng;
   model.eval();
-  FoldBnScope fold(model, opt.fold_bn, opt.blocked_layout);
+  FoldBnScope fold(model, opt.fold_bn && !env_off("BITBENCH_FOLD_BN"),
+                   opt.blocked_layout && !env_off("BITBENCH_BLOCKED_LAYOUT"));
   int64_t n = ds.size();
   if (opt.limit > 0) n = std::min(n, opt.limit);
   std::vector<int64_t> idx(n);

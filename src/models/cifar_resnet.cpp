@@ -50,24 +50,11 @@ class CifarResNet : public Model {
   bool supports_blocked_layout() const override { return true; }
 
   torch::Tensor forward(torch::Tensor x) override {
-    // In-place relu/add on run_bn's results: they are fresh tensors (a BN output, or the folded
-    // conv's, which runs only without a tap), so nothing else holds them; saves a pass over memory.
-    x = run_bn(first_, x).relu_();
-    for (auto& b : blocks_) {
-      auto out = run_bn(b.c1, x).relu_();
-      out = run_bn(b.c2, out);
-      torch::Tensor sc = x;
-      if (b.stride != 1 || b.pad > 0) {
-        if (x.is_mkldnn()) {
-          sc = shortcut_blocked(b, x);
-        } else {
-          using namespace torch::indexing;
-          sc = x.index({Slice(), Slice(), Slice(None, None, 2), Slice(None, None, 2)});
-          sc = torch::constant_pad_nd(sc, {0, 0, 0, 0, b.pad, b.pad}, 0);
-        }
-      }
-      x = out.add_(sc).relu_();
-    }
+    // In-place relu/add on run_bn's results: they are fresh tensors (a BN output, the folded conv's,
+    // or a copy of a tap-supplied one), so nothing else holds them; saves a pass over memory.
+    // Stages (Model::stage): the stem, then one per residual block; a stage never modifies its input.
+    x = stage(0, [&] { return run_bn(first_, x).relu_(); });
+    for (size_t i = 0; i < blocks_.size(); ++i) x = stage((int)i + 1, [&] { return block(blocks_[i], x); });
     x = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
     return run(fc_, x);
   }
@@ -79,6 +66,22 @@ class CifarResNet : public Model {
     nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
     torch::Tensor select_blocked;  // option-A shortcut as a blocked 1x1 conv weight, built on first use
   };
+
+  torch::Tensor block(Block& b, const torch::Tensor& x) {
+    auto out = run_bn(b.c1, x).relu_();
+    out = run_bn(b.c2, out);
+    torch::Tensor sc = x;
+    if (b.stride != 1 || b.pad > 0) {
+      if (x.is_mkldnn()) {
+        sc = shortcut_blocked(b, x);
+      } else {
+        using namespace torch::indexing;
+        sc = x.index({Slice(), Slice(), Slice(None, None, 2), Slice(None, None, 2)});
+        sc = torch::constant_pad_nd(sc, {0, 0, 0, 0, b.pad, b.pad}, 0);
+      }
+    }
+    return out.add_(sc).relu_();
+  }
 
   // The option-A shortcut (every other pixel, channels zero-padded on both sides) on a blocked
   // activation: strided slicing and padding need a dense tensor, so it runs as a 1x1 stride-2

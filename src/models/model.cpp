@@ -34,19 +34,44 @@ void Model::pair_bn(int id, torch::nn::BatchNorm2d bn) {
   bn_of_[id] = bn;
 }
 
+namespace {
+// gamma / sqrt(var + eps) in double, so a folded conv differs from conv-then-BN by float rounding only.
+torch::Tensor bn_scale_f64(const torch::nn::BatchNorm2dImpl& bn) {
+  return bn.weight.to(torch::kFloat64) / (bn.running_var.to(torch::kFloat64) + bn.options.eps()).sqrt();
+}
+}  // namespace
+
 torch::Tensor Model::run_bn(int id, const torch::Tensor& x) {
   torch::nn::BatchNorm2d& bn = bn_of_.at(id);
-  if (fold_on_ && !tap_ && !is_training()) {
+  if (fold_on_ && !is_training() && (!tap_ || tap_->wants_folded())) {
     const auto& f = folded_[id];
     const auto& o = layers_[id].conv->options;
-    if (blocked_)
-      return torch::mkldnn_convolution(x.is_mkldnn() ? x : x.to_mkldnn(), f.first, f.second,
-                                       c10::get<torch::ExpandingArray<2>>(o.padding()), o.stride(), o.dilation(),
-                                       o.groups());
-    return torch::conv2d(x, f.first, f.second, o.stride(), c10::get<torch::ExpandingArray<2>>(o.padding()),
-                         o.dilation(), o.groups());
+    auto folded_conv = [&] {
+      if (blocked_)
+        return torch::mkldnn_convolution(x.is_mkldnn() ? x : x.to_mkldnn(), f.first, f.second,
+                                         c10::get<torch::ExpandingArray<2>>(o.padding()), o.stride(), o.dilation(),
+                                         o.groups());
+      return torch::conv2d(dense(x), f.first, f.second, o.stride(), c10::get<torch::ExpandingArray<2>>(o.padding()),
+                           o.dilation(), o.groups());
+    };
+    if (!tap_) return folded_conv();
+    tap_->on_input(id, x);
+    torch::Tensor y = tap_->precomputed_output(id, x);
+    // Callers may modify run_bn's result in place (relu_, add_): a supplied tensor is copied.
+    if (y.defined()) {
+      y = dense(y);
+      y = blocked_ ? y.to_mkldnn() : y.clone();
+    } else {
+      y = folded_conv();
+    }
+    return tap_->on_output(id, x, std::move(y));
   }
   return bn(run(id, x));
+}
+
+torch::Tensor Model::bn_scale(int id) const {
+  if (id < 0 || id >= (int)bn_of_.size() || bn_of_[id].is_empty()) return {};
+  return bn_scale_f64(*bn_of_[id]).to(torch::kFloat32);
 }
 
 void Model::set_fold_bn(bool on, bool blocked) {
@@ -61,8 +86,7 @@ void Model::set_fold_bn(bool on, bool blocked) {
     const auto& bn = *bn_of_[i];
     BB_CHECK(bn.running_mean.defined() && bn.running_var.defined(), "fold_bn: BN after '", layers_[i].name,
              "' has no running statistics");
-    // In double, so the folded conv differs from conv-then-BN by float rounding only.
-    auto s = bn.weight.to(torch::kFloat64) / (bn.running_var.to(torch::kFloat64) + bn.options.eps()).sqrt();
+    auto s = bn_scale_f64(bn);
     auto w = layers_[i].weight().to(torch::kFloat64) * s.view({-1, 1, 1, 1});
     auto b = bn.bias.to(torch::kFloat64) - bn.running_mean.to(torch::kFloat64) * s;
     if (layers_[i].bias().defined()) b = b + layers_[i].bias().to(torch::kFloat64) * s;

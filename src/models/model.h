@@ -45,6 +45,20 @@ struct LayerTap {
   // part only). on_output still sees it.
   virtual torch::Tensor precomputed_output(int layer, const torch::Tensor& x) { return {}; }
   virtual torch::Tensor on_output(int layer, const torch::Tensor& x, torch::Tensor y) { return y; }
+
+  // Stages: models that split forward() into a chain of stages (stem, residual blocks; each stage's
+  // output is all the rest of the network reads) ask the tap before running one. A defined result
+  // is used as the stage's output and its layers are not run, so a pass that perturbs a late layer
+  // skips the early part of the network entirely (not only its convs). on_stage_output sees every
+  // stage's output, run or supplied.
+  virtual torch::Tensor precomputed_stage(int stage) { return {}; }
+  virtual void on_stage_output(int stage, const torch::Tensor& y) {}
+
+  // A tap that returns true runs on the BN-folded network when Model::set_fold_bn is on: for a conv
+  // paired with BN, the layer hooks then see the BN output (the folded conv's) instead of the
+  // conv's, and x and y may be blocked (mkldnn) tensors. A y returned by precomputed_output may be
+  // dense either way. Other taps always see the plain network.
+  virtual bool wants_folded() const { return false; }
 };
 struct StopForward {};
 
@@ -89,6 +103,9 @@ class Model : public torch::nn::Module {
   // 25.6-29.1 (decoding included); CIFAR ResNet-20 on the 10k JPEG test folder 803-919 -> 1,106-1,180.
   // Non-BN layers take dense tensors as before.
   void set_fold_bn(bool on, bool blocked = false);
+  // The per-channel scale gamma / sqrt(var + eps) of the BN after conv layer `id` (float, n), or an
+  // undefined tensor if none: in the folded network a change dy of the conv output is s * dy.
+  torch::Tensor bn_scale(int id) const;
   bool fold_bn() const { return fold_on_; }
   bool blocked_layout() const { return blocked_; }
   // Whether forward() copes with blocked (mkldnn) activations between BN-folded convs: only
@@ -106,6 +123,16 @@ class Model : public torch::nn::Module {
   torch::Tensor run_bn(int id, const torch::Tensor& x);
   // A blocked-layout activation back to a plain strided tensor (a no-op for plain ones).
   static torch::Tensor dense(const torch::Tensor& x) { return x.is_mkldnn() ? x.to_dense() : x; }
+
+  // Runs stage `s` (see LayerTap::precomputed_stage) unless the tap supplies its output.
+  template <class Body>
+  torch::Tensor stage(int s, Body&& body) {
+    torch::Tensor y;
+    if (tap_) y = tap_->precomputed_stage(s);
+    if (!y.defined()) y = body();
+    if (tap_) tap_->on_stage_output(s, y);
+    return y;
+  }
 
   torch::Tensor run(int id, const torch::Tensor& x) {
     if (x.is_mkldnn()) return run(id, x.to_dense());
@@ -126,6 +153,25 @@ class Model : public torch::nn::Module {
   std::vector<std::pair<torch::Tensor, torch::Tensor>> folded_;  // per layer: weight, bias
   bool fold_on_ = false;
   bool blocked_ = false;  // folded_ holds oneDNN-reordered weights; run_bn returns blocked tensors
+};
+
+// Installs a tap for a scope and restores the previous one (also when an exception passes).
+struct TapScope {
+  Model& model;
+  LayerTap* prev;
+  TapScope(Model& m, LayerTap* t) : model(m), prev(m.tap()) { m.set_tap(t); }
+  ~TapScope() { model.set_tap(prev); }
+  TapScope(const TapScope&) = delete;
+  TapScope& operator=(const TapScope&) = delete;
+};
+
+// BN folding on for a scope, off again however it ends (the model's weights may change next).
+struct FoldBnScope {
+  Model& model;
+  FoldBnScope(Model& m, bool on, bool blocked) : model(m) { m.set_fold_bn(on, blocked); }
+  ~FoldBnScope() { model.set_fold_bn(false); }
+  FoldBnScope(const FoldBnScope&) = delete;
+  FoldBnScope& operator=(const FoldBnScope&) = delete;
 };
 
 // A named group of child modules, so dotted names like "layer1.0.conv1" or "features.3" can be

@@ -65,17 +65,21 @@ class ResNet : public Model {
 
   torch::Tensor forward(torch::Tensor x) override {
     // In-place relu/add on run_bn's results: fresh tensors nothing else holds (see cifar_resnet.cpp).
-    x = run_bn(stem_conv_, x).relu_();
-    x = torch::max_pool2d(x, 3, 2, 1);
-    for (auto& b : blocks_) {
-      torch::Tensor out = x;
-      const size_t n = b.convs.size();
-      for (size_t j = 0; j < n; ++j) {
-        out = run_bn(b.convs[j], out);
-        if (j + 1 < n) out.relu_();
-      }
-      torch::Tensor identity = b.down >= 0 ? run_bn(b.down, x) : x;
-      x = out.add_(identity).relu_();
+    // Stages (Model::stage): the stem with its max-pool, then one per residual block; a stage never
+    // modifies its input.
+    x = stage(0, [&] { return torch::max_pool2d(run_bn(stem_conv_, x).relu_(), 3, 2, 1); });
+    for (size_t i = 0; i < blocks_.size(); ++i) {
+      const Block& b = blocks_[i];
+      x = stage((int)i + 1, [&] {
+        torch::Tensor out = x;
+        const size_t n = b.convs.size();
+        for (size_t j = 0; j < n; ++j) {
+          out = run_bn(b.convs[j], out);
+          if (j + 1 < n) out.relu_();
+        }
+        torch::Tensor identity = b.down >= 0 ? run_bn(b.down, x) : x;
+        return out.add_(identity).relu_();
+      });
     }
     x = torch::adaptive_avg_pool2d(dense(x), {1, 1}).flatten(1);
     return run(fc_, x);

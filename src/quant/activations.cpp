@@ -105,12 +105,6 @@ struct StopAtInput : LayerTap {
     throw StopForward{};
   }
 };
-struct TapGuard {
-  Model& m;
-  LayerTap* prev;
-  TapGuard(Model& model, LayerTap* t) : m(model), prev(model.tap()) { m.set_tap(t); }
-  ~TapGuard() { m.set_tap(prev); }
-};
 }  // namespace
 
 void for_each_layer_input(Model& model, int layer, const torch::Tensor& images, int64_t batch_size,
@@ -122,7 +116,7 @@ void for_each_layer_input(Model& model, int layer, const torch::Tensor& images, 
   const int64_t N = images.size(0);
   StopAtInput tap;
   tap.target = layer;
-  TapGuard guard(model, &tap);
+  TapScope guard(model, &tap);
   for (int64_t s = 0; s < N; s += batch_size) {
     const int64_t e = std::min(N, s + batch_size);
     bool reached = false;

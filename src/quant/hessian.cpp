@@ -27,14 +27,6 @@ struct CaptureTap : LayerTap {
   }
 };
 
-// Installs a tap for a scope and restores the previous one.
-struct TapGuard {
-  Model& m;
-  LayerTap* prev;
-  TapGuard(Model& model, LayerTap* t) : m(model), prev(model.tap()) { m.set_tap(t); }
-  ~TapGuard() { m.set_tap(prev); }
-};
-
 // Makes the layer weights require grad for a scope.
 struct RequiresGradGuard {
   std::vector<torch::Tensor> w;
@@ -121,7 +113,7 @@ std::vector<torch::Tensor> estimate_hessian_diag(Model& model, const Dataset& da
   for_each_batch(data, idx, lo, [&](const Batch& b) {
     const int64_t N = b.images.size(0);
     if (p.estimator == "hutchinson") {
-      TapGuard tg(model, nullptr);
+      TapScope tg(model, nullptr);
       auto logits = model.forward(b.images);
       auto loss = F::cross_entropy(logits, b.labels);  // mean over the batch
       std::vector<torch::Tensor> w;
@@ -143,7 +135,7 @@ std::vector<torch::Tensor> estimate_hessian_diag(Model& model, const Dataset& da
       CaptureTap tap(nl);
       torch::Tensor logits;
       {
-        TapGuard tg(model, &tap);
+        TapScope tg(model, &tap);
         logits = model.forward(b.images);
       }
       std::vector<torch::Tensor> ys;

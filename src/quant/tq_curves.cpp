@@ -70,40 +70,67 @@ int best_step_exp(const double* x, int64_t groups, int64_t len, const double* we
   return best;
 }
 
-// Records every layer's input and output of one forward.
+// Records every layer's input and output of one forward (dense), and with `folded`, the stage
+// outputs and which stage each layer runs in.
 struct CaptureTap : LayerTap {
-  std::vector<torch::Tensor> x, y;
-  explicit CaptureTap(size_t n) : x(n), y(n) {}
-  void on_input(int l, const torch::Tensor& in) override { x[l] = in; }
+  bool folded = false;  // see the folded network, and record stages
+  std::vector<torch::Tensor> x, y, stage_out;
+  std::vector<int> stage_of;  // all 0 unless folded: no stage is ever skipped
+  explicit CaptureTap(size_t n, bool fold = false) : folded(fold), x(n), y(n), stage_of(n, 0) {}
+  bool wants_folded() const override { return folded; }
+  void on_input(int l, const torch::Tensor& in) override {
+    x[l] = in.is_mkldnn() ? in.to_dense() : in;
+    stage_of[l] = (int)stage_out.size();
+  }
   torch::Tensor on_output(int l, const torch::Tensor& in, torch::Tensor out) override {
-    y[l] = out;
+    y[l] = out.is_mkldnn() ? out.to_dense() : out;
     return out;
   }
-};
-
-// Layers before `target` return their cached outputs; the target returns cached y + dy.
-struct PerturbTap : LayerTap {
-  const std::vector<torch::Tensor>* y = nullptr;
-  int target = -1;
-  torch::Tensor dy;
-  torch::Tensor precomputed_output(int l, const torch::Tensor& in) override {
-    if (l < target) return (*y)[l];
-    if (l == target) return (*y)[l] + dy;
-    return {};
+  void on_stage_output(int s, const torch::Tensor& out) override {
+    if (!folded) return;
+    BB_CHECK(s == (int)stage_out.size(), "tq: model stages out of order (stage ", s, " after ", stage_out.size(), ")");
+    stage_out.push_back(out);
   }
 };
 
-// Calibration activations, one entry per micro-batch.
+// Calibration activations of the BN-folded network, one entry per micro-batch.
 struct CalibCache {
   std::vector<torch::Tensor> images, logits;
-  std::vector<std::vector<torch::Tensor>> x, y;  // [batch][layer]
+  std::vector<std::vector<torch::Tensor>> x, y, stages;  // [batch][layer or stage]
+  std::vector<int> stage_of;                             // per layer
+  std::vector<torch::Tensor> scale;                      // per layer: BN scale, or undefined
   int64_t count = 0;
   int64_t classes = 0;
 };
 
+// The pass for a perturbation of layer `target`: the stages before the target's stage return their
+// cached outputs (not run at all), layers before the target in its stage return their cached
+// outputs, the target returns cached y + dy (dy scaled by the folded BN), the rest runs.
+struct PerturbTap : LayerTap {
+  const CalibCache* cache = nullptr;
+  size_t batch = 0;
+  int target = -1;
+  torch::Tensor dy;
+  bool folded = true;
+  bool wants_folded() const override { return folded; }
+  torch::Tensor precomputed_stage(int s) override {
+    if (s < cache->stage_of[target]) return cache->stages[batch][s];
+    return {};
+  }
+  torch::Tensor precomputed_output(int l, const torch::Tensor& in) override {
+    const auto& y = cache->y[batch][l];
+    if (l < target) return y;
+    if (l == target) {
+      const auto& s = cache->scale[l];
+      return s.defined() ? y + dy * s.view({1, -1, 1, 1}) : y + dy;
+    }
+    return {};
+  }
+};
+
 class DistortionMeter {
  public:
-  DistortionMeter(Model& model, const CalibCache& cache) : model_(model), cache_(cache) {}
+  DistortionMeter(Model& model, const CalibCache& cache, bool fast) : model_(model), cache_(cache), fast_(fast) {}
 
   // Logits MSE with the weight of layer `l` changed by dw (float64, the layer's 2-D shape).
   double measure(int l, const torch::Tensor& dw) {
@@ -113,11 +140,13 @@ class DistortionMeter {
     auto w = dw.to(torch::kFloat32).reshape(layer.weight().sizes());
     c10::InferenceMode im;
     PerturbTap tap;
+    tap.cache = &cache_;
     tap.target = l;
+    tap.folded = fast_;
     TapScope tg(model_, &tap);
     double sse = 0;
     for (size_t b = 0; b < cache_.images.size(); ++b) {
-      tap.y = &cache_.y[b];
+      tap.batch = b;
       tap.dy = tq_layer_apply(layer, cache_.x[b][l], w);
       auto out = model_.forward(cache_.images[b]);
       sse += (out - cache_.logits[b]).to(torch::kFloat64).pow(2).sum().item<double>();
@@ -131,17 +160,22 @@ class DistortionMeter {
  private:
   Model& model_;
   const CalibCache& cache_;
+  bool fast_;
   int64_t count_ = 0;
   double seconds_ = 0;
 };
 
-CalibCache capture(Model& model, const torch::Tensor& images, int64_t batch_size) {
+// `fast`: the model must be in eval mode with BN folding on (FoldBnScope); the cache holds the
+// folded network's outputs and the stage outputs. Otherwise (the reference path for benchmarks)
+// it holds the plain network's conv outputs, and every pass runs from the input.
+CalibCache capture(Model& model, const torch::Tensor& images, int64_t batch_size, bool fast) {
   torch::NoGradGuard ng;
   CalibCache c;
   const size_t nl = model.layers().size();
+  for (size_t l = 0; l < nl; ++l) c.scale.push_back(fast ? model.bn_scale((int)l) : torch::Tensor());
   for (int64_t s = 0; s < images.size(0); s += batch_size) {
     auto mb = images.slice(0, s, std::min(images.size(0), s + batch_size));
-    CaptureTap tap(nl);
+    CaptureTap tap(nl, fast);
     torch::Tensor out;
     {
       TapScope tg(model, &tap);
@@ -149,10 +183,13 @@ CalibCache capture(Model& model, const torch::Tensor& images, int64_t batch_size
     }
     for (size_t l = 0; l < nl; ++l)
       BB_CHECK(tap.x[l].defined(), "tq: layer ", model.layers()[l].name, " was not run by the forward pass");
+    BB_CHECK(c.images.empty() || tap.stage_of == c.stage_of, "tq: stage layout differs between batches");
+    c.stage_of = tap.stage_of;
     c.images.push_back(mb);
     c.logits.push_back(out);
     c.x.push_back(std::move(tap.x));
     c.y.push_back(std::move(tap.y));
+    c.stages.push_back(std::move(tap.stage_out));
     c.count += mb.size(0);
     c.classes = out.size(1);
   }
@@ -338,9 +375,24 @@ std::vector<torch::Tensor> tq_grad_second_moments(Model& model, const torch::Ten
   return acc;
 }
 
+std::vector<double> tq_measure_distortions(Model& model, const torch::Tensor& images, int64_t batch_size,
+                                           const std::vector<std::pair<int, torch::Tensor>>& perturbations,
+                                           bool fast) {
+  model.eval();
+  FoldBnScope fold(model, fast, true);
+  CalibCache cache = capture(model, images, batch_size, fast);
+  DistortionMeter meter(model, cache, fast);
+  std::vector<double> out;
+  for (const auto& p : perturbations) {
+    BB_CHECK(p.first >= 0 && p.first < (int)model.layers().size(), "tq: no layer ", p.first);
+    out.push_back(meter.measure(p.first, p.second.to(torch::kFloat64)));
+  }
+  return out;
+}
+
 std::string tq_curves_key(const Model& model, const Dataset& calib, const TqCurveOptions& opt) {
   Sha256 h;
-  h.update("bitbench tq curves v1\n");
+  h.update("bitbench tq curves v2\n");  // v2: folded-network passes
   h.update("model=" + model.arch() + "\n");
   for (const auto& kv : model.state()) {
     auto t = kv.second.detach().to(torch::kFloat32).contiguous();
@@ -448,8 +500,12 @@ TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOpti
   Batch batch = load_batch(calib, sample_indices(calib.size(), n_img, opt.seed));
   std::vector<torch::Tensor> grad_cov;
   if (opt.transform == TransformKind::elt) grad_cov = tq_grad_second_moments(model, batch.images, opt.batch_size);
-  CalibCache cache = capture(model, batch.images, opt.batch_size);
-  DistortionMeter meter(model, cache);
+  // The curve passes run the BN-folded network (on oneDNN's blocked layout where the model has
+  // it), as evaluation does: the same D up to float rounding, fewer memory passes.
+  model.eval();
+  FoldBnScope fold(model, true, true);
+  CalibCache cache = capture(model, batch.images, opt.batch_size, /*fast=*/true);
+  DistortionMeter meter(model, cache, /*fast=*/true);
 
   const auto& layers = model.layers();
   long total_points = 0;

@@ -80,13 +80,14 @@ struct RequiresGradSaver {
   }
 };
 
-// Installs a tap for the scope, restoring the previous one (also when an exception passes).
-struct TapScope {
-  Model& model;
-  LayerTap* prev;
-  TapScope(Model& m, LayerTap* t) : model(m), prev(m.tap()) { m.set_tap(t); }
-  ~TapScope() { model.set_tap(prev); }
-};
+// The curve search's measurement, exposed for tests and benchmarks: for each (layer, dW) pair
+// (dW in the layer's 2-D shape n x d), the mean squared change of the logits on `images` when
+// only that layer's weight changes by dW, measured as the search does (BN-folded network, cached
+// activations, stages upstream of the layer skipped). fast = false: the reference path of the
+// benchmark, plain network, every pass from the input (upstream convs return cached outputs).
+std::vector<double> tq_measure_distortions(Model& model, const torch::Tensor& images, int64_t batch_size,
+                                           const std::vector<std::pair<int, torch::Tensor>>& perturbations,
+                                           bool fast = true);
 
 // Runs `layer` with a substitute weight and no bias (conv: the layer's stride/padding/dilation/
 // groups; linear: x W^T).
