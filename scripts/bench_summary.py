@@ -16,7 +16,7 @@ for b in j["benchmarks"]:
         continue
     # "BM_x/0/iterations:1/repeats:3" -> "BM_x/0": the fixed-iteration/repetition suffixes
     # Google Benchmark appends are not part of the problem's name.
-    name = "/".join(p for p in b["run_name"].split("/") if not p.startswith(("iterations:", "repeats:")))
+    name = "/".join(p for p in b["run_name"].split("/") if not p.startswith(("iterations:", "repeats:", "min_time:")))
     runs[name].append(b)
 
 
@@ -47,6 +47,15 @@ if t is not None:
     same = runs["BM_pq_estep_bitbench"][0]["checksum"] == runs["BM_pq_estep_faiss"][0]["checksum"] if f else None
     print("%-30s %-22s %10.1f %10s %8s %10s" % ("PQ E-step, 65,536 x 9, k=256", "pq_assign", t, "%.1f" % f if f else "-",
           "%.2fx" % (f / t) if f else "-", ("same" if same else "DIFFERENT") + " assignment" if f else "-"))
+
+print("\nTQ distortion passes (one perturbation of every layer; reference = plain network from the input)")
+for net in ("cifar_resnet20", "cifar_resnet56", "resnet18"):
+    ref, fast = runs.get("BM_tq_passes/%s_reference" % net), runs.get("BM_tq_passes/%s_fast" % net)
+    if not ref or not fast:
+        continue
+    r = statistics.median(x["passes_per_s"] for x in ref)
+    f = statistics.median(x["passes_per_s"] for x in fast)
+    print("  %-16s reference %7.2f passes/s, fast %7.2f passes/s, %.2fx" % (net, r, f, f / r))
 
 print("\n.bbz decode of a whole model (ResNet-18 shapes, uniform 4-bit levels; parse + CRC + rebuild every tensor)")
 for coder in ("fixed", "huffman", "rans"):
