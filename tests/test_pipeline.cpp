@@ -55,9 +55,6 @@ CompressRequest req(const std::string& method, const std::string& out) {
 
 // A method that only spends time: 40 ms before its first phase, then 150 ms in "alpha" and 80 ms
 // in "beta"; it writes no records (the container keeps every tensor, like fp32).
-struct PhaseProbeParams : ParamsBase {
-  void bind(ParamBinder&) override {}
-};
 class PhaseProbe : public Method {
  public:
   std::string name() const override { return "test_phase_probe"; }
@@ -74,7 +71,7 @@ class PhaseProbe : public Method {
   torch::Tensor decode(const LayerRecord&) const override { BB_THROW("no records"); }
 
  private:
-  PhaseProbeParams p_;
+  NoParams p_;
 };
 BB_REGISTER_METHOD("test_phase_probe", PhaseProbe);
 

@@ -7,10 +7,6 @@
 namespace bb {
 namespace {
 
-struct NoParams : ParamsBase {
-  void bind(ParamBinder&) override {}
-};
-
 class Fp32Method : public Method {
  public:
   std::string name() const override { return "fp32"; }

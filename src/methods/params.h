@@ -48,4 +48,9 @@ class ParamBinder {
   void handle(const std::string& key, T& v, const std::string& doc, const std::vector<std::string>& choices);
 };
 
+// The parameters of a method that has none (fp32, fp16, test probes).
+struct NoParams : ParamsBase {
+  void bind(ParamBinder&) override {}
+};
+
 }  // namespace bb
