@@ -440,6 +440,68 @@ TEST_CASE("tq curves cache round-trips", "[tq]") {
   fs::remove_all(dir);
 }
 
+// A search killed part-way (time limit, preemption) resumes from its per-layer checkpoint and
+// ends with the curves, pass count and cache file of an uninterrupted search.
+TEST_CASE("tq curve search resumes from its checkpoint", "[tq]") {
+  namespace fs = std::filesystem;
+  auto model = make_model("lenet5");
+  model->eval();
+  SyntheticData data(4, "mnist");
+  TqCurveOptions o;
+  o.blocks = 2;
+  o.calib_images = 4;
+  o.checkpoint_seconds = 0;
+  const std::string base = (fs::temp_directory_path() / ("bb_tq_resume_" + std::to_string(::getpid()))).string();
+  fs::remove_all(base);
+  const TqCurves full = tq_compute_curves(*model, data, o, base + "/full");
+  REQUIRE(full.layers.size() == 5);
+  const std::string dir = base + "/cut";
+  const std::string partial = dir + "/tq/" + full.key + ".partial";
+  const std::string final_file = dir + "/tq/" + full.key + ".curves";
+  struct Interrupted {};
+  auto cut_after = [&](size_t n) {
+    CHECK_THROWS_AS(tq_compute_curves(*model, data, o, dir,
+                                      [&](size_t l) {
+                                        if (l + 1 == n) throw Interrupted{};
+                                      }),
+                    Interrupted);
+    CHECK(fs::exists(partial));
+    CHECK(!fs::exists(final_file));
+  };
+  auto same_as_full = [&](const TqCurves& c) {
+    REQUIRE(c.layers.size() == full.layers.size());
+    CHECK(c.measurements == full.measurements);
+    for (size_t l = 0; l < c.layers.size(); ++l) {
+      CHECK(c.layers[l].layer == full.layers[l].layer);
+      CHECK(torch::equal(c.layers[l].T, full.layers[l].T));
+      for (size_t k = 0; k < c.layers[l].blocks.size(); ++k)
+        for (int r = 0; r <= kTqMaxBits; ++r) {
+          CHECK(c.layers[l].blocks[k].t_dist[r] == full.layers[l].blocks[k].t_dist[r]);
+          CHECK(c.layers[l].blocks[k].s_dist[r] == full.layers[l].blocks[k].s_dist[r]);
+          CHECK(c.layers[l].blocks[k].t_exp[r] == full.layers[l].blocks[k].t_exp[r]);
+        }
+    }
+  };
+  cut_after(2);
+  TqCurves resumed = tq_compute_curves(*model, data, o, dir);
+  CHECK(resumed.resumed_layers == 2);
+  CHECK(!resumed.from_cache);
+  same_as_full(resumed);
+  CHECK(!fs::exists(partial));  // the finished search removes its checkpoint
+  TqCurves cached = tq_compute_curves(*model, data, o, dir);
+  CHECK(cached.from_cache);
+  same_as_full(cached);
+
+  // A corrupt checkpoint is ignored: the search starts over.
+  fs::remove(final_file);
+  cut_after(3);
+  fs::resize_file(partial, 50);
+  TqCurves restarted = tq_compute_curves(*model, data, o, dir);
+  CHECK(restarted.resumed_layers == 0);
+  same_as_full(restarted);
+  fs::remove_all(base);
+}
+
 // The curve search measures D on the BN-folded network, skipping the stages upstream of the
 // perturbed layer and reusing cached outputs: it must give the D of actually changing the weight
 // and running the plain network. Random BN statistics, so the folded BN scale matters.

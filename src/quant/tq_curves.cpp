@@ -475,16 +475,34 @@ bool tq_read_curves(const std::string& path, const std::string& key, TqCurves& c
   return true;
 }
 
+namespace {
+
+// A checkpoint is usable if its layers are a proper prefix of the model's (same names and shapes).
+bool checkpoint_matches(const TqCurves& part, const std::vector<Layer>& layers, int blocks) {
+  if (part.layers.size() >= layers.size()) return false;
+  for (size_t l = 0; l < part.layers.size(); ++l) {
+    const auto& L = part.layers[l];
+    if (L.layer != layers[l].name || L.n != layers[l].out_features() || L.d != layers[l].row_size() ||
+        L.bounds != tq_block_bounds(L.n, blocks))
+      return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOptions& opt,
-                           const std::string& cache_dir) {
+                           const std::string& cache_dir, const std::function<void(size_t)>& after_layer) {
   BB_CHECK(opt.blocks >= 1, "tq: blocks must be >= 1");
   BB_CHECK(opt.calib_images >= 1 && opt.batch_size >= 1, "tq: calib_images and batch_size must be >= 1");
   BB_CHECK(opt.steps_per_octave >= 1 && opt.steps_per_octave <= 64, "tq: steps_per_octave must be in 1..64");
+  BB_CHECK(opt.checkpoint_seconds >= 0, "tq: checkpoint_seconds must be >= 0");
   TqCurves c;
   c.key = tq_curves_key(model, calib, opt);
-  std::string path;
+  std::string path, partial;
   if (!cache_dir.empty()) {
     path = (std::filesystem::path(cache_dir) / "tq" / (c.key + ".curves")).string();
+    partial = path.substr(0, path.size() - 7) + ".partial";
     try {
       if (tq_read_curves(path, c.key, c)) {
         log_info("tq: curves loaded from cache " + path);
@@ -492,6 +510,28 @@ TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOpti
       }
     } catch (const Error& e) {
       log_warn(std::string("tq: ignoring unreadable curves cache: ") + e.what());
+    }
+  }
+  const auto& layers = model.layers();
+  double seconds_before = 0;
+  int64_t passes_before = 0;
+  if (!partial.empty()) {
+    TqCurves part;
+    try {
+      if (tq_read_curves(partial, c.key, part)) {
+        if (checkpoint_matches(part, layers, opt.blocks)) {
+          c.layers = std::move(part.layers);
+          c.resumed_layers = c.layers.size();
+          seconds_before = part.search_seconds;
+          passes_before = part.measurements;
+          log_info("tq: resuming the curve search from " + partial + " (" + std::to_string(c.resumed_layers) + " of " +
+                   std::to_string(layers.size()) + " layers done)");
+        } else {
+          log_warn("tq: ignoring checkpoint " + partial + ": its layers do not match the model");
+        }
+      }
+    } catch (const Error& e) {
+      log_warn(std::string("tq: ignoring unreadable checkpoint: ") + e.what());
     }
   }
   const double t0 = now_seconds();
@@ -507,22 +547,40 @@ TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOpti
   CalibCache cache = capture(model, batch.images, opt.batch_size, /*fast=*/true);
   DistortionMeter meter(model, cache, /*fast=*/true);
 
-  const auto& layers = model.layers();
+  const size_t first = c.resumed_layers;
   long total_points = 0;
-  for (const auto& L : layers)
-    total_points += (long)(tq_block_bounds(L.out_features(), opt.blocks).size() - 1) * (2 * kTqMaxBits + 1);
+  for (size_t l = first; l < layers.size(); ++l)
+    total_points += (long)(tq_block_bounds(layers[l].out_features(), opt.blocks).size() - 1) * (2 * kTqMaxBits + 1);
   Progress progress("tq curves", total_points);
   c.layers.resize(layers.size());
-  for (size_t l = 0; l < layers.size(); ++l)
+  double last_checkpoint = now_seconds();
+  for (size_t l = first; l < layers.size(); ++l) {
     analyse_layer(model, (int)l, opt, grad_cov.empty() ? nullptr : &grad_cov[l], meter, c.layers[l], progress);
+    const bool last = l + 1 == layers.size();
+    if (!partial.empty() && !last && now_seconds() - last_checkpoint >= opt.checkpoint_seconds) {
+      // The checkpoint holds layers [0, l]; written atomically, so a kill mid-write keeps the old one.
+      TqCurves part;
+      part.key = c.key;
+      part.search_seconds = seconds_before + (now_seconds() - t0);
+      part.measurements = passes_before + meter.count();
+      part.layers.assign(c.layers.begin(), c.layers.begin() + (long)l + 1);
+      std::filesystem::create_directories(std::filesystem::path(partial).parent_path());
+      tq_write_curves(partial, part);
+      last_checkpoint = now_seconds();
+    }
+    if (after_layer) after_layer(l);
+  }
   progress.finish();
-  c.search_seconds = now_seconds() - t0;
-  c.measurements = meter.count();
+  c.search_seconds = seconds_before + (now_seconds() - t0);
+  c.measurements = passes_before + meter.count();
   log_info("tq: curve search took " + std::to_string(c.search_seconds) + " s (" + std::to_string(c.measurements) +
-           " forward passes of " + std::to_string(n_img) + " images: " + std::to_string(meter.seconds()) + " s)");
+           " forward passes of " + std::to_string(n_img) + " images: " + std::to_string(meter.seconds()) + " s" +
+           (first ? ", " + std::to_string(first) + " layers from a checkpoint" : std::string()) + ")");
   if (!path.empty()) {
     std::filesystem::create_directories(std::filesystem::path(path).parent_path());
     tq_write_curves(path, c);
+    std::error_code ec;
+    std::filesystem::remove(partial, ec);
   }
   return c;
 }

@@ -14,6 +14,7 @@
 #include "quant/tq_core.h"
 #include "quant/transform.h"
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,10 @@ struct TqCurveOptions {
   bool step_by_logits = false;   // false: step minimising the weight-domain squared error;
                                  // true: best of that step and its two grid neighbours by D
   double elt_ridge = 1e-3;       // ELT: Sigma_g += ridge * trace/n * I
+  // Not part of the curves (nor of the cache key): with a cache directory, the layers finished so
+  // far are written to "<key>.partial" at most this often (and after the last layer), so a search
+  // killed by a time limit or preemption resumes from there. 0 = after every layer.
+  double checkpoint_seconds = 60;
 };
 
 struct TqBlockCurves {
@@ -52,13 +57,18 @@ struct TqCurves {
   bool from_cache = false;
   double search_seconds = 0;  // wall time of the search that produced the curves
   int64_t measurements = 0;   // forward passes (of all calibration images) it took
+  size_t resumed_layers = 0;  // layers taken from a checkpoint of an interrupted search
   std::vector<TqLayerCurves> layers;  // in Model::layers() order
 };
 
 // Computes the curves for every conv/linear layer of `model` (which must hold the FP weights, in
 // eval mode), or loads them from cache_dir ("" = no cache). The model is left as it was.
+// A search interrupted after a checkpoint resumes from it: search_seconds and measurements then
+// add up both parts. `after_layer(l)` runs once layer l is done and checkpointed (tests interrupt
+// the search from it).
 TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOptions& opt,
-                           const std::string& cache_dir);
+                           const std::string& cache_dir,
+                           const std::function<void(size_t)>& after_layer = {});
 
 // Cache key: model state (all parameters and buffers), architecture, calibration identity and
 // the options above.
