@@ -107,7 +107,7 @@ void BM_pq_estep_bitbench(benchmark::State& st) {
   st.counters["n"] = (double)p.sub.size(0);
   st.counters["checksum"] = (double)a.sum().item<int64_t>();
 }
-BENCHMARK(BM_pq_estep_bitbench)->Unit(benchmark::kMillisecond)->Iterations(3)->Repetitions(3);
+BENCHMARK(BM_pq_estep_bitbench)->Unit(benchmark::kMillisecond)->Iterations(10)->Repetitions(5);
 
 #ifdef BITBENCH_HAVE_FAISS
 void BM_kmeans_faiss(benchmark::State& st) {
@@ -145,7 +145,7 @@ void BM_pq_estep_faiss(benchmark::State& st) {
   st.counters["n"] = (double)p.sub.size(0);
   st.counters["checksum"] = (double)a.sum().item<int64_t>();
 }
-BENCHMARK(BM_pq_estep_faiss)->Unit(benchmark::kMillisecond)->Iterations(3)->Repetitions(3);
+BENCHMARK(BM_pq_estep_faiss)->Unit(benchmark::kMillisecond)->Iterations(10)->Repetitions(5);
 #endif
 
 }  // namespace

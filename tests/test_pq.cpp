@@ -67,7 +67,6 @@ TEST_CASE("pq with X = I reduces to plain k-means", "[pq]") {
   cp.niter = p.em_iters;
   cp.seed = 77;
   cp.max_splits_per_iter = p.max_splits;
-  cp.chunk = std::max<int64_t>(4096, (int64_t(1) << 24) / 64);
   auto ref = kmeans(sub, 64, cp);
   for (double s : {1.0, 3.0}) {
     auto r = pq_cluster(sub, torch::eye(9) * s, 64, p, 77);

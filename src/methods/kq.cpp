@@ -135,13 +135,9 @@ namespace {
 
 float round_fp16(float v) { return half_to_float(float_to_half(v)); }
 
-// Rows per distance block: keeps the n x k block near 8 MB, small enough to be reused by the
-// allocator instead of being mapped and unmapped on every call (which cost more than the math).
-int64_t distance_chunk(int64_t k) { return std::max<int64_t>(256, std::min<int64_t>(65536, (int64_t(1) << 21) / k)); }
-
 // Nearest codeword; scalar codebooks (d = 1) by binary search, which is exact and O(n log k).
 torch::Tensor nearest(const torch::Tensor& x, const torch::Tensor& cb) {
-  if (cb.size(1) != 1) return assign_nearest(x, cb, distance_chunk(cb.size(0))).first;
+  if (cb.size(1) != 1) return assign_nearest(x, cb).first;
   auto flat = cb.flatten();
   auto sorted = flat.sort();
   auto vals = std::get<0>(sorted), order = std::get<1>(sorted);
@@ -181,7 +177,6 @@ ClusteringResult float_kmeans(const torch::Tensor& x, int64_t k, const QuantOpti
   cp.niter = o.kmeans_iters;
   cp.seed = o.seed;
   cp.max_splits_per_iter = (int)std::min<int64_t>(k, 1 << 16);  // bounded repair per iteration
-  cp.chunk = distance_chunk(k);
   auto train = subsample(x, k * (int64_t)o.max_points_per_centroid, o.seed ^ 0x9e3779b97f4a7c15ULL);
   return kmeans(train, k, cp);
 }

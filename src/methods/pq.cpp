@@ -178,7 +178,6 @@ ClusteringResult pq_cluster(const torch::Tensor& sub, const torch::Tensor& patch
   cp.niter = p.em_iters;
   cp.seed = seed;
   cp.max_splits_per_iter = p.max_splits;
-  cp.chunk = std::max<int64_t>(4096, (int64_t(1) << 24) / k);  // distance block <= 64 MB
   return kmeans(sub, k, cp, {}, metric);
 }
 

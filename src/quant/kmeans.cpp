@@ -10,12 +10,18 @@ namespace bb {
 void ClusteringParams::validate() const {
   BB_CHECK(niter >= 0, "kmeans: niter must be >= 0");
   BB_CHECK(init == "kmeans++" || init == "random", "kmeans: init must be kmeans++ or random, got '", init, "'");
-  BB_CHECK(chunk > 0, "kmeans: chunk must be > 0");
+  BB_CHECK(chunk >= 0, "kmeans: chunk must be >= 0 (0 = automatic)");
   BB_CHECK(split_eps > 0, "kmeans: split_eps must be > 0");
+}
+
+int64_t distance_chunk(int64_t k) {
+  return std::max<int64_t>(256, std::min<int64_t>(65536, (int64_t(1) << 21) / std::max<int64_t>(1, k)));
 }
 
 std::pair<torch::Tensor, torch::Tensor> assign_nearest(const torch::Tensor& x, const torch::Tensor& c, int64_t chunk) {
   torch::NoGradGuard ng;
+  BB_CHECK(chunk >= 0, "assign_nearest: chunk must be >= 0");
+  if (chunk == 0) chunk = distance_chunk(c.size(0));
   const int64_t n = x.size(0);
   auto assign = torch::empty({n}, torch::kInt64);
   auto dist = torch::empty({n}, torch::kFloat32);

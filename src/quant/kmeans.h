@@ -20,7 +20,7 @@ struct ClusteringParams {
   double tol = 0.0;               // stop when the relative objective decrease is below tol (0 = never)
   uint64_t seed = 1234;           // init and tie-breaking randomness
   std::string init = "kmeans++";  // "kmeans++" | "random" (k distinct random points)
-  int64_t chunk = 65536;          // points per distance block (bounds memory: chunk * k floats)
+  int64_t chunk = 0;              // points per distance block (chunk * k floats); 0 = distance_chunk(k)
   int max_splits_per_iter = -1;   // empty-cluster repairs per iteration (-1 = k)
   double split_eps = 1e-4;        // relative perturbation of a split centroid
   bool verbose = false;
@@ -56,10 +56,15 @@ using ClusteringMetric = std::function<torch::Tensor(int iter)>;
 ClusteringResult kmeans(const torch::Tensor& x, int64_t k, const ClusteringParams& p,
                         const torch::Tensor& weights = {}, const ClusteringMetric& metric = {});
 
-// Nearest centroid of every row of x (squared Euclidean), in chunks: returns (assign n int64,
-// squared distance n float32).
+// Rows per distance block for k centroids: keeps the rows x k block near 8 MB, inside the L3 cache
+// and small enough to be reused by the allocator instead of mapped and unmapped on every call
+// (both cost more than the math at small d).
+int64_t distance_chunk(int64_t k);
+
+// Nearest centroid of every row of x (squared Euclidean), in chunks (0 = distance_chunk(k)):
+// returns (assign n int64, squared distance n float32).
 std::pair<torch::Tensor, torch::Tensor> assign_nearest(const torch::Tensor& x, const torch::Tensor& centroids,
-                                                       int64_t chunk = 65536);
+                                                       int64_t chunk = 0);
 
 // Plain loop reference for tests: nearest centroid by brute force.
 torch::Tensor assign_nearest_ref(const torch::Tensor& x, const torch::Tensor& centroids);
