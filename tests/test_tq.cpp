@@ -405,16 +405,27 @@ TEST_CASE("tq method: decode(record) is the in-memory weight; curves cache reuse
   fs::remove_all(cache);
 }
 
+// A small curve search: LeNet-5 (random weights), 4 synthetic calibration images, 2 blocks, and
+// an empty scratch directory named after the test and the process.
+struct TinyCurveSearch {
+  std::shared_ptr<Model> model = make_model("lenet5");
+  SyntheticData data{4, "mnist"};
+  TqCurveOptions o;
+  std::string dir;
+  explicit TinyCurveSearch(const std::string& name) {
+    model->eval();
+    o.blocks = 2;
+    o.calib_images = 4;
+    dir = (std::filesystem::temp_directory_path() / (name + "_" + std::to_string(::getpid()))).string();
+    std::filesystem::remove_all(dir);
+  }
+  ~TinyCurveSearch() { std::filesystem::remove_all(dir); }
+};
+
 TEST_CASE("tq curves cache round-trips", "[tq]") {
   namespace fs = std::filesystem;
-  auto model = make_model("lenet5");
-  model->eval();
-  SyntheticData data(4, "mnist");
-  TqCurveOptions o;
-  o.blocks = 2;
-  o.calib_images = 4;
-  const std::string dir = (fs::temp_directory_path() / ("bb_tq_cache_" + std::to_string(::getpid()))).string();
-  fs::remove_all(dir);
+  TinyCurveSearch t("bb_tq_cache");
+  auto& [model, data, o, dir] = t;
   TqCurves a = tq_compute_curves(*model, data, o, dir);
   CHECK(!a.from_cache);
   CHECK(a.measurements > 0);
@@ -444,15 +455,9 @@ TEST_CASE("tq curves cache round-trips", "[tq]") {
 // ends with the curves, pass count and cache file of an uninterrupted search.
 TEST_CASE("tq curve search resumes from its checkpoint", "[tq]") {
   namespace fs = std::filesystem;
-  auto model = make_model("lenet5");
-  model->eval();
-  SyntheticData data(4, "mnist");
-  TqCurveOptions o;
-  o.blocks = 2;
-  o.calib_images = 4;
+  TinyCurveSearch t("bb_tq_resume");
+  auto& [model, data, o, base] = t;
   o.checkpoint_seconds = 0;
-  const std::string base = (fs::temp_directory_path() / ("bb_tq_resume_" + std::to_string(::getpid()))).string();
-  fs::remove_all(base);
   const TqCurves full = tq_compute_curves(*model, data, o, base + "/full");
   REQUIRE(full.layers.size() == 5);
   const std::string dir = base + "/cut";
@@ -460,7 +465,8 @@ TEST_CASE("tq curve search resumes from its checkpoint", "[tq]") {
   const std::string final_file = dir + "/tq/" + full.key + ".curves";
   struct Interrupted {};
   auto cut_after = [&](size_t n) {
-    CHECK_THROWS_AS(tq_compute_curves(*model, data, o, dir,
+    // (t's members by name: C++17 lambdas cannot capture structured bindings.)
+    CHECK_THROWS_AS(tq_compute_curves(*t.model, t.data, t.o, dir,
                                       [&](size_t l) {
                                         if (l + 1 == n) throw Interrupted{};
                                       }),
