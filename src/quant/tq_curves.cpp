@@ -501,8 +501,9 @@ TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOpti
   c.key = tq_curves_key(model, calib, opt);
   std::string path, partial;
   if (!cache_dir.empty()) {
-    path = (std::filesystem::path(cache_dir) / "tq" / (c.key + ".curves")).string();
-    partial = path.substr(0, path.size() - 7) + ".partial";
+    const auto dir = std::filesystem::path(cache_dir) / "tq";
+    path = (dir / (c.key + ".curves")).string();
+    partial = (dir / (c.key + ".partial")).string();
     try {
       if (tq_read_curves(path, c.key, c)) {
         log_info("tq: curves loaded from cache " + path);
@@ -564,7 +565,6 @@ TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOpti
       part.search_seconds = seconds_before + (now_seconds() - t0);
       part.measurements = passes_before + meter.count();
       part.layers.assign(c.layers.begin(), c.layers.begin() + (long)l + 1);
-      std::filesystem::create_directories(std::filesystem::path(partial).parent_path());
       tq_write_curves(partial, part);
       last_checkpoint = now_seconds();
     }
@@ -577,8 +577,7 @@ TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOpti
            " forward passes of " + std::to_string(n_img) + " images: " + std::to_string(meter.seconds()) + " s" +
            (first ? ", " + std::to_string(first) + " layers from a checkpoint" : std::string()) + ")");
   if (!path.empty()) {
-    std::filesystem::create_directories(std::filesystem::path(path).parent_path());
-    tq_write_curves(path, c);
+    tq_write_curves(path, c);  // write_file_atomic creates the directory
     std::error_code ec;
     std::filesystem::remove(partial, ec);
   }

@@ -31,8 +31,9 @@ struct TqCurveOptions {
                                  // true: best of that step and its two grid neighbours by D
   double elt_ridge = 1e-3;       // ELT: Sigma_g += ridge * trace/n * I
   // Not part of the curves (nor of the cache key): with a cache directory, the layers finished so
-  // far are written to "<key>.partial" at most this often (and after the last layer), so a search
-  // killed by a time limit or preemption resumes from there. 0 = after every layer.
+  // far are written to "<key>.partial" at most this often (the finished search writes the full
+  // curves instead), so a search killed by a time limit or preemption resumes from there.
+  // 0 = after every layer.
   double checkpoint_seconds = 60;
 };
 
