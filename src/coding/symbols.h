@@ -31,6 +31,7 @@ struct SymbolStreamInfo {
   uint64_t header_bits = 0, table_bits = 0, payload_bits = 0;
   int rans_scale_bits = 0;         // rans: frequencies sum to 2^rans_scale_bits
   bool rans_length_table = false;  // rans: dyadic frequencies stored as code lengths
+  int rans_ways = 0;               // rans: interleaved states (2, 4, 8 or 16)
 };
 SymbolStreamInfo inspect_symbols(const uint8_t* data, size_t n);
 inline SymbolStreamInfo inspect_symbols(const std::vector<uint8_t>& v) { return inspect_symbols(v.data(), v.size()); }
