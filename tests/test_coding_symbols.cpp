@@ -61,6 +61,45 @@ void check_roundtrip(const std::vector<uint32_t>& v, uint32_t alphabet, Coder c)
 
 const Coder kCoders[] = {Coder::fixed, Coder::huffman, Coder::rans};
 
+// The cost in bits of an optimal prefix code for v: the sum of the merged weights of a Huffman
+// tree, computed independently of the coder (no length limit).
+uint64_t optimal_prefix_code_bits(const std::vector<uint32_t>& v, uint32_t alphabet) {
+  std::vector<uint64_t> hist(alphabet, 0);
+  for (uint32_t s : v) ++hist[s];
+  std::priority_queue<uint64_t, std::vector<uint64_t>, std::greater<uint64_t>> q;
+  for (uint64_t c : hist)
+    if (c) q.push(c);
+  uint64_t optimal = 0;
+  while (q.size() > 1) {
+    uint64_t a = q.top();
+    q.pop();
+    uint64_t b = q.top();
+    q.pop();
+    optimal += a + b;
+    q.push(a + b);
+  }
+  return optimal;
+}
+
+// Every truncation of enc is rejected; a flipped bit is rejected or decodes to symbols in range
+// (entropy coders cannot detect every payload change; the .bbz checksum does).
+void check_truncations_and_flips(const std::vector<uint8_t>& enc, std::mt19937_64& rng) {
+  for (size_t cut = 0; cut < enc.size(); cut += 1 + enc.size() / 97) {
+    std::vector<uint8_t> e(enc.begin(), enc.begin() + cut);
+    CHECK_THROWS_AS(decode_symbols(e), bb::Error);
+  }
+  for (int it = 0; it < 40; ++it) {
+    std::vector<uint8_t> e = enc;
+    e[rng() % e.size()] ^= (uint8_t)(1u << (rng() % 8));
+    try {
+      const std::vector<uint32_t> dec = decode_symbols(e);
+      const uint32_t alphabet = inspect_symbols(e).alphabet;  // the header may be mutated too
+      for (uint32_t s : dec) REQUIRE(s < alphabet);
+    } catch (const bb::Error&) {
+    }
+  }
+}
+
 }  // namespace
 
 TEST_CASE("symbol streams round trip for every coder and alphabet", "[coding]") {
@@ -153,28 +192,15 @@ TEST_CASE("Huffman is an optimal prefix code where its redundancy exceeds 1%", "
   // Low-entropy Laplacians over 16 levels (p_max 0.28..0.39): any prefix code is 1.9-3.4% above
   // H here. Check that the payload is exactly the optimal prefix-code cost (sum of the merged
   // weights of a Huffman tree, computed independently; no length limiting is needed), plus at
-  // most 7 padding bits; rANS stays within 0.5% of H.
+  // most 7 padding bits per lane; rANS stays within 0.5% of H.
   for (double scale : {1.0, 1.5}) {
     std::vector<uint32_t> v = laplacian(300000, 16, scale, 11);
-    std::vector<uint64_t> hist(16, 0);
-    for (uint32_t s : v) ++hist[s];
-    std::priority_queue<uint64_t, std::vector<uint64_t>, std::greater<uint64_t>> q;
-    for (uint64_t c : hist)
-      if (c) q.push(c);
-    uint64_t optimal = 0;
-    while (q.size() > 1) {
-      uint64_t a = q.top();
-      q.pop();
-      uint64_t b = q.top();
-      q.pop();
-      optimal += a + b;
-      q.push(a + b);
-    }
+    const uint64_t optimal = optimal_prefix_code_bits(v, 16);
     const double nh = empirical_entropy_bits(v, 16);
     SymbolStreamInfo hi = inspect_symbols(encode_symbols(v, 16, Coder::huffman));
     INFO("scale " << scale << " H " << nh / v.size() << " huffman " << hi.payload_bits / (double)v.size());
     CHECK(hi.payload_bits >= optimal);
-    CHECK(hi.payload_bits < optimal + 8);
+    CHECK(hi.payload_bits < optimal + 8 * (uint64_t)hi.huffman_lanes);  // padding: < 8 bits per lane
     CHECK(hi.payload_bits > 1.01 * nh);  // documented in docs/FORMAT.md: inherent to Huffman
     CHECK(inspect_symbols(encode_symbols(v, 16, Coder::rans)).payload_bits <= 1.005 * nh);
   }
@@ -282,23 +308,48 @@ TEST_CASE("rANS interleaves more states on long streams, at <= 0.1% of the paylo
     if (k.ways == 8) CHECK(info.rans_scale_bits >= 17);
     CHECK(64.0 * (info.rans_ways - 2) <= 1e-3 * info.payload_bits);
     REQUIRE(decode_symbols(enc) == k.v);
-    // Every truncation is rejected; a flipped bit is rejected or decodes to symbols in range
-    // (rANS cannot detect every payload change; the .bbz checksum does).
-    for (size_t cut = 0; cut < enc.size(); cut += 1 + enc.size() / 97) {
-      std::vector<uint8_t> e(enc.begin(), enc.begin() + cut);
-      CHECK_THROWS_AS(decode_symbols(e), bb::Error);
-    }
-    for (int it = 0; it < 40; ++it) {
-      std::vector<uint8_t> e = enc;
-      e[rng() % e.size()] ^= (uint8_t)(1u << (rng() % 8));
-      try {
-        const std::vector<uint32_t> dec = decode_symbols(e);
-        const uint32_t alphabet = inspect_symbols(e).alphabet;  // the header may be mutated too
-        for (uint32_t s : dec) REQUIRE(s < alphabet);
-      } catch (const bb::Error&) {
-      }
-    }
+    check_truncations_and_flips(enc, rng);
   }
+  // State-count field 3 (16 states) is reserved: the encoder never writes it, the decoder refuses it.
+  std::vector<uint8_t> enc = encode_symbols(laplacian(2000, 16, 1.5, 1), 16, Coder::rans);
+  const SymbolStreamInfo info = inspect_symbols(enc);
+  const size_t scale_pos = info.header_bits / 8 + 1;  // after the header and a 1-byte varint S
+  REQUIRE((enc[scale_pos] & 0x1f) == info.rans_scale_bits);
+  REQUIRE((enc[scale_pos] & 0x60) == 0);
+  enc[scale_pos] |= 0x60;
+  CHECK_THROWS_WITH(decode_symbols(enc), Catch::Contains("reserved"));
+}
+
+TEST_CASE("Huffman splits long streams into 4 lanes, at <= 0.1% of the payload", "[coding]") {
+  // 2,000 symbols: one stream (the original layout); 60,000 Laplacian-16 symbols (~180 kbit) and
+  // 200,000 indices into 4,096 codewords: 4 lanes.
+  std::mt19937_64 rng(6);
+  std::vector<uint32_t> idx(200000);
+  for (auto& x : idx) x = (uint32_t)(rng() % 4096);
+  struct Case {
+    std::vector<uint32_t> v;
+    uint32_t alphabet;
+    int lanes;
+  };
+  const Case cases[] = {{laplacian(2000, 16, 1.5, 1), 16, 1}, {laplacian(60000, 16, 1.5, 2), 16, 4}, {idx, 4096, 4}};
+  for (const Case& k : cases) {
+    const std::vector<uint8_t> enc = encode_symbols(k.v, k.alphabet, Coder::huffman);
+    const SymbolStreamInfo info = inspect_symbols(enc);
+    INFO("n " << k.v.size() << " alphabet " << k.alphabet);
+    CHECK(info.huffman_lanes == k.lanes);
+    CHECK(enc[0] >> 4 == (k.lanes == 4 ? 2 : 0));  // the lane field of the coder byte
+    REQUIRE(decode_symbols(enc) == k.v);
+    CHECK(info.header_bits + info.table_bits + info.payload_bits == enc.size() * 8);
+    // The lanes hold exactly the optimal code's bits plus < 8 padding bits each.
+    const uint64_t optimal = optimal_prefix_code_bits(k.v, k.alphabet);
+    CHECK(info.payload_bits >= optimal);
+    CHECK(info.payload_bits < optimal + 8 * (uint64_t)k.lanes);
+    check_truncations_and_flips(enc, rng);
+  }
+  // An old decoder's view: a lane field on a coder other than Huffman is rejected.
+  std::vector<uint8_t> r = encode_symbols(laplacian(100, 16, 1.5, 3), 16, Coder::rans);
+  r[0] |= 0x20;
+  CHECK_THROWS_AS(decode_symbols(r), bb::Error);
 }
 
 TEST_CASE("corrupt symbol streams throw bb::Error or decode, never crash", "[coding]") {

@@ -1,8 +1,11 @@
 // Symbol streams (docs/FORMAT.md, "Symbol streams"). Layout of every stream:
-//   u8 coder | varint count | varint alphabet | coder-specific table | payload
+//   u8 coder (bits 0-3; bits 4-5: huffman lane field) | varint count | varint alphabet |
+//   coder-specific table | payload
 // fixed:   payload = count * ceil(log2 alphabet) bits, LSB-first (8-bit symbols = plain bytes).
 // huffman: varint S, then one LSB-first bit stream: code-length table (int-seq, below) followed by
 //          the codes (canonical, bit-reversed so a decoder can index a table with the next bits).
+//          With L = 1 << lane field > 1: varint S, L - 1 varint lane byte sizes, the table
+//          padded to a byte, then L byte-aligned bit streams; symbol i is in lane i mod L.
 // rans:    varint S, u8 scale byte (bits 0-4 scale; bits 5-6 f: 2 << f interleaved states; 0x80:
 //          the table holds code lengths l, frequency 2^(scale-l)), frequency table (int-seq,
 //          byte-aligned), then 32-bit words of the interleaved 64-bit-state rANS coders (32-bit
@@ -16,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <queue>
 
 namespace bb {
@@ -29,6 +33,13 @@ constexpr uint32_t kMaxEntropyAlphabet = 1u << 24;   // huffman / rans alphabet
 constexpr uint32_t kMaxUsedSymbols = 1u << 20;       // distinct symbols for huffman / rans
 constexpr int kMaxCodeLen = 20;                      // huffman code-length limit (>= log2 used)
 constexpr int kRootBits = 13;                        // first-level Huffman decode table bits
+// Huffman lanes: symbol i goes to lane i mod L, each lane its own byte-aligned bit stream, so the
+// decoder runs L independent table-lookup chains. L = 1 << field, the field in bits 4-5 of the
+// coder byte (0: one stream, the original layout). Each extra lane costs a size varint and up to
+// 7 padding bits (<= 39 bits): lanes only when that is <= 0.1% of the payload.
+constexpr uint8_t kCoderMask = 0x0f, kLaneShift = 4;
+constexpr int kHuffmanLaneField = 2;  // 4 lanes
+constexpr double kLaneCostBits = 39;
 constexpr int kRansMaxScale = 20;                    // rans frequency total <= 2^20
 constexpr int kRansScaleSlack = 4;                   // scales tried: up to log2(used) + 4 (>= 16)
 constexpr uint64_t kRansL = 1ull << 31;              // rans state lower bound
@@ -86,11 +97,14 @@ class BitWriter {
 
 // Reads past the end return zero bits (never memory past the end); finish() then rejects the
 // stream. Every decode loop runs a bounded number of steps, so corrupt input cannot loop forever.
+#define BB_INLINE inline __attribute__((always_inline))
+
 class BitReader {
  public:
+  BitReader() = default;
   BitReader(const uint8_t* p, size_t n) : p_(p), n_(n) {}
   // Guarantees >= 56 buffered bits.
-  void refill() {
+  BB_INLINE void refill() {
     if (pos_ + 8 <= n_) {
       uint64_t v;
       std::memcpy(&v, p_ + pos_, 8);  // little-endian host (x86-64 / aarch64)
@@ -106,8 +120,8 @@ class BitReader {
       }
     }
   }
-  uint32_t peek(int k) const { return (uint32_t)(buf_ & ((1ull << k) - 1)); }
-  void consume(int k) {
+  BB_INLINE uint32_t peek(int k) const { return (uint32_t)(buf_ & ((1ull << k) - 1)); }
+  BB_INLINE void consume(int k) {
     buf_ >>= k;
     bits_ -= k;
   }
@@ -129,8 +143,8 @@ class BitReader {
   }
 
  private:
-  const uint8_t* p_;
-  size_t n_;
+  const uint8_t* p_ = nullptr;
+  size_t n_ = 0;
   size_t pos_ = 0;  // bytes loaded into buf_ (may run past n_: those bytes read as zero)
   uint64_t buf_ = 0;
   int bits_ = 0;
@@ -200,10 +214,15 @@ std::vector<uint8_t> huffman_lengths(const std::vector<uint32_t>& counts, int ma
   return len;
 }
 
+// The low n bits of v, reversed (n in [1, 32]); a word-wide swap network, not a bit loop (table
+// set-up for 2^16-codeword codes was ~10% of their decode time).
 uint32_t reverse_bits(uint32_t v, int n) {
-  uint32_t r = 0;
-  for (int i = 0; i < n; ++i, v >>= 1) r = (r << 1) | (v & 1);
-  return r;
+  v = ((v >> 1) & 0x55555555u) | ((v & 0x55555555u) << 1);
+  v = ((v >> 2) & 0x33333333u) | ((v & 0x33333333u) << 2);
+  v = ((v >> 4) & 0x0f0f0f0fu) | ((v & 0x0f0f0f0fu) << 4);
+  v = ((v >> 8) & 0x00ff00ffu) | ((v & 0x00ff00ffu) << 8);
+  v = (v >> 16) | (v << 16);
+  return v >> (32 - n);
 }
 
 // Canonical prefix code from lengths (0 = unused): codes assigned in (length, symbol) order.
@@ -251,20 +270,6 @@ struct CanonicalCode {
       sorted[start[l]++] = s;
     }
   }
-
-  // Bit-at-a-time canonical decode (for the small table codes; the payload uses FastDecoder).
-  uint32_t decode_slow(BitReader& r) const {
-    uint32_t code = 0, first = 0, index = 0;
-    for (int l = 1; l <= max_len; ++l) {
-      code |= r.get(1);
-      uint32_t c = count_by_len[l];
-      if (code - first < c) return sorted[index + code - first];
-      index += c;
-      first = (first + c) << 1;
-      code <<= 1;
-    }
-    BB_THROW("corrupt code: no symbol matches");  // only reachable for incomplete codes
-  }
 };
 
 // Two-level decode table for a complete code. Entry: symbol << 8 | length (bit 7 clear), or,
@@ -304,27 +309,49 @@ class FastDecoder {
     }
   }
 
-  void decode(BitReader& r, uint32_t* out, uint64_t n) const {
+  // One code; the reader must hold >= 20 bits.
+  BB_INLINE uint32_t one(BitReader& r) const {
     const uint32_t* t = table_.data();
-    const uint32_t root_mask = (1u << root_) - 1;
-    const int root = root_;
-    auto one = [&]() {
-      uint32_t e = t[r.peek(32) & root_mask];
-      if (e & 0x80) e = t[(e >> 8) + ((r.peek(32) >> root) & ((1u << (e & 31)) - 1))];
-      r.consume(e & 31);
-      return e >> 8;
-    };
+    uint32_t e = t[r.peek(32) & ((1u << root_) - 1)];
+    if (e & 0x80) e = t[(e >> 8) + ((r.peek(32) >> root_) & ((1u << (e & 31)) - 1))];
+    r.consume(e & 31);
+    return e >> 8;
+  }
+
+  void decode(BitReader& r, uint32_t* out, uint64_t n) const {
     uint64_t i = 0;
     // After a refill >= 56 bits are buffered: two codes of <= 20 bits each fit.
     for (; i + 2 <= n; i += 2) {
       r.refill();
-      out[i] = one();
-      out[i + 1] = one();
+      out[i] = one(r);
+      out[i + 1] = one(r);
     }
     if (i < n) {
       r.refill();
-      out[i] = one();
+      out[i] = one(r);
     }
+  }
+
+  // Symbol i from lane i mod L: L independent chains of lookups.
+  template <int L>
+  void decode_lanes(BitReader* lanes, uint32_t* out, uint64_t n) const {
+    BitReader r[L];  // local copies: registers, not memory the output stores might alias
+    for (int l = 0; l < L; ++l) r[l] = lanes[l];
+    uint64_t i = 0;
+    for (; i + 2 * L <= n; i += 2 * L) {
+#pragma GCC unroll 8
+      for (int l = 0; l < L; ++l) r[l].refill();
+#pragma GCC unroll 8
+      for (int l = 0; l < L; ++l) out[i + l] = one(r[l]);
+#pragma GCC unroll 8
+      for (int l = 0; l < L; ++l) out[i + L + l] = one(r[l]);
+    }
+    for (; i < n; ++i) {
+      BitReader& ri = r[i % L];
+      ri.refill();
+      out[i] = one(ri);
+    }
+    for (int l = 0; l < L; ++l) lanes[l] = r[l];
   }
 
  private:
@@ -410,10 +437,16 @@ std::vector<uint32_t> get_int_seq(BitReader& r, uint64_t count, const char* what
   uint32_t single = 0;
   for (int t = 0; t < kNumTokens; ++t)
     if (lens[t]) single = t;
+  std::optional<FastDecoder> fast;
+  if (code.used > 1) fast.emplace(code);
   std::vector<uint32_t> v;
   v.reserve(std::min<uint64_t>(count, 1u << 16));
   while (v.size() < count) {
-    int tok = code.used == 1 ? (int)single : (int)code.decode_slow(r);
+    int tok = (int)single;
+    if (fast) {
+      if (r.buffered() < kTokMaxLen) r.refill();
+      tok = (int)fast->one(r);
+    }
     if (tok == kTokZeroRun) {
       uint64_t run = get_gamma(r, what);
       BB_CHECK(run <= count - v.size(), "corrupt ", what, ": zero run past the end");
@@ -433,6 +466,7 @@ std::vector<uint32_t> get_int_seq(BitReader& r, uint64_t count, const char* what
 
 struct Header {
   Coder coder;
+  int lane_field = 0;  // huffman: 1 << lane_field lanes
   uint64_t count;
   uint32_t alphabet;
 };
@@ -445,9 +479,13 @@ void put_header(ByteWriter& w, Coder c, uint64_t count, uint32_t alphabet) {
 
 Header get_header(ByteReader& r) {
   Header h;
-  uint8_t c = r.u8();
+  const uint8_t byte = r.u8();
+  const uint8_t c = byte & kCoderMask;
   BB_CHECK(c <= (uint8_t)Coder::rans, "corrupt symbol stream: unknown coder id ", (int)c);
   h.coder = (Coder)c;
+  h.lane_field = byte >> kLaneShift;
+  BB_CHECK(h.lane_field == 0 || (h.coder == Coder::huffman && h.lane_field <= 3),
+           "corrupt symbol stream: coder byte ", (int)byte);
   h.count = r.varint();
   BB_CHECK(h.count <= kMaxSymbols, "corrupt symbol stream: count ", h.count, " > limit ", kMaxSymbols);
   uint64_t a = r.varint();
@@ -520,21 +558,43 @@ void check_entropy_alphabet(uint32_t alphabet, const char* coder) {
   BB_CHECK(alphabet <= kMaxEntropyAlphabet, coder, " coder: alphabet ", alphabet, " exceeds 2^24");
 }
 
-void encode_huffman(ByteWriter& w, const std::vector<uint32_t>& syms, uint32_t alphabet) {
+// Returns the lane field for the coder byte.
+int encode_huffman(ByteWriter& w, const std::vector<uint32_t>& syms, uint32_t alphabet) {
   check_entropy_alphabet(alphabet, "huffman");
-  if (syms.empty()) return;
+  if (syms.empty()) return 0;
   std::vector<uint32_t> hist = histogram(syms, alphabet);
   std::vector<uint8_t> lens = huffman_lengths(hist, kMaxCodeLen);
   w.varint(hist.size());
-  std::vector<uint8_t> bits;
-  BitWriter bw(bits);
-  put_int_seq(bw, std::vector<uint32_t>(lens.begin(), lens.end()));
   bool complete;
   CanonicalCode code(lens, kMaxCodeLen, "huffman", &complete);
+  double payload_bits = 0;
   if (code.used > 1)
-    for (uint32_t s : syms) bw.put(code.rev_code[s], lens[s]);
-  bw.flush();
-  w.raw(bits.data(), bits.size());
+    for (size_t s = 0; s < hist.size(); ++s) payload_bits += (double)hist[s] * lens[s];
+  const int lanes = 1 << kHuffmanLaneField;
+  if (payload_bits * 1e-3 < kLaneCostBits * (lanes - 1)) {  // one stream: table, then the codes
+    std::vector<uint8_t> bits;
+    BitWriter bw(bits);
+    put_int_seq(bw, std::vector<uint32_t>(lens.begin(), lens.end()));
+    if (code.used > 1)
+      for (uint32_t s : syms) bw.put(code.rev_code[s], lens[s]);
+    bw.flush();
+    w.raw(bits.data(), bits.size());
+    return 0;
+  }
+  // Lanes: sizes of lanes 0..L-2, the table padded to a byte, then the lanes.
+  std::vector<uint8_t> table;
+  BitWriter tw(table);
+  put_int_seq(tw, std::vector<uint32_t>(lens.begin(), lens.end()));
+  tw.flush();
+  std::vector<std::vector<uint8_t>> lane(lanes);
+  std::vector<BitWriter> lw;
+  for (auto& l : lane) lw.emplace_back(l);
+  for (size_t i = 0; i < syms.size(); ++i) lw[i & (lanes - 1)].put(code.rev_code[syms[i]], lens[syms[i]]);
+  for (auto& b : lw) b.flush();
+  for (int l = 0; l + 1 < lanes; ++l) w.varint(lane[l].size());
+  w.raw(table.data(), table.size());
+  for (auto& l : lane) w.raw(l.data(), l.size());
+  return kHuffmanLaneField;
 }
 
 void decode_huffman(ByteReader& r, const Header& h, std::vector<uint32_t>& out, SymbolStreamInfo* info) {
@@ -543,9 +603,21 @@ void decode_huffman(ByteReader& r, const Header& h, std::vector<uint32_t>& out, 
   const size_t table_start = r.pos();
   uint64_t S = r.varint();
   BB_CHECK(S >= 1 && S <= h.alphabet, "corrupt huffman stream: table size ", S, " for alphabet ", h.alphabet);
+  const int lanes = 1 << h.lane_field;
+  std::vector<uint64_t> lane_bytes(lanes, 0);
+  uint64_t sized = 0;
+  for (int l = 0; l + 1 < lanes; ++l) {
+    lane_bytes[l] = r.varint();
+    sized += lane_bytes[l];
+    BB_CHECK(sized <= r.remaining(), "corrupt huffman stream: lanes of ", sized, " bytes in ", r.remaining());
+  }
   BitReader br(r.ptr(), r.remaining());
   std::vector<uint32_t> l32 = get_int_seq(br, S, "huffman code-length table");
-  if (info) info->table_bits = (r.pos() - table_start) * 8 + br.bits_consumed();
+  if (lanes > 1) r.skip((br.bits_consumed() + 7) / 8);  // need() inside: rejects a table read past the end
+  if (info) {
+    info->table_bits = (r.pos() - table_start) * 8 + (lanes > 1 ? 0 : br.bits_consumed());
+    info->huffman_lanes = lanes;
+  }
   std::vector<uint8_t> lens(S);
   for (uint64_t s = 0; s < S; ++s) {
     BB_CHECK(l32[s] <= (uint32_t)kMaxCodeLen, "corrupt huffman stream: code length ", l32[s]);
@@ -555,6 +627,7 @@ void decode_huffman(ByteReader& r, const Header& h, std::vector<uint32_t>& out, 
   CanonicalCode code(lens, kMaxCodeLen, "huffman stream", &complete);
   BB_CHECK(code.used >= 1, "corrupt huffman stream: no symbols");
   if (code.used == 1) {
+    BB_CHECK(lanes == 1, "corrupt huffman stream: lanes for a single-symbol code");
     out.assign(h.count, code.sorted[0]);
   } else {
     BB_CHECK(complete, "corrupt huffman stream: incomplete code");
@@ -562,7 +635,27 @@ void decode_huffman(ByteReader& r, const Header& h, std::vector<uint32_t>& out, 
     BB_CHECK(h.count <= (uint64_t)r.remaining() * 8, "corrupt huffman stream: ", h.count,
              " symbols in ", r.remaining(), " bytes");
     out.resize(h.count);
-    FastDecoder(code).decode(br, out.data(), h.count);
+    if (lanes == 1) {
+      FastDecoder(code).decode(br, out.data(), h.count);
+    } else {
+      BB_CHECK(sized <= r.remaining(), "corrupt huffman stream: lanes of ", sized, " bytes in ", r.remaining());
+      lane_bytes[lanes - 1] = r.remaining() - sized;
+      std::vector<BitReader> lr;
+      size_t off = 0;
+      for (int l = 0; l < lanes; ++l) {
+        lr.emplace_back(r.ptr() + off, lane_bytes[l]);
+        off += lane_bytes[l];
+      }
+      const FastDecoder dec(code);
+      switch (lanes) {
+        case 2: dec.decode_lanes<2>(lr.data(), out.data(), h.count); break;
+        case 4: dec.decode_lanes<4>(lr.data(), out.data(), h.count); break;
+        default: dec.decode_lanes<8>(lr.data(), out.data(), h.count); break;
+      }
+      for (BitReader& l : lr) l.finish("huffman lane");
+      r.skip(r.remaining());
+      return;
+    }
   }
   br.finish("huffman");
   r.skip(r.remaining());
@@ -768,8 +861,7 @@ void rans_decode_ways(int ways, const std::vector<uint32_t>& q, int scale, const
   switch (ways) {
     case 2: return rans_decode_loop<SlotT, 2>(q, scale, words, count, out);
     case 4: return rans_decode_loop<SlotT, 4>(q, scale, words, count, out);
-    case 8: return rans_decode_loop<SlotT, 8>(q, scale, words, count, out);
-    default: return rans_decode_loop<SlotT, 16>(q, scale, words, count, out);
+    default: return rans_decode_loop<SlotT, 8>(q, scale, words, count, out);
   }
 }
 
@@ -781,8 +873,11 @@ void decode_rans(ByteReader& r, const Header& h, std::vector<uint32_t>& out, Sym
   BB_CHECK(S >= 1 && S <= h.alphabet, "corrupt rans stream: table size ", S, " for alphabet ", h.alphabet);
   const uint8_t scale_byte = r.u8();
   const int scale = scale_byte & kRansScaleMask;
-  const int ways = 2 << ((scale_byte & kRansWaysMask) >> kRansWaysShift);
+  const int way_field = (scale_byte & kRansWaysMask) >> kRansWaysShift;
   BB_CHECK(scale <= kRansMaxScale, "corrupt rans stream: scale 2^", scale);
+  // Field 3 (16 states) is reserved: no encoder writes it, so it can only mean corruption.
+  BB_CHECK(way_field <= 2, "corrupt rans stream: reserved state-count field ", way_field);
+  const int ways = 2 << way_field;
   BitReader br(r.ptr(), r.remaining());
   std::vector<uint32_t> q = get_int_seq(br, S, "rans frequency table");
   r.skip((br.bits_consumed() + 7) / 8);  // need() inside: rejects a table read past the end
@@ -872,17 +967,20 @@ std::vector<uint8_t> encode_symbols(const std::vector<uint32_t>& syms, uint32_t 
   BB_CHECK(syms.empty() || alphabet >= 1, "symbol stream: empty alphabet");
   ByteWriter w;
   put_header(w, coder, syms.size(), alphabet);
+  int lane_field = 0;
   switch (coder) {
     case Coder::fixed:
       for (uint32_t s : syms)
         if (s >= alphabet) BB_THROW("symbol ", s, " out of range for alphabet ", alphabet);
       encode_fixed(w, syms, alphabet);
       break;
-    case Coder::huffman: encode_huffman(w, syms, alphabet); break;
+    case Coder::huffman: lane_field = encode_huffman(w, syms, alphabet); break;
     case Coder::rans: encode_rans(w, syms, alphabet); break;
     default: BB_THROW("unknown coder id ", (int)coder);
   }
-  return w.take();
+  std::vector<uint8_t> out = w.take();
+  out[0] |= (uint8_t)(lane_field << kLaneShift);
+  return out;
 }
 
 std::vector<uint32_t> decode_symbols(const uint8_t* data, size_t n) {

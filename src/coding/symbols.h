@@ -32,6 +32,7 @@ struct SymbolStreamInfo {
   int rans_scale_bits = 0;         // rans: frequencies sum to 2^rans_scale_bits
   bool rans_length_table = false;  // rans: dyadic frequencies stored as code lengths
   int rans_ways = 0;               // rans: interleaved states (2, 4, 8 or 16)
+  int huffman_lanes = 0;           // huffman: interleaved bit streams (1, 2, 4 or 8)
 };
 SymbolStreamInfo inspect_symbols(const uint8_t* data, size_t n);
 inline SymbolStreamInfo inspect_symbols(const std::vector<uint8_t>& v) { return inspect_symbols(v.data(), v.size()); }
