@@ -4,6 +4,7 @@
 #include "quant/kmeans1d.h"
 #include "quant/weight_sharing.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -249,5 +250,42 @@ TEST_CASE("ECSQ hits a requested entropy within 2% by bisection on lambda", "[km
     INFO("target " << target << " reached " << r.bpw << " after " << r.evals << " evaluations");
     REQUIRE(std::fabs(r.bpw - target) <= 0.02 * target);
     REQUIRE(entropy_at(r.knob) == r.bpw);  // reproducible
+  }
+}
+
+TEST_CASE("ecsq_assign picks the reference's minimum cost", "[kmeans1d]") {
+  std::mt19937_64 rng(21);
+  std::normal_distribution<double> N(0.0, 1.0);
+  std::uniform_real_distribution<double> U(0.0, 1.0);
+  for (int K : {1, 2, 7, 300, 1024}) {
+    for (double lambda : {0.0, 1e-4, 1e-2, 1.0, 100.0}) {
+      INFO("K " << K << " lambda " << lambda);
+      const int64_t n = 20000;
+      std::vector<float> x(n), h(n);
+      for (int64_t i = 0; i < n; ++i) {
+        x[i] = (float)(i % 97 == 0 ? 8 * N(rng) : N(rng));  // a few outliers
+        const double u = U(rng);
+        h[i] = (float)(i % 13 == 0 ? 0.0 : u < 0.1 ? 1e-9 * u : std::exp(3 * N(rng)));  // zeros, tiny, heavy-tailed
+      }
+      std::vector<double> c(K), bias(K);
+      for (int j = 0; j < K; ++j) c[j] = 4 * N(rng);
+      std::sort(c.begin(), c.end());
+      c.erase(std::unique(c.begin(), c.end()), c.end());
+      bias.resize(c.size());
+      for (size_t j = 0; j < c.size(); ++j)  // -lambda log2 p with some equal probabilities
+        bias[j] = -lambda * std::log2(j % 5 == 0 ? 0.01 : 0.001 + U(rng));
+      std::vector<int32_t> fast(n), ref(n);
+      ecsq_assign(x.data(), h.data(), n, c, bias, fast.data());
+      ecsq_assign_ref(x.data(), h.data(), n, c, bias, ref.data());
+      int64_t differ = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        auto cost = [&](int32_t j) { return (double)h[i] * (x[i] - c[j]) * (x[i] - c[j]) + bias[j]; };
+        REQUIRE(fast[i] >= 0);
+        REQUIRE(fast[i] < (int32_t)c.size());
+        REQUIRE(cost(fast[i]) <= cost(ref[i]) + 1e-12 * (1 + std::fabs(cost(ref[i]))));
+        differ += fast[i] != ref[i];
+      }
+      if (lambda > 0) CHECK(differ <= n / 10);  // only ties (h = 0 points, equal biases) may differ
+    }
   }
 }

@@ -89,3 +89,17 @@ TEST_CASE("layer inputs are what the layer sees in a full forward", "[pq][activa
     REQUIRE(rows.equal(sample_layer_patches(*m, li, images, 3, 5, 4)));  // deterministic in the seed
   }
 }
+
+TEST_CASE("gram_upper equals X^T X and is exactly symmetric", "[activations]") {
+  torch::manual_seed(11);
+  for (int64_t D : {5, 128, 300, 1100}) {
+    INFO("D " << D);
+    auto X = torch::randn({700, D});
+    auto G = gram_upper(X);
+    REQUIRE(G.sizes() == torch::IntArrayRef({D, D}));
+    CHECK(G.equal(G.t()));
+    auto ref = torch::mm(X.to(torch::kFloat64).t(), X.to(torch::kFloat64));
+    // float32 GEMM over 700 rows: a relative error budget of 1e-5 of the largest entry
+    CHECK((G.to(torch::kFloat64) - ref).abs().max().item<double>() <= 1e-5 * ref.abs().max().item<double>());
+  }
+}

@@ -122,16 +122,33 @@ class ECSQMethod : public Method {
     };
     double lambda = p_.lambda;
     if (lambda == 0) {
-      // lambda has the units of weighted squared error per bit: bracket it around the weights' variance.
-      double m = 0, v = 0;
-      for (float x : prob.x) m += x;
-      m /= (double)prob.x.size();
-      for (float x : prob.x) v += (x - m) * (x - m);
+      // lambda has the units of weighted squared error per bit. At high rate D(R) ~ v 2^(-2R) per
+      // weight (v the h-weighted variance), so the slope -dD/dR is ~ 2 ln2 v 4^(-R): bracket the
+      // search two decades either side of that (search_rate widens it if the target is outside).
+      const float* hp = prob.hptr();
+      double sw = 0, m = 0, v = 0;
+      for (size_t i = 0; i < prob.x.size(); ++i) sw += hp ? hp[i] : 1.0, m += (hp ? hp[i] : 1.0) * prob.x[i];
+      m = sw > 0 ? m / sw : 0;
+      for (size_t i = 0; i < prob.x.size(); ++i) v += (hp ? hp[i] : 1.0) * (prob.x[i] - m) * (prob.x[i] - m);
       v = std::max(v / (double)prob.x.size(), 1e-30);
+      const double slope = 2 * std::log(2.0) * v * std::pow(4.0, -share.target_bpw);
       double above_lambda = 0, above_bpw = INFINITY;  // the lowest rate seen above the target
-      auto r = search_rate(v * 1e-7, v * 10, share.target_bpw, share.rate_tol, 60, [&](double l) {
-        double bpw = sharing_bpw(prob, encode_sharing(prob, at(l), share, name()));
-        if (bpw >= share.target_bpw && bpw < above_bpw) above_bpw = bpw, above_lambda = l;
+      // The solutions at the closest and at the lowest-above rates are kept, not solved again.
+      double best_err = INFINITY;
+      SharingSolution best_sol, above_sol;
+      int best_iters = 0;
+      auto r = search_rate(slope * 1e-2, slope * 1e2, share.target_bpw, share.rate_tol, 60, [&](double l) {
+        iters = 0;
+        SharingSolution sol = at(l);
+        const double bpw = sharing_bpw(prob, encode_sharing(prob, sol, share, name()));
+        log_info("ecsq: lambda " + std::to_string(l) + " -> " + std::to_string(bpw) + " bpw (" + std::to_string(iters) +
+                 " iterations)");
+        if (bpw >= share.target_bpw && bpw < above_bpw) above_bpw = bpw, above_lambda = l, above_sol = sol;
+        if (std::fabs(bpw - share.target_bpw) < best_err) {
+          best_err = std::fabs(bpw - share.target_bpw);
+          best_sol = std::move(sol);
+          best_iters = iters;
+        }
         return bpw;
       });
       lambda = r.knob;
@@ -142,7 +159,7 @@ class ECSQMethod : public Method {
       // the target instead: ECSQ assignments at fixed centres and probabilities move one boundary
       // point at a time as the multiplier grows, so the rate follows it closely.
       if (std::fabs(r.bpw - share.target_bpw) > share.rate_tol * share.target_bpw && above_lambda > 0) {
-        const SharingSolution above = at(above_lambda);
+        const SharingSolution& above = above_sol;
         auto trimmed = [&](double mu) { return reassign_fixed(prob, above, share.scope == "network", mu); };
         auto t = search_rate(above_lambda, above_lambda * 64, share.target_bpw, share.rate_tol, 60, [&](double mu) {
           return sharing_bpw(prob, encode_sharing(prob, trimmed(mu), share, name()));
@@ -153,6 +170,8 @@ class ECSQMethod : public Method {
         if (std::fabs(t.bpw - share.target_bpw) < std::fabs(r.bpw - share.target_bpw))
           return finish_sharing(ctx, prob, trimmed(t.knob), share, name());
       }
+      log_info("ecsq: " + std::to_string(best_iters) + " iterations at the chosen lambda");
+      return finish_sharing(ctx, prob, std::move(best_sol), share, name());
     }
     iters = runs = 0;
     SharingSolution sol = at(lambda);

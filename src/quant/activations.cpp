@@ -4,6 +4,8 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+
 namespace bb {
 
 PatchGeometry PatchGeometry::of(const Layer& l) {
@@ -147,6 +149,22 @@ torch::Tensor load_calibration_images(const Dataset& ds, int64_t n, bool augment
   BB_CHECK(n >= 1, "calibration: needs at least one image");
   BB_CHECK(ds.size() > 0, "calibration: dataset '", ds.name(), "' is empty");
   return load_batch(ds, sample_indices(ds.size(), n, seed), augment, seed).images;
+}
+
+torch::Tensor gram_upper(const torch::Tensor& X) {
+  torch::NoGradGuard ng;
+  BB_CHECK(X.dim() == 2, "gram_upper: expects an n x D matrix, got ", X.sizes());
+  const int64_t D = X.size(1), panel = std::max<int64_t>(128, (D + 7) / 8);
+  auto G = torch::empty({D, D}, X.options());
+  for (int64_t i = 0; i < D; i += panel) {
+    const int64_t e = std::min(D, i + panel);
+    // Rows i..e of G from column i on: X[:, i:e]^T X[:, i:], one GEMM on strided views.
+    G.slice(0, i, e).slice(1, i, D).copy_(torch::mm(X.slice(1, i, e).t(), X.slice(1, i, D)));
+  }
+  // Mirror the strict upper triangle (the diagonal blocks are taken from their upper half too, so
+  // the result is symmetric bit for bit).
+  auto upper = G.triu();
+  return upper + upper.triu(1).t();
 }
 
 }  // namespace bb

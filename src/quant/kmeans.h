@@ -61,10 +61,18 @@ ClusteringResult kmeans(const torch::Tensor& x, int64_t k, const ClusteringParam
 // (both cost more than the math at small d).
 int64_t distance_chunk(int64_t k);
 
-// Nearest centroid of every row of x (squared Euclidean), in chunks (0 = distance_chunk(k)):
-// returns (assign n int64, squared distance n float32).
+// Nearest centroid of every row of x (squared Euclidean): returns (assign n int64, squared
+// distance n float32). d <= kSmallD: assign_nearest_small_d; else the GEMM path in chunks
+// (0 = distance_chunk(k)). Both compare ||c||^2 - 2 x.c in float; ties go to the lower index.
+constexpr int64_t kSmallD = 16;
 std::pair<torch::Tensor, torch::Tensor> assign_nearest(const torch::Tensor& x, const torch::Tensor& centroids,
                                                        int64_t chunk = 0);
+// Blocks of rows x k distances by one GEMM each, then a row minimum.
+std::pair<torch::Tensor, torch::Tensor> assign_nearest_gemm(const torch::Tensor& x, const torch::Tensor& centroids,
+                                                            int64_t chunk = 0);
+// One point at a time against all centroids held transposed (d x k), no distance block: at
+// d = 9 the GEMM's block traffic, not the arithmetic, is the cost.
+std::pair<torch::Tensor, torch::Tensor> assign_nearest_small_d(const torch::Tensor& x, const torch::Tensor& centroids);
 
 // Plain loop reference for tests: nearest centroid by brute force.
 torch::Tensor assign_nearest_ref(const torch::Tensor& x, const torch::Tensor& centroids);

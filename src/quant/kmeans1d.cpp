@@ -215,12 +215,16 @@ ScalarQuantizer kmeans1d_lloyd(const float* x, const float* h, int64_t n, const 
 // ---------------------------------------------------------------------------------------------
 // Exact dynamic programme
 
-ScalarQuantizer kmeans1d_dp(const float* x, const float* h, int64_t n, int k, int64_t max_bins) {
+KMeans1DDP::KMeans1DDP(const float* x, const float* h, int64_t n, int64_t max_bins) : x_(x), h_(h), n_(n) {
   check_inputs(x, h, n, "kmeans1d_dp");
-  BB_CHECK(k >= 1, "kmeans1d_dp: k must be >= 1, got ", k);
   BB_CHECK(max_bins >= 0, "kmeans1d_dp: max_bins must be >= 0");
   Sorted s = sort_points(x, h, n);
-  if (s.W[n] <= 0) return kmeans1d_dp(x, nullptr, n, k, max_bins);
+  if (s.W[n] <= 0) {  // all weights zero: every point counts equally
+    h_ = nullptr;
+    s = sort_points(x, nullptr, n);
+  }
+  mu_ = s.mu;
+  order_ = std::move(s.order);
 
   // Units the DP places boundaries between: runs of equal values carrying positive weight
   // (equal values share a cluster in some optimal solution; zero-weight points cost nothing
@@ -232,94 +236,111 @@ ScalarQuantizer kmeans1d_dp(const float* x, const float* h, int64_t n, int k, in
     if (s.seg_w(i, j) > 0) unit_end.push_back(j);
     i = j;
   }
-  // Optional grouping of units into max_bins runs of near-equal count.
-  int64_t m = (int64_t)unit_end.size();
+  // A unit starts where the previous one ends (zero-weight points in between go with it).
+  const int64_t m = (int64_t)unit_end.size();
   std::vector<int64_t> unit_start(m);
-  for (int64_t u = 0; u < m; ++u) {
-    // a unit starts after the previous one ends, skipping zero-weight points in between
-    int64_t st = u == 0 ? 0 : unit_end[u - 1];
-    unit_start[u] = st;
-  }
-  std::vector<int64_t> gstart, gend;  // sorted-position range of each group
+  for (int64_t u = 0; u < m; ++u) unit_start[u] = u == 0 ? 0 : unit_end[u - 1];
+  // Optional grouping of units into max_bins runs of near-equal count.
   if (max_bins > 0 && m > max_bins) {
     for (int64_t g = 0; g < max_bins; ++g) {
       int64_t a = g * m / max_bins, b = (g + 1) * m / max_bins;
-      gstart.push_back(unit_start[a]);
-      gend.push_back(unit_end[b - 1]);
+      gstart_.push_back(unit_start[a]);
+      gend_.push_back(unit_end[b - 1]);
     }
   } else {
-    gstart = unit_start;
-    gend = unit_end;
+    gstart_ = std::move(unit_start);
+    gend_ = std::move(unit_end);
   }
   // Group the trailing zero-weight points with the last group (they cost nothing).
-  gend.back() = n;
-  const int64_t G = (int64_t)gstart.size();
-  // Prefix sums over groups: position g covers groups [0, g).
-  std::vector<double> PW(G + 1, 0), PS(G + 1, 0), PQ(G + 1, 0);
+  gend_.back() = n;
+  const int64_t G = (int64_t)gstart_.size();
+  // Prefix sums over groups: position g covers groups [0, g). The per-point sums are dropped
+  // here, so a long-lived programme holds O(G) doubles, not O(n).
+  PW_.assign(G + 1, 0);
+  PS_.assign(G + 1, 0);
+  PQ_.assign(G + 1, 0);
   for (int64_t g = 0; g < G; ++g) {
-    PW[g + 1] = PW[g] + s.seg_w(gstart[g], gend[g]);
-    PS[g + 1] = PS[g] + (s.S[gend[g]] - s.S[gstart[g]]);
-    PQ[g + 1] = PQ[g] + (s.Q[gend[g]] - s.Q[gstart[g]]);
+    PW_[g + 1] = PW_[g] + s.seg_w(gstart_[g], gend_[g]);
+    PS_[g + 1] = PS_[g] + (s.S[gend_[g]] - s.S[gstart_[g]]);
+    PQ_[g + 1] = PQ_[g] + (s.Q[gend_[g]] - s.Q[gstart_[g]]);
   }
-  auto cost = [&](int64_t a, int64_t b) {  // groups [a, b)
-    double w = PW[b] - PW[a], sm = PS[b] - PS[a];
-    return std::max(0.0, (PQ[b] - PQ[a]) - sm * sm / w);
-  };
+  cost_.resize(G + 1);
+  cost_[0] = INFINITY;
+  for (int64_t i = 1; i <= G; ++i) cost_[i] = group_cost(0, i);
+  arg_.emplace_back();  // one cluster: no back-pointers
+}
 
-  const int K = (int)std::min<int64_t>(k, G);
-  // dp[t][i]: best cost of groups [0, i) in t+1 clusters; arg[t][i]: start of the last cluster.
-  std::vector<double> prev(G + 1), cur(G + 1);
-  for (int64_t i = 1; i <= G; ++i) prev[i] = cost(0, i);
-  std::vector<std::vector<int32_t>> arg(K);
-  for (int t = 1; t < K; ++t) {
-    arg[t].assign(G + 1, 0);
-    std::vector<int32_t>& at = arg[t];
-    // Divide and conquer: the optimal split point is monotone in i (the cost is Monge).
-    std::function<void(int64_t, int64_t, int64_t, int64_t)> solve = [&](int64_t lo, int64_t hi, int64_t jlo, int64_t jhi) {
-      if (lo > hi) return;
-      int64_t mid = (lo + hi) / 2;
-      int64_t best_j = jlo;
-      double best = INFINITY;
-      int64_t jend = std::min(jhi, mid - 1);
-      for (int64_t j = jlo; j <= jend; ++j) {
-        double v = prev[j] + cost(j, mid);
-        if (v < best) {
-          best = v;
-          best_j = j;
-        }
+int64_t KMeans1DDP::max_clusters() const { return (int64_t)gstart_.size(); }
+
+double KMeans1DDP::group_cost(int64_t a, int64_t b) const {  // groups [a, b)
+  const double w = PW_[b] - PW_[a], sm = PS_[b] - PS_[a];
+  return std::max(0.0, (PQ_[b] - PQ_[a]) - sm * sm / w);
+}
+
+void KMeans1DDP::extend() {
+  const int64_t G = max_clusters();
+  const int t = (int)arg_.size();  // the layer being added: t + 1 clusters
+  std::vector<int32_t> at(G + 1, 0);
+  std::vector<double> cur(G + 1, INFINITY);
+  const std::vector<double>& prev = cost_;
+  // Divide and conquer: the optimal split point is monotone in i (the cost is Monge).
+  std::function<void(int64_t, int64_t, int64_t, int64_t)> solve = [&](int64_t lo, int64_t hi, int64_t jlo, int64_t jhi) {
+    if (lo > hi) return;
+    const int64_t mid = (lo + hi) / 2;
+    int64_t best_j = jlo;
+    double best = INFINITY;
+    const int64_t jend = std::min(jhi, mid - 1);
+    for (int64_t j = jlo; j <= jend; ++j) {
+      const double v = prev[j] + group_cost(j, mid);
+      if (v < best) {
+        best = v;
+        best_j = j;
       }
-      cur[mid] = best;
-      at[mid] = (int32_t)best_j;
-      solve(lo, mid - 1, jlo, best_j);
-      solve(mid + 1, hi, best_j, jhi);
-    };
-    solve(t + 1, G, t, G - 1);
-    std::swap(prev, cur);
-  }
+    }
+    cur[mid] = best;
+    at[mid] = (int32_t)best_j;
+    solve(lo, mid - 1, jlo, best_j);
+    solve(mid + 1, hi, best_j, jhi);
+  };
+  solve(t + 1, G, t, G - 1);
+  cost_ = std::move(cur);
+  arg_.push_back(std::move(at));
+}
+
+ScalarQuantizer KMeans1DDP::solve(int k) {
+  BB_CHECK(k >= 1, "kmeans1d_dp: k must be >= 1, got ", k);
+  const int64_t G = max_clusters();
+  const int K = (int)std::min<int64_t>(k, G);
+  while ((int)arg_.size() < K) extend();
 
   // Backtrack the cluster boundaries (in groups).
   std::vector<int64_t> cut(K + 1);
   cut[K] = G;
-  for (int t = K - 1; t >= 1; --t) cut[t] = arg[t][cut[t + 1]];
+  for (int t = K - 1; t >= 1; --t) cut[t] = arg_[t][cut[t + 1]];
   cut[0] = 0;
 
   ScalarQuantizer out;
   out.centers.resize(K);
   std::vector<int32_t> group_cluster(G);
   for (int t = 0; t < K; ++t) {
-    out.centers[t] = (PS[cut[t + 1]] - PS[cut[t]]) / (PW[cut[t + 1]] - PW[cut[t]]) + s.mu;
+    out.centers[t] = (PS_[cut[t + 1]] - PS_[cut[t]]) / (PW_[cut[t + 1]] - PW_[cut[t]]) + mu_;
     for (int64_t g = cut[t]; g < cut[t + 1]; ++g) group_cluster[g] = t;
   }
-  out.assign.assign(n, 0);
+  out.assign.assign(n_, 0);
   for (int64_t g = 0; g < G; ++g)
-    for (int64_t i = gstart[g]; i < gend[g]; ++i) out.assign[s.order[i]] = group_cluster[g];
+    for (int64_t i = gstart_[g]; i < gend_[g]; ++i) out.assign[order_[i]] = group_cluster[g];
   // Zero-weight points (between groups or before the first): nearest centre.
-  if (h) {
-    for (int64_t i = 0; i < n; ++i)
-      if (h[i] == 0) out.assign[i] = nearest(out.centers, (double)x[i]);
+  if (h_) {
+    for (int64_t i = 0; i < n_; ++i)
+      if (h_[i] == 0) out.assign[i] = nearest(out.centers, (double)x_[i]);
   }
-  out.distortion = weighted_distortion(x, h, n, out.centers, out.assign);
+  out.distortion = weighted_distortion(x_, h_, n_, out.centers, out.assign);
   return out;
+}
+
+ScalarQuantizer kmeans1d_dp(const float* x, const float* h, int64_t n, int k, int64_t max_bins) {
+  BB_CHECK(k >= 1, "kmeans1d_dp: k must be >= 1, got ", k);
+  return KMeans1DDP(x, h, n, max_bins).solve(k);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -359,6 +380,87 @@ ScalarQuantizer uniform1d(const float* x, const float* h, int64_t n, double step
 // ---------------------------------------------------------------------------------------------
 // Entropy-constrained SQ
 
+// ECSQ assignment. A cluster j can beat the best cost found so far only if bias_j < best, and
+// moving away from the point along one side distances only grow, so on each side the only
+// candidates are the "records": from j, the nearest cluster further out with a lower bias
+// (its first record), then that record's, and so on; a cluster between two records costs at least the
+// nearer one. Jump pointers along the record chains (2^t records at a time) skip every record
+// whose bias is >= best, and the most probable cluster is tried first, so a point with a tiny
+// h (its cost is nearly its bias) settles in O(log K) steps instead of scanning the grid.
+void ecsq_assign(const float* x, const float* h, int64_t n, const std::vector<double>& c,
+                 const std::vector<double>& bias, int32_t* a) {
+  BB_CHECK(!c.empty() && bias.size() == c.size(), "ecsq_assign: ", c.size(), " centres and ", bias.size(), " biases");
+  const int K = (int)c.size();
+  const int jmode = (int)(std::min_element(bias.begin(), bias.end()) - bias.begin());
+  const double bmin = bias[jmode];
+  int levels = 1;
+  while ((1 << levels) < K) ++levels;
+  // up[side][t][j]: the 2^t-th record beyond j on that side (-1: none). Side 0 = left.
+  std::vector<std::vector<std::vector<int32_t>>> up(2, std::vector<std::vector<int32_t>>(levels, std::vector<int32_t>(K, -1)));
+  for (int side = 0; side < 2; ++side) {
+    std::vector<int32_t> stack;  // clusters further out, biases increasing toward the top
+    for (int step = 0; step < K; ++step) {
+      const int j = side == 0 ? step : K - 1 - step;
+      while (!stack.empty() && bias[stack.back()] >= bias[j]) stack.pop_back();
+      up[side][0][j] = stack.empty() ? -1 : stack.back();
+      stack.push_back(j);
+    }
+    for (int t = 1; t < levels; ++t)
+      for (int j = 0; j < K; ++j) {
+        const int32_t m = up[side][t - 1][j];
+        up[side][t][j] = m < 0 ? -1 : up[side][t - 1][m];
+      }
+  }
+  at::parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const double v = x[i], hi = hw(h, i);
+      if (hi == 0) {
+        a[i] = jmode;
+        continue;
+      }
+      const int j0 = nearest(c, v);
+      double best = hi * (v - c[j0]) * (v - c[j0]) + bias[j0];
+      int bj = j0;
+      const double dm = hi * (v - c[jmode]) * (v - c[jmode]) + bmin;
+      if (dm < best) best = dm, bj = jmode;
+      for (int side = 0; side < 2; ++side) {
+        const auto& U = up[side];
+        int cur = j0;
+        for (;;) {
+          // Skip the records whose bias is >= best: they cannot win.
+          int nx = U[0][cur];
+          if (nx < 0) break;
+          if (bias[nx] >= best) {
+            for (int t = levels - 1; t >= 0; --t) {
+              const int32_t m = U[t][cur];
+              if (m >= 0 && bias[m] >= best) cur = m;
+            }
+            nx = U[0][cur];
+            if (nx < 0) break;
+          }
+          const double d = hi * (v - c[nx]) * (v - c[nx]);
+          if (d + bmin >= best) break;  // every cluster further out costs at least this
+          if (d + bias[nx] < best) best = d + bias[nx], bj = nx;
+          cur = nx;
+        }
+      }
+      a[i] = bj;
+    }
+  });
+}
+
+void ecsq_assign_ref(const float* x, const float* h, int64_t n, const std::vector<double>& c,
+                     const std::vector<double>& bias, int32_t* a) {
+  for (int64_t i = 0; i < n; ++i) {
+    const double hi = hw(h, i);
+    double best = INFINITY;
+    for (size_t j = 0; j < c.size(); ++j) {
+      const double v = hi * ((double)x[i] - c[j]) * ((double)x[i] - c[j]) + bias[j];
+      if (v < best) best = v, a[i] = (int32_t)j;
+    }
+  }
+}
+
 ECSQResult ecsq1d(const float* x, const float* h, int64_t n, const std::vector<double>& init_centers,
                   const ECSQParams& p) {
   check_inputs(x, h, n, "ecsq1d");
@@ -370,94 +472,87 @@ ECSQResult ecsq1d(const float* x, const float* h, int64_t n, const std::vector<d
   std::vector<double> bias(c.size(), 0.0);  // -lambda log2 p_j
   std::vector<int32_t> a(n);
 
-  // Assignment: the nearest centre bounds the search; a centre farther than
-  // sqrt((best - min bias) / h) cannot win, and distances only grow moving outward.
-  auto assign = [&] {
-    const double bmin = *std::min_element(bias.begin(), bias.end());
-    const int jbmin = (int)(std::min_element(bias.begin(), bias.end()) - bias.begin());
+  auto assign = [&] { ecsq_assign(x, h, n, c, bias, a.data()); };
+
+  // Update: centres = weighted means, p = counts / n, empty clusters dropped; returns the
+  // Lagrangian of the current assignment at the new centres and probabilities. Per-cluster sums
+  // of the offsets from the old centre (small, so Q - S^2/W keeps its precision) give the
+  // distortion without another pass. Sums run over fixed blocks of points in parallel and are
+  // added in block order, so the result does not depend on the thread count.
+  std::vector<double> prob;
+  constexpr int64_t kBlock = 1 << 16;
+  const int64_t nblocks = (n + kBlock - 1) / kBlock;
+  auto update = [&](double* dist, double* rate) {
     const int K = (int)c.size();
-    at::parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        const double v = x[i], hi = hw(h, i);
-        if (hi == 0) {
-          a[i] = jbmin;
-          continue;
+    std::vector<double> part((size_t)nblocks * K * 4, 0.0);  // per block: W, S, Q, P per cluster
+    std::vector<int64_t> cpart((size_t)nblocks * K, 0);
+    at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        double* W = &part[(size_t)b * K * 4];
+        double *S = W + K, *Q = S + K, *P = Q + K;
+        int64_t* C = &cpart[(size_t)b * K];
+        for (int64_t i = b * kBlock, e = std::min(n, i + kBlock); i < e; ++i) {
+          const int j = a[i];
+          const double w = hw(h, i), d = (double)x[i] - c[j];
+          W[j] += w;
+          S[j] += w * d;
+          Q[j] += w * d * d;
+          P[j] += d;
+          ++C[j];
         }
-        int j0 = nearest(c, v);
-        double best = hi * (v - c[j0]) * (v - c[j0]) + bias[j0];
-        int bj = j0;
-        for (int j = j0 - 1; j >= 0; --j) {
-          double d = hi * (v - c[j]) * (v - c[j]);
-          if (d + bmin >= best) break;
-          if (d + bias[j] < best) {
-            best = d + bias[j];
-            bj = j;
-          }
-        }
-        for (int j = j0 + 1; j < K; ++j) {
-          double d = hi * (v - c[j]) * (v - c[j]);
-          if (d + bmin >= best) break;
-          if (d + bias[j] < best) {
-            best = d + bias[j];
-            bj = j;
-          }
-        }
-        a[i] = bj;
       }
     });
-  };
-  // Update: centres = weighted means, p = counts / n, empty clusters dropped (serial sums, so
-  // the result does not depend on the thread count).
-  std::vector<double> prob;
-  auto update = [&] {
-    const int K = (int)c.size();
-    std::vector<double> W(K, 0), S(K, 0), P(K, 0);
+    std::vector<double> W(K, 0), S(K, 0), Q(K, 0), P(K, 0);
     std::vector<int64_t> C(K, 0);
-    for (int64_t i = 0; i < n; ++i) {
-      int j = a[i];
-      W[j] += hw(h, i);
-      S[j] += hw(h, i) * x[i];
-      P[j] += x[i];
-      ++C[j];
+    for (int64_t b = 0; b < nblocks; ++b) {
+      const double* pb = &part[(size_t)b * K * 4];
+      for (int j = 0; j < K; ++j) {
+        W[j] += pb[j];
+        S[j] += pb[K + j];
+        Q[j] += pb[2 * K + j];
+        P[j] += pb[3 * K + j];
+        C[j] += cpart[(size_t)b * K + j];
+      }
     }
     std::vector<int32_t> remap(K, -1);
     std::vector<std::pair<double, int>> kept;  // (centre, old id)
-    for (int j = 0; j < K; ++j)
-      if (C[j] > 0) kept.push_back({W[j] > 0 ? S[j] / W[j] : P[j] / (double)C[j], j});
+    double d = 0, r = 0;
+    for (int j = 0; j < K; ++j) {
+      if (C[j] == 0) continue;
+      kept.push_back({c[j] + (W[j] > 0 ? S[j] / W[j] : P[j] / (double)C[j]), j});
+      if (W[j] > 0) d += std::max(0.0, Q[j] - S[j] * S[j] / W[j]);
+      r -= (double)C[j] * std::log2((double)C[j] / (double)n);
+    }
     std::sort(kept.begin(), kept.end());
     c.clear();
     prob.clear();
+    bool identity = kept.size() == (size_t)K;
     for (size_t t = 0; t < kept.size(); ++t) {
       remap[kept[t].second] = (int32_t)t;
+      identity = identity && kept[t].second == (int)t;
       c.push_back(kept[t].first);
       prob.push_back((double)C[kept[t].second] / (double)n);
     }
-    for (int64_t i = 0; i < n; ++i) a[i] = remap[a[i]];
+    if (!identity) {
+      at::parallel_for(0, n, 1 << 16, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) a[i] = remap[a[i]];
+      });
+    }
     bias.resize(c.size());
     for (size_t j = 0; j < c.size(); ++j) bias[j] = -p.lambda * std::log2(prob[j]);
-  };
-  auto lagrangian = [&](double* dist, double* rate) {
-    double d = 0, r = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      double e = (double)x[i] - c[a[i]];
-      d += hw(h, i) * e * e;
-      r -= std::log2(prob[a[i]]);
-    }
     *dist = d;
     *rate = r;
     return d + p.lambda * r;
   };
 
   assign();  // all biases 0: nearest centre
-  update();
   double d = 0, r = 0;
-  double J = lagrangian(&d, &r);
+  double J = update(&d, &r);
   ECSQResult out;
   for (int it = 0; it < p.max_iter; ++it) {
     assign();
-    update();
     double d2, r2;
-    double J2 = lagrangian(&d2, &r2);
+    double J2 = update(&d2, &r2);
     out.iterations = it + 1;
     bool stop = J - J2 <= p.tol * std::fabs(J);
     J = J2;

@@ -50,6 +50,31 @@ ScalarQuantizer kmeans1d_lloyd(const float* x, const float* h, int64_t n, const 
 // boundaries may only fall between runs (an approximation; the objective reported is still the
 // exact distortion of the partition found). Memory: k * min(m, max_bins) 32-bit back-pointers.
 ScalarQuantizer kmeans1d_dp(const float* x, const float* h, int64_t n, int k, int64_t max_bins = 0);
+// The same programme kept alive for a search over k: the optimal cost with t clusters does not
+// depend on the final k, so one programme extended a cluster at a time gives the optimum for every
+// k it has reached, and solve(k) for a smaller k is a backtrack. A search over k then costs one
+// sort and one DP up to its largest k. x and h must outlive it; memory O(n) 64-bit sort indices
+// + k * m 32-bit back-pointers.
+class KMeans1DDP {
+ public:
+  KMeans1DDP(const float* x, const float* h, int64_t n, int64_t max_bins = 0);
+  ScalarQuantizer solve(int k);   // the exact optimum with min(k, max_clusters()) clusters
+  int64_t max_clusters() const;   // distinct weighted values (or max_bins groups)
+  int clusters_solved() const { return (int)arg_.size(); }
+
+ private:
+  double group_cost(int64_t a, int64_t b) const;
+  void extend();  // one more cluster
+  const float* x_;
+  const float* h_;
+  int64_t n_;
+  double mu_ = 0;                           // centring offset of the prefix sums
+  std::vector<int64_t> order_;              // sorted position -> point
+  std::vector<int64_t> gstart_, gend_;      // sorted-position range of each group
+  std::vector<double> PW_, PS_, PQ_;        // prefix sums over groups
+  std::vector<double> cost_;                // optimal cost of groups [0, i) in clusters_solved() clusters
+  std::vector<std::vector<int32_t>> arg_;   // arg_[t][i]: start of the last of t+1 clusters
+};
 
 // Uniform scalar quantizer with thresholds at (j + 1/2) * step (a level at 0, so pruned zeros stay
 // exact); cluster values are the h-weighted means of their members (plain means where the
@@ -66,6 +91,13 @@ struct ECSQResult : ScalarQuantizer {
   double rate_bits = 0;      // n * H(a)
   double lagrangian = 0;     // distortion + lambda * rate_bits
 };
+// One ECSQ assignment step, a_i = argmin_j h_i (x_i - c_j)^2 + bias_j over ascending centres c
+// (ecsq1d's inner step; bias_j = -lambda log2 p_j). Exact, by walking only the clusters that can
+// still win on each side of the nearest. ecsq_assign_ref: the plain O(n k) loop, for tests.
+void ecsq_assign(const float* x, const float* h, int64_t n, const std::vector<double>& c,
+                 const std::vector<double>& bias, int32_t* a);
+void ecsq_assign_ref(const float* x, const float* h, int64_t n, const std::vector<double>& c,
+                     const std::vector<double>& bias, int32_t* a);
 // Starts from the given centres (each point to its nearest; empty ones dropped).
 ECSQResult ecsq1d(const float* x, const float* h, int64_t n, const std::vector<double>& init_centers,
                   const ECSQParams& p);

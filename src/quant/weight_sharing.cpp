@@ -14,6 +14,7 @@
 #include <cmath>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <sstream>
 
 namespace bb {
@@ -460,6 +461,9 @@ std::vector<LayerRecord> compress_kmeans_sharing(CompressContext& ctx, const Sha
   SharingProblem prob = prepare_sharing(ctx, share);
   ctx.phase("quantize");
   double obj_lloyd = 0, obj_dp = 0, sec_lloyd = 0, sec_dp = 0;
+  // One DP per quantizer group (the network, or each layer), kept for the whole k search: every
+  // k it tries reuses the sort and the clusters already solved.
+  std::map<const float*, std::unique_ptr<KMeans1DDP>> dps;
   auto quantizer = [&](int k) -> ScalarQuantizeFn {
     return [&, k](const float* x, const float* h, int64_t n, std::vector<double>& c, std::vector<int32_t>& a) {
       ScalarQuantizer q;
@@ -476,7 +480,9 @@ std::vector<LayerRecord> compress_kmeans_sharing(CompressContext& ctx, const Sha
       }
       if (km.solver != "lloyd") {
         double t = now_seconds();
-        q = kmeans1d_dp(x, h, n, k, km.dp_max_bins);
+        auto& dp = dps[x];
+        if (!dp) dp = std::make_unique<KMeans1DDP>(x, h, n, km.dp_max_bins);
+        q = dp->solve(k);
         sec_dp += now_seconds() - t;
         obj_dp += q.distortion;
       }
@@ -512,6 +518,7 @@ std::vector<LayerRecord> compress_kmeans_sharing(CompressContext& ctx, const Sha
   }
   obj_lloyd = obj_dp = sec_lloyd = sec_dp = 0;
   SharingSolution sol = solve_sharing(prob, share, quantizer(k));
+  dps.clear();
   std::ostringstream os;
   os << method << ": k=" << k << ", weighted distortion";
   if (km.solver != "dp") os << " lloyd " << obj_lloyd << " (" << sec_lloyd << " s)";
