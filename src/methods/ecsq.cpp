@@ -13,6 +13,8 @@
 #include "quant/weight_sharing.h"
 
 #include <cmath>
+#include <iomanip>
+#include <sstream>
 
 namespace bb {
 namespace {
@@ -141,8 +143,9 @@ class ECSQMethod : public Method {
         iters = 0;
         SharingSolution sol = at(l);
         const double bpw = sharing_bpw(prob, encode_sharing(prob, sol, share, name()));
-        log_info("ecsq: lambda " + std::to_string(l) + " -> " + std::to_string(bpw) + " bpw (" + std::to_string(iters) +
-                 " iterations)");
+        std::ostringstream os;
+        os << "ecsq: lambda " << std::setprecision(6) << l << " -> " << bpw << " bpw (" << iters << " iterations)";
+        log_info(os.str());
         if (bpw >= share.target_bpw && bpw < above_bpw) above_bpw = bpw, above_lambda = l, above_sol = sol;
         if (std::fabs(bpw - share.target_bpw) < best_err) {
           best_err = std::fabs(bpw - share.target_bpw);
