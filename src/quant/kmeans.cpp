@@ -164,7 +164,7 @@ torch::Tensor init_centroids(const torch::Tensor& x, const torch::Tensor& xd, in
   const auto xdc = xd.to(torch::kFloat32).contiguous();
   const float* xp = xdc.data_ptr<float>();
   const int64_t dd = xdc.size(1);
-  std::vector<double> base(n, 1.0), mind(n, 0.0);
+  std::vector<double> base(n, 1.0), mind(n, INFINITY);
   if (w.defined()) {
     auto w64 = w.to(torch::kFloat64).contiguous();
     std::copy(w64.data_ptr<double>(), w64.data_ptr<double>() + n, base.begin());
@@ -184,7 +184,7 @@ torch::Tensor init_centroids(const torch::Tensor& x, const torch::Tensor& xd, in
     }
     return n - 1;
   };
-  auto update = [&](int64_t j, bool first) {
+  auto update = [&](int64_t j) {
     const float* cj = xp + j * dd;
     at::parallel_for(0, n, 8192, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
@@ -193,17 +193,17 @@ torch::Tensor init_centroids(const torch::Tensor& x, const torch::Tensor& xd, in
           const float df = xp[i * dd + t] - cj[t];
           s += df * df;
         }
-        mind[i] = first ? (double)s : std::min(mind[i], (double)s);
+        mind[i] = std::min(mind[i], (double)s);
       }
     });
   };
   int64_t j = pick(false);
   c[0].copy_(x[j]);
-  update(j, true);
+  update(j);
   for (int64_t i = 1; i < k; ++i) {
     j = pick(true);
     c[i].copy_(x[j]);
-    update(j, false);
+    update(j);
   }
   return c;
 }
