@@ -346,6 +346,14 @@ TEST_CASE("Huffman splits long streams into 4 lanes, at <= 0.1% of the payload",
     CHECK(info.payload_bits < optimal + 8 * (uint64_t)k.lanes);
     check_truncations_and_flips(enc, rng);
   }
+  // Lane fields the encoder never writes (1: 2 lanes, 3: 8 lanes) are rejected as reserved.
+  std::vector<uint8_t> hl = encode_symbols(laplacian(60000, 16, 1.5, 2), 16, Coder::huffman);
+  REQUIRE(hl[0] >> 4 == 2);
+  for (uint8_t field : {1, 3}) {
+    std::vector<uint8_t> e = hl;
+    e[0] = (uint8_t)((e[0] & 0x0f) | field << 4);
+    CHECK_THROWS_AS(decode_symbols(e), bb::Error);
+  }
   // An old decoder's view: a lane field on a coder other than Huffman is rejected.
   std::vector<uint8_t> r = encode_symbols(laplacian(100, 16, 1.5, 3), 16, Coder::rans);
   r[0] |= 0x20;

@@ -484,7 +484,9 @@ Header get_header(ByteReader& r) {
   BB_CHECK(c <= (uint8_t)Coder::rans, "corrupt symbol stream: unknown coder id ", (int)c);
   h.coder = (Coder)c;
   h.lane_field = byte >> kLaneShift;
-  BB_CHECK(h.lane_field == 0 || (h.coder == Coder::huffman && h.lane_field <= 3),
+  // Only the layouts an encoder writes decode: one stream, or 4 Huffman lanes (fields 1 and 3,
+  // 2 and 8 lanes, are reserved, like the rANS state-count field 3).
+  BB_CHECK(h.lane_field == 0 || (h.coder == Coder::huffman && h.lane_field == kHuffmanLaneField),
            "corrupt symbol stream: coder byte ", (int)byte);
   h.count = r.varint();
   BB_CHECK(h.count <= kMaxSymbols, "corrupt symbol stream: count ", h.count, " > limit ", kMaxSymbols);
@@ -647,11 +649,7 @@ void decode_huffman(ByteReader& r, const Header& h, std::vector<uint32_t>& out, 
         off += lane_bytes[l];
       }
       const FastDecoder dec(code);
-      switch (lanes) {
-        case 2: dec.decode_lanes<2>(lr.data(), out.data(), h.count); break;
-        case 4: dec.decode_lanes<4>(lr.data(), out.data(), h.count); break;
-        default: dec.decode_lanes<8>(lr.data(), out.data(), h.count); break;
-      }
+      dec.decode_lanes<1 << kHuffmanLaneField>(lr.data(), out.data(), h.count);  // the header allows no other
       for (BitReader& l : lr) l.finish("huffman lane");
       r.skip(r.remaining());
       return;
