@@ -289,3 +289,24 @@ TEST_CASE("ecsq_assign picks the reference's minimum cost", "[kmeans1d]") {
     }
   }
 }
+
+TEST_CASE("KMeans1DDP kept alive over a k search equals a fresh DP for every k", "[kmeans1d]") {
+  std::mt19937_64 rng(31);
+  std::normal_distribution<double> N(0.0, 1.0);
+  const int64_t n = 3000;
+  std::vector<float> x(n), h(n);
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = (float)N(rng);
+    h[i] = (float)std::exp(N(rng));
+  }
+  KMeans1DDP dp(x.data(), h.data(), n);
+  // The order a doubling-then-bisection search visits: later, smaller k are backtracks only.
+  for (int k : {2, 4, 8, 16, 12, 10, 11, 1}) {
+    INFO("k " << k);
+    const ScalarQuantizer kept = dp.solve(k), fresh = kmeans1d_dp(x.data(), h.data(), n, k);
+    CHECK(kept.centers == fresh.centers);
+    CHECK(kept.assign == fresh.assign);
+    CHECK(kept.distortion == fresh.distortion);
+  }
+  CHECK(dp.clusters_solved() == 16);  // the DP was extended only up to the largest k asked for
+}
