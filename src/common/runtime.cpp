@@ -41,6 +41,14 @@ void init_runtime() {
   static bool done = false;
   if (done) return;
   done = true;
+  // BITBENCH_LOG_LEVEL: quiet | info (default) | debug (per-iteration statistics, rate searches).
+  if (const char* e = std::getenv("BITBENCH_LOG_LEVEL"); e && *e) {
+    const std::string v = e;
+    BB_CHECK(v == "quiet" || v == "info" || v == "debug", "BITBENCH_LOG_LEVEL must be quiet, info or debug, got '", v,
+             "'");
+    set_log_level(v == "quiet" ? LogLevel::quiet : v == "info" ? LogLevel::info : LogLevel::debug);
+  }
+  if (const char* e = std::getenv("BITBENCH_HUGEPAGES"); !e || std::string(e) != "0") install_hugepage_allocator();
   int n = env_int("BITBENCH_THREADS");
   if (n <= 0) n = env_int("OMP_NUM_THREADS");
   if (n <= 0) n = (int)std::thread::hardware_concurrency();

@@ -9,6 +9,9 @@ namespace bb {
 // Sets libtorch's intra-op threads to OMP_NUM_THREADS (or BITBENCH_THREADS), else the core
 // count (libtorch starts at 1), and warns loudly if reference BLAS rather than OpenBLAS is loaded.
 void init_runtime();
+// Installs the CPU allocator that madvises large blocks for transparent huge pages (see
+// hugepage_allocator.cpp); init_runtime does so unless BITBENCH_HUGEPAGES=0.
+void install_hugepage_allocator();
 
 // Name of the BLAS library mapped into this process ("openblas-pthread", "reference", ...).
 std::string blas_in_use();

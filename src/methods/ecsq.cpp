@@ -2,7 +2,8 @@
 // Lookabaugh & Gray 1989). Each weight goes to argmin_j h_i (w_i - c_j)^2 - lambda log2 p_j; centres
 // (Hessian-weighted means) and probabilities are updated and empty clusters dropped until the
 // Lagrangian stops falling. Starts from a fine uniform grid of init_clusters levels. lambda is
-// found by bisection (on its log) so that the coded size hits target_bpw, or given directly.
+// found by a secant search on its log so that the coded size hits target_bpw (each lambda run
+// to the looser search_tol, the chosen one then resumed to tol), or given directly.
 // One codebook for the network (scope=network; lambda shared) or one per layer (scope=layer, the
 // same lambda for every layer: equal slopes are the optimal rate allocation). Indices Huffman
 // coded by default.
@@ -14,6 +15,8 @@
 
 #include <cmath>
 #include <iomanip>
+#include <map>
+#include <memory>
 #include <sstream>
 
 namespace bb {
@@ -25,6 +28,7 @@ struct ECSQMethodParams : ParamsBase {
   int init_clusters = 1024; // uniform grid the iteration starts from
   int max_iter = 100;       // ECSQ iterations per lambda
   double tol = 1e-7;        // stop when the Lagrangian falls by less than tol (relative)
+  double search_tol = 1e-4; // the same, for the runs of the lambda search (the chosen one is resumed to tol)
   ECSQMethodParams() {
     share.scope = "network";
     share.weighting = "hessian";
@@ -36,6 +40,7 @@ struct ECSQMethodParams : ParamsBase {
     b.field("init_clusters", init_clusters, "levels of the uniform grid the iteration starts from");
     b.field("max_iter", max_iter, "ECSQ iterations at most per lambda");
     b.field("tol", tol, "stop when the Lagrangian falls by less than this (relative)");
+    b.field("search_tol", search_tol, "tol for the runs of the lambda search; the chosen run is then resumed to tol");
     share.bind(b);
   }
   void validate() override {
@@ -45,6 +50,7 @@ struct ECSQMethodParams : ParamsBase {
     BB_CHECK(init_clusters >= 2 && init_clusters <= 65536, "init_clusters must be in [2, 65536], got ", init_clusters);
     BB_CHECK(max_iter >= 1, "max_iter must be >= 1");
     BB_CHECK(tol >= 0, "tol must be >= 0");
+    BB_CHECK(search_tol >= tol, "search_tol must be >= tol (", tol, "), got ", search_tol);
   }
 };
 
@@ -104,81 +110,123 @@ class ECSQMethod : public Method {
     const SharingParams& share = p_.share;
     SharingProblem prob = prepare_sharing(ctx, share);
     ctx.phase("quantize");
-    int iters = 0, runs = 0;
-    auto at = [&](double lambda) {
-      return solve_sharing(prob, share, [&, lambda](const float* x, const float* h, int64_t n, std::vector<double>& c,
-                                                    std::vector<int32_t>& a) {
-        float lo = *std::min_element(x, x + n), hi = *std::max_element(x, x + n);
-        std::vector<double> init = {lo};
-        if (hi > lo) init = uniform1d(x, h, n, ((double)hi - lo) / p_.init_clusters).centers;
+    // Each quantizer's ECSQ run (keyed by the offset of its first weight), kept so that a run
+    // can be resumed under a tighter tolerance.
+    using Runs = std::map<int64_t, ECSQResult>;
+    std::map<int64_t, std::vector<double>> init_centres;
+    int iters = 0;
+    auto at = [&](double lambda, double tol, Runs& runs) {
+      iters = 0;
+      return solve_sharing(prob, share, [&](const float* x, const float* h, int64_t n, std::vector<double>& c,
+                                            std::vector<int32_t>& a) {
         ECSQParams ep;
         ep.lambda = lambda;
         ep.max_iter = p_.max_iter;
-        ep.tol = p_.tol;
-        ECSQResult r = ecsq1d(x, h, n, init, ep);
+        ep.tol = tol;
+        const int64_t key = x - prob.x.data();
+        auto it = runs.find(key);
+        if (it != runs.end()) {
+          ecsq1d_resume(x, h, n, ep, it->second);
+        } else {
+          auto& init = init_centres[key];  // the same start for every lambda: computed once
+          if (init.empty()) {
+            float lo = *std::min_element(x, x + n), hi = *std::max_element(x, x + n);
+            init = {lo};
+            if (hi > lo) init = uniform1d(x, h, n, ((double)hi - lo) / p_.init_clusters).centers;
+          }
+          it = runs.emplace(key, ecsq1d(x, h, n, init, ep)).first;
+        }
+        const ECSQResult& r = it->second;
+        if (log_level() >= LogLevel::debug) {
+          std::ostringstream os;
+          os << "ecsq1d: lambda " << std::setprecision(6) << lambda << ", n " << n
+             << "; iteration: Lagrangian, bits per weight, clusters";
+          for (size_t t = 0; t < r.history.size(); ++t)
+            if (t < 8 || t % 8 == 0 || t + 1 == r.history.size())
+              os << "\n  " << t << ": " << std::setprecision(10) << r.history[t].lagrangian << ", "
+                 << std::setprecision(6) << r.history[t].rate_bits / (double)n << ", " << r.history[t].clusters;
+          log_debug(os.str());
+        }
         iters += r.iterations;
-        ++runs;
-        c = std::move(r.centers);
-        a = std::move(r.assign);
+        c = r.centers;
+        a = r.assign;
       });
     };
-    double lambda = p_.lambda;
-    if (lambda == 0) {
-      // lambda has the units of weighted squared error per bit. At high rate D(R) ~ v 2^(-2R) per
-      // weight (v the h-weighted variance), so the slope -dD/dR is ~ 2 ln2 v 4^(-R): bracket the
-      // search two decades either side of that (search_rate widens it if the target is outside).
-      const float* hp = prob.hptr();
-      double sw = 0, m = 0, v = 0;
-      for (size_t i = 0; i < prob.x.size(); ++i) sw += hp ? hp[i] : 1.0, m += (hp ? hp[i] : 1.0) * prob.x[i];
-      m = sw > 0 ? m / sw : 0;
-      for (size_t i = 0; i < prob.x.size(); ++i) v += (hp ? hp[i] : 1.0) * (prob.x[i] - m) * (prob.x[i] - m);
-      v = std::max(v / (double)prob.x.size(), 1e-30);
-      const double slope = 2 * std::log(2.0) * v * std::pow(4.0, -share.target_bpw);
-      double above_lambda = 0, above_bpw = INFINITY;  // the lowest rate seen above the target
-      // The solutions at the closest and at the lowest-above rates are kept, not solved again.
-      double best_err = INFINITY;
-      SharingSolution best_sol, above_sol;
-      int best_iters = 0;
-      auto r = search_rate(slope * 1e-2, slope * 1e2, share.target_bpw, share.rate_tol, 60, [&](double l) {
-        iters = 0;
-        SharingSolution sol = at(l);
-        const double bpw = sharing_bpw(prob, encode_sharing(prob, sol, share, name()));
-        std::ostringstream os;
-        os << "ecsq: lambda " << std::setprecision(6) << l << " -> " << bpw << " bpw (" << iters << " iterations)";
-        log_info(os.str());
-        if (bpw >= share.target_bpw && bpw < above_bpw) above_bpw = bpw, above_lambda = l, above_sol = sol;
-        if (std::fabs(bpw - share.target_bpw) < best_err) {
-          best_err = std::fabs(bpw - share.target_bpw);
-          best_sol = std::move(sol);
-          best_iters = iters;
+    auto bpw_of = [&](const SharingSolution& sol) { return sharing_bpw(prob, encode_sharing(prob, sol, share, name())); };
+    if (p_.lambda > 0) {
+      Runs runs;
+      SharingSolution sol = at(p_.lambda, p_.tol, runs);
+      log_info("ecsq: " + std::to_string(iters) + " iterations over " + std::to_string(runs.size()) + " quantizer(s)");
+      return finish_sharing(ctx, prob, std::move(sol), share, name());
+    }
+    // lambda has the units of weighted squared error per bit. At high rate D(R) ~ v 2^(-2R) per
+    // weight (v the h-weighted variance), so the slope -dD/dR is ~ 2 ln2 v 4^(-R) and R falls by
+    // 1/(2 ln2) bits per unit of ln(lambda): the search starts there with that slope.
+    const float* hp = prob.hptr();
+    double sw = 0, m = 0, v = 0;
+    for (size_t i = 0; i < prob.x.size(); ++i) sw += hp ? hp[i] : 1.0, m += (hp ? hp[i] : 1.0) * prob.x[i];
+    m = sw > 0 ? m / sw : 0;
+    for (size_t i = 0; i < prob.x.size(); ++i) v += (hp ? hp[i] : 1.0) * (prob.x[i] - m) * (prob.x[i] - m);
+    v = std::max(v / (double)prob.x.size(), 1e-30);
+    const double slope = 2 * std::log(2.0) * v * std::pow(4.0, -share.target_bpw);
+    // The search runs each lambda only to search_tol. The runs at the closest rate and at the
+    // lowest rate above the target are kept, to be resumed to tol rather than solved again.
+    auto best = std::make_shared<Runs>(), above = std::make_shared<Runs>();
+    double best_lambda = 0, best_err = INFINITY, above_lambda = 0, above_bpw = INFINITY;
+    SharingSolution above_sol;  // the run above the target as the search left it
+    auto r = search_rate_secant(slope, -1 / (2 * std::log(2.0)), share.target_bpw, share.rate_tol, 60, [&](double l) {
+      auto runs = std::make_shared<Runs>();
+      SharingSolution sol = at(l, p_.search_tol, *runs);
+      const double bpw = bpw_of(sol);
+      std::ostringstream os;
+      os << "ecsq: lambda " << std::setprecision(6) << l << " -> " << bpw << " bpw (" << iters
+         << " iterations, search_tol " << p_.search_tol << ")";
+      log_info(os.str());
+      if (bpw >= share.target_bpw && bpw < above_bpw) above_bpw = bpw, above_lambda = l, above = runs, above_sol = std::move(sol);
+      if (std::fabs(bpw - share.target_bpw) < best_err) best_err = std::fabs(bpw - share.target_bpw), best_lambda = l, best = runs;
+      return bpw;
+    });
+    const int search_evals = r.evals;
+    // Resumed to tol, the chosen run is exactly the one a run to tol from the start gives.
+    SharingSolution sol = at(best_lambda, p_.tol, *best);
+    double bpw = bpw_of(sol);
+    {
+      std::ostringstream os;
+      os << "ecsq: lambda " << std::setprecision(6) << best_lambda << " -> " << bpw << " bpw at tol " << p_.tol << " ("
+         << iters << " iterations; target " << share.target_bpw << ", " << search_evals << " search evaluations)";
+      log_info(os.str());
+    }
+    // The rate of converged ECSQ jumps where clusters die (a shrinking cluster's -log p grows and
+    // drives its last members away at once), and the search ran at a looser tolerance. If the
+    // rate is still off, trim a solution above the target instead: ECSQ assignments at fixed
+    // centres and probabilities move one boundary point at a time as the multiplier grows, so
+    // the rate follows it closely.
+    if (std::fabs(bpw - share.target_bpw) > share.rate_tol * share.target_bpw) {
+      SharingSolution from;
+      double from_lambda = 0;
+      if (bpw > share.target_bpw) {
+        from = sol, from_lambda = best_lambda;
+      } else if (above_lambda > 0) {
+        // Resumed to tol the run above may fall below the target too (a cluster dies on the
+        // way); then the search's own solution is trimmed.
+        from_lambda = above_lambda;
+        if (above != best) from = at(above_lambda, p_.tol, *above);
+        if (above == best || bpw_of(from) < share.target_bpw) {
+          from = std::move(above_sol);
+          log_info("ecsq: no solution at tol above the target; trimming the search's run at lambda " +
+                   std::to_string(above_lambda) + " (search_tol " + std::to_string(p_.search_tol) + ")");
         }
-        return bpw;
-      });
-      lambda = r.knob;
-      log_info("ecsq: lambda " + std::to_string(lambda) + " -> " + std::to_string(r.bpw) + " bpw (target " +
-               std::to_string(share.target_bpw) + ", " + std::to_string(r.evals) + " evaluations)");
-      // The rate of converged ECSQ jumps where clusters die (a shrinking cluster's -log p grows
-      // and drives its last members away at once). Past such a jump, trim the solution just above
-      // the target instead: ECSQ assignments at fixed centres and probabilities move one boundary
-      // point at a time as the multiplier grows, so the rate follows it closely.
-      if (std::fabs(r.bpw - share.target_bpw) > share.rate_tol * share.target_bpw && above_lambda > 0) {
-        const SharingSolution& above = above_sol;
-        auto trimmed = [&](double mu) { return reassign_fixed(prob, above, share.scope == "network", mu); };
-        auto t = search_rate(above_lambda, above_lambda * 64, share.target_bpw, share.rate_tol, 60, [&](double mu) {
-          return sharing_bpw(prob, encode_sharing(prob, trimmed(mu), share, name()));
-        });
-        log_info("ecsq: rate jumps at lambda ~" + std::to_string(above_lambda) + "; trimming the " +
-                 std::to_string(above_bpw) + " bpw solution at fixed probabilities: multiplier " +
-                 std::to_string(t.knob) + " -> " + std::to_string(t.bpw) + " bpw");
-        if (std::fabs(t.bpw - share.target_bpw) < std::fabs(r.bpw - share.target_bpw))
+      }
+      if (from_lambda > 0) {
+        auto trimmed = [&](double mu) { return reassign_fixed(prob, from, share.scope == "network", mu); };
+        auto t = search_rate(from_lambda, from_lambda * 64, share.target_bpw, share.rate_tol, 60,
+                             [&](double mu) { return bpw_of(trimmed(mu)); });
+        log_info("ecsq: trimming the solution at lambda " + std::to_string(from_lambda) +
+                 " at fixed probabilities: multiplier " + std::to_string(t.knob) + " -> " + std::to_string(t.bpw) + " bpw");
+        if (std::fabs(t.bpw - share.target_bpw) < std::fabs(bpw - share.target_bpw))
           return finish_sharing(ctx, prob, trimmed(t.knob), share, name());
       }
-      log_info("ecsq: " + std::to_string(best_iters) + " iterations at the chosen lambda");
-      return finish_sharing(ctx, prob, std::move(best_sol), share, name());
     }
-    iters = runs = 0;
-    SharingSolution sol = at(lambda);
-    log_info("ecsq: " + std::to_string(iters) + " iterations over " + std::to_string(runs) + " quantizer(s)");
     return finish_sharing(ctx, prob, std::move(sol), share, name());
   }
   torch::Tensor decode(const LayerRecord& rec) const override { return decode_sharing(rec); }

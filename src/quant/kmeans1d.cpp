@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <numeric>
@@ -355,16 +356,30 @@ ScalarQuantizer uniform1d(const float* x, const float* h, int64_t n, double step
     BB_CHECK(std::fabs(q) < 4e18, "uniform1d: step ", step, " too small for value ", x[i]);
     level[i] = (int64_t)q;
   }
-  std::vector<int64_t> levels = level;
-  std::sort(levels.begin(), levels.end());
-  levels.erase(std::unique(levels.begin(), levels.end()), levels.end());
+  // The levels in use, ascending, and each point's rank among them. Usually the level range is
+  // short: a table over it replaces sorting n levels and a binary search per point.
+  const auto [lmin_it, lmax_it] = std::minmax_element(level.begin(), level.end());
+  const int64_t lmin = *lmin_it, range = *lmax_it - lmin + 1;
+  std::vector<int64_t> levels;
+  std::vector<int32_t> rank;  // level - lmin -> index into levels
+  if (range <= std::max<int64_t>(n, 1 << 20)) {
+    rank.assign(range, -1);
+    for (int64_t i = 0; i < n; ++i) rank[level[i] - lmin] = 0;
+    for (int64_t l = 0; l < range; ++l)
+      if (rank[l] == 0) rank[l] = (int32_t)levels.size(), levels.push_back(lmin + l);
+  } else {
+    levels = level;
+    std::sort(levels.begin(), levels.end());
+    levels.erase(std::unique(levels.begin(), levels.end()), levels.end());
+  }
   const int k = (int)levels.size();
   ScalarQuantizer out;
   out.assign.resize(n);
   std::vector<double> W(k, 0), S(k, 0), P(k, 0);
   std::vector<int64_t> C(k, 0);
   for (int64_t i = 0; i < n; ++i) {
-    int j = (int)(std::lower_bound(levels.begin(), levels.end(), level[i]) - levels.begin());
+    const int j = !rank.empty() ? rank[level[i] - lmin]
+                                : (int)(std::lower_bound(levels.begin(), levels.end(), level[i]) - levels.begin());
     out.assign[i] = j;
     W[j] += hw(h, i);
     S[j] += hw(h, i) * x[i];
@@ -380,71 +395,145 @@ ScalarQuantizer uniform1d(const float* x, const float* h, int64_t n, double step
 // ---------------------------------------------------------------------------------------------
 // Entropy-constrained SQ
 
-// ECSQ assignment. A cluster j can beat the best cost found so far only if bias_j < best, and
-// moving away from the point along one side distances only grow, so on each side the only
-// candidates are the "records": from j, the nearest cluster further out with a lower bias
-// (its first record), then that record's, and so on; a cluster between two records costs at least the
-// nearer one. Jump pointers along the record chains (2^t records at a time) skip every record
-// whose bias is >= best, and the most probable cluster is tried first, so a point with a tiny
-// h (its cost is nearly its bias) settles in O(log K) steps instead of scanning the grid.
+// ECSQ assignment. The (x, h) plane is cut into cells: equal slices of the points' x range
+// times quarter-octaves of h (read off the float's exponent and top two mantissa bits). With
+// x = x_c + delta around a cell's centre, the cost less h delta^2 (common to every j) is
+// M_j = h ((x_c - c_j)^2 + 2 delta (x_c - c_j)) + b_j: bilinear in (delta, h), so its extremes
+// over the cell are at the corners. j can win somewhere in the cell only if min_cell M_j <=
+// U = min_k max_cell M_k (the winner's M is below every other's there, so below U's k), so each
+// cell keeps that short list (1.1 - 3.2 clusters per point on ResNet-18), and a point compares
+// only its cell's candidates with the exact cost, in ascending j with strict <: the same answer,
+// ties included, as the plain loop over every cluster. Cells are built only where points fall.
+// (perf, ResNet-18 at 280 clusters: the earlier walk along record chains took ~90% of an ECSQ
+// iteration; the iteration went 0.42 -> 0.135 s.)
 void ecsq_assign(const float* x, const float* h, int64_t n, const std::vector<double>& c,
                  const std::vector<double>& bias, int32_t* a) {
   BB_CHECK(!c.empty() && bias.size() == c.size(), "ecsq_assign: ", c.size(), " centres and ", bias.size(), " biases");
   const int K = (int)c.size();
-  const int jmode = (int)(std::min_element(bias.begin(), bias.end()) - bias.begin());
-  const double bmin = bias[jmode];
-  int levels = 1;
-  while ((1 << levels) < K) ++levels;
-  // up[side][t][j]: the 2^t-th record beyond j on that side (-1: none). Side 0 = left.
-  std::vector<std::vector<std::vector<int32_t>>> up(2, std::vector<std::vector<int32_t>>(levels, std::vector<int32_t>(K, -1)));
-  for (int side = 0; side < 2; ++side) {
-    std::vector<int32_t> stack;  // clusters further out, biases increasing toward the top
-    for (int step = 0; step < K; ++step) {
-      const int j = side == 0 ? step : K - 1 - step;
-      while (!stack.empty() && bias[stack.back()] >= bias[j]) stack.pop_back();
-      up[side][0][j] = stack.empty() ? -1 : stack.back();
-      stack.push_back(j);
-    }
-    for (int t = 1; t < levels; ++t)
-      for (int j = 0; j < K; ++j) {
-        const int32_t m = up[side][t - 1][j];
-        up[side][t][j] = m < 0 ? -1 : up[side][t - 1][m];
+  if (n <= 0) return;
+  const int jmode = (int)(std::min_element(bias.begin(), bias.end()) - bias.begin());  // first minimum
+  // Row of a point: the top 9 bits of its positive float h below the sign (exponent + 1 mantissa
+  // bit), monotone in h. h == 0 (cost = bias) and h == nullptr (t = 1, one row) are special.
+  constexpr int kShift = 21;  // keep the exponent and 2 mantissa bits: quarter-octave rows
+  auto hkey = [](float v) {
+    uint32_t u;
+    std::memcpy(&u, &v, 4);
+    return (int)(u >> kShift);
+  };
+  // Ranges of x and of the row keys, per fixed chunk in parallel (min/max: order-free).
+  constexpr int64_t kChunk = 1 << 18;
+  const int64_t nchunks = (n + kChunk - 1) / kChunk;
+  std::vector<float> cxmin(nchunks), cxmax(nchunks);
+  std::vector<int> ckmin(nchunks, 1 << 30), ckmax(nchunks, -1);
+  at::parallel_for(0, nchunks, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      float lo = x[q * kChunk], hi = lo;
+      int klo = 1 << 30, khi = -1;
+      for (int64_t i = q * kChunk, e = std::min(n, i + kChunk); i < e; ++i) {
+        lo = std::min(lo, x[i]), hi = std::max(hi, x[i]);
+        if (h && h[i] > 0) klo = std::min(klo, hkey(h[i])), khi = std::max(khi, hkey(h[i]));
       }
+      cxmin[q] = lo, cxmax[q] = hi, ckmin[q] = klo, ckmax[q] = khi;
+    }
+  });
+  const float xmin = *std::min_element(cxmin.begin(), cxmin.end()), xmax = *std::max_element(cxmax.begin(), cxmax.end());
+  int kmin = *std::min_element(ckmin.begin(), ckmin.end()), kmax = *std::max_element(ckmax.begin(), ckmax.end());
+  if (!h) kmin = kmax = 0;
+  if (kmax < 0) {  // every h is 0: the most probable cluster everywhere
+    for (int64_t i = 0; i < n; ++i) a[i] = jmode;
+    return;
   }
+  const int rows = kmax - kmin + 1;
+  const int cols = std::max(16, std::min(8192, 2 * K));
+  const double x0 = xmin, span = (double)xmax - xmin, vscale = span > 0 ? cols / span : 0;
+  auto col_of = [&](double v) {
+    const double u = (v - x0) * vscale;
+    return u <= 0 ? 0 : u >= cols ? cols - 1 : (int)u;
+  };
+  auto row_of = [&](int64_t i) { return h ? hkey(h[i]) - kmin : 0; };
+  // Which cells hold points.
+  // Marked per thread (one shared array would bounce cache lines between cores), then merged.
+  const size_t ncells = (size_t)rows * cols;
+  std::vector<std::vector<uint8_t>> marks(at::get_num_threads());
+  at::parallel_for(0, n, 1 << 16, [&](int64_t b, int64_t e) {
+    auto& m = marks[at::get_thread_num()];
+    if (m.empty()) m.assign(ncells, 0);
+    for (int64_t i = b; i < e; ++i)
+      if (!h || h[i] > 0) m[(size_t)row_of(i) * cols + col_of(x[i])] = 1;
+  });
+  std::vector<uint8_t> used(ncells, 0);
+  for (auto& m : marks)
+    if (!m.empty())
+      for (size_t q = 0; q < ncells; ++q) used[q] |= m[q];
+
+  double cmax = 0, bmax = 0;
+  for (int j = 0; j < K; ++j) cmax = std::max(cmax, std::fabs(c[j])), bmax = std::max(bmax, std::fabs(bias[j]));
+  // Candidate lists per cell, rows built in parallel and joined in row order (deterministic).
+  std::vector<std::vector<int32_t>> row_list(rows), row_off(rows);
+  at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<double> lo(K), hi(K);  // a cell's bounds on M_j
+    for (int64_t r = r0; r < r1; ++r) {
+      double h0 = 1, h1 = 1;
+      if (h) {  // this row's h lie in [h0, h1) exactly
+        const uint32_t ul = (uint32_t)(r + kmin) << kShift, uh = (uint32_t)(r + kmin + 1) << kShift;
+        float hl, hh;
+        std::memcpy(&hl, &ul, 4);
+        std::memcpy(&hh, &uh, 4);
+        h0 = hl, h1 = hh;
+      }
+      auto& list = row_list[r];
+      auto& off = row_off[r];
+      off.assign(cols + 1, 0);
+      const double w = span > 0 ? span / cols : 0, pad = 1e-9 * std::max(span, 1e-30);
+      const double hd = 0.5 * w + pad;  // half-width of a cell, widened a hair for rounding
+      for (int g = 0; g < cols; ++g) {
+        off[g] = (int32_t)list.size();
+        if (!used[(size_t)r * cols + g]) continue;
+        const double vc = x0 + (g + 0.5) * w;
+        double U = INFINITY;
+        for (int j = 0; j < K; ++j) {
+          const double e = vc - c[j], E = e * e, S = 2 * e * hd;  // M_j = h (E + 2 delta e) + b_j
+          const double m00 = h0 * (E - S), m01 = h0 * (E + S), m10 = h1 * (E - S), m11 = h1 * (E + S);
+          lo[j] = std::min(std::min(m00, m01), std::min(m10, m11)) + bias[j];
+          hi[j] = std::max(std::max(m00, m01), std::max(m10, m11)) + bias[j];
+          U = std::min(U, hi[j]);
+        }
+        // Rounding in M is ~1e-16 of its terms; the margin is far above that.
+        const double reach = std::fabs(vc) + cmax + hd;
+        const double margin = 1e-9 * (h1 * reach * reach + bmax);
+        for (int j = 0; j < K; ++j)
+          if (lo[j] <= U + margin) list.push_back(j);
+      }
+      off[cols] = (int32_t)list.size();
+    }
+  });
+  std::vector<int64_t> base(rows + 1, 0);
+  for (int r = 0; r < rows; ++r) base[r + 1] = base[r] + (int64_t)row_list[r].size();
+  std::vector<int32_t> cand(base[rows]);
+  std::vector<int64_t> start((size_t)rows * cols + 1);
+  for (int r = 0; r < rows; ++r) {
+    std::copy(row_list[r].begin(), row_list[r].end(), cand.begin() + base[r]);
+    for (int g = 0; g < cols; ++g) start[(size_t)r * cols + g] = base[r] + row_off[r][g];
+  }
+  start[(size_t)rows * cols] = base[rows];
   at::parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
-      const double v = x[i], hi = hw(h, i);
+      const double hi = hw(h, i);
       if (hi == 0) {
         a[i] = jmode;
         continue;
       }
-      const int j0 = nearest(c, v);
-      double best = hi * (v - c[j0]) * (v - c[j0]) + bias[j0];
-      int bj = j0;
-      const double dm = hi * (v - c[jmode]) * (v - c[jmode]) + bmin;
-      if (dm < best) best = dm, bj = jmode;
-      for (int side = 0; side < 2; ++side) {
-        const auto& U = up[side];
-        int cur = j0;
-        for (;;) {
-          // Skip the records whose bias is >= best: they cannot win.
-          int nx = U[0][cur];
-          if (nx < 0) break;
-          if (bias[nx] >= best) {
-            for (int t = levels - 1; t >= 0; --t) {
-              const int32_t m = U[t][cur];
-              if (m >= 0 && bias[m] >= best) cur = m;
-            }
-            nx = U[0][cur];
-            if (nx < 0) break;
-          }
-          const double d = hi * (v - c[nx]) * (v - c[nx]);
-          if (d + bmin >= best) break;  // every cluster further out costs at least this
-          if (d + bias[nx] < best) best = d + bias[nx], bj = nx;
-          cur = nx;
-        }
+      const size_t cell = (size_t)row_of(i) * cols + col_of(x[i]);
+      const int32_t* p = cand.data() + start[cell];
+      const int32_t* q = cand.data() + start[cell + 1];
+      double best = INFINITY;
+      int32_t arg = *p;
+      for (; p < q; ++p) {  // the reference's expression and order, so ties go the same way
+        const int32_t j = *p;
+        const double v = hi * ((double)x[i] - c[j]) * ((double)x[i] - c[j]) + bias[j];
+        if (v < best) best = v, arg = j;
       }
-      a[i] = bj;
+      a[i] = arg;
     }
   });
 }
@@ -461,16 +550,19 @@ void ecsq_assign_ref(const float* x, const float* h, int64_t n, const std::vecto
   }
 }
 
-ECSQResult ecsq1d(const float* x, const float* h, int64_t n, const std::vector<double>& init_centers,
-                  const ECSQParams& p) {
-  check_inputs(x, h, n, "ecsq1d");
-  BB_CHECK(!init_centers.empty(), "ecsq1d: no initial centres");
-  BB_CHECK(p.lambda >= 0 && std::isfinite(p.lambda), "ecsq1d: lambda must be >= 0, got ", p.lambda);
-  std::vector<double> c = init_centers;
-  std::sort(c.begin(), c.end());
-  c.erase(std::unique(c.begin(), c.end()), c.end());
+namespace {
+
+// The ECSQ iteration, from the state in `out` (centres, probabilities and assignment of the last
+// update) until the Lagrangian falls by less than p.tol or out.iterations reaches p.max_iter.
+// With first = true, out.centers are only the starting centres: every point goes to its nearest.
+void ecsq_iterate(const float* x, const float* h, int64_t n, const ECSQParams& p, bool first, ECSQResult& out) {
+  std::vector<double>& c = out.centers;
+  std::vector<double>& prob = out.prob;
+  std::vector<int32_t>& a = out.assign;
   std::vector<double> bias(c.size(), 0.0);  // -lambda log2 p_j
-  std::vector<int32_t> a(n);
+  if (!first)
+    for (size_t j = 0; j < c.size(); ++j) bias[j] = -p.lambda * std::log2(prob[j]);
+  a.resize(n);
 
   auto assign = [&] { ecsq_assign(x, h, n, c, bias, a.data()); };
 
@@ -479,10 +571,9 @@ ECSQResult ecsq1d(const float* x, const float* h, int64_t n, const std::vector<d
   // of the offsets from the old centre (small, so Q - S^2/W keeps its precision) give the
   // distortion without another pass. Sums run over fixed blocks of points in parallel and are
   // added in block order, so the result does not depend on the thread count.
-  std::vector<double> prob;
   constexpr int64_t kBlock = 1 << 16;
   const int64_t nblocks = (n + kBlock - 1) / kBlock;
-  auto update = [&](double* dist, double* rate) {
+  auto update = [&] {
     const int K = (int)c.size();
     std::vector<double> part((size_t)nblocks * K * 4, 0.0);  // per block: W, S, Q, P per cluster
     std::vector<int64_t> cpart((size_t)nblocks * K, 0);
@@ -540,33 +631,51 @@ ECSQResult ecsq1d(const float* x, const float* h, int64_t n, const std::vector<d
     }
     bias.resize(c.size());
     for (size_t j = 0; j < c.size(); ++j) bias[j] = -p.lambda * std::log2(prob[j]);
-    *dist = d;
-    *rate = r;
-    return d + p.lambda * r;
+    out.distortion = d;
+    out.rate_bits = r;
+    out.lagrangian = d + p.lambda * r;
+    out.history.push_back({out.lagrangian, r, (int)c.size()});
   };
 
-  assign();  // all biases 0: nearest centre
-  double d = 0, r = 0;
-  double J = update(&d, &r);
-  ECSQResult out;
-  for (int it = 0; it < p.max_iter; ++it) {
-    assign();
-    double d2, r2;
-    double J2 = update(&d2, &r2);
-    out.iterations = it + 1;
-    bool stop = J - J2 <= p.tol * std::fabs(J);
-    J = J2;
-    d = d2;
-    r = r2;
-    if (stop) break;
+  if (first) {
+    assign();  // all biases 0: nearest centre
+    update();
+  } else {
+    // A resumed run first asks whether the last step already met this tolerance.
+    const size_t m = out.history.size();
+    if (m >= 2 && out.history[m - 2].lagrangian - out.history[m - 1].lagrangian <= p.tol * std::fabs(out.history[m - 2].lagrangian))
+      return;
   }
-  out.centers = c;
-  out.assign = std::move(a);
-  out.prob = prob;
-  out.distortion = d;
-  out.rate_bits = r;
-  out.lagrangian = J;
+  while (out.iterations < p.max_iter) {
+    const double J = out.lagrangian;
+    assign();
+    update();
+    ++out.iterations;
+    if (J - out.lagrangian <= p.tol * std::fabs(J)) break;
+  }
+}
+
+}  // namespace
+
+ECSQResult ecsq1d(const float* x, const float* h, int64_t n, const std::vector<double>& init_centers,
+                  const ECSQParams& p) {
+  check_inputs(x, h, n, "ecsq1d");
+  BB_CHECK(!init_centers.empty(), "ecsq1d: no initial centres");
+  BB_CHECK(p.lambda >= 0 && std::isfinite(p.lambda), "ecsq1d: lambda must be >= 0, got ", p.lambda);
+  ECSQResult out;
+  out.centers = init_centers;
+  std::sort(out.centers.begin(), out.centers.end());
+  out.centers.erase(std::unique(out.centers.begin(), out.centers.end()), out.centers.end());
+  ecsq_iterate(x, h, n, p, true, out);
   return out;
+}
+
+void ecsq1d_resume(const float* x, const float* h, int64_t n, const ECSQParams& p, ECSQResult& r) {
+  check_inputs(x, h, n, "ecsq1d_resume");
+  BB_CHECK((int64_t)r.assign.size() == n && !r.centers.empty() && r.prob.size() == r.centers.size() &&
+               !r.history.empty(),
+           "ecsq1d_resume: the state is not an ecsq1d result for these ", n, " points");
+  ecsq_iterate(x, h, n, p, false, r);
 }
 
 }  // namespace bb

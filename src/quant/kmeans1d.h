@@ -90,10 +90,17 @@ struct ECSQResult : ScalarQuantizer {
   std::vector<double> prob;  // p_j = n_j / n
   double rate_bits = 0;      // n * H(a)
   double lagrangian = 0;     // distortion + lambda * rate_bits
+  // Per iteration (the nearest-centre start first): the Lagrangian, rate and live clusters.
+  struct Iteration {
+    double lagrangian, rate_bits;
+    int clusters;
+  };
+  std::vector<Iteration> history;
 };
 // One ECSQ assignment step, a_i = argmin_j h_i (x_i - c_j)^2 + bias_j over ascending centres c
-// (ecsq1d's inner step; bias_j = -lambda log2 p_j). Exact, by walking only the clusters that can
-// still win on each side of the nearest. ecsq_assign_ref: the plain O(n k) loop, for tests.
+// (ecsq1d's inner step; bias_j = -lambda log2 p_j). Exact and with the same ties (lowest j) as
+// ecsq_assign_ref, the plain O(n k) loop, by comparing each point with the few clusters that
+// can win anywhere in its cell of the (x, 1/h) plane.
 void ecsq_assign(const float* x, const float* h, int64_t n, const std::vector<double>& c,
                  const std::vector<double>& bias, int32_t* a);
 void ecsq_assign_ref(const float* x, const float* h, int64_t n, const std::vector<double>& c,
@@ -101,5 +108,9 @@ void ecsq_assign_ref(const float* x, const float* h, int64_t n, const std::vecto
 // Starts from the given centres (each point to its nearest; empty ones dropped).
 ECSQResult ecsq1d(const float* x, const float* h, int64_t n, const std::vector<double>& init_centers,
                   const ECSQParams& p);
+// Continues an ecsq1d run (same points and lambda) under p's tolerance and iteration cap. The
+// iterations are those the run would have made had it started with p, so a run to a loose
+// tolerance resumed to a tight one ends exactly where a run to the tight one from the start does.
+void ecsq1d_resume(const float* x, const float* h, int64_t n, const ECSQParams& p, ECSQResult& r);
 
 }  // namespace bb

@@ -414,6 +414,56 @@ RateSearchResult search_rate(double lo, double hi, double target, double rel_tol
   return best;
 }
 
+RateSearchResult search_rate_secant(double guess, double dbpw_dlog, double target, double rel_tol, int max_evals,
+                                    const std::function<double(double)>& eval) {
+  BB_CHECK(guess > 0 && std::isfinite(guess), "rate search: bad starting knob ", guess);
+  BB_CHECK(dbpw_dlog < 0, "rate search: the expected slope must be < 0, got ", dbpw_dlog);
+  BB_CHECK(target > 0, "rate search: target must be > 0");
+  BB_CHECK(max_evals >= 1, "rate search: max_evals must be >= 1");
+  RateSearchResult best;
+  double best_err = INFINITY;
+  auto f = [&](double u) {  // rate - target at knob e^u
+    const double t = std::exp(u), r = eval(t);
+    ++best.evals;
+    log_debug("rate search: knob " + std::to_string(t) + " -> " + std::to_string(r) + " bpw");
+    if (std::fabs(r - target) < best_err) best_err = std::fabs(r - target), best.knob = t, best.bpw = r;
+    return r - target;
+  };
+  auto done = [&] { return best_err <= rel_tol * target || best.evals >= max_evals; };
+  constexpr double kMaxStep = 6.9;  // ln(1000): one step never moves the knob more than 1000x
+  // Bracket: a (rate above target, smaller knob) and b (rate below target).
+  double u = std::log(guess), fu = f(u);
+  bool have_a = fu > 0, have_b = fu <= 0;
+  double ua = u, fa = fu, ub = u, fb = fu;
+  double slope = dbpw_dlog;
+  while (!done() && !(have_a && have_b)) {
+    const double step = std::clamp(-fu / slope, -kMaxStep, kMaxStep);
+    const double u2 = u + (step > 0 ? std::max(step, 1e-6) : std::min(step, -1e-6)), f2 = f(u2);
+    if (f2 != fu && (f2 - fu) / (u2 - u) < 0) slope = (f2 - fu) / (u2 - u);  // keep the hint if not decreasing
+    u = u2, fu = f2;
+    if (fu > 0) have_a = true, ua = u, fa = fu;
+    else have_b = true, ub = u, fb = fu;
+  }
+  int side = 0;  // which end was replaced last (-1 a, +1 b): the Illinois rule halves the other
+  // A bracket narrower than 1e-4 in ln t (0.01% in t) that still straddles the target is a jump
+  // in the rate: searching on would only pin down where it jumps.
+  while (!done() && have_a && have_b && ub - ua > 1e-4) {
+    double u2 = ub - fb * (ub - ua) / (fb - fa);
+    if (!(u2 > ua && u2 < ub)) u2 = 0.5 * (ua + ub);
+    const double f2 = f(u2);
+    if (f2 > 0) {
+      ua = u2, fa = f2;
+      if (side == -1) fb *= 0.5;
+      side = -1;
+    } else {
+      ub = u2, fb = f2;
+      if (side == +1) fa *= 0.5;
+      side = +1;
+    }
+  }
+  return best;
+}
+
 std::vector<LayerRecord> finish_sharing(CompressContext& ctx, const SharingProblem& prob, SharingSolution sol,
                                         const SharingParams& p, const std::string& method) {
   size_t kmax = 0;
