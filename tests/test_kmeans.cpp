@@ -27,9 +27,9 @@ TEST_CASE("assign_nearest equals brute force", "[kmeans]") {
   // d = 9 and 16 take the small-d path by default, 17 and 40 the GEMM path; both paths are
   // checked on every shape (k not a multiple of the vector width, and k = 1).
   for (int64_t d : {1, 9, 16, 17, 40}) {
-    for (int64_t k : {1, 37, 1024}) {
+    for (int64_t k : {1, 8, 37, 1024}) {
       INFO("d " << d << " k " << k);
-      auto x = torch::randn({3000, d});
+      auto x = torch::randn({3003, d});  // not a multiple of the 4-point block
       auto c = torch::randn({k, d});
       auto ref = assign_nearest_ref(x, c);
       auto x64 = x.to(torch::kFloat64), c64 = c.to(torch::kFloat64);
@@ -39,7 +39,14 @@ TEST_CASE("assign_nearest equals brute force", "[kmeans]") {
       // double-precision reference, it must be as near to float rounding of those scores.
       auto tol = 1e-5 * (x64.pow(2).sum(1) + c64.pow(2).sum(1).max());
       std::vector<torch::Tensor> picks = {assign_nearest(x, c).first, assign_nearest_gemm(x, c, 1000).first};
-      if (d <= kSmallD) picks.push_back(assign_nearest_small_d(x, c).first);
+      if (d <= kSmallD) {
+        picks.push_back(assign_nearest_small_d(x, c).first);
+        // The blocked kernel adds up the same floats in the same order as the plain loop.
+        auto [fa, fd] = assign_nearest_small_d(x, c);
+        auto [ra, rd] = assign_nearest_small_d(x, c, /*reference=*/true);
+        REQUIRE(fa.equal(ra));
+        REQUIRE(fd.equal(rd));
+      }
       else CHECK_THROWS_AS(assign_nearest_small_d(x, c), bb::Error);
       for (const torch::Tensor& a : picks) {
         REQUIRE(((sq(a) - best) <= tol).all().item<bool>());

@@ -70,9 +70,11 @@ std::pair<torch::Tensor, torch::Tensor> assign_nearest(const torch::Tensor& x, c
 // Blocks of rows x k distances by one GEMM each, then a row minimum.
 std::pair<torch::Tensor, torch::Tensor> assign_nearest_gemm(const torch::Tensor& x, const torch::Tensor& centroids,
                                                             int64_t chunk = 0);
-// One point at a time against all centroids held transposed (d x k), no distance block: at
-// d = 9 the GEMM's block traffic, not the arithmetic, is the cost.
-std::pair<torch::Tensor, torch::Tensor> assign_nearest_small_d(const torch::Tensor& x, const torch::Tensor& centroids);
+// Blocks of 4 points against 8 centroids at a time held transposed (d x k) in registers, no
+// distance block: at d = 9 the GEMM's block traffic, not the arithmetic, is the cost.
+// reference = true: the plain one-point-at-a-time loop, which gives the same floats and picks.
+std::pair<torch::Tensor, torch::Tensor> assign_nearest_small_d(const torch::Tensor& x, const torch::Tensor& centroids,
+                                                               bool reference = false);
 
 // Plain loop reference for tests: nearest centroid by brute force.
 torch::Tensor assign_nearest_ref(const torch::Tensor& x, const torch::Tensor& centroids);
