@@ -412,9 +412,10 @@ void ecsq_assign(const float* x, const float* h, int64_t n, const std::vector<do
   const int K = (int)c.size();
   if (n <= 0) return;
   const int jmode = (int)(std::min_element(bias.begin(), bias.end()) - bias.begin());  // first minimum
-  // Row of a point: the top 9 bits of its positive float h below the sign (exponent + 1 mantissa
-  // bit), monotone in h. h == 0 (cost = bias) and h == nullptr (t = 1, one row) are special.
-  constexpr int kShift = 21;  // keep the exponent and 2 mantissa bits: quarter-octave rows
+  // Row of a point: the bits of its positive float h above kShift (the exponent and the top two
+  // mantissa bits: quarter-octaves), monotone in h. h == 0 (cost = bias: the most probable
+  // cluster) and h == nullptr (h = 1 everywhere: one row) are special.
+  constexpr int kShift = 21;
   auto hkey = [](float v) {
     uint32_t u;
     std::memcpy(&u, &v, 4);
