@@ -383,35 +383,40 @@ void finetune_sharing(CompressContext& ctx, const SharingProblem& prob, SharingS
 
 // ---------------------------------------------------------------------------------------------
 
+namespace {
+// Both searches' bookkeeping: evaluates the knob, counts and logs the evaluation, and keeps the
+// one whose rate is closest to the target.
+struct RateProbe {
+  const std::function<double(double)>& eval;
+  double target;
+  RateSearchResult best;
+  double best_err = INFINITY;
+  double operator()(double t) {
+    const double r = eval(t);
+    ++best.evals;
+    log_debug("rate search: knob " + std::to_string(t) + " -> " + std::to_string(r) + " bpw");
+    if (std::fabs(r - target) < best_err) best_err = std::fabs(r - target), best.knob = t, best.bpw = r;
+    return r;
+  }
+};
+}  // namespace
+
 RateSearchResult search_rate(double lo, double hi, double target, double rel_tol, int max_evals,
                              const std::function<double(double)>& eval) {
   BB_CHECK(lo > 0 && hi > lo, "rate search: bad bracket [", lo, ", ", hi, "]");
   BB_CHECK(target > 0, "rate search: target must be > 0");
-  RateSearchResult best;
-  double best_err = INFINITY;
-  auto run = [&](double t) {
-    double r = eval(t);
-    ++best.evals;
-    double err = std::fabs(r - target);
-    if (err < best_err) {
-      best_err = err;
-      best.knob = t;
-      best.bpw = r;
-    }
-    log_debug("rate search: knob " + std::to_string(t) + " -> " + std::to_string(r) + " bpw");
-    return r;
-  };
+  RateProbe run{eval, target};
   double rlo = run(lo);
-  for (int i = 0; i < 20 && rlo < target && best.evals < max_evals; ++i) rlo = run(lo /= 8);
+  for (int i = 0; i < 20 && rlo < target && run.best.evals < max_evals; ++i) rlo = run(lo /= 8);
   double rhi = run(hi);
-  for (int i = 0; i < 20 && rhi > target && best.evals < max_evals; ++i) rhi = run(hi *= 8);
-  while (best.evals < max_evals && best_err > rel_tol * target && hi / lo > 1 + 1e-9) {
+  for (int i = 0; i < 20 && rhi > target && run.best.evals < max_evals; ++i) rhi = run(hi *= 8);
+  while (run.best.evals < max_evals && run.best_err > rel_tol * target && hi / lo > 1 + 1e-9) {
     double mid = std::sqrt(lo * hi);
     double r = run(mid);
     if (r > target) lo = mid;
     else hi = mid;
   }
-  return best;
+  return run.best;
 }
 
 RateSearchResult search_rate_secant(double guess, double dbpw_dlog, double target, double rel_tol, int max_evals,
@@ -420,16 +425,9 @@ RateSearchResult search_rate_secant(double guess, double dbpw_dlog, double targe
   BB_CHECK(dbpw_dlog < 0, "rate search: the expected slope must be < 0, got ", dbpw_dlog);
   BB_CHECK(target > 0, "rate search: target must be > 0");
   BB_CHECK(max_evals >= 1, "rate search: max_evals must be >= 1");
-  RateSearchResult best;
-  double best_err = INFINITY;
-  auto f = [&](double u) {  // rate - target at knob e^u
-    const double t = std::exp(u), r = eval(t);
-    ++best.evals;
-    log_debug("rate search: knob " + std::to_string(t) + " -> " + std::to_string(r) + " bpw");
-    if (std::fabs(r - target) < best_err) best_err = std::fabs(r - target), best.knob = t, best.bpw = r;
-    return r - target;
-  };
-  auto done = [&] { return best_err <= rel_tol * target || best.evals >= max_evals; };
+  RateProbe run{eval, target};
+  auto f = [&](double u) { return run(std::exp(u)) - target; };  // rate - target at knob e^u
+  auto done = [&] { return run.best_err <= rel_tol * target || run.best.evals >= max_evals; };
   constexpr double kMaxStep = 6.9;  // ln(1000): one step never moves the knob more than 1000x
   // Bracket: a (rate above target, smaller knob) and b (rate below target).
   double u = std::log(guess), fu = f(u);
@@ -461,7 +459,7 @@ RateSearchResult search_rate_secant(double guess, double dbpw_dlog, double targe
       side = +1;
     }
   }
-  return best;
+  return run.best;
 }
 
 std::vector<LayerRecord> finish_sharing(CompressContext& ctx, const SharingProblem& prob, SharingSolution sol,
