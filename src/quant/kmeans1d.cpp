@@ -406,67 +406,91 @@ ScalarQuantizer uniform1d(const float* x, const float* h, int64_t n, double step
 // ties included, as the plain loop over every cluster. Cells are built only where points fall.
 // (perf, ResNet-18 at 280 clusters: the earlier walk along record chains took ~90% of an ECSQ
 // iteration; the iteration went 0.42 -> 0.135 s.)
-void ecsq_assign(const float* x, const float* h, int64_t n, const std::vector<double>& c,
-                 const std::vector<double>& bias, int32_t* a) {
-  BB_CHECK(!c.empty() && bias.size() == c.size(), "ecsq_assign: ", c.size(), " centres and ", bias.size(), " biases");
-  const int K = (int)c.size();
-  if (n <= 0) return;
-  const int jmode = (int)(std::min_element(bias.begin(), bias.end()) - bias.begin());  // first minimum
+namespace {
+
+// The cells of the (x, h) plane. They depend on the points alone, so an ECSQ run lays them out
+// once and only the candidate lists are rebuilt per iteration (the centres and biases change).
+struct ECSQCells {
   // Row of a point: the bits of its positive float h above kShift (the exponent and the top two
   // mantissa bits: quarter-octaves), monotone in h. h == 0 (cost = bias: the most probable
   // cluster) and h == nullptr (h = 1 everywhere: one row) are special.
-  constexpr int kShift = 21;
-  auto hkey = [](float v) {
+  static constexpr int kShift = 21;
+  static int hkey(float v) {
     uint32_t u;
     std::memcpy(&u, &v, 4);
     return (int)(u >> kShift);
-  };
-  // Ranges of x and of the row keys, per fixed chunk in parallel (min/max: order-free).
-  constexpr int64_t kChunk = 1 << 18;
-  const int64_t nchunks = (n + kChunk - 1) / kChunk;
-  std::vector<float> cxmin(nchunks), cxmax(nchunks);
-  std::vector<int> ckmin(nchunks, 1 << 30), ckmax(nchunks, -1);
-  at::parallel_for(0, nchunks, 1, [&](int64_t q0, int64_t q1) {
-    for (int64_t q = q0; q < q1; ++q) {
-      float lo = x[q * kChunk], hi = lo;
-      int klo = 1 << 30, khi = -1;
-      for (int64_t i = q * kChunk, e = std::min(n, i + kChunk); i < e; ++i) {
-        lo = std::min(lo, x[i]), hi = std::max(hi, x[i]);
-        if (h && h[i] > 0) klo = std::min(klo, hkey(h[i])), khi = std::max(khi, hkey(h[i]));
+  }
+  const float* x;
+  const float* h;
+  int64_t n;
+  int cols;
+  int kmin = 0, rows = 0;  // rows == 0: every h is 0
+  double x0 = 0, span = 0, vscale = 0;
+  std::vector<uint8_t> used;  // rows x cols: which cells hold points
+
+  int col_of(double v) const {
+    const double u = (v - x0) * vscale;
+    return u <= 0 ? 0 : u >= cols ? cols - 1 : (int)u;
+  }
+  int row_of(int64_t i) const { return h ? hkey(h[i]) - kmin : 0; }
+
+  ECSQCells(const float* x_, const float* h_, int64_t n_, int cols_) : x(x_), h(h_), n(n_), cols(cols_) {
+    if (n <= 0) return;
+    // Ranges of x and of the row keys, per fixed chunk in parallel (min/max: order-free).
+    constexpr int64_t kChunk = 1 << 18;
+    const int64_t nchunks = (n + kChunk - 1) / kChunk;
+    std::vector<float> cxmin(nchunks), cxmax(nchunks);
+    std::vector<int> ckmin(nchunks, 1 << 30), ckmax(nchunks, -1);
+    at::parallel_for(0, nchunks, 1, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) {
+        float lo = x[q * kChunk], hi = lo;
+        int klo = 1 << 30, khi = -1;
+        for (int64_t i = q * kChunk, e = std::min(n, i + kChunk); i < e; ++i) {
+          lo = std::min(lo, x[i]), hi = std::max(hi, x[i]);
+          if (h && h[i] > 0) klo = std::min(klo, hkey(h[i])), khi = std::max(khi, hkey(h[i]));
+        }
+        cxmin[q] = lo, cxmax[q] = hi, ckmin[q] = klo, ckmax[q] = khi;
       }
-      cxmin[q] = lo, cxmax[q] = hi, ckmin[q] = klo, ckmax[q] = khi;
-    }
-  });
-  const float xmin = *std::min_element(cxmin.begin(), cxmin.end()), xmax = *std::max_element(cxmax.begin(), cxmax.end());
-  int kmin = *std::min_element(ckmin.begin(), ckmin.end()), kmax = *std::max_element(ckmax.begin(), ckmax.end());
-  if (!h) kmin = kmax = 0;
-  if (kmax < 0) {  // every h is 0: the most probable cluster everywhere
+    });
+    const float xmin = *std::min_element(cxmin.begin(), cxmin.end());
+    const float xmax = *std::max_element(cxmax.begin(), cxmax.end());
+    kmin = *std::min_element(ckmin.begin(), ckmin.end());
+    int kmax = *std::max_element(ckmax.begin(), ckmax.end());
+    if (!h) kmin = kmax = 0;
+    if (kmax < 0) return;  // every h is 0
+    rows = kmax - kmin + 1;
+    x0 = xmin, span = (double)xmax - xmin, vscale = span > 0 ? cols / span : 0;
+    // Marked per thread (one shared array would bounce cache lines between cores), then merged.
+    const size_t ncells = (size_t)rows * cols;
+    std::vector<std::vector<uint8_t>> marks(at::get_num_threads());
+    at::parallel_for(0, n, 1 << 16, [&](int64_t b, int64_t e) {
+      auto& m = marks[at::get_thread_num()];
+      if (m.empty()) m.assign(ncells, 0);
+      for (int64_t i = b; i < e; ++i)
+        if (!h || h[i] > 0) m[(size_t)row_of(i) * cols + col_of(x[i])] = 1;
+    });
+    used.assign(ncells, 0);
+    for (auto& m : marks)
+      if (!m.empty())
+        for (size_t q = 0; q < ncells; ++q) used[q] |= m[q];
+  }
+};
+
+int ecsq_cell_cols(size_t k) { return (int)std::clamp<size_t>(2 * k, 16, 8192); }
+
+void ecsq_assign_cells(const ECSQCells& cl, const std::vector<double>& c, const std::vector<double>& bias, int32_t* a) {
+  BB_CHECK(!c.empty() && bias.size() == c.size(), "ecsq_assign: ", c.size(), " centres and ", bias.size(), " biases");
+  const int K = (int)c.size();
+  const float *x = cl.x, *h = cl.h;
+  const int64_t n = cl.n;
+  if (n <= 0) return;
+  const int jmode = (int)(std::min_element(bias.begin(), bias.end()) - bias.begin());  // first minimum
+  if (cl.rows == 0) {  // every h is 0: the most probable cluster everywhere
     for (int64_t i = 0; i < n; ++i) a[i] = jmode;
     return;
   }
-  const int rows = kmax - kmin + 1;
-  const int cols = std::max(16, std::min(8192, 2 * K));
-  const double x0 = xmin, span = (double)xmax - xmin, vscale = span > 0 ? cols / span : 0;
-  auto col_of = [&](double v) {
-    const double u = (v - x0) * vscale;
-    return u <= 0 ? 0 : u >= cols ? cols - 1 : (int)u;
-  };
-  auto row_of = [&](int64_t i) { return h ? hkey(h[i]) - kmin : 0; };
-  // Which cells hold points.
-  // Marked per thread (one shared array would bounce cache lines between cores), then merged.
-  const size_t ncells = (size_t)rows * cols;
-  std::vector<std::vector<uint8_t>> marks(at::get_num_threads());
-  at::parallel_for(0, n, 1 << 16, [&](int64_t b, int64_t e) {
-    auto& m = marks[at::get_thread_num()];
-    if (m.empty()) m.assign(ncells, 0);
-    for (int64_t i = b; i < e; ++i)
-      if (!h || h[i] > 0) m[(size_t)row_of(i) * cols + col_of(x[i])] = 1;
-  });
-  std::vector<uint8_t> used(ncells, 0);
-  for (auto& m : marks)
-    if (!m.empty())
-      for (size_t q = 0; q < ncells; ++q) used[q] |= m[q];
-
+  const int rows = cl.rows, cols = cl.cols, kmin = cl.kmin;
+  const double x0 = cl.x0, span = cl.span;
   double cmax = 0, bmax = 0;
   for (int j = 0; j < K; ++j) cmax = std::max(cmax, std::fabs(c[j])), bmax = std::max(bmax, std::fabs(bias[j]));
   // Candidate lists per cell, rows built in parallel and joined in row order (deterministic).
@@ -476,7 +500,7 @@ void ecsq_assign(const float* x, const float* h, int64_t n, const std::vector<do
     for (int64_t r = r0; r < r1; ++r) {
       double h0 = 1, h1 = 1;
       if (h) {  // this row's h lie in [h0, h1) exactly
-        const uint32_t ul = (uint32_t)(r + kmin) << kShift, uh = (uint32_t)(r + kmin + 1) << kShift;
+        const uint32_t ul = (uint32_t)(r + kmin) << ECSQCells::kShift, uh = (uint32_t)(r + kmin + 1) << ECSQCells::kShift;
         float hl, hh;
         std::memcpy(&hl, &ul, 4);
         std::memcpy(&hh, &uh, 4);
@@ -489,7 +513,7 @@ void ecsq_assign(const float* x, const float* h, int64_t n, const std::vector<do
       const double hd = 0.5 * w + pad;  // half-width of a cell, widened a hair for rounding
       for (int g = 0; g < cols; ++g) {
         off[g] = (int32_t)list.size();
-        if (!used[(size_t)r * cols + g]) continue;
+        if (!cl.used[(size_t)r * cols + g]) continue;
         const double vc = x0 + (g + 0.5) * w;
         double U = INFINITY;
         for (int j = 0; j < K; ++j) {
@@ -524,7 +548,7 @@ void ecsq_assign(const float* x, const float* h, int64_t n, const std::vector<do
         a[i] = jmode;
         continue;
       }
-      const size_t cell = (size_t)row_of(i) * cols + col_of(x[i]);
+      const size_t cell = (size_t)cl.row_of(i) * cols + cl.col_of(x[i]);
       const int32_t* p = cand.data() + start[cell];
       const int32_t* q = cand.data() + start[cell + 1];
       double best = INFINITY;
@@ -537,6 +561,15 @@ void ecsq_assign(const float* x, const float* h, int64_t n, const std::vector<do
       a[i] = arg;
     }
   });
+}
+
+}  // namespace
+
+void ecsq_assign(const float* x, const float* h, int64_t n, const std::vector<double>& c,
+                 const std::vector<double>& bias, int32_t* a) {
+  BB_CHECK(!c.empty() && bias.size() == c.size(), "ecsq_assign: ", c.size(), " centres and ", bias.size(), " biases");
+  if (n <= 0) return;
+  ecsq_assign_cells(ECSQCells(x, h, n, ecsq_cell_cols(c.size())), c, bias, a);
 }
 
 void ecsq_assign_ref(const float* x, const float* h, int64_t n, const std::vector<double>& c,
@@ -565,7 +598,8 @@ void ecsq_iterate(const float* x, const float* h, int64_t n, const ECSQParams& p
     for (size_t j = 0; j < c.size(); ++j) bias[j] = -p.lambda * std::log2(prob[j]);
   a.resize(n);
 
-  auto assign = [&] { ecsq_assign(x, h, n, c, bias, a.data()); };
+  const ECSQCells cells(x, h, n, ecsq_cell_cols(c.size()));  // the column count stays that of the start
+  auto assign = [&] { ecsq_assign_cells(cells, c, bias, a.data()); };
 
   // Update: centres = weighted means, p = counts / n, empty clusters dropped; returns the
   // Lagrangian of the current assignment at the new centres and probabilities. Per-cluster sums
