@@ -13,6 +13,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <random>
 
@@ -402,6 +403,9 @@ TEST_CASE("tq method: decode(record) is the in-memory weight; curves cache reuse
   set["blocks"] = "3";  // another key: a second file
   run(set, nullptr);
   CHECK(files().size() == 2);
+  set["batch_size"] = "4";  // D is summed per micro-batch (its last bits differ): a third
+  run(set, nullptr);
+  CHECK(files().size() == 3);
   fs::remove_all(cache);
 }
 
@@ -554,6 +558,17 @@ TEST_CASE("tq distortion passes equal a plain forward with the perturbed weight"
         CHECK(expect[l] > 0);
         CHECK(std::abs(got[l] - expect[l]) <= 1e-3 * expect[l]);
       }
+    }
+    // The cache holds one stage's layer activations at a time and captures another stage's again
+    // when a pass needs it: in reverse order every stage is captured afresh, and each D is the
+    // same to the bit.
+    {
+      auto forward_order = tq_measure_distortions(*model, images, 4, perts, true);
+      auto rev = perts;
+      std::reverse(rev.begin(), rev.end());
+      auto backward_order = tq_measure_distortions(*model, images, 4, rev, true);
+      std::reverse(backward_order.begin(), backward_order.end());
+      CHECK(backward_order == forward_order);
     }
     // The model is left as it was: folding off, no tap.
     CHECK_FALSE(model->fold_bn());

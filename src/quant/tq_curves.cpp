@@ -70,30 +70,42 @@ int best_step_exp(const double* x, int64_t groups, int64_t len, const double* we
   return best;
 }
 
-// Records every layer's input and output of one forward (dense), and with `folded`, the stage
-// outputs and which stage each layer runs in.
+// Records the inputs and outputs (dense) of the layers of one stage (`want`; -1: none) in one
+// forward, and with `folded`, every stage's output and which stage each layer runs in. Stages
+// before `want` come from `supplied` (not run), and the pass stops after stage `want`.
 struct CaptureTap : LayerTap {
   bool folded = false;  // see the folded network, and record stages
+  int want = -1;
+  const std::vector<torch::Tensor>* supplied = nullptr;
   std::vector<torch::Tensor> x, y, stage_out;
   std::vector<int> stage_of;  // all 0 unless folded: no stage is ever skipped
-  explicit CaptureTap(size_t n, bool fold = false) : folded(fold), x(n), y(n), stage_of(n, 0) {}
+  CaptureTap(size_t n, bool fold, int want_stage) : folded(fold), want(want_stage), x(n), y(n), stage_of(n, 0) {}
   bool wants_folded() const override { return folded; }
+  int stage_now() const { return (int)stage_out.size(); }
+  torch::Tensor precomputed_stage(int s) override {
+    return supplied && s < want ? (*supplied)[s] : torch::Tensor();
+  }
   void on_input(int l, const torch::Tensor& in) override {
-    x[l] = in.is_mkldnn() ? in.to_dense() : in;
-    stage_of[l] = (int)stage_out.size();
+    stage_of[l] = stage_now();
+    if (stage_now() == want) x[l] = in.is_mkldnn() ? in.to_dense() : in;
   }
   torch::Tensor on_output(int l, const torch::Tensor& in, torch::Tensor out) override {
-    y[l] = out.is_mkldnn() ? out.to_dense() : out;
+    if (stage_of[l] == want) y[l] = out.is_mkldnn() ? out.to_dense() : out;
     return out;
   }
   void on_stage_output(int s, const torch::Tensor& out) override {
     if (!folded) return;
     BB_CHECK(s == (int)stage_out.size(), "tq: model stages out of order (stage ", s, " after ", stage_out.size(), ")");
     stage_out.push_back(out);
+    if (supplied && s == want) throw StopForward{};  // the rest of the network is not needed
   }
 };
 
-// Calibration activations of the BN-folded network, one entry per micro-batch.
+// Calibration activations of the BN-folded network, one entry per micro-batch: the logits and
+// every stage's output, and the inputs and outputs of the layers of one stage at a time (`held`),
+// captured again from the previous stage's cached output when a pass needs another stage. All
+// layers' x and y at once would hold ~4x the stage outputs (ResNet-18 at 100 images: ~3 GB,
+// ResNet-50 ~10 GB); a stage's capture costs a pass over that stage only.
 struct CalibCache {
   std::vector<torch::Tensor> images, logits;
   std::vector<std::vector<torch::Tensor>> x, y, stages;  // [batch][layer or stage]
@@ -101,6 +113,36 @@ struct CalibCache {
   std::vector<torch::Tensor> scale;                      // per layer: BN scale, or undefined
   int64_t count = 0;
   int64_t classes = 0;
+  Model* model = nullptr;
+  bool fast = false;
+  int held = -1;
+
+  // Makes x and y hold the layers of stage s (and no other).
+  void hold(int s) {
+    if (s == held) return;
+    torch::NoGradGuard ng;
+    const size_t nl = stage_of.size();
+    for (size_t b = 0; b < images.size(); ++b) {
+      for (size_t l = 0; l < nl; ++l) x[b][l] = y[b][l] = torch::Tensor();  // free the old stage first
+      CaptureTap tap(nl, fast, s);
+      tap.supplied = &stages[b];
+      {
+        TapScope tg(*model, &tap);
+        try {
+          model->forward(images[b]);
+        } catch (const StopForward&) {
+        }
+      }
+      for (size_t l = 0; l < nl; ++l) {
+        if (stage_of[l] != s) continue;
+        BB_CHECK(tap.x[l].defined() && tap.stage_of[l] == s, "tq: layer ", model->layers()[l].name,
+                 " was not run again in stage ", s);
+        x[b][l] = std::move(tap.x[l]);
+        y[b][l] = std::move(tap.y[l]);
+      }
+    }
+    held = s;
+  }
 };
 
 // The pass for a perturbation of layer `target`: the stages before the target's stage return their
@@ -118,19 +160,17 @@ struct PerturbTap : LayerTap {
     return {};
   }
   torch::Tensor precomputed_output(int l, const torch::Tensor& in) override {
-    const auto& y = cache->y[batch][l];
+    if (l > target) return {};
+    const auto& y = cache->y[batch][l];  // held: the layers before the target in its stage
     if (l < target) return y;
-    if (l == target) {
-      const auto& s = cache->scale[l];
-      return s.defined() ? y + dy * s.view({1, -1, 1, 1}) : y + dy;
-    }
-    return {};
+    const auto& s = cache->scale[l];
+    return s.defined() ? y + dy * s.view({1, -1, 1, 1}) : y + dy;
   }
 };
 
 class DistortionMeter {
  public:
-  DistortionMeter(Model& model, const CalibCache& cache, bool fast) : model_(model), cache_(cache), fast_(fast) {}
+  DistortionMeter(Model& model, CalibCache& cache, bool fast) : model_(model), cache_(cache), fast_(fast) {}
 
   // Logits MSE with the weight of layer `l` changed by dw (float64, the layer's 2-D shape).
   double measure(int l, const torch::Tensor& dw) {
@@ -139,6 +179,7 @@ class DistortionMeter {
     const Layer& layer = model_.layers()[l];
     auto w = dw.to(torch::kFloat32).reshape(layer.weight().sizes());
     c10::InferenceMode im;
+    cache_.hold(cache_.stage_of[l]);
     PerturbTap tap;
     tap.cache = &cache_;
     tap.target = l;
@@ -159,7 +200,7 @@ class DistortionMeter {
 
  private:
   Model& model_;
-  const CalibCache& cache_;
+  CalibCache& cache_;
   bool fast_;
   int64_t count_ = 0;
   double seconds_ = 0;
@@ -167,22 +208,26 @@ class DistortionMeter {
 
 // `fast`: the model must be in eval mode with BN folding on (FoldBnScope); the cache holds the
 // folded network's outputs and the stage outputs. Otherwise (the reference path for benchmarks)
-// it holds the plain network's conv outputs, and every pass runs from the input.
+// it holds the plain network's conv outputs, and every pass runs from the input (one stage).
+// The model must outlive the cache and keep its state.
 CalibCache capture(Model& model, const torch::Tensor& images, int64_t batch_size, bool fast) {
   torch::NoGradGuard ng;
   CalibCache c;
+  c.model = &model;
+  c.fast = fast;
   const size_t nl = model.layers().size();
   for (size_t l = 0; l < nl; ++l) c.scale.push_back(fast ? model.bn_scale((int)l) : torch::Tensor());
   for (int64_t s = 0; s < images.size(0); s += batch_size) {
     auto mb = images.slice(0, s, std::min(images.size(0), s + batch_size));
-    CaptureTap tap(nl, fast);
+    CaptureTap tap(nl, fast, 0);  // stage 0's layers come with the full pass
     torch::Tensor out;
     {
       TapScope tg(model, &tap);
       out = model.forward(mb);
     }
     for (size_t l = 0; l < nl; ++l)
-      BB_CHECK(tap.x[l].defined(), "tq: layer ", model.layers()[l].name, " was not run by the forward pass");
+      BB_CHECK(tap.stage_of[l] > 0 || tap.x[l].defined(), "tq: layer ", model.layers()[l].name,
+               " was not run by the forward pass");
     BB_CHECK(c.images.empty() || tap.stage_of == c.stage_of, "tq: stage layout differs between batches");
     c.stage_of = tap.stage_of;
     c.images.push_back(mb);
@@ -193,6 +238,7 @@ CalibCache capture(Model& model, const torch::Tensor& images, int64_t batch_size
     c.count += mb.size(0);
     c.classes = out.size(1);
   }
+  c.held = 0;
   return c;
 }
 
@@ -278,7 +324,8 @@ std::string options_text(const TqCurveOptions& o) {
   s.precision(17);
   s << "transform=" << (o.transform == TransformKind::klt ? "klt" : "elt") << "|blocks=" << o.blocks
     << "|calib_images=" << o.calib_images << "|seed=" << o.seed << "|steps_per_octave=" << o.steps_per_octave
-    << "|step_by_logits=" << o.step_by_logits << "|elt_ridge=" << o.elt_ridge;
+    << "|step_by_logits=" << o.step_by_logits << "|elt_ridge=" << o.elt_ridge
+    << "|batch_size=" << o.batch_size;  // D is summed per micro-batch: its last bits depend on it
   return s.str();
 }
 
@@ -332,7 +379,7 @@ std::vector<torch::Tensor> tq_grad_second_moments(Model& model, const torch::Ten
   int64_t count = 0, classes = 0;
   for (int64_t s = 0; s < images.size(0); s += batch_size) {
     auto mb = images.slice(0, s, std::min(images.size(0), s + batch_size)).clone().set_requires_grad(true);
-    CaptureTap tap(nl);
+    CaptureTap tap(nl, false, 0);  // plain network: one stage, every layer recorded
     torch::Tensor logits;
     {
       TapScope tg(model, &tap);
