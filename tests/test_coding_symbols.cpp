@@ -321,17 +321,27 @@ TEST_CASE("rANS interleaves more states on long streams, at <= 0.1% of the paylo
 }
 
 TEST_CASE("Huffman splits long streams into 4 lanes, at <= 0.1% of the payload", "[coding]") {
-  // 2,000 symbols: one stream (the original layout); 60,000 Laplacian-16 symbols (~180 kbit) and
-  // 200,000 indices into 4,096 codewords: 4 lanes.
+  // 2,000 symbols: one stream (the original layout); 60,000 Laplacian-16 symbols (~180 kbit),
+  // 200,000 indices into 4,096 codewords, and 2^18 indices into 65,536 lognormally used codewords
+  // (codes up to 20 bits: the decoder's 16-bit root table and its sub-tables): 4 lanes.
   std::mt19937_64 rng(6);
   std::vector<uint32_t> idx(200000);
   for (auto& x : idx) x = (uint32_t)(rng() % 4096);
+  std::lognormal_distribution<double> ln(0.0, 1.0);
+  std::vector<double> w(65536);
+  for (auto& x : w) x = ln(rng);
+  std::discrete_distribution<uint32_t> d(w.begin(), w.end());
+  std::vector<uint32_t> big(1 << 18);
+  for (auto& x : big) x = d(rng);
   struct Case {
     std::vector<uint32_t> v;
     uint32_t alphabet;
     int lanes;
   };
-  const Case cases[] = {{laplacian(2000, 16, 1.5, 1), 16, 1}, {laplacian(60000, 16, 1.5, 2), 16, 4}, {idx, 4096, 4}};
+  const Case cases[] = {{laplacian(2000, 16, 1.5, 1), 16, 1},
+                        {laplacian(60000, 16, 1.5, 2), 16, 4},
+                        {idx, 4096, 4},
+                        {big, 65536, 4}};
   for (const Case& k : cases) {
     const std::vector<uint8_t> enc = encode_symbols(k.v, k.alphabet, Coder::huffman);
     const SymbolStreamInfo info = inspect_symbols(enc);
