@@ -323,7 +323,7 @@ TEST_CASE("rANS interleaves more states on long streams, at <= 0.1% of the paylo
 TEST_CASE("Huffman splits long streams into 4 lanes, at <= 0.1% of the payload", "[coding]") {
   // 2,000 symbols: one stream (the original layout); 60,000 Laplacian-16 symbols (~180 kbit),
   // 200,000 indices into 4,096 codewords, and 2^18 indices into 65,536 lognormally used codewords
-  // (codes up to 20 bits: the decoder's 16-bit root table and its sub-tables): 4 lanes.
+  // (codes up to 20 bits: most of them through the decoder's sub-tables): 4 lanes.
   std::mt19937_64 rng(6);
   std::vector<uint32_t> idx(200000);
   for (auto& x : idx) x = (uint32_t)(rng() % 4096);

@@ -33,13 +33,6 @@ constexpr uint32_t kMaxEntropyAlphabet = 1u << 24;   // huffman / rans alphabet
 constexpr uint32_t kMaxUsedSymbols = 1u << 20;       // distinct symbols for huffman / rans
 constexpr int kMaxCodeLen = 20;                      // huffman code-length limit (>= log2 used)
 constexpr int kRootBits = 13;                        // first-level Huffman decode table bits
-// Long streams over large alphabets get a bigger root: with 65,536 codewords (codes of 13-20
-// bits) a 2^17-entry root (512 KiB, in L2) decodes most codes in one lookup instead of two
-// dependent ones (bench_coding, 2^20 symbols: 13 bits ~140-160 MB/s, 16 bits 176, 17 bits 247,
-// 18 bits 205). Filling it costs 2^root stores, so only for >= 2^18 symbols; the root is
-// ceil(log2(used symbols)) + 1 bits, from kRootBits up to kRootBitsLong.
-constexpr int kRootBitsLong = 17;
-constexpr uint64_t kRootLongMinSymbols = 1u << 18;
 // Huffman lanes: symbol i goes to lane i mod L, each lane its own byte-aligned bit stream, so the
 // decoder runs L independent table-lookup chains. L = 1 << field, the field in bits 4-5 of the
 // coder byte (0: one stream, the original layout). Each extra lane costs a size varint and up to
@@ -283,10 +276,8 @@ struct CanonicalCode {
 // for a root slot whose codes are longer than the root: offset << 8 | 0x80 | sub-table bits.
 class FastDecoder {
  public:
-  FastDecoder(const CanonicalCode& c, uint64_t count) {
-    int root = kRootBits;
-    if (count >= kRootLongMinSymbols) root = std::clamp(ceil_log2(std::max<uint64_t>(1, c.used)) + 1, kRootBits, kRootBitsLong);
-    root_ = std::min(c.max_len, root);
+  explicit FastDecoder(const CanonicalCode& c) {
+    root_ = std::min(c.max_len, kRootBits);
     const uint32_t root_size = 1u << root_;
     table_.assign(root_size, 0);
     // Sub-table depth per root slot: longest code sharing that root prefix.
@@ -326,16 +317,6 @@ class FastDecoder {
     r.consume(e & 31);
     return e >> 8;
   }
-  // The same without a branch: a root entry that is a symbol is looked up again (an L1 hit).
-  BB_INLINE uint32_t one_nobranch(BitReader& r) const {
-    const uint32_t* t = table_.data();
-    const uint32_t bits = r.peek(32), p = bits & ((1u << root_) - 1);
-    uint32_t e = t[p];
-    const uint32_t sub = (e >> 8) + ((bits >> root_) & ((1u << (e & 31)) - 1));
-    e = t[(e & 0x80) ? sub : p];
-    r.consume(e & 31);
-    return e >> 8;
-  }
 
   void decode(BitReader& r, uint32_t* out, uint64_t n) const {
     uint64_t i = 0;
@@ -361,9 +342,9 @@ class FastDecoder {
 #pragma GCC unroll 8
       for (int l = 0; l < L; ++l) r[l].refill();
 #pragma GCC unroll 8
-      for (int l = 0; l < L; ++l) out[i + l] = one_nobranch(r[l]);
+      for (int l = 0; l < L; ++l) out[i + l] = one(r[l]);
 #pragma GCC unroll 8
-      for (int l = 0; l < L; ++l) out[i + L + l] = one_nobranch(r[l]);
+      for (int l = 0; l < L; ++l) out[i + L + l] = one(r[l]);
     }
     for (; i < n; ++i) {
       BitReader& ri = r[i % L];
@@ -457,7 +438,7 @@ std::vector<uint32_t> get_int_seq(BitReader& r, uint64_t count, const char* what
   for (int t = 0; t < kNumTokens; ++t)
     if (lens[t]) single = t;
   std::optional<FastDecoder> fast;
-  if (code.used > 1) fast.emplace(code, 0);  // a short table: the default root
+  if (code.used > 1) fast.emplace(code);
   std::vector<uint32_t> v;
   v.reserve(std::min<uint64_t>(count, 1u << 16));
   while (v.size() < count) {
@@ -657,7 +638,7 @@ void decode_huffman(ByteReader& r, const Header& h, std::vector<uint32_t>& out, 
              " symbols in ", r.remaining(), " bytes");
     out.resize(h.count);
     if (lanes == 1) {
-      FastDecoder(code, h.count).decode(br, out.data(), h.count);
+      FastDecoder(code).decode(br, out.data(), h.count);
     } else {
       BB_CHECK(sized <= r.remaining(), "corrupt huffman stream: lanes of ", sized, " bytes in ", r.remaining());
       lane_bytes[lanes - 1] = r.remaining() - sized;
@@ -667,7 +648,7 @@ void decode_huffman(ByteReader& r, const Header& h, std::vector<uint32_t>& out, 
         lr.emplace_back(r.ptr() + off, lane_bytes[l]);
         off += lane_bytes[l];
       }
-      const FastDecoder dec(code, h.count);
+      const FastDecoder dec(code);
       dec.decode_lanes<1 << kHuffmanLaneField>(lr.data(), out.data(), h.count);  // the header allows no other
       for (BitReader& l : lr) l.finish("huffman lane");
       r.skip(r.remaining());
@@ -843,19 +824,14 @@ void rans_decode_loop(const std::vector<uint32_t>& q, int scale, const std::vect
   #pragma GCC unroll 16
   for (int j = 0; j < W; ++j) x[j] = (uint64_t)words[2 * j] | ((uint64_t)words[2 * j + 1] << 32);
   size_t pos = 2 * W;
-  // Renormalisation without a branch: whether a state takes a word is a coin flip per symbol at
-  // high rates, and each mispredicted branch also discards the other states' table loads in
-  // flight. The word is read from a clamped index (a corrupt stream that asks for words past the
-  // end reads the last one again, never memory past it), and `pos` keeps counting, so such a
-  // stream fails the final check below.
-  const size_t last = nwords - 1;
-  auto step = [&](uint64_t& x, uint32_t s) {
+  // A corrupt stream may ask for words past the end: rejected, never read.
+  auto step = [&](uint64_t& x, uint32_t s, uint64_t i) {
     const FreqCum f = fc[s];
     x = f.freq * (x >> scale) + (x & mask) - f.cum;
-    const uint64_t in = words[std::min(pos, last)];
-    const bool take = x < kRansL;
-    x = take ? (x << 32) | in : x;
-    pos += take;
+    if (x < kRansL) {
+      BB_CHECK(pos < nwords, "corrupt rans stream: payload ends early at symbol ", i);
+      x = (x << 32) | words[pos++];
+    }
   };
   uint64_t i = 0;
   for (; i + W <= count; i += W) {
@@ -865,14 +841,13 @@ void rans_decode_loop(const std::vector<uint32_t>& q, int scale, const std::vect
     #pragma GCC unroll 16
     for (int j = 0; j < W; ++j) out[i + j] = sym[j];
     #pragma GCC unroll 16
-    for (int j = 0; j < W; ++j) step(x[j], sym[j]);
+    for (int j = 0; j < W; ++j) step(x[j], sym[j], i + j);
   }
   for (int j = 0; i < count; ++i, ++j) {
     const uint32_t s = slot_sym[x[j] & mask];
     out[i] = s;
-    step(x[j], s);
+    step(x[j], s, i);
   }
-  BB_CHECK(pos <= nwords, "corrupt rans stream: the payload ends ", pos - nwords, " words early");
   bool final_ok = pos == nwords;
   for (int j = 0; j < W; ++j) final_ok = final_ok && x[j] == kRansL;
   BB_CHECK(final_ok, "corrupt rans stream: final state mismatch");
