@@ -72,4 +72,6 @@ for b in sorted(runs):
         r = runs[b][0]
         mbs = r.get("bytes_per_second", 0) / 1e6
         extra = (" overhead %+.2f%%" % r["overhead_pct"]) if "overhead_pct" in r else ""
+        if "payload_overhead_pct" in r and "table_pct" in r:  # where it goes: coded symbols vs stored table
+            extra += " (payload %+.3f%%, table %.3f%%)" % (r["payload_overhead_pct"], r["table_pct"])
         print("  %-45s %8.1f MB/s%s" % (b, mbs, extra))
