@@ -28,6 +28,18 @@ std::vector<uint32_t> laplacian(size_t n, uint32_t alphabet, double scale, uint6
   return v;
 }
 
+// n indices into `alphabet` codewords used with lognormal(0, 1) weights (codebook-like), drawn
+// from rng (the weights first, then the indices).
+std::vector<uint32_t> lognormal_indices(size_t n, uint32_t alphabet, std::mt19937_64& rng) {
+  std::lognormal_distribution<double> ln(0.0, 1.0);
+  std::vector<double> w(alphabet);
+  for (auto& x : w) x = ln(rng);
+  std::discrete_distribution<uint32_t> d(w.begin(), w.end());
+  std::vector<uint32_t> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
 // P(k) proportional to r^k: a geometric source (r small -> skewed).
 std::vector<uint32_t> geometric(size_t n, uint32_t alphabet, double r, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -293,12 +305,7 @@ TEST_CASE("rANS interleaves more states on long streams, at <= 0.1% of the paylo
   // 2,000 symbols: 2 states (the original layout); 60,000 Laplacian-16 symbols (~180 kbit): 4;
   // 2^20 indices into 65,536 lognormally used codewords (a 2^20-slot table, ~16 Mbit): 8.
   std::mt19937_64 rng(5);
-  std::lognormal_distribution<double> ln(0.0, 1.0);
-  std::vector<double> w(65536);
-  for (auto& x : w) x = ln(rng);
-  std::discrete_distribution<uint32_t> d(w.begin(), w.end());
-  std::vector<uint32_t> big(1 << 20);
-  for (auto& x : big) x = d(rng);
+  const std::vector<uint32_t> big = lognormal_indices(1 << 20, 65536, rng);
   const Case cases[] = {{laplacian(2000, 16, 1.5, 1), 16, 2}, {laplacian(60000, 16, 1.5, 2), 16, 4}, {big, 65536, 8}};
   for (const Case& k : cases) {
     const std::vector<uint8_t> enc = encode_symbols(k.v, k.alphabet, Coder::rans);
@@ -327,12 +334,7 @@ TEST_CASE("Huffman splits long streams into 4 lanes, at <= 0.1% of the payload",
   std::mt19937_64 rng(6);
   std::vector<uint32_t> idx(200000);
   for (auto& x : idx) x = (uint32_t)(rng() % 4096);
-  std::lognormal_distribution<double> ln(0.0, 1.0);
-  std::vector<double> w(65536);
-  for (auto& x : w) x = ln(rng);
-  std::discrete_distribution<uint32_t> d(w.begin(), w.end());
-  std::vector<uint32_t> big(1 << 18);
-  for (auto& x : big) x = d(rng);
+  const std::vector<uint32_t> big = lognormal_indices(1 << 18, 65536, rng);
   struct Case {
     std::vector<uint32_t> v;
     uint32_t alphabet;
