@@ -228,6 +228,96 @@ TEST_CASE("Hessian cache: a hit gives identical values, a weight change misses",
   REQUIRE_THROWS_AS(hessian_diag_cached(*model, ds, p, tmp.path), Error);
 }
 
+TEST_CASE("adam_sqrt: sqrt of the mean squared minibatch gradient, whole minibatches only", "[choi][hessian]") {
+  auto model = seeded_model("lenet5", 7);
+  RandomImages ds(12, 1, 32, "mnist");
+  HessianParams p;
+  p.estimator = "adam_sqrt";
+  p.images = 11;
+  p.adam_batch = 4;  // 11 images: two whole minibatches of 4, the last 3 left out
+  p.seed = 2;
+  auto H = estimate_hessian_diag(*model, ds, p);
+  // Brute force: the gradient of each minibatch's mean loss, in the sampled order.
+  auto idx = sample_indices(ds.size(), p.images, p.seed);
+  std::vector<torch::Tensor> w, ref;
+  for (auto& l : model->layers()) {
+    w.push_back(l.weight());
+    ref.push_back(torch::zeros_like(l.weight()));
+  }
+  for (int b = 0; b < 2; ++b) {
+    auto batch = load_batch(ds, std::vector<int64_t>(idx.begin() + 4 * b, idx.begin() + 4 * b + 4));
+    auto loss = torch::nn::functional::cross_entropy(model->forward(batch.images), batch.labels);
+    auto g = torch::autograd::grad({loss}, w);
+    for (size_t l = 0; l < w.size(); ++l) ref[l] += g[l].square() / 2.0;
+  }
+  for (auto& r : ref) r.sqrt_();
+  require_close(H, ref, 1e-5);
+  // A different minibatch size is a different estimate and a different cache key.
+  HessianParams q = p;
+  q.adam_batch = 2;
+  REQUIRE(q.key() != p.key());
+  auto H2 = estimate_hessian_diag(*model, ds, q);
+  REQUIRE_FALSE(H2[0].equal(H[0]));
+  // The estimator name is accepted by the methods.
+  auto m = make_method("ecsq");
+  REQUIRE_NOTHROW(ParamBinder::apply(m->params(), {{"hessian", "adam_sqrt"}, {"hessian_adam_batch", "64"}}, "t"));
+  REQUIRE_THROWS_AS(ParamBinder::apply(m->params(), {{"hessian_adam_batch", "0"}}, "t"), Error);
+}
+
+TEST_CASE("importance shaping: power, per-layer normalisation, damping", "[choi][hessian]") {
+  // Three layers with very different Hessian scales.
+  SharingProblem prob;
+  prob.offset = {0, 4, 7, 10};
+  prob.h = {1, 2, 3, 4, 100, 300, 500, 1e-3f, 5e-3f, 2e-3f};
+  prob.x.assign(prob.h.size(), 0.f);
+  const std::vector<float> raw = prob.h;
+  auto shaped = [&](SharingParams sp) {
+    SharingProblem q = prob;
+    shape_importance(q, sp);
+    double s = 0;
+    for (float v : q.h) s += v;
+    REQUIRE(s / q.h.size() == Approx(1.0).epsilon(1e-6));  // always mean 1
+    return q.h;
+  };
+  SharingParams sp;
+  SECTION("defaults only rescale") {
+    auto h = shaped(sp);
+    for (size_t i = 1; i < h.size(); ++i) REQUIRE(h[i] / h[0] == Approx(raw[i] / raw[0]).epsilon(1e-5));
+  }
+  SECTION("per-layer normalisation keeps each layer's relative weights and equalises the layers") {
+    sp.hessian_norm = "layer";
+    auto h = shaped(sp);
+    for (size_t l = 0; l < 3; ++l) {
+      double m = 0;
+      for (int64_t i = prob.offset[l]; i < prob.offset[l + 1]; ++i) {
+        m += h[i];
+        REQUIRE(h[i] / h[prob.offset[l]] == Approx(raw[i] / raw[prob.offset[l]]).epsilon(1e-5));
+      }
+      REQUIRE(m / (double)prob.size(l) == Approx(1.0).epsilon(1e-5));
+    }
+  }
+  SECTION("power 0.5 is the square root, up to the scale") {
+    sp.hessian_power = 0.5;
+    auto h = shaped(sp);
+    for (size_t i = 1; i < h.size(); ++i)
+      REQUIRE(h[i] / h[0] == Approx(std::sqrt((double)raw[i] / raw[0])).epsilon(1e-5));
+  }
+  SECTION("damping adds a multiple of the mean; a huge one makes every weight 1") {
+    sp.hessian_damping = 1.0;
+    auto h = shaped(sp);
+    double mean = 0;
+    for (float v : raw) mean += v;
+    mean /= raw.size();
+    for (size_t i = 0; i < h.size(); ++i) REQUIRE(h[i] == Approx((raw[i] + mean) / (2 * mean)).epsilon(1e-5));
+    sp.hessian_damping = 1e12;
+    for (float v : shaped(sp)) REQUIRE(v == 1.0f);
+  }
+  auto m = make_method("uniform_ecsq");
+  REQUIRE_THROWS_AS(ParamBinder::apply(m->params(), {{"hessian_norm", "channel"}}, "t"), Error);
+  REQUIRE_THROWS_AS(ParamBinder::apply(m->params(), {{"hessian_damping", "-1"}}, "t"), Error);
+  REQUIRE_THROWS_AS(ParamBinder::apply(m->params(), {{"hessian_power", "0"}}, "t"), Error);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pruning
 
@@ -387,6 +477,51 @@ TEST_CASE("uniform_ecsq and ecsq hit target_bpw within 2% of the coded bytes", "
       INFO(method << " target " << target << " got bpw_core " << acc.bpw_core);
       REQUIRE(std::fabs(acc.bpw_core - std::stod(target)) <= 0.02 * std::stod(target));
     }
+  }
+}
+
+namespace {
+std::vector<uint8_t> record_bytes(const std::vector<LayerRecord>& recs) {
+  BbzFile f;
+  f.model = "lenet5";
+  f.provenance = nlohmann::json::object();
+  f.layers = recs;
+  return serialize_bbz(f);
+}
+}  // namespace
+
+TEST_CASE("ecsq / uniform_ecsq: a huge damping gives weighting=none's result", "[choi][methods]") {
+  auto calib = std::make_shared<RandomImages>(16, 1, 32, "mnist");
+  for (std::string method : {"ecsq", "uniform_ecsq"}) {
+    auto run = [&](std::map<std::string, std::string> params) {
+      auto model = seeded_model("lenet5", 15);
+      params["target_bpw"] = "2";
+      params["hessian_images"] = "16";
+      auto m = method_with(method, params);
+      auto ctx = make_ctx(*model, calib);
+      return m->compress(ctx);
+    };
+    auto none = run({{"weighting", "none"}});
+    auto damped = run({{"weighting", "hessian"}, {"hessian_damping", "1e12"}});
+    auto plain = run({{"weighting", "hessian"}});
+    INFO(method);
+    REQUIRE(record_bytes(damped) == record_bytes(none));
+    REQUIRE(record_bytes(plain) != record_bytes(none));  // the weighting does change something
+  }
+}
+
+TEST_CASE("ecsq is deterministic: the same config and seed give the same bytes", "[choi][methods]") {
+  auto calib = std::make_shared<RandomImages>(24, 1, 32, "mnist");
+  for (std::string est : {"gauss_newton", "adam_sqrt"}) {
+    auto run = [&] {
+      auto model = seeded_model("lenet5", 16);  // a fresh model, a fresh Hessian (no cache)
+      auto m = method_with("ecsq", {{"target_bpw", "2"}, {"hessian", est}, {"hessian_images", "24"},
+                                    {"hessian_adam_batch", "8"}, {"hessian_gn_max_classes", "0"}});
+      auto ctx = make_ctx(*model, calib, 5);
+      return record_bytes(m->compress(ctx));
+    };
+    INFO(est);
+    REQUIRE(run() == run());
   }
 }
 

@@ -75,13 +75,15 @@ torch::Tensor per_image_sq_grad_sum(const Layer& layer, const torch::Tensor& x, 
 }  // namespace
 
 void HessianParams::validate() const {
-  BB_CHECK(estimator == "gauss_newton" || estimator == "empirical_fisher" || estimator == "hutchinson",
-           "hessian: estimator must be gauss_newton, empirical_fisher or hutchinson, got '", estimator, "'");
+  BB_CHECK(estimator == "gauss_newton" || estimator == "empirical_fisher" || estimator == "hutchinson" ||
+               estimator == "adam_sqrt",
+           "hessian: estimator must be gauss_newton, empirical_fisher, hutchinson or adam_sqrt, got '", estimator, "'");
   BB_CHECK(images >= 1, "hessian: images must be >= 1, got ", images);
   BB_CHECK(batch_size >= 1, "hessian: batch_size must be >= 1, got ", batch_size);
   BB_CHECK(gn_max_classes >= 0, "hessian: gn_max_classes must be >= 0");
   BB_CHECK(gn_samples >= 1, "hessian: gn_samples must be >= 1");
   BB_CHECK(hutchinson_probes >= 1, "hessian: hutchinson_probes must be >= 1");
+  BB_CHECK(adam_batch >= 1, "hessian: adam_batch must be >= 1");
 }
 
 std::string HessianParams::key() const {
@@ -89,6 +91,7 @@ std::string HessianParams::key() const {
                   " batch=" + std::to_string(batch_size) + " seed=" + std::to_string(seed);
   if (estimator == "gauss_newton") k += " gn_max_classes=" + std::to_string(gn_max_classes) + " gn_samples=" + std::to_string(gn_samples);
   if (estimator == "hutchinson") k += " probes=" + std::to_string(hutchinson_probes);
+  if (estimator == "adam_sqrt") k += " adam_batch=" + std::to_string(adam_batch);
   return k;
 }
 
@@ -105,6 +108,32 @@ std::vector<torch::Tensor> estimate_hessian_diag(Model& model, const Dataset& da
   RequiresGradGuard rg(model);
   auto gen = at::detail::createCPUGenerator(p.seed ^ 0x4e55u);
   std::vector<int64_t> idx = sample_indices(data.size(), p.images, p.seed);
+
+  if (p.estimator == "adam_sqrt") {
+    // v_hat = mean over minibatches of g_b^2, g_b the gradient of the minibatch's mean loss; only
+    // whole minibatches (a short last one would be a noisier sample), unless there is just one.
+    const int64_t B = p.adam_batch;
+    if ((int64_t)idx.size() > B) idx.resize(idx.size() / B * B);
+    LoaderOptions lo;
+    lo.batch_size = B;
+    Progress prog("hessian (adam_sqrt)", (long)idx.size());
+    int64_t batches = 0;
+    std::vector<torch::Tensor> w;
+    for (auto& l : layers) w.push_back(l.weight());
+    for_each_batch(data, idx, lo, [&](const Batch& b) {
+      TapScope tg(model, nullptr);
+      auto loss = F::cross_entropy(model.forward(b.images), b.labels);
+      auto g = torch::autograd::grad({loss}, w);
+      for (size_t l = 0; l < nl; ++l) H[l] += g[l].detach().square();
+      ++batches;
+      prog.advance(b.images.size(0));
+    });
+    prog.finish();
+    for (size_t l = 0; l < nl; ++l) H[l] = (H[l] / (double)batches).sqrt_();
+    if (was_training) model.train();
+    return H;
+  }
+
   const int64_t n_images = (int64_t)idx.size();
   LoaderOptions lo;
   lo.batch_size = p.batch_size;

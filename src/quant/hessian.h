@@ -11,6 +11,14 @@
 //   empirical_fisher  squared per-image gradients with the true labels.
 //   hutchinson        E[z * Hz] with Rademacher z, Hz by double backward on the mean loss: an
 //                     unbiased estimate of the true Hessian diagonal (entries can be negative).
+//   adam_sqrt         Choi et al.'s alternative ("Alt-Hessian", used for AlexNet): the square root
+//                     of Adam's second-moment estimate v_hat. There is no Adam state from training,
+//                     so v_hat is estimated as what it tracks at the end of training: the mean over
+//                     minibatches of adam_batch calibration images (true labels, no augmentation,
+//                     BN in eval mode) of the squared minibatch gradient of the mean loss. Returned
+//                     is sqrt(v_hat) (not a Hessian: the units of a gradient). Near a minimum
+//                     v_hat ~ (1/B) * the empirical Fisher, so it is about sqrt(empirical Fisher)
+//                     up to a constant: the same ranking with half the dynamic range in log.
 // Per-image gradients come from one backward pass per batch: the gradient w.r.t. each layer's
 // output is captured and combined with the layer's input (unfold for convs), so no per-image
 // backward is needed. All estimates are of the Hessian of the MEAN loss (averaged over images).
@@ -25,12 +33,13 @@
 namespace bb {
 
 struct HessianParams {
-  std::string estimator = "gauss_newton";  // gauss_newton | empirical_fisher | hutchinson
+  std::string estimator = "gauss_newton";  // gauss_newton | empirical_fisher | hutchinson | adam_sqrt
   int64_t images = 1000;                   // calibration images (Choi et al.: 1,000 ~ 50,000)
   int64_t batch_size = 50;                 // images per backward pass
   int gn_max_classes = 32;                 // gauss_newton: exact sum over classes up to this many
   int gn_samples = 1;                      // gauss_newton: sampled labels per image otherwise
   int hutchinson_probes = 4;               // hutchinson: Rademacher probes per batch
+  int64_t adam_batch = 128;                // adam_sqrt: minibatch size of the squared gradients
   uint64_t seed = 0;                       // image subset, label sampling, probes
   void validate() const;
   // Canonical text of the settings that change the result (cache keys).

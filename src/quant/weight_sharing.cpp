@@ -26,13 +26,19 @@ void SharingParams::bind(ParamBinder& b) {
   b.field("codebook_fp16", codebook_fp16, "store shared values as fp16 (default fp32)");
   b.field("target_bpw", target_bpw, "rate target, bits per weight over all compressed weights, coded bytes (0 = off)");
   b.field("rate_tol", rate_tol, "rate search stops within this relative distance of target_bpw");
-  b.field("hessian", hessian.estimator, "Hessian diagonal estimator", {"gauss_newton", "empirical_fisher", "hutchinson"});
+  b.field("hessian", hessian.estimator, "Hessian diagonal estimator (adam_sqrt: Choi et al.'s sqrt of Adam's v_hat)",
+          {"gauss_newton", "empirical_fisher", "hutchinson", "adam_sqrt"});
   b.field("hessian_images", hessian.images, "calibration images for the Hessian");
   b.field("hessian_batch", hessian.batch_size, "images per backward pass in the Hessian estimate");
   b.field("hessian_gn_max_classes", hessian.gn_max_classes, "gauss_newton: exact sum over classes up to this many, else sampled labels");
   b.field("hessian_gn_samples", hessian.gn_samples, "gauss_newton: labels sampled per image when not exact");
   b.field("hessian_probes", hessian.hutchinson_probes, "hutchinson: Rademacher probes per batch");
+  b.field("hessian_adam_batch", hessian.adam_batch, "adam_sqrt: minibatch size of the squared minibatch gradients");
   b.field("hessian_floor", hessian_floor, "h_i is raised to at least floor * mean(h)");
+  b.field("hessian_power", hessian_power, "h_i <- h_i^power after the floor (1 = as estimated)");
+  b.field("hessian_norm", hessian_norm, "layer: divide each layer's h by its mean (weighting only within layers)",
+          {"none", "layer"});
+  b.field("hessian_damping", hessian_damping, "h_i <- h_i + damping * mean(h) after normalisation (0 = none)");
   b.field("prune_keep", prune_keep, "fraction of weights kept by magnitude pruning (1 = no pruning)");
   b.field("prune_scope", prune_scope, "pruning threshold per layer or one for the network", {"layer", "network"});
   b.field("prune_run_alphabet", prune_run_alphabet, "alphabet of the pruned-position run code (last symbol = escape)");
@@ -54,6 +60,8 @@ void SharingParams::validate() {
   BB_CHECK(target_bpw >= 0 && std::isfinite(target_bpw), "target_bpw must be >= 0, got ", target_bpw);
   BB_CHECK(rate_tol > 0 && rate_tol < 0.5, "rate_tol must be in (0, 0.5), got ", rate_tol);
   BB_CHECK(hessian_floor >= 0 && hessian_floor < 1, "hessian_floor must be in [0, 1), got ", hessian_floor);
+  BB_CHECK(hessian_power > 0 && hessian_power <= 4, "hessian_power must be in (0, 4], got ", hessian_power);
+  BB_CHECK(hessian_damping >= 0 && std::isfinite(hessian_damping), "hessian_damping must be >= 0, got ", hessian_damping);
   BB_CHECK(prune_keep > 0 && prune_keep <= 1, "prune_keep must be in (0, 1], got ", prune_keep);
   BB_CHECK(prune_run_alphabet >= 2 && prune_run_alphabet <= 65536, "prune_run_alphabet must be in [2, 65536], got ", prune_run_alphabet);
   BB_CHECK(prune_retrain_epochs >= 0, "prune_retrain_epochs must be >= 0, got ", prune_retrain_epochs);
@@ -64,6 +72,33 @@ void SharingParams::validate() {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+void shape_importance(SharingProblem& prob, const SharingParams& p) {
+  if (prob.h.empty()) return;
+  std::vector<double> h(prob.h.begin(), prob.h.end());
+  if (p.hessian_power != 1.0)
+    for (double& v : h) v = std::pow(std::max(v, 0.0), p.hessian_power);
+  if (p.hessian_norm == "layer") {
+    for (size_t l = 0; l + 1 < prob.offset.size(); ++l) {
+      const int64_t b = prob.offset[l], e = prob.offset[l + 1];
+      double m = 0;
+      for (int64_t i = b; i < e; ++i) m += h[i];
+      if (e > b && m > 0)
+        for (int64_t i = b; i < e; ++i) h[i] *= (double)(e - b) / m;
+    }
+  }
+  double sum = 0;
+  for (double v : h) sum += v;
+  BB_CHECK(sum > 0 && std::isfinite(sum), "weight sharing: the importance weights sum to ", sum);
+  if (p.hessian_damping > 0) {
+    const double add = p.hessian_damping * sum / (double)h.size();
+    for (double& v : h) v += add;
+    sum += add * (double)h.size();
+  }
+  // Mean 1, so the rate searches see the same scale whatever the estimator and options.
+  const double scale = (double)h.size() / sum;
+  for (size_t i = 0; i < h.size(); ++i) prob.h[i] = (float)(h[i] * scale);
+}
 
 SharingProblem prepare_sharing(CompressContext& ctx, const SharingParams& p) {
   BB_CHECK(ctx.model, "weight sharing: no model");
@@ -158,18 +193,15 @@ SharingProblem prepare_sharing(CompressContext& ctx, const SharingParams& p) {
     BB_CHECK(mean > 0, "weight sharing: the Hessian diagonal estimate is zero everywhere");
     const double floor = p.hessian_floor * mean;
     int64_t raised = 0;
-    double sum = 0;
     for (float& v : prob.h) {
       if (v < floor) {
         v = (float)floor;
         ++raised;
       }
-      sum += v;
     }
-    const double scale = (double)prob.h.size() / sum;
-    for (float& v : prob.h) v = (float)(v * scale);
     if (raised) log_info("weight sharing: " + std::to_string(raised) + " of " + std::to_string(prob.h.size()) +
                          " Hessian entries raised to the floor");
+    shape_importance(prob, p);
   }
   return prob;
 }

@@ -39,7 +39,13 @@ struct SharingParams {
   double rate_tol = 0.005;          // rate search stops within this relative distance of the target
 
   HessianParams hessian;
+  // The importance h as the quantizers see it, from the estimate, in this order (then scaled to
+  // mean 1): floor, power, per-layer normalisation, damping.
   double hessian_floor = 1e-6;      // h_i >= floor * mean(h) (Hutchinson's negative entries included)
+  double hessian_power = 1.0;       // h_i <- h_i^power (1: as estimated; 0.5 compresses its range)
+  std::string hessian_norm = "none";// none | layer: each layer's h divided by its mean (weighting
+                                    // then only redistributes error within a layer)
+  double hessian_damping = 0;       // h_i <- h_i + damping * mean(h) (-> infinity: weighting=none)
 
   double prune_keep = 1.0;          // fraction of weights kept by magnitude pruning (1 = no pruning)
   std::string prune_scope = "layer";// layer (same fraction per layer) | network (one threshold)
@@ -69,8 +75,12 @@ struct SharingProblem {
   const float* hptr() const { return h.empty() ? nullptr : h.data(); }
 };
 
-// Prunes (the pruned weights of ctx.model are set to 0), retrains if asked, estimates the Hessian.
+// Prunes (the pruned weights of ctx.model are set to 0), retrains if asked, estimates the Hessian,
+// floors it and shapes it by shape_importance.
 SharingProblem prepare_sharing(CompressContext& ctx, const SharingParams& p);
+// Applies hessian_power, hessian_norm and hessian_damping to prob.h (already floored, >= 0) and
+// scales it to mean 1. No-op when prob.h is empty (weighting=none).
+void shape_importance(SharingProblem& prob, const SharingParams& p);
 
 // A quantization of a problem: per layer its cluster values and per kept weight its cluster.
 struct SharingSolution {
