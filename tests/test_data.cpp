@@ -495,3 +495,32 @@ TEST_CASE("memoized datasets give the decoded images exactly, and share one obje
   auto plain = bb::load_batch(*base, idx);
   REQUIRE(torch::equal(via_memo.images, plain.images));
 }
+
+TEST_CASE("cifar10-jpeg-val: a fixed 500-per-class hold-out, disjoint from cifar10-jpeg-train", "[data]") {
+  auto train = bb::open_dataset("cifar10-jpeg-train");
+  auto val = bb::open_dataset("cifar10-jpeg-val");
+  REQUIRE(val->size() == 5000);
+  REQUIRE(train->size() == 45000);
+  std::map<int64_t, int> per_class;
+  std::set<std::string> val_files;
+  for (int64_t i = 0; i < val->size(); ++i) {
+    per_class[val->label(i)]++;
+    val_files.insert(val->image_path(i));
+  }
+  REQUIRE(per_class.size() == 10);
+  for (auto& kv : per_class) CHECK(kv.second == 500);
+  REQUIRE(val_files.size() == 5000);
+  std::set<std::string> all = val_files;
+  for (int64_t i = 0; i < train->size(); ++i) {
+    INFO(train->image_path(i));
+    REQUIRE(val_files.count(train->image_path(i)) == 0);  // no training image is a validation image
+    all.insert(train->image_path(i));
+  }
+  CHECK(all.size() == 50000);  // together they are the whole folder
+  // The pick is not the first 500 files of each class (a seeded shuffle of the sorted names), and
+  // it is the same on every open.
+  auto again = bb::open_dataset("cifar10-jpeg-val");
+  for (int64_t i = 0; i < val->size(); i += 97) CHECK(again->image_path(i) == val->image_path(i));
+  CHECK(val->image_path(0) != bb::open_dataset("cifar10-jpeg-test")->image_path(0));
+  CHECK(train->identity() != val->identity());
+}

@@ -41,8 +41,9 @@ class Dataset {
   int64_t num_classes_ = 10;
 };
 
-// Known names: cifar10-lossless-1k, cifar10-jpeg-train, cifar10-jpeg-test, mnist-test,
-// imagenet-sample, imagenet-val. `root` is the data root (see bb::data_root) except for
+// Known names: cifar10-lossless-1k, cifar10-jpeg-train, cifar10-jpeg-val, cifar10-jpeg-test,
+// mnist-test, imagenet-sample, imagenet-val. cifar10-jpeg-val is a fixed, class-balanced hold-out
+// of 5,000 images of the JPEG train folder (500 per class); cifar10-jpeg-train is the other 45,000. `root` is the data root (see bb::data_root) except for
 // imagenet-val, whose root is the validation folder itself (--data-root or BITBENCH_IMAGENET_VAL)
 // in one of two layouts: class subfolders (<wnid>/<file>), or a flat folder of images plus a label
 // file of "<file> <label>" lines, label = class index (sorted-wnid order) or wnid: the folder's

@@ -122,13 +122,48 @@ std::vector<std::string> subfolders(const std::string& root) {
   return dirs;
 }
 
+// A fixed, class-balanced hold-out of an ImageFolder: in every class folder, `per_class` images
+// picked by a seeded shuffle of the folder's sorted file names. The pick depends only on the
+// names, the class folder name and the seed, not on the directory listing order or the machine.
+struct HoldOut {
+  enum class Part { all, rest, held };
+  Part part = Part::all;
+  int64_t per_class = 0;
+  uint64_t seed = 0;
+  std::vector<bool> mask(size_t n, const std::string& cls) const {
+    std::vector<bool> m(n, false);
+    if (part == Part::all) return m;
+    std::vector<size_t> order(n);
+    for (size_t i = 0; i < n; ++i) order[i] = i;
+    uint64_t h = seed;  // FNV-1a of the class name, mixed into the seed
+    for (unsigned char c : cls) h = (h ^ c) * 0x100000001b3ULL;
+    std::mt19937_64 rng(h);
+    for (size_t i = 0; i + 1 < n; ++i) {  // Fisher-Yates, explicit (std::shuffle is not portable)
+      size_t j = i + (size_t)(rng() % (uint64_t)(n - i));
+      std::swap(order[i], order[j]);
+    }
+    for (int64_t k = 0; k < per_class && k < (int64_t)n; ++k) m[order[k]] = true;
+    return m;
+  }
+  std::string describe() const {
+    if (part == Part::all) return "";
+    return std::string(part == Part::held ? ":holdout" : ":minus-holdout") + std::to_string(per_class) + "/" +
+           std::to_string(seed);
+  }
+};
+
+// The CIFAR-10 JPEG train folder's validation split: 500 images per class (5,000), never used for
+// calibration, Hessians or fine-tuning (cifar10-jpeg-train is the other 45,000).
+constexpr int64_t kCifarValPerClass = 500;
+constexpr uint64_t kCifarValSeed = 0xcafa1500ULL;
+
 // root/<class>/<image>, decoded with OpenCV. Class index: position of the folder name in
 // `classes` (ImageNet: synsets.tsv order = sorted wnids, the torchvision order), else sorted
 // folder names. A folder absent from `classes` is an error.
 class ImageFolder : public Dataset {
  public:
   ImageFolder(const std::string& name, const std::string& family, const std::string& root,
-              Preprocess pre, std::vector<std::string> classes)
+              Preprocess pre, std::vector<std::string> classes, const HoldOut& hold = {})
       : root_(root), pre_(std::move(pre)) {
     name_ = name;
     family_ = family;
@@ -151,12 +186,17 @@ class ImageFolder : public Dataset {
           files.push_back(e.path().filename().string());
       }
       std::sort(files.begin(), files.end());
-      for (auto& f : files) {
-        files_.push_back(d + "/" + f);
+      std::vector<bool> held = hold.mask(files.size(), d);
+      BB_CHECK(hold.part == HoldOut::Part::all || files.size() > (size_t)hold.per_class, "dataset '", name,
+               "': class folder '", d, "' has ", files.size(), " images, too few to hold out ", hold.per_class);
+      for (size_t k = 0; k < files.size(); ++k) {
+        if (hold.part == HoldOut::Part::held ? !held[k] : (hold.part == HoldOut::Part::rest && held[k])) continue;
+        files_.push_back(d + "/" + files[k]);
         labels_.push_back(it->second);
       }
     }
     BB_CHECK(!files_.empty(), "dataset '", name, "': no images found under '", root, "'");
+    split_ = hold.describe();
   }
   // Flat folder with an explicit (file, label) list.
   ImageFolder(const std::string& name, const std::string& family, const std::string& root, Preprocess pre,
@@ -178,10 +218,11 @@ class ImageFolder : public Dataset {
     return preprocess_rgb(rgb, pre_);
   }
   std::string identity() const override {
-    return name_ + ":" + root_ + ":" + std::to_string(files_.size());
+    return name_ + ":" + root_ + ":" + std::to_string(files_.size()) + split_;
   }
 
  private:
+  std::string split_;  // "" or the hold-out rule, part of the identity
   std::string root_;
   Preprocess pre_;
   std::vector<std::string> files_;
@@ -317,7 +358,15 @@ const std::map<std::string, Entry>& table() {
        {"cifar10",
         [](const std::string& r) {
           return std::make_shared<ImageFolder>("cifar10-jpeg-train", "cifar10", data_root(r) + "/cifar10/jpeg/train",
-                                               Preprocess::cifar(), std::vector<std::string>{});
+                                               Preprocess::cifar(), std::vector<std::string>{},
+                                               HoldOut{HoldOut::Part::rest, kCifarValPerClass, kCifarValSeed});
+        }}},
+      {"cifar10-jpeg-val",
+       {"cifar10",
+        [](const std::string& r) {
+          return std::make_shared<ImageFolder>("cifar10-jpeg-val", "cifar10", data_root(r) + "/cifar10/jpeg/train",
+                                               Preprocess::cifar(), std::vector<std::string>{},
+                                               HoldOut{HoldOut::Part::held, kCifarValPerClass, kCifarValSeed});
         }}},
       {"cifar10-jpeg-test",
        {"cifar10",
