@@ -6,7 +6,9 @@
 #include "common/runtime.h"
 #include "methods/method.h"
 #include "models/registry.h"
+#include "models/weights_io.h"
 #include "runner/pipeline.h"
+#include "test_data_helpers.h"
 
 #include <chrono>
 #include <cstdio>
@@ -211,4 +213,48 @@ TEST_CASE("uniform baseline table on cifar_resnet20", "[pipeline][slow]") {
     REQUIRE(o.accounting.bpw_core < b + 0.2);
     if (b >= 4) REQUIRE(o.evals[0].top1 > 85.0);
   }
+}
+
+TEST_CASE("uniform asymmetric min-max equals PyTorch's per-channel affine fake quantization", "[pipeline][oracle]") {
+  BB_REQUIRE_ORACLE("torch");
+  Tmp t;
+  for (int bits : {3, 8}) {
+    auto r = req("uniform", t.dir + "/a.bbz");
+    r.params = {{"bits", std::to_string(bits)}, {"scheme", "asymmetric"}, {"clip", "minmax"}};
+    r.eval_datasets.clear();
+    compress_model(r);
+    REQUIRE(cli("decompress " + t.dir + "/a.bbz --out " + t.dir + "/a.pt") == 0);
+    bbtest::Proc p = bbtest::run_python("scripts/oracle/uniform_affine.py",
+                                        "--weights " + bbtest::sh_quote(r.weights) + " --decoded " +
+                                            bbtest::sh_quote(t.dir + "/a.pt") + " --bits " + std::to_string(bits));
+    INFO(p.out << p.err);
+    REQUIRE(p.status == 0);
+    CHECK(p.out.find("layers 20 ") != std::string::npos);  // ResNet-20: 19 convs + fc
+    CHECK(p.out.find(" differing 0") != std::string::npos);
+  }
+}
+
+TEST_CASE("uniform: asymmetric beats symmetric at 3 bits, mse clipping lowers the weight error", "[pipeline]") {
+  Tmp t;
+  auto run = [&](const std::string& scheme, const std::string& clip) {
+    auto r = req("uniform", t.dir + "/" + scheme + clip + ".bbz");
+    r.params = {{"bits", "3"}, {"scheme", scheme}, {"clip", clip}};
+    r.eval_datasets.clear();
+    compress_model(r);
+    BbzFile f = read_bbz(t.dir + "/" + scheme + clip + ".bbz");
+    auto m = make_model("cifar_resnet20");
+    load_weights(*m, r.weights);
+    auto method = make_method("uniform");
+    double err = 0;
+    for (auto& rec : f.layers) {
+      auto w = m->layers()[m->layer_index(rec.layer)].weight().detach();
+      err += (method->decode(rec) - w).pow(2).sum().item<double>();
+    }
+    return err;
+  };
+  const double sym_mm = run("symmetric", "minmax"), sym_mse = run("symmetric", "mse");
+  const double asym_mm = run("asymmetric", "minmax"), asym_mse = run("asymmetric", "mse");
+  CHECK(sym_mse < sym_mm);
+  CHECK(asym_mse < asym_mm);
+  CHECK(asym_mm < sym_mm);  // 8 levels over [min, max] against 7 over [-amax, amax]
 }
