@@ -7,6 +7,7 @@
 #include "methods/kq.h"
 #include "methods/method.h"
 #include "models/registry.h"
+#include "data/dataset.h"
 
 #include <cmath>
 
@@ -204,6 +205,44 @@ TEST_CASE("kq: target_bpw lands within 2% of the target on real bytes", "[kq]") 
     REQUIRE(bpw <= target * 1.0 + 1e-9);
     REQUIRE(bpw >= target * 0.98);
   }
+}
+
+TEST_CASE("kq: the output proxy weighs a layer's error by the following BN's scale", "[kq]") {
+  // A BN that amplifies its conv's output 30x makes that conv's error 900x costlier downstream:
+  // alloc_proxy=output must give it a wider index than on the same model with the plain BN, while
+  // output_prebn (the error before the BN) cannot see the difference for that layer.
+  auto calib = open_dataset("cifar10-lossless-1k");
+  const std::string target = "layer2.2.conv2";
+  auto layer_bytes = [&](const std::string& proxy, double gamma) {
+    auto mm = random_model("cifar_resnet20", 3);
+    const int li = mm->layer_index(target);
+    REQUIRE(li >= 0);
+    REQUIRE(mm->bn_scale(li).defined());
+    {
+      torch::NoGradGuard ng;
+      for (auto& kv : mm->named_parameters())
+        if (kv.key() == "layer2.2.bn2.weight") kv.value().fill_(gamma);
+    }
+    auto m = kq_method({{"target_bpw", "1.2"}, {"alloc_proxy", proxy}, {"kmeans_iters", "6"}, {"calib_images", "64"},
+                        {"alloc_max_bits", "8"}});
+    CompressContext ctx;
+    ctx.model = mm.get();
+    ctx.calib = calib;
+    BbzFile f;
+    f.layers = m->compress(ctx);
+    BbzSizes sizes;
+    serialize_bbz(f, &sizes);
+    for (size_t i = 0; i < f.layers.size(); ++i)
+      if (f.layers[i].layer == target) return sizes.layers[i].total();
+    FAIL("no record for " << target);
+    return (int64_t)0;
+  };
+  const int64_t plain = layer_bytes("output", 1.0), loud = layer_bytes("output", 30.0);
+  INFO("bytes of " << target << ": gamma 1 " << plain << ", gamma 30 " << loud);
+  CHECK(loud > plain);
+  const int64_t pre_plain = layer_bytes("output_prebn", 1.0), pre_loud = layer_bytes("output_prebn", 30.0);
+  INFO("output_prebn: gamma 1 " << pre_plain << ", gamma 30 " << pre_loud);
+  CHECK(pre_loud <= pre_plain);
 }
 
 TEST_CASE("kq: bad parameters and corrupt records are clear errors", "[kq]") {

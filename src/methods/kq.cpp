@@ -48,8 +48,10 @@ void KqParams::bind(ParamBinder& b) {
   b.field("target_bpw", target_bpw, "if > 0: choose per-layer index widths by Lagrangian allocation to hit this rate");
   b.field("target_scope", target_scope, "what target_bpw counts: all conv+linear weights, or conv weights only",
           {"all", "conv"});
-  b.field("alloc_proxy", alloc_proxy, "allocation distortion: layer-output error on calibration inputs, or weight MSE",
-          {"output", "mse"});
+  b.field("alloc_proxy", alloc_proxy,
+          "allocation distortion: output = layer-output error on calibration inputs after the following BN's "
+          "scale |gamma|/sigma; output_prebn = the same before the BN; mse = weight MSE",
+          {"output", "output_prebn", "mse"});
   b.field("alloc_min_bits", alloc_min_bits, "smallest candidate index width in the allocation");
   b.field("alloc_max_bits", alloc_max_bits, "largest candidate index width in the allocation");
   b.field("calib_images", calib_images, "calibration images for the output proxy");
@@ -537,7 +539,7 @@ class KqMethod : public Method {
   std::string name() const override { return "kq"; }
   ParamsBase& params() override { return p_; }
   bool needs_calibration() const override {
-    return (p_.target_bpw > 0 && p_.alloc_proxy == "output") || p_.finetune_epochs > 0;
+    return (p_.target_bpw > 0 && p_.alloc_proxy != "mse") || p_.finetune_epochs > 0;
   }
 
   std::vector<LayerRecord> compress(CompressContext& ctx) override;
@@ -620,8 +622,10 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
     for (int i = 0; i < L; ++i) alloc[i] = quantized(i) && in_scope(i);
     std::vector<torch::Tensor> H(L);
     std::vector<int64_t> Hrows(L, 0);
-    if (p_.alloc_proxy == "output") {
-      BB_CHECK(ctx.calib, "kq: target_bpw with alloc_proxy=output needs a calibration set (--calib), or use alloc_proxy=mse");
+    const bool output_proxy = p_.alloc_proxy != "mse";
+    if (output_proxy) {
+      BB_CHECK(ctx.calib, "kq: target_bpw with alloc_proxy=", p_.alloc_proxy,
+               " needs a calibration set (--calib), or use alloc_proxy=mse");
       ctx.phase("calibration");
       OutputStats st(model, alloc);
       auto idx = sample_indices(ctx.calib->size(), p_.calib_images, ctx.seed ^ 0xca11b);
@@ -666,16 +670,20 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
       // The proxy tr(dW H dW^T) in float32 (H accumulated in float64): half the cost of a double
       // GEMM, at 512 x 4608 x 4608 per candidate the largest cost here; adjacent widths differ
       // by far more than float rounding.
-      torch::Tensor Hf;
-      if (p_.alloc_proxy == "output") {
+      torch::Tensor Hf, row_scale;
+      if (output_proxy) {
         BB_CHECK(H[i].defined(), "kq: no calibration statistics for layer '", l.name, "'");
         Hf = H[i].to(torch::kFloat32);
+        // After the following BN an output channel's error is scaled by s = gamma / sigma: its
+        // squared error by s^2 (undefined when no BN follows: the output as it is).
+        if (p_.alloc_proxy == "output") row_scale = model.bn_scale(i);
       }
       std::vector<AllocPoint> pts;
       for (int b = lo; b <= hi; ++b) {
         Candidate c = make_candidate(l, roles[i], b, ctx.seed);
         auto dW = kq::reconstruct(c.code).reshape(W.sizes()) - W;
-        if (p_.alloc_proxy == "output") {
+        if (row_scale.defined()) dW = dW * row_scale.abs().unsqueeze(1);
+        if (output_proxy) {
           c.distortion = (torch::mm(dW, Hf) * dW).sum(torch::kFloat64).item<double>() / (double)Hrows[i];
         } else {
           c.distortion = dW.pow(2).sum().item<double>();

@@ -35,7 +35,10 @@ struct KqParams : ParamsBase {
   // --- rate target (replaces index_bits / pointwise_bits / fc_bits per layer) ---
   double target_bpw = 0;             // > 0: choose each layer's index width by Lagrangian allocation
   std::string target_scope = "all";  // all: bits per conv+linear weight | conv: per conv weight (bpw_yu_conv)
-  std::string alloc_proxy = "output";  // output: layer-output error on calibration inputs | mse: weight MSE
+  // Allocation distortion. output: the layer's output error on calibration inputs after the
+  // following BN's scale |gamma|/sigma (the error the next layer sees); output_prebn: the same
+  // before the BN (under-weights layers whose BN amplifies); mse: weight MSE.
+  std::string alloc_proxy = "output";
   int alloc_min_bits = 1;            // candidate index widths per layer: [min, max]
   int alloc_max_bits = 10;
   int calib_images = 256;            // calibration images for the output proxy and statistics
