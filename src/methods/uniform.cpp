@@ -39,8 +39,8 @@ struct UniformParams : ParamsBase {
   }
 };
 
-// Header byte 2 of the "bits" section (absent in files written before the asymmetric grid:
-// those are symmetric).
+// Optional second byte of the "bits" section: the scheme. Symmetric records omit it, so they are
+// byte-identical to the files written before the asymmetric grid existed.
 constexpr uint8_t kSymmetric = 0, kAsymmetric = 1;
 
 class UniformMethod : public Method {
@@ -63,7 +63,7 @@ class UniformMethod : public Method {
       std::vector<uint32_t> syms(g.levels.data_ptr<int32_t>(), g.levels.data_ptr<int32_t>() + g.levels.numel());
       ByteWriter hdr;
       hdr.u8((uint8_t)p_.bits);
-      hdr.u8(asym ? kAsymmetric : kSymmetric);
+      if (asym) hdr.u8(kAsymmetric);  // symmetric records keep the original 1-byte header
       rec.add("bits", Component::side, hdr.take());
       rec.add("levels", Component::indices, encode_symbols(syms, alphabet, parse_coder(p_.coder)));
       ByteWriter sw;
