@@ -25,8 +25,12 @@ void PQParams::bind(ParamBinder& b) {
   b.field("d_fc", d_fc, "override d for linear layers (0 = regime's)");
   b.field("k", k, "centroids per conv layer (256 = byte-aligned indices)");
   b.field("fc_k", fc_k, "centroids for linear layers (0 = k)");
-  b.field("min_per_centroid", min_per_centroid, "cap k at n_subvectors / this (sub-vectors per centroid on average)");
-  b.field("k_pow2", k_pow2, "round a capped k down to a power of two");
+  b.field("min_per_centroid", min_per_centroid, "k cap threshold (the official n_centroids_threshold)");
+  b.field("k_cap", k_cap,
+          "k cap: strict = largest power of two strictly below n_sub / min_per_centroid (official); "
+          "at_most = n_sub / min_per_centroid (rounded down to a power of two when k_pow2)",
+          {"strict", "at_most"});
+  b.field("k_pow2", k_pow2, "k_cap=at_most: round a capped k down to a power of two");
   b.field("first_conv", first_conv, "the network's first conv layer", {"keep", "quantize"});
   b.field("em_iters", em_iters, "EM iterations per layer");
   b.field("n_calib", n_calib, "calibration images (training augmentation)");
@@ -37,10 +41,21 @@ void PQParams::bind(ParamBinder& b) {
   b.field("max_splits", max_splits, "empty-cluster repairs per EM iteration (-1 = k)");
   b.field("coder", coder, "index coding", {"fixed", "huffman", "rans"});
   b.field("layer_finetune_iters", layer_finetune_iters, "per-layer codeword distillation steps (0 = off)");
+  b.field("layer_loss", layer_loss,
+          "per-layer fine-tuning loss: kl = network softmax distilled from the FP model, fresh batches (official); "
+          "mse = the layer's output error on the calibration images",
+          {"kl", "mse"});
   b.field("layer_lr", layer_lr, "per-layer fine-tuning learning rate (SGD)");
+  b.field("layer_weight_decay", layer_weight_decay, "per-layer fine-tuning weight decay (SGD)");
   b.field("global_finetune_epochs", global_finetune_epochs, "global codeword fine-tuning epochs, BN updating (0 = off)");
   b.field("global_finetune_images", global_finetune_images, "images per global fine-tuning epoch (0 = whole calibration set)");
   b.field("global_lr", global_lr, "global fine-tuning learning rate (SGD)");
+  b.field("global_weight_decay", global_weight_decay, "global fine-tuning weight decay (SGD)");
+  b.field("global_lr_schedule", global_lr_schedule,
+          "global lr: step = x0.1 every global_lr_step_epochs epochs (official StepLR); "
+          "scaled = x0.1 after each third of the run; constant",
+          {"step", "scaled", "constant"});
+  b.field("global_lr_step_epochs", global_lr_step_epochs, "global_lr_schedule=step: epochs between x0.1 steps");
   b.field("momentum", momentum, "SGD momentum of both fine-tunings");
   b.field("finetune_batch", finetune_batch, "fine-tuning batch size");
   b.field("seed", seed, "added to the run seed");
@@ -52,6 +67,14 @@ void PQParams::validate() {
   BB_CHECK(k >= 1 && k <= (1 << 24), "pq: k must be in [1, 2^24], got ", k);
   BB_CHECK(fc_k >= 0 && fc_k <= (1 << 24), "pq: fc_k must be in [0, 2^24], got ", fc_k);
   BB_CHECK(min_per_centroid >= 1, "pq: min_per_centroid must be >= 1, got ", min_per_centroid);
+  BB_CHECK(k_cap == "strict" || k_cap == "at_most", "pq: k_cap must be strict or at_most, got '", k_cap, "'");
+  BB_CHECK(layer_loss == "kl" || layer_loss == "mse", "pq: layer_loss must be kl or mse, got '", layer_loss, "'");
+  BB_CHECK(layer_weight_decay >= 0 && std::isfinite(layer_weight_decay) && global_weight_decay >= 0 &&
+               std::isfinite(global_weight_decay),
+           "pq: weight decays must be >= 0");
+  BB_CHECK(global_lr_schedule == "step" || global_lr_schedule == "scaled" || global_lr_schedule == "constant",
+           "pq: global_lr_schedule must be step, scaled or constant, got '", global_lr_schedule, "'");
+  BB_CHECK(global_lr_step_epochs > 0 && std::isfinite(global_lr_step_epochs), "pq: global_lr_step_epochs must be > 0");
   BB_CHECK(first_conv == "keep" || first_conv == "quantize", "pq: first_conv must be keep or quantize");
   BB_CHECK(em_iters >= 0, "pq: em_iters must be >= 0, got ", em_iters);
   BB_CHECK(n_calib >= 1, "pq: n_calib must be >= 1, got ", n_calib);
@@ -120,9 +143,29 @@ PQLayerPlan pq_plan_layer(const Model& m, int li, const PQParams& p) {
   plan.d = d;
   plan.n_sub = l.weight().numel() / d;
   // Few sub-vectors per centroid overfit the codebook and make empty clusters (CIFAR layers).
-  const int64_t cap = std::max<int64_t>(1, plan.n_sub / p.min_per_centroid);
-  plan.k = std::min(k, p.k_pow2 && k > cap ? largest_pow2_at_most(cap) : cap);
+  plan.k = pq_capped_k(k, plan.n_sub, p.min_per_centroid, p.k_cap, p.k_pow2);
   return plan;
+}
+
+int64_t pq_capped_k(int64_t k, int64_t n_sub, int64_t threshold, const std::string& rule, bool pow2) {
+  BB_CHECK(k >= 1 && n_sub >= 1 && threshold >= 1, "pq_capped_k: k, n_sub and threshold must be >= 1");
+  if (rule == "strict") {
+    // The official code: powers[bisect_left(powers, n_sub / threshold) - 1], the largest power
+    // of two p < n_sub / threshold, i.e. p * threshold < n_sub (1 for layers with n_sub <=
+    // threshold, where the official lookup wraps around to 2^15).
+    int64_t p = 1;
+    while (2 * p * threshold < n_sub) p *= 2;
+    return std::min(k, p);
+  }
+  BB_CHECK(rule == "at_most", "pq_capped_k: unknown rule '", rule, "'");
+  const int64_t cap = std::max<int64_t>(1, n_sub / threshold);
+  return std::min(k, pow2 && k > cap ? largest_pow2_at_most(cap) : cap);
+}
+
+double pq_global_lr_step_epochs(const PQParams& p) {
+  if (p.global_lr_schedule == "constant") return 0;
+  if (p.global_lr_schedule == "scaled") return p.global_finetune_epochs / 3.0;
+  return p.global_lr_step_epochs;
 }
 
 torch::Tensor pq_subvectors(const torch::Tensor& w, int64_t d) {
@@ -181,6 +224,44 @@ ClusteringResult pq_cluster(const torch::Tensor& sub, const torch::Tensor& patch
   return kmeans(sub, k, cp, {}, metric);
 }
 
+FinetuneStats pq_finetune_layer_kl(Model& student, Model& teacher, const Dataset& data, int layer,
+                                   torch::Tensor& centroids, const torch::Tensor& assign, const PQParams& p,
+                                   uint64_t seed) {
+  BB_CHECK(layer >= 0 && layer < (int)student.layers().size(), "pq_finetune_layer_kl: no layer ", layer);
+  const Layer& l = student.layers()[layer];
+  BB_CHECK(centroids.dim() == 2 && assign.dim() == 1 && assign.numel() * centroids.size(1) == l.weight().numel(),
+           "pq_finetune_layer_kl: centroids ", centroids.sizes(), " and assignments ", assign.sizes(),
+           " do not make layer '", l.name, "''s weight ", l.weight().sizes());
+  const int64_t n = data.size();
+  const int64_t want = p.layer_finetune_iters * p.finetune_batch;
+  FinetuneOptions fo;
+  // One pass over a seeded subset of `want` images (several passes if the set is smaller), i.e.
+  // layer_finetune_iters batches drawn afresh from the calibration set, as the official loop
+  // draws them from its shuffled training loader.
+  fo.epochs = want <= n ? 1.0 : (double)want / (double)n;
+  fo.max_images = want <= n ? want : 0;
+  fo.lr = p.layer_lr;
+  fo.optimizer = "sgd";
+  fo.momentum = p.momentum;
+  fo.weight_decay = p.layer_weight_decay;
+  fo.batch_size = p.finetune_batch;
+  fo.mode = "distill";
+  fo.temperature = 1.0;
+  fo.bn = "frozen";
+  fo.augment = true;
+  fo.seed = seed;
+  SharedWeights sw;
+  sw.add_indexed(layer, centroids, assign, l.weight().sizes().vec());
+  FinetuneStats st;
+  if (want == 0) return st;
+  {
+    torch::AutoGradMode grad(true);  // compress() runs under NoGradGuard
+    st = finetune_shared(student, data, sw, fo, &teacher);
+  }
+  centroids = sw.leaves[0].detach().clone();
+  return st;
+}
+
 double stock_size_mb(const Model& m, const PQParams& p) {
   double bits = 32.0 * (double)m.num_params();
   for (int i = 0; i < (int)m.layers().size(); ++i) {
@@ -235,8 +316,10 @@ class PQMethod : public Method {
 
  private:
   LayerRecord encode(const Model& m, const PQLayer& q) const;
-  void finetune_layer(Model& student, Model& teacher, int li, PQLayer& q, const torch::Tensor& images,
+  void finetune_layer(CompressContext& ctx, Model& teacher, int li, PQLayer& q, const torch::Tensor& images,
                       uint64_t seed) const;
+  void finetune_layer_mse(Model& student, Model& teacher, int li, PQLayer& q, const torch::Tensor& images,
+                          uint64_t seed) const;
   void finetune_global(CompressContext& ctx, const std::vector<torch::Tensor>& fp_weights, std::vector<PQLayer>& done,
                        uint64_t seed) const;
   PQParams p_;
@@ -269,6 +352,10 @@ std::vector<LayerRecord> PQMethod::compress(CompressContext& ctx) {
     auto src = model.state(), dst = teacher->state();
     for (auto& kv : dst) kv.second.copy_(src.at(kv.first));
     teacher->eval();
+    // layer_loss=kl runs the teacher's full forward every step: BN folded into its convs (the
+    // same function up to float rounding; eval mode, no tap, weights fixed). Taps, as the mse
+    // path's captures, still see the plain network.
+    if (p_.layer_loss == "kl") teacher->set_fold_bn(true, teacher->supports_blocked_layout());
   }
 
   std::vector<PQLayer> done;
@@ -297,7 +384,7 @@ std::vector<LayerRecord> PQMethod::compress(CompressContext& ctx) {
     q.assign = r.assign;
     if (teacher) {
       ctx.phase("layer_finetune");
-      finetune_layer(model, *teacher, li, q, images, mix_seed(seed, 3000 + li));
+      finetune_layer(ctx, *teacher, li, q, images, mix_seed(seed, 3000 + li));
     }
     ctx.phase("layer_stats");  // the layer's output/weight errors, for the log
     l.weight().copy_(pq_weight(q.centroids, q.assign, l.weight().sizes()));
@@ -370,13 +457,34 @@ torch::Tensor apply_layer(const Layer& l, const torch::Tensor& x, const torch::T
   return torch::conv2d(x, w, b, o.stride(), pad, o.dilation(), o.groups());
 }
 
-// Per-layer fine-tuning (the paper's layer-wise distillation): with the assignments fixed, the
-// layer's codewords are trained so that the layer, fed by the student (earlier layers already
-// quantized), reproduces the uncompressed network's output of the same layer on the same
-// images: loss = mean ||y_teacher - layer(x_student; C[assign])||^2. A codeword's gradient is the
-// average over its sub-vectors; SGD with momentum; batches drawn from the calibration images.
-void PQMethod::finetune_layer(Model& student, Model& teacher, int li, PQLayer& q, const torch::Tensor& images,
+// Per-layer fine-tuning (the paper's layer-wise distillation), layer_loss=kl as in the official
+// code: with the assignments fixed, only this layer's codewords are trained, on
+// KL(teacher softmax || student log-softmax) of the whole network (T = 1, batchmean), the teacher
+// being the uncompressed network and the student the current one (earlier layers quantized and
+// tuned, later ones still uncompressed), in eval mode (BN frozen). CentroidSGD: a codeword's
+// gradient is the average over its sub-vectors, then weight decay and momentum (so all members
+// stay identical); layer_finetune_iters steps of finetune_batch fresh augmented images of the
+// calibration set. layer_loss=mse: finetune_layer_mse.
+void PQMethod::finetune_layer(CompressContext& ctx, Model& teacher, int li, PQLayer& q, const torch::Tensor& images,
                               uint64_t seed) const {
+  Model& student = *ctx.model;
+  if (p_.layer_loss == "mse") return finetune_layer_mse(student, teacher, li, q, images, seed);
+  const Layer& l = student.layers()[li];
+  auto c = q.centroids;
+  const FinetuneStats st = pq_finetune_layer_kl(student, teacher, *ctx.calib, li, c, q.assign, p_, seed);
+  q.centroids = round_fp16(c);
+  log_info("pq: " + l.name + " layer fine-tuning: " + std::to_string(st.steps) + " steps, KL " +
+           std::to_string(st.first_loss) + " -> " + std::to_string(st.last_loss));
+}
+
+// layer_loss=mse (bitbench before issue 20): with the assignments fixed, the layer's codewords
+// are trained so that the layer, fed by the student (earlier layers already quantized),
+// reproduces the uncompressed network's output of the same layer on the same images: loss =
+// mean ||y_teacher - layer(x_student; C[assign])||^2. A codeword's gradient is the average over
+// its sub-vectors; SGD with momentum (no weight decay); batches drawn from the n_calib
+// calibration images.
+void PQMethod::finetune_layer_mse(Model& student, Model& teacher, int li, PQLayer& q, const torch::Tensor& images,
+                                  uint64_t seed) const {
   const Layer& l = student.layers()[li];
   const int64_t n = images.size(0), bs = std::min<int64_t>(p_.finetune_batch, n);
   const auto shape = l.weight().sizes().vec();
@@ -466,6 +574,9 @@ void PQMethod::finetune_global(CompressContext& ctx, const std::vector<torch::Te
   fo.lr = p_.global_lr;
   fo.optimizer = "sgd";
   fo.momentum = p_.momentum;
+  fo.weight_decay = p_.global_weight_decay;
+  fo.lr_step_epochs = pq_global_lr_step_epochs(p_);
+  fo.lr_gamma = 0.1;
   fo.batch_size = p_.finetune_batch;
   fo.max_images = p_.global_finetune_images;
   fo.mode = "distill";

@@ -16,6 +16,7 @@
 // This header exposes the algorithm's pieces for tests; the method registers itself as "pq".
 #pragma once
 #include "methods/method.h"
+#include "quant/finetune_shared.h"
 #include "quant/kmeans.h"
 
 #include <string>
@@ -31,8 +32,13 @@ struct PQParams : ParamsBase {
   int d_fc = 0;    // override d for linear layers (0 = regime's)
   int64_t k = 256;              // centroids per conv layer (256: byte-aligned indices)
   int64_t fc_k = 0;             // centroids for linear layers (0 = k; the paper: 2048 ResNet-18, 1024 ResNet-50)
-  int64_t min_per_centroid = 4; // cap k so that every centroid has >= this many sub-vectors on average
-  bool k_pow2 = true;           // round a capped k down to a power of two (whole-bit fixed-width indices)
+  int64_t min_per_centroid = 4; // the cap's threshold (the official --n-centroids-threshold)
+  // k cap. strict (the official code): k = min(k, largest power of two strictly below
+  // n_sub / min_per_centroid). at_most (bitbench before issue 20): k = min(k, n_sub /
+  // min_per_centroid), rounded down to a power of two when k_pow2 (so k doubles on layers where
+  // n_sub / min_per_centroid is itself a power of two, e.g. 16x16x3x3 convs: 64 instead of 32).
+  std::string k_cap = "strict";
+  bool k_pow2 = true;           // at_most only: round a capped k down to a power of two
   std::string first_conv = "keep";  // keep | quantize (the first conv layer of the network)
   int em_iters = 100;               // EM iterations per layer
   int64_t n_calib = 1024;           // calibration images (training augmentation, seeded)
@@ -43,10 +49,24 @@ struct PQParams : ParamsBase {
   int max_splits = -1;              // empty-cluster repairs per EM iteration (-1 = k); bounded, never loops
   std::string coder = "fixed";      // index coding: fixed (bytes for k = 256) | huffman | rans
   int64_t layer_finetune_iters = 0; // per-layer codeword distillation steps (0 = off; the paper: 2500 at batch 128)
+  // Per-layer loss. kl (the official code): KL(teacher softmax || student log-softmax) of the
+  // whole network, T = 1, batchmean; teacher = the uncompressed network, student = the current
+  // network (earlier layers quantized) in eval mode; fresh augmented batches of the calibration
+  // set every step. mse (bitbench before issue 20): the layer's output error on the student's
+  // inputs against the uncompressed layer's output, on the n_calib calibration images.
+  std::string layer_loss = "kl";
   double layer_lr = 0.05;           // per-layer fine-tuning learning rate (SGD, momentum)
+  double layer_weight_decay = 1e-4; // per-layer fine-tuning weight decay (the official code: 1e-4)
   double global_finetune_epochs = 0;    // global codeword fine-tuning epochs, BN updating (0 = off; the paper: 9)
   int64_t global_finetune_images = 0;   // images per global epoch (0 = whole calibration set)
   double global_lr = 0.01;          // global fine-tuning learning rate (SGD, momentum)
+  double global_weight_decay = 1e-4;  // global fine-tuning weight decay (the official code: 1e-4)
+  // Global learning-rate schedule. step (the official code): lr * 0.1 every
+  // global_lr_step_epochs epochs (StepLR, 3 of 9 epochs; constant for runs of <= 3 epochs).
+  // scaled: the official 9-epoch shape compressed into the run: lr * 0.1 after each third of
+  // global_finetune_epochs. constant: no decay.
+  std::string global_lr_schedule = "step";
+  double global_lr_step_epochs = 3;   // step schedule's period in epochs
   double momentum = 0.9;            // SGD momentum of both fine-tunings
   int64_t finetune_batch = 128;     // fine-tuning batch size
   int64_t seed = 0;                 // added to the run seed
@@ -63,6 +83,16 @@ struct PQLayerPlan {
 };
 // Throws bb::Error naming the layer when d does not divide the layer's row size.
 PQLayerPlan pq_plan_layer(const Model& m, int layer, const PQParams& p);
+
+// k for a layer with n_sub sub-vectors when k centroids are asked for (see PQParams::k_cap).
+// strict: min(k, the largest power of two p with p * threshold < n_sub, at least 1). at_most:
+// min(k, n_sub / threshold (at least 1)), the cap rounded down to a power of two when pow2 and k
+// exceeds it.
+int64_t pq_capped_k(int64_t k, int64_t n_sub, int64_t threshold, const std::string& rule, bool pow2);
+
+// The learning-rate schedule of the global fine-tuning as finetune_shared's step period in
+// epochs (0 = constant), from global_lr_schedule, global_lr_step_epochs and global_finetune_epochs.
+double pq_global_lr_step_epochs(const PQParams& p);
 
 // n_sub x d sub-vectors of a weight (contiguous d-blocks of the rows of W viewed as C_out x rest).
 torch::Tensor pq_subvectors(const torch::Tensor& w, int64_t d);
@@ -81,6 +111,17 @@ torch::Tensor pq_assign(const torch::Tensor& sub, const torch::Tensor& centroids
 // assignment uses the whole pool. k-means++ seeding in the first iteration's metric.
 ClusteringResult pq_cluster(const torch::Tensor& sub, const torch::Tensor& patches, int64_t k, const PQParams& p,
                             uint64_t seed);
+
+// Per-layer fine-tuning with layer_loss=kl (the official code's): only layer `layer`'s codewords
+// train, its weight being centroids[assign] (k x d, n_sub); loss KL(teacher softmax || student
+// log-softmax), T = 1, batchmean, both in eval mode (BN frozen), the teacher a separate model
+// (the uncompressed network). SGD on the centroids with the member-averaged gradient (CentroidSGD),
+// p.momentum, p.layer_weight_decay, p.layer_lr; p.layer_finetune_iters batches of
+// p.finetune_batch augmented images drawn afresh from `data`. Replaces `centroids` by the tuned
+// float32 values; the student's layer weight is left at centroids[assign].
+FinetuneStats pq_finetune_layer_kl(Model& student, Model& teacher, const Dataset& data, int layer,
+                                   torch::Tensor& centroids, const torch::Tensor& assign, const PQParams& p,
+                                   uint64_t seed);
 
 // Model size in MB (2^20 bytes) in the convention of Stock et al.'s tables: log2(k)/d bits per
 // quantized weight, k*d fp16 values per codebook, and every other learnable parameter (the

@@ -54,6 +54,11 @@ void FinetuneOptions::validate() const {
   BB_CHECK(lr > 0 && std::isfinite(lr), "finetune: lr must be > 0, got ", lr);
   BB_CHECK(optimizer == "adam" || optimizer == "sgd", "finetune: optimizer must be adam or sgd, got '", optimizer, "'");
   BB_CHECK(momentum >= 0 && momentum < 1, "finetune: momentum must be in [0, 1), got ", momentum);
+  BB_CHECK(weight_decay >= 0 && std::isfinite(weight_decay), "finetune: weight_decay must be >= 0, got ", weight_decay);
+  BB_CHECK(weight_decay == 0 || optimizer == "sgd", "finetune: weight_decay is implemented for sgd only");
+  BB_CHECK(lr_step_epochs >= 0 && std::isfinite(lr_step_epochs), "finetune: lr_step_epochs must be >= 0, got ",
+           lr_step_epochs);
+  BB_CHECK(lr_gamma > 0 && lr_gamma <= 1, "finetune: lr_gamma must be in (0, 1], got ", lr_gamma);
   BB_CHECK(batch_size >= 1, "finetune: batch_size must be >= 1, got ", batch_size);
   BB_CHECK(max_images >= 0, "finetune: max_images must be >= 0, got ", max_images);
   BB_CHECK(mode == "labels" || mode == "distill", "finetune: mode must be labels or distill, got '", mode, "'");
@@ -67,7 +72,17 @@ std::string FinetuneOptions::key() const {
   os << "finetune-v1 epochs=" << epochs << " lr=" << lr << " optimizer=" << optimizer << " momentum=" << momentum
      << " batch=" << batch_size << " max_images=" << max_images << " mode=" << mode << " T=" << temperature
      << " bn=" << bn << " augment=" << augment << " seed=" << seed;
+  // Only when set, so that the keys of runs without them are unchanged.
+  if (weight_decay != 0) os << " wd=" << weight_decay;
+  if (lr_step_epochs != 0) os << " lr_step_epochs=" << lr_step_epochs << " lr_gamma=" << lr_gamma;
   return os.str();
+}
+
+double finetune_lr_at(const FinetuneOptions& opt, double epochs_done) {
+  if (opt.lr_step_epochs <= 0) return opt.lr;
+  // A small tolerance so that a boundary reached by summing batch fractions counts as reached.
+  const double steps = std::floor(epochs_done / opt.lr_step_epochs + 1e-9);
+  return opt.lr * std::pow(opt.lr_gamma, steps);
 }
 
 int SharedWeights::add_indexed(int layer, const torch::Tensor& codebook, const torch::Tensor& idx,
@@ -86,8 +101,11 @@ int SharedWeights::add_indexed(int layer, const torch::Tensor& codebook, const t
   return (int)leaves.size() - 1;
 }
 
-FinetuneStats finetune_shared(Model& model, const Dataset& data, SharedWeights& sw, const FinetuneOptions& opt) {
+FinetuneStats finetune_shared(Model& model, const Dataset& data, SharedWeights& sw, const FinetuneOptions& opt,
+                              Model* teacher) {
   opt.validate();
+  BB_CHECK(!teacher || opt.mode == "distill", "finetune: a teacher model needs mode=distill");
+  BB_CHECK(teacher != &model, "finetune: the teacher must be another model instance");
   FinetuneStats st;
   BB_CHECK(!sw.leaves.empty(), "finetune: no learnable tensors");
   BB_CHECK(sw.grad_scale.empty() || sw.grad_scale.size() == sw.leaves.size(), "finetune: grad_scale must be empty or one per leaf");
@@ -111,7 +129,14 @@ FinetuneStats finetune_shared(Model& model, const Dataset& data, SharedWeights& 
   if (opt.optimizer == "adam")
     optim.reset(new torch::optim::Adam(sw.leaves, torch::optim::AdamOptions(opt.lr)));
   else
-    optim.reset(new torch::optim::SGD(sw.leaves, torch::optim::SGDOptions(opt.lr).momentum(opt.momentum)));
+    optim.reset(new torch::optim::SGD(
+        sw.leaves, torch::optim::SGDOptions(opt.lr).momentum(opt.momentum).weight_decay(opt.weight_decay)));
+  auto set_lr = [&](double lr) {
+    for (auto& g : optim->param_groups()) {
+      if (opt.optimizer == "adam") static_cast<torch::optim::AdamOptions&>(g.options()).lr(lr);
+      else static_cast<torch::optim::SGDOptions&>(g.options()).lr(lr);
+    }
+  };
 
   // Distillation teacher: the model as it is now (its own weights, BN statistics as of now).
   std::vector<torch::Tensor> buffers;
@@ -135,7 +160,11 @@ FinetuneStats finetune_shared(Model& model, const Dataset& data, SharedWeights& 
       lo.seed = opt.seed * 1000003ull + (uint64_t)epoch;
       for_each_batch(data, order, lo, [&](const Batch& b) {
         torch::Tensor target;
-        if (opt.mode == "distill") {
+        if (teacher) {
+          torch::NoGradGuard ng;
+          teacher->eval();
+          target = torch::softmax(teacher->forward(b.images) / opt.temperature, 1);
+        } else if (opt.mode == "distill") {
           torch::NoGradGuard ng;
           swap.restore();
           std::vector<torch::Tensor> cur;
@@ -160,6 +189,8 @@ FinetuneStats finetune_shared(Model& model, const Dataset& data, SharedWeights& 
                            F::KLDivFuncOptions().reduction(torch::kBatchMean)) *
                  (opt.temperature * opt.temperature);
         }
+        st.last_lr = finetune_lr_at(opt, (double)done_images / (double)per_epoch);
+        if (opt.lr_step_epochs > 0) set_lr(st.last_lr);
         optim->zero_grad();
         loss.backward();
         for (size_t i = 0; i < sw.grad_scale.size(); ++i)

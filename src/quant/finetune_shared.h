@@ -11,6 +11,14 @@
 // (eval mode) or updating (train mode: batch statistics, running statistics updated); BN affine
 // parameters and biases are not trained. Deterministic given the seed (image order and
 // augmentation), for a fixed thread count.
+//
+// Optional (defaults leave KQ and Choi et al.'s runs and cache keys as they were): SGD weight
+// decay on the leaves (applied after the gradient scaling, so with grad_scale = 1 / members it
+// is the per-centroid form of Stock et al.'s CentroidSGD: averaged member gradient + wd * c), a
+// step learning-rate schedule (lr * gamma^floor(epochs done / lr_step_epochs), as PyTorch's
+// StepLR stepped once per epoch, at step granularity for fractional epochs), and a separate
+// distillation teacher model (e.g. the uncompressed network while the student's earlier layers
+// are already quantized).
 #pragma once
 #include "data/dataset.h"
 #include "models/model.h"
@@ -47,6 +55,9 @@ struct FinetuneOptions {
   double lr = 1e-4;               // learning rate
   std::string optimizer = "adam"; // adam | sgd (momentum 0.9)
   double momentum = 0.9;          // sgd only
+  double weight_decay = 0;        // sgd only: L2 weight decay on the leaves (0 = none)
+  double lr_step_epochs = 0;      // lr *= lr_gamma every this many epochs (0 = constant lr); fractional allowed
+  double lr_gamma = 0.1;          // the step schedule's factor
   int64_t batch_size = 128;
   int64_t max_images = 0;         // images per epoch drawn from the dataset (0 = all)
   std::string mode = "labels";    // labels | distill
@@ -64,11 +75,18 @@ struct FinetuneStats {
   double first_loss = 0;  // mean loss over the first 10% of steps
   double last_loss = 0;   // mean loss over the last 10% of steps
   double seconds = 0;
+  double last_lr = 0;     // learning rate of the last step
 };
+
+// The learning rate after `epochs_done` epochs (fractional) under opt's step schedule.
+double finetune_lr_at(const FinetuneOptions& opt, double epochs_done);
 
 // Trains sw.leaves. During training each listed layer's weight is the rebuilt tensor; afterwards
 // the layer weights hold rebuild() of the final leaves (detached) and the model is back in eval
 // mode. BN running statistics keep whatever bn="update" made of them.
-FinetuneStats finetune_shared(Model& model, const Dataset& data, SharedWeights& sw, const FinetuneOptions& opt);
+// teacher (distill mode only): when given, the targets are its softmax (run in eval mode, its own
+// weights and BN statistics) instead of the model's own as it was before fine-tuning.
+FinetuneStats finetune_shared(Model& model, const Dataset& data, SharedWeights& sw, const FinetuneOptions& opt,
+                              Model* teacher = nullptr);
 
 }  // namespace bb
