@@ -510,6 +510,54 @@ TEST_CASE("ecsq / uniform_ecsq: a huge damping gives weighting=none's result", "
   }
 }
 
+TEST_CASE("ecsq hessian_use=centres: weighting=none's indices, Hessian-weighted cluster values", "[choi][methods]") {
+  auto calib = std::make_shared<RandomImages>(16, 1, 32, "mnist");
+  auto run = [&](std::map<std::string, std::string> params) {
+    auto model = seeded_model("lenet5", 17);
+    params["target_bpw"] = "2";
+    params["hessian_images"] = "16";
+    auto m = method_with("ecsq", params);
+    auto ctx = make_ctx(*model, calib);
+    return m->compress(ctx);
+  };
+  auto none = run({{"weighting", "none"}});
+  auto cen = run({{"weighting", "hessian"}, {"hessian_use", "centres"}});
+  auto both = run({{"weighting", "hessian"}});
+  REQUIRE(none.size() == cen.size());
+  bool values_differ = false, both_idx_differ = false;
+  for (size_t l = 0; l < none.size(); ++l) {
+    REQUIRE(cen[l].section("idx").bytes == none[l].section("idx").bytes);
+    REQUIRE(cen[l].section("codebook").bytes.size() == none[l].section("codebook").bytes.size());
+    values_differ = values_differ || cen[l].section("codebook").bytes != none[l].section("codebook").bytes;
+    both_idx_differ = both_idx_differ || both[l].section("idx").bytes != none[l].section("idx").bytes;
+  }
+  REQUIRE(values_differ);
+  REQUIRE(both_idx_differ);
+  // The values are the h-weighted means of the members: recompute them from the Hessian.
+  auto model = seeded_model("lenet5", 17);
+  SharingParams sp;
+  sp.hessian.images = 16;
+  auto ctx = make_ctx(*model, calib);
+  auto prob = prepare_sharing(ctx, sp);
+  auto m = make_method("ecsq");
+  std::map<float, std::pair<double, double>> sums;  // decoded value (unweighted run) -> (sum h, sum h x)
+  std::vector<float> vn, vc;
+  for (size_t l = 0; l < none.size(); ++l) {
+    auto a = m->decode(none[l]).view(-1), b = m->decode(cen[l]).view(-1);
+    vn.insert(vn.end(), a.data_ptr<float>(), a.data_ptr<float>() + a.numel());
+    vc.insert(vc.end(), b.data_ptr<float>(), b.data_ptr<float>() + b.numel());
+  }
+  REQUIRE(vn.size() == prob.x.size());
+  for (size_t i = 0; i < vn.size(); ++i) {
+    sums[vn[i]].first += prob.h[i];
+    sums[vn[i]].second += (double)prob.h[i] * prob.x[i];
+  }
+  for (size_t i = 0; i < vn.size(); ++i) {
+    auto& s = sums[vn[i]];
+    REQUIRE(vc[i] == Approx(s.second / s.first).margin(1e-6));
+  }
+}
+
 TEST_CASE("ecsq is deterministic: the same config and seed give the same bytes", "[choi][methods]") {
   auto calib = std::make_shared<RandomImages>(24, 1, 32, "mnist");
   for (std::string est : {"gauss_newton", "adam_sqrt"}) {

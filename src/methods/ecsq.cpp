@@ -29,6 +29,7 @@ struct ECSQMethodParams : ParamsBase {
   int max_iter = 100;       // ECSQ iterations per lambda
   double tol = 1e-7;        // stop when the Lagrangian falls by less than tol (relative)
   double search_tol = 1e-4; // the same, for the runs of the lambda search (the chosen one is resumed to tol)
+  std::string hessian_use = "both";  // both: h in the assignment and the centres (paper) | centres
   ECSQMethodParams() {
     share.scope = "network";
     share.weighting = "hessian";
@@ -41,6 +42,10 @@ struct ECSQMethodParams : ParamsBase {
     b.field("max_iter", max_iter, "ECSQ iterations at most per lambda");
     b.field("tol", tol, "stop when the Lagrangian falls by less than this (relative)");
     b.field("search_tol", search_tol, "tol for the runs of the lambda search; the chosen run is then resumed to tol");
+    b.field("hessian_use", hessian_use,
+            "where the importance h enters: both (paper: assignment cost h_i (w_i - c_j)^2 and weighted-mean centres) | "
+            "centres (ECSQ run unweighted, then each cluster's value = the h-weighted mean of its members)",
+            {"both", "centres"});
     share.bind(b);
   }
   void validate() override {
@@ -99,6 +104,32 @@ SharingSolution reassign_fixed(const SharingProblem& prob, const SharingSolution
   return out;
 }
 
+// The same assignment with every cluster's value moved to the h-weighted mean of its members
+// (hessian_use=centres); the rate does not change. Distortion: sum h (x - c)^2.
+SharingSolution reweight_centres(const SharingProblem& prob, SharingSolution sol, bool network) {
+  const float* h = prob.hptr();
+  if (!h) return sol;
+  const size_t nl = prob.layers.size(), groups = network ? 1 : nl;
+  sol.distortion = 0;
+  for (size_t g = 0; g < groups; ++g) {
+    const int64_t begin = prob.offset[g], end = network ? prob.offset[nl] : prob.offset[g + 1];
+    std::vector<double> c = sol.centers[g], sw(c.size(), 0.0), swx(c.size(), 0.0);
+    for (int64_t i = begin; i < end; ++i) {
+      sw[sol.assign[i]] += h[i];
+      swx[sol.assign[i]] += (double)h[i] * prob.x[i];
+    }
+    for (size_t j = 0; j < c.size(); ++j)
+      if (sw[j] > 0) c[j] = swx[j] / sw[j];
+    for (int64_t i = begin; i < end; ++i) {
+      const double d = prob.x[i] - c[sol.assign[i]];
+      sol.distortion += h[i] * d * d;
+    }
+    if (network) sol.centers.assign(nl, c);
+    else sol.centers[g] = c;
+  }
+  return sol;
+}
+
 class ECSQMethod : public Method {
  public:
   std::string name() const override { return "ecsq"; }
@@ -108,8 +139,21 @@ class ECSQMethod : public Method {
   }
   std::vector<LayerRecord> compress(CompressContext& ctx) override {
     const SharingParams& share = p_.share;
-    SharingProblem prob = prepare_sharing(ctx, share);
+    SharingProblem weighted = prepare_sharing(ctx, share);
     ctx.phase("quantize");
+    // hessian_use=centres: the ECSQ runs (and the rate search) see h = 1; the importance only sets
+    // the final cluster values.
+    const bool centres_only = p_.hessian_use == "centres" && !weighted.h.empty();
+    SharingProblem unweighted;
+    if (centres_only) {
+      unweighted = weighted;
+      unweighted.h.clear();
+    }
+    const SharingProblem& prob = centres_only ? unweighted : weighted;
+    auto finish = [&](SharingSolution sol) {
+      if (centres_only) sol = reweight_centres(weighted, std::move(sol), share.scope == "network");
+      return finish_sharing(ctx, weighted, std::move(sol), share, name());
+    };
     // Each quantizer's ECSQ run (keyed by the offset of its first weight), kept so that a run
     // can be resumed under a tighter tolerance.
     using Runs = std::map<int64_t, ECSQResult>;
@@ -157,7 +201,7 @@ class ECSQMethod : public Method {
       Runs runs;
       SharingSolution sol = at(p_.lambda, p_.tol, runs);
       log_info("ecsq: " + std::to_string(iters) + " iterations over " + std::to_string(runs.size()) + " quantizer(s)");
-      return finish_sharing(ctx, prob, std::move(sol), share, name());
+      return finish(std::move(sol));
     }
     // lambda has the units of weighted squared error per bit. At high rate D(R) ~ v 2^(-2R) per
     // weight (v the h-weighted variance), so the slope -dD/dR is ~ 2 ln2 v 4^(-R) and R falls by
@@ -224,10 +268,10 @@ class ECSQMethod : public Method {
         log_info("ecsq: trimming the solution at lambda " + std::to_string(from_lambda) +
                  " at fixed probabilities: multiplier " + std::to_string(t.knob) + " -> " + std::to_string(t.bpw) + " bpw");
         if (std::fabs(t.bpw - share.target_bpw) < std::fabs(bpw - share.target_bpw))
-          return finish_sharing(ctx, prob, trimmed(t.knob), share, name());
+          return finish(trimmed(t.knob));
       }
     }
-    return finish_sharing(ctx, prob, std::move(sol), share, name());
+    return finish(std::move(sol));
   }
   torch::Tensor decode(const LayerRecord& rec) const override { return decode_sharing(rec); }
 
