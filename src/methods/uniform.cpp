@@ -1,8 +1,10 @@
 // `uniform` baseline: per-output-channel uniform scalar quantization at b bits, levels optionally
 // entropy-coded. Two grids (docs/methods/uniform.md):
-//   asymmetric (default, what quantization toolkits use for weights, e.g. PyTorch's per-channel
-//     affine observer): 2^b levels spanning the channel's [min, max] (0 included), an integer zero
-//     point per channel; w ~ (q - z) * step, q in [0, 2^b);
+//   asymmetric (default): 2^b levels spanning the channel's [min, max], w ~ lo + q * step,
+//     q in [0, 2^b), with either a float offset lo = min (zero_point=float, default: min and max
+//     are levels) or an integer zero point z (zero_point=integer, PyTorch's per-channel affine
+//     observer: the range widened to include 0, lo = -z * step, so 0 is a level but the grid
+//     shifts by up to step/2 and clips one end of the range);
 //   symmetric: mid-tread, 2^b - 1 levels in [-amax, amax] (b = 1: sign * mean |w|).
 // Clipping: minmax (the range as it is) or mse (the range scaled by the ratio, of clip_steps
 // candidates in [0.05, 1], that minimises the channel's weight MSE).
@@ -20,6 +22,7 @@ struct UniformParams : ParamsBase {
   int bits = 4;                    // bits per weight
   std::string scheme = "asymmetric";  // asymmetric (2^b levels, zero point) | symmetric (2^b - 1 levels)
   std::string clip = "minmax";     // minmax | mse
+  std::string zero_point = "float";  // asymmetric: float (offset = min) | integer (PyTorch affine)
   std::string coder = "fixed";     // level stream: fixed | huffman | rans
   int clip_steps = 64;             // clip=mse: candidate clipping ratios searched per channel
   void bind(ParamBinder& b) override {
@@ -30,6 +33,10 @@ struct UniformParams : ParamsBase {
             {"asymmetric", "symmetric"});
     b.field("clip", clip, "minmax: the channel's range; mse: the range scaled by the ratio minimising weight MSE",
             {"minmax", "mse"});
+    b.field("zero_point", zero_point,
+            "asymmetric: float = per-channel fp32 offset, the grid spans [min, max] exactly; integer = integer zero "
+            "point with 0 on the grid (PyTorch's per-channel affine quantization)",
+            {"float", "integer"});
     b.field("coder", coder, "coding of the level stream", {"fixed", "huffman", "rans"});
     b.field("clip_steps", clip_steps, "clip=mse: clipping ratios tried per channel, in [0.05, 1]");
   }
@@ -41,7 +48,7 @@ struct UniformParams : ParamsBase {
 
 // Optional second byte of the "bits" section: the scheme. Symmetric records omit it, so they are
 // byte-identical to the files written before the asymmetric grid existed.
-constexpr uint8_t kSymmetric = 0, kAsymmetric = 1;
+constexpr uint8_t kSymmetric = 0, kAsymmetric = 1, kAsymmetricOffset = 2;
 
 class UniformMethod : public Method {
  public:
@@ -63,14 +70,20 @@ class UniformMethod : public Method {
       std::vector<uint32_t> syms(g.levels.data_ptr<int32_t>(), g.levels.data_ptr<int32_t>() + g.levels.numel());
       ByteWriter hdr;
       hdr.u8((uint8_t)p_.bits);
-      if (asym) hdr.u8(kAsymmetric);  // symmetric records keep the original 1-byte header
+      const bool offset = asym && p_.zero_point == "float";
+      if (asym) hdr.u8(offset ? kAsymmetricOffset : kAsymmetric);  // symmetric records keep the 1-byte header
       rec.add("bits", Component::side, hdr.take());
       rec.add("levels", Component::indices, encode_symbols(syms, alphabet, parse_coder(p_.coder)));
       ByteWriter sw;
       put_floats(sw, g.steps, false);
       rec.add("steps", Component::side, sw.take());
       rec.estimate.side_bits = 32.0 * g.steps.numel();
-      if (asym) {
+      if (offset) {
+        ByteWriter ow;
+        put_floats(ow, g.offsets, false);
+        rec.add("offsets", Component::side, ow.take());
+        rec.estimate.side_bits += 32.0 * g.offsets.numel();
+      } else if (asym) {
         std::vector<uint32_t> zs(g.zeros.data_ptr<int32_t>(), g.zeros.data_ptr<int32_t>() + g.zeros.numel());
         rec.add("zeros", Component::side, encode_symbols(zs, alphabet, Coder::fixed));
         rec.estimate.side_bits += (double)p_.bits * g.zeros.numel();
@@ -88,7 +101,7 @@ class UniformMethod : public Method {
     const int bits = hr.u8();
     BB_CHECK(bits >= 1 && bits <= 16, "corrupt record for layer '", rec.layer, "': bits = ", bits);
     const uint8_t scheme = hr.done() ? kSymmetric : hr.u8();
-    BB_CHECK(scheme == kSymmetric || scheme == kAsymmetric, "corrupt record for layer '", rec.layer,
+    BB_CHECK(scheme == kSymmetric || scheme == kAsymmetric || scheme == kAsymmetricOffset, "corrupt record for layer '", rec.layer,
              "': unknown uniform scheme ", (int)scheme);
     BB_CHECK(hr.done(), "corrupt record for layer '", rec.layer, "': trailing bytes in its 'bits' section");
     auto syms = decode_symbols(rec.section("levels").bytes);
@@ -101,6 +114,12 @@ class UniformMethod : public Method {
     auto steps = get_floats(sr, rows, false);
     BB_CHECK(sr.done(), "corrupt record for layer '", rec.layer, "': trailing bytes in its 'steps' section");
     auto q = torch::from_blob(syms.data(), {n}, torch::kInt32).clone().to(torch::kFloat32).reshape({rows, -1});
+    if (scheme == kAsymmetricOffset) {
+      ByteReader orr(rec.section("offsets").bytes, "layer '" + rec.layer + "' offsets");
+      auto lo = get_floats(orr, rows, false);
+      BB_CHECK(orr.done(), "corrupt record for layer '", rec.layer, "': trailing bytes in its 'offsets' section");
+      return (lo.unsqueeze(1) + q * steps.unsqueeze(1)).reshape(rec.shape);
+    }
     if (scheme == kAsymmetric) {
       auto zs = decode_symbols(rec.section("zeros").bytes);
       BB_CHECK((int64_t)zs.size() == rows, "corrupt record for layer '", rec.layer, "': ", zs.size(),
@@ -117,7 +136,8 @@ class UniformMethod : public Method {
   struct Grid {
     torch::Tensor levels;  // int32 codes in [0, 2^b), row-major
     torch::Tensor steps;   // per row
-    torch::Tensor zeros;   // per row, int32 zero points (asymmetric only)
+    torch::Tensor zeros;   // per row, int32 zero points (asymmetric, zero_point=integer)
+    torch::Tensor offsets; // per row, float32 lowest level (asymmetric, zero_point=float)
   };
 
   // Clipping ratios tried: {1} for minmax, else clip_steps ratios from 1 down to 0.05.
@@ -151,35 +171,54 @@ class UniformMethod : public Method {
     return {q.to(torch::kInt32).flatten().contiguous(), best_step.contiguous(), {}};
   }
 
-  // Affine grid as PyTorch's per-channel MinMax observer computes it (quint8-style, qmin = 0):
-  // the range is widened to include 0, step = (max - min) / (2^b - 1), zero point
+  // zero_point=integer: the affine grid as PyTorch's per-channel MinMax observer computes it
+  // (quint8-style, qmin = 0): the range is widened to include 0, step = (max - min) / (2^b - 1),
   // z = clamp(round(-min / step), 0, 2^b - 1), q = clamp(round(w / step) + z, 0, 2^b - 1).
+  // zero_point=float: step = (max - min) / (2^b - 1), q = clamp(round((w - min) / step), 0, 2^b - 1),
+  // w ~ min + q * step. clip=mse scales the range [min, max] by the best ratio.
   Grid quantize_asymmetric(const torch::Tensor& w) const {
     const int64_t rows = w.size(0);
     const float qmax = (float)((1 << p_.bits) - 1);
-    auto lo0 = w.amin(1).clamp_max(0.0f);
-    auto hi0 = w.amax(1).clamp_min(0.0f);
-    auto grid = [&](float ratio) {
+    const bool integer = p_.zero_point == "integer";
+    auto lo0 = w.amin(1), hi0 = w.amax(1);
+    if (integer) {
+      lo0 = lo0.clamp_max(0.0f);
+      hi0 = hi0.clamp_min(0.0f);
+    }
+    struct G {
+      torch::Tensor step, lo, z, q, deq;
+    };
+    auto grid = [&](const torch::Tensor& ratio) {
+      G g;
       auto lo = lo0 * ratio, hi = hi0 * ratio;
-      auto step = ((hi - lo) / qmax).clamp_min(1e-12f);
-      auto z = torch::clamp(torch::round(-lo / step), 0.0f, qmax);
-      auto q = torch::clamp(torch::round(w / step.unsqueeze(1)) + z.unsqueeze(1), 0.0f, qmax);
-      return std::make_tuple(step, z, q);
+      g.step = ((hi - lo) / qmax).clamp_min(1e-12f);
+      if (integer) {
+        g.z = torch::clamp(torch::round(-lo / g.step), 0.0f, qmax);
+        g.q = torch::clamp(torch::round(w / g.step.unsqueeze(1)) + g.z.unsqueeze(1), 0.0f, qmax);
+        g.deq = (g.q - g.z.unsqueeze(1)) * g.step.unsqueeze(1);
+      } else {
+        g.lo = lo;
+        g.q = torch::clamp(torch::round((w - lo.unsqueeze(1)) / g.step.unsqueeze(1)), 0.0f, qmax);
+        g.deq = lo.unsqueeze(1) + g.q * g.step.unsqueeze(1);
+      }
+      return g;
     };
     auto best_err = torch::full({rows}, INFINITY);
     auto best_ratio = torch::ones({rows});
     for (float ratio : ratios()) {
-      auto [step, z, q] = grid(ratio);
-      auto err = ((q - z.unsqueeze(1)) * step.unsqueeze(1) - w).pow(2).sum(1);
+      auto r = torch::full({rows}, ratio);
+      auto err = (grid(r).deq - w).pow(2).sum(1);
       auto better = err < best_err;
       best_err = torch::where(better, err, best_err);
-      best_ratio = torch::where(better, torch::full({rows}, ratio), best_ratio);
+      best_ratio = torch::where(better, r, best_ratio);
     }
-    auto lo = lo0 * best_ratio, hi = hi0 * best_ratio;
-    auto step = ((hi - lo) / qmax).clamp_min(1e-12f);
-    auto z = torch::clamp(torch::round(-lo / step), 0.0f, qmax);
-    auto q = torch::clamp(torch::round(w / step.unsqueeze(1)) + z.unsqueeze(1), 0.0f, qmax);
-    return {q.to(torch::kInt32).flatten().contiguous(), step.contiguous(), z.to(torch::kInt32).contiguous()};
+    G g = grid(best_ratio);
+    Grid out;
+    out.levels = g.q.to(torch::kInt32).flatten().contiguous();
+    out.steps = g.step.contiguous();
+    if (integer) out.zeros = g.z.to(torch::kInt32).contiguous();
+    else out.offsets = g.lo.contiguous();
+    return out;
   }
 
   UniformParams p_;
