@@ -280,3 +280,113 @@ TEST_CASE("the shipped experiments parse and expand (a dry run of each)", "[runn
     REQUIRE(ids.size() == with_weights);  // no two runs collide
   }
 }
+
+TEST_CASE("tune: spaces, budget and test sets are checked when the experiment loads", "[runner][tune]") {
+  TempDir t;
+  auto p = write(t.path, "g.yaml", R"(experiment: g
+models: [cifar_resnet20]
+eval: [cifar10-lossless-1k]
+tune_budget: 3
+runs:
+  - method: uniform
+    tune:
+      space: {scheme: [asymmetric, symmetric], clip: [minmax, mse]}
+)");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }),
+               Catch::Contains("g.yaml:8") && Catch::Contains("4 points, more than tune_budget 3"));
+  p = write(t.path, "r.yaml", R"(experiment: r
+models: [cifar_resnet20]
+eval: [cifar10-lossless-1k]
+tune_budget: 3
+runs:
+  - method: uniform
+    tune:
+      mode: random
+      space: {scheme: [asymmetric, symmetric], clip: [minmax, mse]}
+)");
+  auto ex = load_experiment(p, "", t.path);
+  REQUIRE(ex.runs.size() == 1);
+  REQUIRE(ex.runs[0].tune_points.size() == 3);
+  CHECK(load_experiment(p, "", t.path).runs[0].tune_points == ex.runs[0].tune_points);  // reproducible draw
+  p = write(t.path, "v.yaml", R"(experiment: v
+models: [cifar_resnet20]
+eval: [cifar10-lossless-1k]
+runs:
+  - method: uniform
+    tune:
+      space: {schem: [asymmetric]}
+)");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("v.yaml:7") && Catch::Contains("schem"));
+  p = write(t.path, "ts.yaml", R"(experiment: ts
+models: [cifar_resnet20]
+eval: [cifar10-lossless-1k]
+tune_on: cifar10-jpeg-test
+runs:
+  - method: uniform
+)");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("ts.yaml:4") && Catch::Contains("test set"));
+}
+
+TEST_CASE("tune: chooses on the validation split without reading any test set; run applies the choice", "[runner][tune]") {
+  // A data root that has the JPEG train folder (train + validation splits) and the weights, but
+  // no test set at all: tuning must succeed there, so it cannot have read one.
+  TempDir t;
+  const std::string real = data_root();
+  fs::create_directories(t.path + "/data/cifar10/jpeg");
+  fs::create_directory_symlink(real + "/cifar10/jpeg/train", t.path + "/data/cifar10/jpeg/train");
+  fs::create_directory_symlink(real + "/models", t.path + "/data/models");
+  const char* prev = std::getenv("BITBENCH_DATA_ROOT");
+  const std::string prev_root = prev ? prev : "";
+  setenv("BITBENCH_DATA_ROOT", (t.path + "/data").c_str(), 1);
+  struct Restore {
+    std::string v;
+    bool had;
+    ~Restore() { had ? setenv("BITBENCH_DATA_ROOT", v.c_str(), 1) : unsetenv("BITBENCH_DATA_ROOT"); }
+  } restore{prev_root, prev != nullptr};
+
+  auto p = write(t.path, "tu.yaml", R"(experiment: tu
+models: [cifar_resnet20]
+eval: [cifar10-lossless-1k]
+tune_budget: 2
+tune_eval_limit: 300
+runs:
+  - method: uniform
+    label: uniform 2 bits
+    params: {bits: 2}
+    tune:
+      space: {scheme: [symmetric, asymmetric]}
+)");
+  Experiment ex = load_experiment(p, "", t.path + "/results");
+  REQUIRE_FALSE(fs::exists(t.path + "/data/cifar10/test_lossless_1k.bin"));
+  RunnerOptions opt;
+  TuneSummary s = tune_experiment(ex, opt);
+  REQUIRE(s.trials.failed == 0);
+  REQUIRE(s.trials.done == 2);
+  REQUIRE(s.chosen == 1);
+  REQUIRE(fs::exists(tuned_path(ex)));
+  // The choice is the trial with the higher validation top-1.
+  double top[2];
+  int i = 0;
+  for (auto& e : fs::directory_iterator(ex.results_dir + "/tune")) {
+    if (e.path().extension() != ".json") continue;
+    auto j = nlohmann::json::parse(read_file_text(e.path().string()));
+    CHECK(j.at("eval").contains("cifar10-jpeg-val"));
+    CHECK(j.at("eval").size() == 1);
+    top[j.at("params").at("scheme") == "asymmetric" ? 1 : 0] = j.at("top1").get<double>();
+    ++i;
+  }
+  REQUIRE(i == 2);
+  const std::string want = top[1] > top[0] ? "asymmetric" : "symmetric";
+  // A second tune finds every trial cached.
+  TuneSummary again = tune_experiment(load_experiment(p, "", t.path + "/results"), opt);
+  CHECK(again.trials.cached == 2);
+  CHECK(again.trials.done == 0);
+
+  Experiment run = load_experiment(p, "", t.path + "/results");
+  const std::string untuned_id = run_id(run.runs[0]);
+  REQUIRE(apply_tuned(run) == 1);
+  CHECK(run.runs[0].params.at("scheme") == want);
+  CHECK(run.runs[0].label.find("tuned on cifar10-jpeg-val, budget 2") != std::string::npos);
+  CHECK(run_id(run.runs[0]) != untuned_id);
+  CHECK(run.runs[0].tuned.at("chosen").at("scheme") == want);
+}

@@ -1,7 +1,9 @@
 // bitbench run E.yaml [--dry-run] [--force] [--shard i/N]    execute an experiment
 // bitbench plan E.yaml                                        print the stable run IDs
+// bitbench tune E.yaml [--dry-run] [--force] [--shard i/N]   choose settings on the validation split
 #include "cli/args.h"
 #include "common/error.h"
+#include "common/log.h"
 #include "runner/runner.h"
 
 #include <cstdio>
@@ -19,7 +21,7 @@ Args run_args(const std::string& cmd) {
       {"--configs", true, "BITBENCH_CONFIGS", false, "configs folder (default <source>/configs)"},
       {"--data-root", true, "", false, "data root"},
       {"--help", false, "", false, "this help"}};
-  if (cmd == "run") {
+  if (cmd == "run" || cmd == "tune") {
     specs.push_back({"--dry-run", false, "", false, "list the runs, do nothing"});
     specs.push_back({"--force", false, "BITBENCH_FORCE", false, "redo finished runs"});
   } else {
@@ -39,6 +41,7 @@ int cmd_run(int argc, char** argv) {
   BB_CHECK(a.positional().size() == 1, "run takes exactly one experiment file");
   if (a.has("--data-root")) setenv("BITBENCH_DATA_ROOT", a.get("--data-root").c_str(), 1);
   Experiment ex = load_experiment(a.positional()[0], a.get("--configs"), a.get("--results"));
+  if (int n = apply_tuned(ex)) log_info(std::to_string(n) + " runs use settings from " + tuned_path(ex));
   RunnerOptions opt;
   opt.force = a.has("--force");
   opt.dry_run = a.has("--dry-run");
@@ -71,6 +74,7 @@ int cmd_plan(int argc, char** argv) {
   BB_CHECK(a.positional().size() == 1, "plan takes exactly one experiment file");
   if (a.has("--data-root")) setenv("BITBENCH_DATA_ROOT", a.get("--data-root").c_str(), 1);
   Experiment ex = load_experiment(a.positional()[0], a.get("--configs"), a.get("--results"));
+  apply_tuned(ex);
   if (a.has("--results-dir")) {
     std::printf("%s\n", ex.results_dir.c_str());
     return 0;
@@ -92,8 +96,32 @@ int cmd_plan(int argc, char** argv) {
   return 0;
 }
 
+int cmd_tune(int argc, char** argv) {
+  Args a = run_args("tune");
+  a.parse(argc, argv);
+  if (a.has("--help")) {
+    std::printf("usage: bitbench tune EXPERIMENT.yaml [flags]\n"
+                "For every run block with a `tune:` space (grid, or random with the experiment's tune_budget),\n"
+                "runs each setting on the validation split (tune_on; default cifar10-jpeg-val for CIFAR-10),\n"
+                "never on a test set, and writes the best per run to results/<experiment>/tuned.yaml,\n"
+                "which `bitbench run` then applies.\n%s",
+                a.usage().c_str());
+    return 0;
+  }
+  BB_CHECK(a.positional().size() == 1, "tune takes exactly one experiment file");
+  if (a.has("--data-root")) setenv("BITBENCH_DATA_ROOT", a.get("--data-root").c_str(), 1);
+  Experiment ex = load_experiment(a.positional()[0], a.get("--configs"), a.get("--results"));
+  RunnerOptions opt;
+  opt.force = a.has("--force");
+  opt.dry_run = a.has("--dry-run");
+  opt.shard_flag = a.get("--shard");
+  TuneSummary s = tune_experiment(ex, opt);
+  return s.trials.failed > 0 ? 3 : 0;
+}
+
 const bool r1 = register_command("run", cmd_run, "run an experiment (YAML) into results/<experiment>/runs");
 const bool r2 = register_command("plan", cmd_plan, "print an experiment's stable run IDs");
+const bool r3 = register_command("tune", cmd_tune, "choose each run's settings on the validation split -> tuned.yaml");
 
 }  // namespace
 }  // namespace bb

@@ -53,6 +53,11 @@ class Dataset {
 std::shared_ptr<Dataset> open_dataset(const std::string& name, const std::string& root_override = "");
 std::vector<std::string> dataset_names();
 bool has_dataset(const std::string& name);
+// Test sets only report results: nothing chooses a setting on them (`bitbench tune` refuses them).
+// cifar10-lossless-1k, cifar10-jpeg-test, mnist-test, imagenet-sample, imagenet-val.
+bool is_test_set(const std::string& name);
+// The validation split settings are tuned on for a family ("cifar10" -> cifar10-jpeg-val), or "".
+std::string validation_set_for_family(const std::string& family);
 // Family a dataset name belongs to, without opening it ("" if unknown).
 std::string dataset_family(const std::string& name);
 

@@ -430,6 +430,15 @@ std::vector<std::string> dataset_names() {
 
 bool has_dataset(const std::string& name) { return table().count(name) > 0; }
 
+bool is_test_set(const std::string& name) {
+  return name == "cifar10-lossless-1k" || name == "cifar10-jpeg-test" || name == "mnist-test" ||
+         name == "imagenet-sample" || name == "imagenet-val";
+}
+
+std::string validation_set_for_family(const std::string& family) {
+  return family == "cifar10" ? "cifar10-jpeg-val" : "";
+}
+
 std::string dataset_family(const std::string& name) {
   auto it = table().find(name);
   return it == table().end() ? "" : it->second.family;

@@ -1,4 +1,6 @@
 #include "runner/experiment.h"
+
+#include <random>
 #include "common/error.h"
 #include "common/runtime.h"
 #include "data/dataset.h"
@@ -9,6 +11,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <random>
 #include <set>
 
 namespace fs = std::filesystem;
@@ -154,7 +157,8 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
   const std::string configs = configs_dir.empty() ? source_dir() + "/configs" : configs_dir;
   YAML::Node n = load_yaml(path);
   check_keys(path, n,
-             {"experiment", "description", "models", "eval", "eval_limit", "calibration", "seeds", "keep_bbz", "runs"},
+             {"experiment", "description", "models", "eval", "eval_limit", "calibration", "seeds", "keep_bbz", "runs",
+              "tune_on", "tune_budget", "tune_eval_limit"},
              "an experiment");
   Experiment ex;
   ex.path = path;
@@ -174,6 +178,21 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
     for (auto& s : scalar_list(path, n["seeds"], "seeds")) seeds.push_back(std::stoull(s));
   }
   bool keep_bbz = n["keep_bbz"] ? as_bool(path, n["keep_bbz"], "keep_bbz") : false;
+  if (n["tune_on"]) {
+    ex.tune_on = scalar(path, n["tune_on"], "tune_on");
+    BB_CHECK(has_dataset(ex.tune_on), at(path, n["tune_on"]), ": unknown dataset '", ex.tune_on, "'");
+    BB_CHECK(!is_test_set(ex.tune_on), at(path, n["tune_on"]), ": '", ex.tune_on,
+             "' is a test set; settings are chosen on a validation split (e.g. cifar10-jpeg-val)");
+  }
+  if (n["tune_budget"]) {
+    ex.tune_budget = (int)as_int(path, n["tune_budget"], "tune_budget");
+    BB_CHECK(ex.tune_budget >= 1 && ex.tune_budget <= 10000, at(path, n["tune_budget"]),
+             ": 'tune_budget' must be in 1..10000");
+  }
+  if (n["tune_eval_limit"]) {
+    ex.tune_eval_limit = as_int(path, n["tune_eval_limit"], "tune_eval_limit");
+    BB_CHECK(ex.tune_eval_limit >= 0, at(path, n["tune_eval_limit"]), ": 'tune_eval_limit' must be >= 0");
+  }
   std::map<std::string, ModelConfig> model_cfgs;
   for (auto& m : models) model_cfgs[m] = load_model_config(configs, m, at(path, n["models"]));
 
@@ -181,7 +200,7 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
   int index = 0;
   for (const auto& rb : n["runs"]) {
     const std::string where = at(path, rb);
-    check_keys(path, rb, {"method", "label", "models", "params", "grid", "zip"}, "a run block");
+    check_keys(path, rb, {"method", "label", "models", "params", "grid", "zip", "tune"}, "a run block");
     BB_CHECK(rb["method"], where, ": run block without 'method'");
     const std::string method = scalar(path, rb["method"], "method");
     BB_CHECK(has_method(method), at(path, rb["method"]), ": unknown method '", method, "' (see `bitbench methods`)");
@@ -234,6 +253,46 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
         }
       points = next;
     }
+    // Tuning space: grid (every point, at most tune_budget of them) or random (tune_budget points
+    // drawn without replacement from the grid, seeded by the block's position: reproducible).
+    std::vector<std::map<std::string, std::string>> tune_points;
+    std::string tune_where = where;
+    if (rb["tune"]) {
+      const YAML::Node& t = rb["tune"];
+      tune_where = at(path, t);
+      BB_CHECK(t.IsMap(), tune_where, ": 'tune' must be a mapping with 'space' (and 'mode')");
+      check_keys(path, t, {"mode", "space"}, "a tune block");
+      const std::string mode = t["mode"] ? scalar(path, t["mode"], "mode") : "grid";
+      BB_CHECK(mode == "grid" || mode == "random", at(path, t["mode"]), ": tune mode must be grid or random, got '",
+               mode, "'");
+      BB_CHECK(t["space"] && t["space"].IsMap() && t["space"].size() > 0, tune_where,
+               ": 'tune' needs a non-empty 'space' mapping of parameter lists");
+      tune_points = {{}};
+      for (auto it = t["space"].begin(); it != t["space"].end(); ++it) {
+        const std::string k = it->first.as<std::string>();
+        auto vals = scalar_list(path, it->second, k);
+        BB_CHECK(!vals.empty(), at(path, it->second), ": tune space '", k, "' is empty");
+        std::vector<std::map<std::string, std::string>> next;
+        for (auto& p : tune_points)
+          for (auto& v : vals) {
+            auto q = p;
+            q[k] = v;
+            next.push_back(q);
+          }
+        tune_points = next;
+      }
+      if (mode == "grid") {
+        BB_CHECK((int)tune_points.size() <= ex.tune_budget, tune_where, ": the tune grid has ", tune_points.size(),
+                 " points, more than tune_budget ", ex.tune_budget, " (raise tune_budget or use mode: random)");
+      } else if ((int)tune_points.size() > ex.tune_budget) {
+        std::mt19937_64 rng(0x7e57ULL + (uint64_t)index);
+        for (size_t i = 0; i < (size_t)ex.tune_budget; ++i) {
+          size_t j = i + (size_t)(rng() % (uint64_t)(tune_points.size() - i));
+          std::swap(tune_points[i], tune_points[j]);
+        }
+        tune_points.resize(ex.tune_budget);
+      }
+    }
     auto block_models = rb["models"] ? scalar_list(path, rb["models"], "models") : models;
     for (auto& m : block_models)
       if (!model_cfgs.count(m)) model_cfgs[m] = load_model_config(configs, m, at(path, rb["models"]));
@@ -248,6 +307,12 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
         std::string pwhere = where;
         for (auto& kv : pt) pwhere = key_where[kv.first];
         ParamBinder::apply(inst->params(), params, pwhere + " (method '" + method + "')");
+        for (auto& tp : tune_points) {
+          auto tuned = params;
+          for (auto& kv : tp) tuned[kv.first] = kv.second;
+          auto ti = make_method(method);
+          ParamBinder::apply(ti->params(), tuned, tune_where + " (tune space of method '" + method + "')");
+        }
         for (auto s : seeds) {
           RunSpec r;
           r.experiment = ex.name;
@@ -263,6 +328,7 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
           r.seed = s;
           r.keep_bbz = keep_bbz;
           r.where = where;
+          r.tune_points = tune_points;
           BB_CHECK(!r.eval.empty(), where, ": no evaluation dataset for model '", m, "' (set 'eval')");
           ex.runs.push_back(r);
         }

@@ -34,6 +34,10 @@ struct RunSpec {
   uint64_t seed = 0;
   bool keep_bbz = false;
   std::string where;                          // file:line of the run block, for errors
+  // Tuning (`bitbench tune`): the candidate settings of the run block's `tune:` block (each a
+  // set of parameter overrides, already validated), empty when the block has none.
+  std::vector<std::map<std::string, std::string>> tune_points;
+  nlohmann::json tuned;                       // non-null once tuned.yaml's choice is applied
   nlohmann::json config_json() const;         // what the run ID hashes (with weights/dataset identity)
 };
 
@@ -42,6 +46,13 @@ struct Experiment {
   std::string path;
   std::string results_dir;   // results/<name>
   std::vector<RunSpec> runs;
+  // `bitbench tune`: the validation set the settings are chosen on (default: the model family's
+  // validation split, cifar10-jpeg-val), the number of settings tried per run, the same for every
+  // method (a grid larger than it is an error; a random search draws this many), and an optional
+  // cap on validation images per trial.
+  std::string tune_on;
+  int tune_budget = 8;
+  int64_t tune_eval_limit = 0;
 };
 
 // Loads and validates; `configs_dir` defaults to <source>/configs. Throws bb::Error "file:line: ...".

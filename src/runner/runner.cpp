@@ -8,6 +8,8 @@
 #include "data/dataset.h"
 #include "runner/pipeline.h"
 
+#include <yaml-cpp/yaml.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <map>
@@ -128,7 +130,7 @@ std::string cache_dir(const Experiment& ex) { return fs::path(ex.results_dir).pa
 RunnerSummary run_experiment(const Experiment& ex, const RunnerOptions& opt) {
   RunnerSummary sum;
   Shard shard = resolve_shard(opt.shard_flag);
-  const std::string dir = runs_dir(ex);
+  const std::string dir = ex.results_dir + "/" + opt.runs_subdir;
   std::vector<const RunSpec*> mine;
   for (auto& r : ex.runs) {
     ++sum.total;
@@ -184,6 +186,7 @@ RunnerSummary run_experiment(const Experiment& ex, const RunnerOptions& opt) {
       rec["config"] = r->config_json();
       rec["identity"] = run_identity(*r);
       rec["seed"] = r->seed;
+      if (!r->tuned.is_null()) rec["tuned"] = r->tuned;
       rec["wall_seconds"] = now_seconds() - t0;
       rec["peak_rss_bytes"] = peak_rss_bytes();
       rec["context"] = context_json();
@@ -213,6 +216,142 @@ RunnerSummary run_experiment(const Experiment& ex, const RunnerOptions& opt) {
            ": " + std::to_string(sum.done) + " done, " + std::to_string(sum.cached) + " cached, " +
            std::to_string(sum.failed) + " failed");
   return sum;
+}
+
+std::string tuned_path(const Experiment& ex) { return ex.results_dir + "/tuned.yaml"; }
+
+namespace {
+
+std::string tune_set_for(const Experiment& ex, const RunSpec& r) {
+  std::string v = ex.tune_on;
+  if (v.empty()) v = validation_set_for_family(dataset_family(r.calibration));
+  BB_CHECK(!v.empty(), r.where, ": no validation split is known for model '", r.model,
+           "' (calibration '", r.calibration, "'): set 'tune_on' in the experiment");
+  BB_CHECK(!is_test_set(v), r.where, ": '", v, "' is a test set; tuning reads validation data only");
+  for (auto& e : r.eval)
+    BB_CHECK(e != v, r.where, ": the run reports on '", v, "', the set it would be tuned on");
+  return v;
+}
+
+}  // namespace
+
+TuneSummary tune_experiment(const Experiment& ex, const RunnerOptions& opt) {
+  TuneSummary sum;
+  Experiment tx = ex;
+  tx.runs.clear();
+  struct Job {
+    const RunSpec* base;
+    std::string id, tune_on;
+    std::vector<std::string> trial_ids;
+  };
+  std::vector<Job> jobs;
+  for (const RunSpec& r : ex.runs) {
+    if (r.tune_points.empty()) continue;
+    Job j{&r, run_id(r), tune_set_for(ex, r), {}};
+    for (const auto& pt : r.tune_points) {
+      RunSpec t = r;
+      for (auto& kv : pt) t.params[kv.first] = kv.second;
+      t.eval = {j.tune_on};
+      t.eval_limit = ex.tune_eval_limit;
+      t.tune_points.clear();
+      t.index = (int)tx.runs.size();
+      t.label = r.label + " [tune trial]";
+      j.trial_ids.push_back(run_id(t));
+      tx.runs.push_back(std::move(t));
+    }
+    jobs.push_back(std::move(j));
+  }
+  BB_CHECK(!jobs.empty(), ex.path, ": no run block has a 'tune:' block, nothing to tune");
+  sum.runs = (int)jobs.size();
+  RunnerOptions o = opt;
+  o.runs_subdir = "tune";
+  sum.trials = run_experiment(tx, o);
+  if (opt.dry_run) return sum;
+
+  // Merge every trial record present into tuned.yaml.
+  const std::string tdir = ex.results_dir + "/tune";
+  YAML::Emitter y;
+  y << YAML::Comment("written by `bitbench tune` (settings chosen on validation data; `bitbench run` applies them)");
+  y << YAML::BeginMap;
+  y << YAML::Key << "experiment" << YAML::Value << ex.name;
+  y << YAML::Key << "tune_budget" << YAML::Value << ex.tune_budget;
+  y << YAML::Key << "runs" << YAML::Value << YAML::BeginMap;
+  for (const Job& j : jobs) {
+    std::vector<nlohmann::json> recs;
+    for (auto& tid : j.trial_ids) {
+      const std::string p = tdir + "/" + tid + ".json";
+      if (!fs::exists(p)) break;
+      recs.push_back(nlohmann::json::parse(read_file_text(p)));
+    }
+    if (recs.size() != j.trial_ids.size()) continue;  // not all trials done (another shard, or failed)
+    size_t best = 0;
+    for (size_t i = 1; i < recs.size(); ++i)
+      if (recs[i].at("top1").get<double>() > recs[best].at("top1").get<double>()) best = i;
+    const RunSpec& r = *j.base;
+    y << YAML::Key << j.id << YAML::Value << YAML::BeginMap;
+    y << YAML::Key << "model" << YAML::Value << r.model;
+    y << YAML::Key << "method" << YAML::Value << r.method;
+    y << YAML::Key << "label" << YAML::Value << r.label;
+    y << YAML::Key << "tune_on" << YAML::Value << j.tune_on;
+    y << YAML::Key << "chosen" << YAML::Value << YAML::Flow << YAML::BeginMap;
+    for (auto& kv : r.tune_points[best]) y << YAML::Key << kv.first << YAML::Value << kv.second;
+    y << YAML::EndMap;
+    y << YAML::Key << "val_top1" << YAML::Value << recs[best].at("top1").get<double>();
+    y << YAML::Key << "trials" << YAML::Value << YAML::BeginSeq;
+    for (size_t i = 0; i < recs.size(); ++i) {
+      y << YAML::Flow << YAML::BeginMap;
+      for (auto& kv : r.tune_points[i]) y << YAML::Key << kv.first << YAML::Value << kv.second;
+      y << YAML::Key << "val_top1" << YAML::Value << recs[i].at("top1").get<double>();
+      y << YAML::Key << "bpw_core" << YAML::Value << recs[i].at("bpw_core").get<double>();
+      y << YAML::Key << "run_id" << YAML::Value << j.trial_ids[i];
+      y << YAML::EndMap;
+    }
+    y << YAML::EndSeq << YAML::EndMap;
+    ++sum.chosen;
+    std::string choice;
+    for (auto& kv : r.tune_points[best]) choice += " " + kv.first + "=" + kv.second;
+    log_info("tuned " + r.model + " " + r.method + " (" + r.label + "):" + choice + ", " + j.tune_on + " top-1 " +
+             std::to_string(recs[best].at("top1").get<double>()));
+  }
+  y << YAML::EndMap << YAML::EndMap;
+  BB_CHECK(y.good(), "tune: cannot write tuned.yaml: ", y.GetLastError());
+  write_file_atomic(tuned_path(ex), std::string(y.c_str()) + "\n");
+  log_info("tune '" + ex.name + "': " + std::to_string(sum.chosen) + " of " + std::to_string(sum.runs) +
+           " runs chosen -> " + tuned_path(ex));
+  return sum;
+}
+
+int apply_tuned(Experiment& ex) {
+  const std::string p = tuned_path(ex);
+  if (!fs::exists(p)) return 0;
+  YAML::Node n;
+  try {
+    n = YAML::LoadFile(p);
+  } catch (const YAML::Exception& e) {
+    BB_THROW(p, ": ", e.what());
+  }
+  BB_CHECK(n.IsMap() && n["runs"] && n["runs"].IsMap(), p, ": expected a mapping with 'runs' (written by bitbench tune)");
+  const int budget = n["tune_budget"] ? n["tune_budget"].as<int>() : 0;
+  int applied = 0;
+  for (RunSpec& r : ex.runs) {
+    if (r.tune_points.empty()) continue;
+    const YAML::Node e = n["runs"][run_id(r)];
+    if (!e) continue;  // the run changed since it was tuned, or was not tuned yet
+    BB_CHECK(e.IsMap() && e["chosen"] && e["chosen"].IsMap(), p, ": entry for run ", run_id(r), " has no 'chosen' map");
+    nlohmann::json chosen = nlohmann::json::object();
+    for (auto it = e["chosen"].begin(); it != e["chosen"].end(); ++it) {
+      const std::string k = it->first.as<std::string>();
+      BB_CHECK(r.params.count(k), p, ": run ", run_id(r), " chose unknown parameter '", k, "'");
+      r.params[k] = it->second.as<std::string>();
+      chosen[k] = r.params[k];
+    }
+    const std::string on = e["tune_on"] ? e["tune_on"].as<std::string>() : "";
+    r.tuned = {{"chosen", chosen}, {"tune_on", on}, {"tune_budget", budget},
+               {"val_top1", e["val_top1"] ? e["val_top1"].as<double>() : 0.0}};
+    r.label += " [tuned on " + on + ", budget " + std::to_string(budget) + "]";
+    ++applied;
+  }
+  return applied;
 }
 
 }  // namespace bb

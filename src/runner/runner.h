@@ -31,6 +31,7 @@ struct RunnerOptions {
   bool force = false;
   bool dry_run = false;
   std::string data_root;
+  std::string runs_subdir = "runs";  // records go to <results_dir>/<runs_subdir> ("tune" for trials)
 };
 
 struct RunnerSummary {
@@ -38,6 +39,22 @@ struct RunnerSummary {
 };
 
 RunnerSummary run_experiment(const Experiment& ex, const RunnerOptions& opt);
+
+// `bitbench tune`: for every run whose block has a `tune:` space, each candidate setting is run
+// as a trial (compress + evaluate on the validation split only: ex.tune_on, else the family's
+// validation set; test sets are refused), cached like runs under <results_dir>/tune/. Once all
+// trials of a run exist its best setting (highest validation top-1; ties: the earlier point) goes
+// to <results_dir>/tuned.yaml, written atomically from every trial record present (so shards
+// merge). Returns the trial runner's summary.
+struct TuneSummary {
+  RunnerSummary trials;
+  int runs = 0, chosen = 0;
+};
+TuneSummary tune_experiment(const Experiment& ex, const RunnerOptions& opt);
+std::string tuned_path(const Experiment& ex);
+// Applies tuned.yaml (if present) to the runs it covers: their parameters become the chosen ones
+// (hence a new run ID), r.tuned holds the choice and the label says "tuned". Returns how many.
+int apply_tuned(Experiment& ex);
 
 // Where records live: <results_dir>/runs/<id>.json (and <id>.failed.json, <id>.bbz).
 std::string runs_dir(const Experiment& ex);
