@@ -299,3 +299,23 @@ TEST_CASE("uniform asymmetric with a float offset: min + round((w - min) / step)
     }
   }
 }
+
+TEST_CASE("equal rates: a target_bpw run records requested vs reached bpw_core", "[pipeline]") {
+  Tmp t;
+  auto r = req("kmeans", t.dir + "/k.bbz");
+  r.params = {{"target_bpw", "2.5"}};
+  r.eval_datasets.clear();
+  auto o = compress_model(r);
+  REQUIRE_FALSE(o.rate_target.is_null());
+  CHECK(o.rate_target.at("requested").get<double>() == 2.5);
+  CHECK(o.rate_target.at("measure") == "bpw_core");
+  CHECK(o.rate_target.at("reached").get<double>() == o.accounting.bpw_core);
+  const double rel = (o.accounting.bpw_core - 2.5) / 2.5;
+  CHECK(o.rate_target.at("relative_error").get<double>() == Approx(rel));
+  CHECK(o.rate_target.at("within_2pct").get<bool>() == (std::fabs(rel) <= 0.02));
+  CHECK(o.to_json().at("rate_target") == o.rate_target);
+  // No rate target: no field.
+  auto u = req("uniform", t.dir + "/u.bbz");
+  u.eval_datasets.clear();
+  CHECK(compress_model(u).rate_target.is_null());
+}

@@ -7,6 +7,7 @@
 #include "data/memo_dataset.h"
 #include "models/registry.h"
 
+#include <cmath>
 #include <filesystem>
 
 namespace bb {
@@ -29,6 +30,7 @@ nlohmann::json CompressOutcome::to_json() const {
   }
   j["phase_seconds"] = phase_seconds;
   j["provenance"] = provenance;
+  if (!rate_target.is_null()) j["rate_target"] = rate_target;
   return j;
 }
 
@@ -145,6 +147,22 @@ CompressOutcome compress_model(const CompressRequest& req) {
   out.accounting = account(*model, back, rsizes);
   BB_CHECK(out.accounting.file_bytes == (int64_t)std::filesystem::file_size(req.out_path),
            "accounting disagrees with the file size of '", req.out_path, "'");
+  if (const auto& p = out.provenance["params"]; p.contains("target_bpw") && p["target_bpw"].is_number() &&
+                                                p["target_bpw"].get<double>() > 0) {
+    const double want = p["target_bpw"].get<double>();
+    const bool conv = p.contains("target_scope") && p["target_scope"] == "conv";
+    const double got = conv ? out.accounting.bpw_yu_conv : out.accounting.bpw_core;
+    const double rel = (got - want) / want;
+    out.rate_target = {{"requested", want},
+                       {"reached", got},
+                       {"measure", conv ? "bpw_yu_conv" : "bpw_core"},
+                       {"relative_error", rel},
+                       {"within_2pct", std::fabs(rel) <= 0.02}};
+    if (std::fabs(rel) > 0.02)
+      log_warn("method '" + req.method + "': target_bpw " + std::to_string(want) + " reached " + std::to_string(got) +
+               " (" + (conv ? "bpw_yu_conv" : "bpw_core") + ", " + std::to_string(100 * rel) +
+               " %): off by more than 2%");
+  }
 
   for (auto& name : req.eval_datasets) {
     auto ds = open_dataset_memoized(name, req.data_root);

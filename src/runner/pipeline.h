@@ -35,6 +35,10 @@ struct CompressOutcome {
   std::vector<EvalResult> evals;
   std::map<std::string, double> phase_seconds;  // load, calibration/method phases, write, decode, eval
   nlohmann::json provenance;
+  // Equal rates: for a method with target_bpw > 0, {requested, reached, measure, relative_error,
+  // within_2pct}; the measure is bpw_core (side information included) except kq with
+  // target_scope=conv (bpw_yu_conv). Null when the method targets no rate.
+  nlohmann::json rate_target;
   nlohmann::json to_json() const;  // accounting fields at top level, evals under "eval"
 };
 
