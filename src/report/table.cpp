@@ -219,6 +219,14 @@ nlohmann::json build_table(const std::string& results_dir, const TableOptions& o
         if (values[label][it.key()].size() > 1)
           variant += (variant.empty() ? "" : " ") + it.key() + "=" + it.value().get<std::string>();
       if (r.value("seed", 0) != 0) variant += (variant.empty() ? "" : " ") + std::string("seed=") + std::to_string(r["seed"].get<int>());
+      // Equal rates: a run more than 2% off its target_bpw says so in the table.
+      const bool off_target = r.contains("rate_target") && !r["rate_target"].value("within_2pct", true);
+      if (off_target) {
+        char buf[96];
+        std::snprintf(buf, sizeof buf, "OFF TARGET: %.3g for %.3g", r["rate_target"]["reached"].get<double>(),
+                      r["rate_target"]["requested"].get<double>());
+        variant += (variant.empty() ? "" : " ") + std::string(buf);
+      }
       nlohmann::json row = {{"kind", "measured"},
                             {"method", r["method"]},
                             {"label", label},
@@ -234,6 +242,8 @@ nlohmann::json build_table(const std::string& results_dir, const TableOptions& o
                             {"file_bytes", r["file_bytes"]},
                             {"run_id", r["run_id"]},
                             {"wall_seconds", r.value("wall_seconds", 0.0)}};
+      if (r.contains("rate_target")) row["rate_target"] = r["rate_target"];
+      if (r.contains("tuned")) row["tuned"] = r["tuned"];
       for (auto& d : datasets) {
         const auto& e = r["eval"][d];
         row["top1"][d] = e["top1"];
