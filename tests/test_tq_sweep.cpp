@@ -11,6 +11,7 @@
 #include "methods/method.h"
 #include "models/registry.h"
 #include "models/weights_io.h"
+#include "quant/tq_curves.h"
 
 #include <cstdio>
 #include <cstdlib>
@@ -95,4 +96,16 @@ TEST_CASE("tq sweep: top-1 vs bpw", "[.tq-sweep]") {
     std::printf("TQSWEEP %s\n", line.c_str());
     std::fflush(stdout);
   }
+}
+
+// Step-search statistics of a logits_grid curves file, finished or a search's checkpoint
+// (hidden: TQ_CURVES=<cache>/tq/<key>.curves|.partial bitbench_tests "[.tq-grid-stats]").
+TEST_CASE("tq grid stats: step choices of the cheaper searches", "[.tq-grid-stats]") {
+  const std::string path = env("TQ_CURVES", "");
+  REQUIRE(!path.empty());
+  std::string key = path.substr(path.find_last_of('/') + 1);
+  key = key.substr(0, key.find('.'));
+  TqCurves c;
+  REQUIRE(tq_read_curves(path, key, c));
+  std::printf("%zu layers: %s\n", c.layers.size(), tq_grid_agreement(c).c_str());
 }

@@ -1,17 +1,20 @@
 // Transform quantization (Young, Wang, Taubman, Girod: "Transform Quantization for CNN
 // Compression", TPAMI 2021, arXiv 2009.01174). See docs/methods/tq.md.
 //
-//   1. per layer, W (n x d) = S T with a KLT or ELT across the n output channels (quant/transform.h)
+//   1. per layer, M = S T with a KLT or ELT on the row side (basis across the m input channels,
+//      the paper's Table 2) or the column side (across the n output channels) (quant/transform.h)
 //   2. coefficient rows sorted by importance, cut into 16 blocks; per block and bit depth R = 0..8
-//      the best power-of-two step and the logits MSE on ~100 calibration images, for the rows of
-//      T and for the block's columns of S (quant/tq_curves.h; cached on disk, rate-independent)
-//   3. Lagrangian allocation of (R_T, R_S) per block to hit target_bpw, counting S
-//      (quant/rd_alloc.h)
+//      the power-of-two step chosen on the logits MSE (Algorithm 2) and that MSE on ~100
+//      calibration images, for the rows of T and for the block's columns of S
+//      (quant/tq_curves.h; cached on disk, rate-independent)
+//   3. Lagrangian allocation of (R_T, R_S) per block (quant/rd_alloc.h) so that the file's bits
+//      for the weights (levels, bases, step sizes, headers: bpw_core) meet target_bpw
 //   4. optional retraining at the allocated depths (straight-through estimator)
 //   5. levels stored fixed-width (the paper) or entropy coded (huffman / rans)
 #include "common/error.h"
 #include "common/log.h"
 #include "common/timer.h"
+#include "coding/bbz.h"
 #include "data/loader.h"
 #include "methods/method.h"
 #include "quant/rd_alloc.h"
@@ -27,12 +30,14 @@ namespace {
 
 struct TqParams : ParamsBase {
   std::string transform = "klt";      // klt | elt
-  double target_bpw = 2.0;            // average bit depth over all conv+FC weights, bases included
+  std::string transform_side = "row"; // row (basis across input channels, the paper's Table 2) | column
+  double target_bpw = 2.0;            // bpw_core (file bits of the conv+FC weights, all side info included)
+  std::string target_rate = "core";   // core | young: what target_bpw counts
   int blocks = 16;                    // coefficient blocks per layer (min(blocks, n))
   int64_t calib_images = 100;         // calibration images for D(R) and the ELT statistics
   int64_t batch_size = 100;           // micro-batch of the calibration passes
   int steps_per_octave = 1;           // step grid 2^(e / steps_per_octave); 1 = powers of two
-  std::string step_search = "weight"; // weight | logits
+  std::string step_search = "logits_descent"; // weight | logits_neighbours (= logits) | logits_descent | logits_grid
   double elt_ridge = 1e-3;            // ELT regularisation of the gradient covariance
   bool entropy_coding = false;        // store levels entropy coded instead of fixed-width
   std::string entropy_coder = "rans"; // huffman | rans
@@ -44,14 +49,16 @@ struct TqParams : ParamsBase {
 
   void bind(ParamBinder& b) override {
     b.field("transform", transform, "klt: eigenvectors of the weight covariance; elt: also whitens the logits' gradient (generalised eigenproblem)", {"klt", "elt"});
-    b.field("target_bpw", target_bpw, "target average bit depth of all conv+FC weights incl. the bases (fixed-width, the paper's rate)");
+    b.field("transform_side", transform_side, "row: basis across the input channels, T = Theta U (the paper's Table 2); column: across the output channels, T = U^T Theta", {"row", "column"});
+    b.field("target_bpw", target_bpw, "target rate in bits per conv+FC weight (see target_rate)");
+    b.field("target_rate", target_rate, "core: target_bpw is bpw_core, the file's bits for the weights (levels, bases, step sizes, headers); young: the paper's rate (T and S levels at their bit depths only)", {"core", "young"});
     b.field("blocks", blocks, "coefficient blocks per layer (rows sorted by importance; min(blocks, n) per layer)");
     b.field("calib_images", calib_images, "calibration images for the distortion curves and the ELT gradients");
     b.field("batch_size", batch_size, "micro-batch of the calibration forward/backward passes");
     b.field("steps_per_octave", steps_per_octave, "step sizes 2^(e/steps_per_octave); 1 = powers of two as in the paper");
-    b.field("step_search", step_search, "weight: step minimising the weight-domain squared error; logits: best of it and its 2 grid neighbours by logits MSE (3x the passes)", {"weight", "logits"});
+    b.field("step_search", step_search, "step of each (block, R) on the grid e0-4..e0+3 around the weight-error optimum e0: weight: e0 (1 pass); logits_neighbours (or logits): best of e0, e0+-1 by logits MSE (3 passes); logits_descent: walk from e0 while the logits MSE falls (3 + steps walked); logits_grid: best of all 8 by logits MSE (8 passes, Algorithm 2)", {"weight", "logits_neighbours", "logits", "logits_descent", "logits_grid"});
     b.field("elt_ridge", elt_ridge, "ELT: gradient covariance + ridge*trace/n*I");
-    b.field("entropy_coding", entropy_coding, "entropy-code the levels (not in the paper); the target rate stays the fixed-width one");
+    b.field("entropy_coding", entropy_coding, "entropy-code the levels (not in the paper); with target_rate=core the coded size meets target_bpw, with young the fixed-width rate does");
     b.field("entropy_coder", entropy_coder, "coder used when entropy_coding=true", {"huffman", "rans"});
     b.field("retrain_epochs", retrain_epochs, "epochs of STE retraining on the calibration (training) set at the allocated depths; 0 = none");
     b.field("retrain_lr", retrain_lr, "retraining SGD learning rate (cosine decay)");
@@ -81,15 +88,27 @@ struct BlockOptions {
   std::vector<std::pair<int, int>> bits;  // (R_T, R_S) per point
 };
 
-BlockOptions block_options(const TqLayerCurves& L, size_t b) {
+double varint_bits(uint64_t v) {
+  double bytes = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    ++bytes;
+  }
+  return 8 * bytes;
+}
+double zigzag_bits(int64_t v) { return varint_bits(((uint64_t)v << 1) ^ (uint64_t)(v >> 63)); }
+
+// side_info: also count the block's bytes in tq.side (bit depths and step exponents).
+BlockOptions block_options(const TqLayerCurves& L, size_t b, bool side_info) {
   BlockOptions o;
   const TqBlockCurves& cv = L.blocks[b];
   const double nt = (double)((L.bounds[b + 1] - L.bounds[b]) * L.d), ns = (double)((L.bounds[b + 1] - L.bounds[b]) * L.n);
-  o.points.push_back({0.0, cv.t_dist[0]});
+  o.points.push_back({side_info ? 8.0 : 0.0, cv.t_dist[0]});
   o.bits.push_back({0, 0});
   for (int rt = 1; rt <= kTqMaxBits; ++rt)
     for (int rs = 1; rs <= kTqMaxBits; ++rs) {
-      o.points.push_back({nt * rt + ns * rs, cv.t_dist[rt] + cv.s_dist[rs]});
+      const double side = side_info ? 16.0 + zigzag_bits(cv.t_exp[rt]) + zigzag_bits(cv.s_exp[rs]) : 0.0;
+      o.points.push_back({nt * rt + ns * rs + side, cv.t_dist[rt] + cv.s_dist[rs]});
       o.bits.push_back({rt, rs});
     }
   return o;
@@ -149,27 +168,29 @@ torch::Tensor add_bias(const Layer& layer, const torch::Tensor& y) {
   return y + (layer.is_conv() ? layer.bias().view({1, -1, 1, 1}) : layer.bias());
 }
 
-// Runs each compressed layer with W = Q(S) Q(T) (differentiable through the STE).
+// Runs each compressed layer with W = unorient(Q(S) Q(T)) (differentiable through the STE).
 struct LatentTap : LayerTap {
   Model* model = nullptr;
   std::vector<LatentLayer>* latents = nullptr;
+  TransformSide side = TransformSide::row;
   torch::Tensor precomputed_output(int l, const torch::Tensor& x) override {
     const Layer& layer = model->layers()[l];
     LatentLayer& z = (*latents)[l];
     auto tq = ste_quantize(z.T, z.t_step, z.t_lo, z.t_hi) * z.row_on;
     auto sq = ste_quantize(z.S, z.s_step, z.s_lo, z.s_hi) * z.row_on.t();
-    auto w = torch::mm(sq, tq).view(layer.weight().sizes());
+    auto w = tq_unorient(torch::mm(sq, tq), layer.weight().sizes(), side);
     return add_bias(layer, tq_layer_apply(layer, x, w));
   }
 };
 
-// Runs each layer as y = S (T x) with the zeroed rows of T (and columns of S) skipped.
+// Runs each layer in the transform domain with the zeroed rows of T (and columns of S) skipped.
 struct TransformDomainTap : LayerTap {
   Model* model = nullptr;
-  std::vector<torch::Tensor> S_act, T_act;  // per layer: n x k and k x d (float32)
+  TransformSide side = TransformSide::row;
+  std::vector<torch::Tensor> S_act, T_act;  // per layer: p x k and k x q (float32)
   torch::Tensor precomputed_output(int l, const torch::Tensor& x) override {
     const Layer& layer = model->layers()[l];
-    return add_bias(layer, tq_apply_factored(layer, x, S_act[l], T_act[l]));
+    return add_bias(layer, tq_apply_factored(layer, x, S_act[l], T_act[l], side));
   }
 };
 
@@ -188,12 +209,13 @@ class TqMethod : public Method {
     ctx.phase("curves");
     TqCurveOptions co;
     co.transform = p_.transform == "elt" ? TransformKind::elt : TransformKind::klt;
+    co.side = parse_transform_side(p_.transform_side);
     co.blocks = p_.blocks;
     co.calib_images = p_.calib_images;
     co.batch_size = p_.batch_size;
     co.seed = ctx.seed;
     co.steps_per_octave = p_.steps_per_octave;
-    co.step_by_logits = p_.step_search == "logits";
+    co.step_search = parse_step_search(p_.step_search);
     co.elt_ridge = p_.elt_ridge;
     const double t_curves = now_seconds();
     TqCurves curves = tq_compute_curves(model, *ctx.calib, co, ctx.cache_dir);
@@ -205,7 +227,9 @@ class TqMethod : public Method {
 
     ctx.phase("allocate");
     const double t_alloc = now_seconds();
-    std::vector<TqLayerCode> codes = allocate(curves, model);
+    const Coder coder = p_.entropy_coding ? parse_coder(p_.entropy_coder) : Coder::fixed;
+    std::vector<TqLayerCode> codes = p_.target_rate == "core" ? allocate_core(curves, model, coder)
+                                                              : allocate_young(curves, model);
     last_.allocate_seconds = now_seconds() - t_alloc;
 
     if (p_.retrain_epochs > 0) {
@@ -214,36 +238,25 @@ class TqMethod : public Method {
     }
 
     ctx.phase("encode");
-    const Coder coder = p_.entropy_coding ? parse_coder(p_.entropy_coder) : Coder::fixed;
-    std::vector<LayerRecord> records;
-    std::vector<TqLevels> levels(layers.size());
-    double t_bits = 0, s_bits = 0, coded_bits = 0;
-    for (size_t l = 0; l < layers.size(); ++l) {
-      const TqLayerCurves& L = curves.layers[l];
-      BB_CHECK(L.layer == layers[l].name, "tq: curves are for layer ", L.layer, ", model has ", layers[l].name);
-      levels[l] = tq_quantize(codes[l], latent_S_.empty() ? L.S : latent_S_[l], latent_T_.empty() ? L.T : latent_T_[l]);
-      LayerRecord rec;
-      rec.layer = layers[l].name;
-      rec.method = name();
-      rec.shape = layers[l].weight().sizes().vec();
-      tq_encode(codes[l], levels[l], coder, rec);
-      t_bits += rec.estimate.fixed_index_bits;
-      s_bits += rec.estimate.codebook_bits;
-      for (const auto& s : rec.sections) coded_bits += 8.0 * (double)s.bytes.size();
-      torch::NoGradGuard ng;
-      layers[l].weight().copy_(tq_reconstruct(codes[l], levels[l]).view(layers[l].weight().sizes()));
-      records.push_back(std::move(rec));
-    }
+    std::vector<TqLevels> levels;
+    std::vector<LayerRecord> records = encode_all(curves, codes, coder, model, &levels);
     latent_S_.clear();
     latent_T_.clear();
+    double t_bits = 0, s_bits = 0;
+    for (size_t l = 0; l < layers.size(); ++l) {
+      t_bits += records[l].estimate.fixed_index_bits;
+      s_bits += records[l].estimate.codebook_bits;
+      torch::NoGradGuard ng;
+      layers[l].weight().copy_(tq_reconstruct_weight(codes[l], levels[l], layers[l].weight().sizes()));
+    }
     const double nw = (double)model.num_weights();
     last_.bpw_fixed = (t_bits + s_bits) / nw;
-    last_.bpw_coded = coded_bits / nw;
-    log_info("tq: " + p_.transform + " rate " + std::to_string(last_.bpw_fixed) + " bpw fixed-width (coefficients " +
-             std::to_string(t_bits / nw) + " + bases " + std::to_string(s_bits / nw) + "), " +
-             std::to_string(last_.bpw_coded) + " bpw in the stored sections (" +
-             (p_.entropy_coding ? p_.entropy_coder : std::string("fixed")) + ", side info included), target " +
-             std::to_string(p_.target_bpw));
+    last_.bpw_coded = record_bits(records) / nw;
+    log_info("tq: " + label() + " rate " + std::to_string(last_.bpw_fixed) + " bpw fixed-width levels (coefficients " +
+             std::to_string(t_bits / nw) + " + bases " + std::to_string(s_bits / nw) + "), bpw_core " +
+             std::to_string(last_.bpw_coded) + " (" + (p_.entropy_coding ? p_.entropy_coder : std::string("fixed")) +
+             " levels, side info and record headers included), target " + std::to_string(p_.target_bpw) + " (" +
+             p_.target_rate + ")");
     report_macs(model, codes, levels, *ctx.calib, ctx.seed);
     return records;
   }
@@ -252,32 +265,117 @@ class TqMethod : public Method {
     TqLayerCode code;
     TqLevels lv;
     tq_decode(rec, code, lv);
-    return tq_reconstruct(code, lv).view(rec.shape);
+    return tq_reconstruct_weight(code, lv, rec.shape);
   }
 
  private:
-  std::vector<TqLayerCode> allocate(const TqCurves& curves, const Model& model) {
+  std::string label() const {
+    return p_.transform_side + "-" + (p_.transform == "elt" ? std::string("ELT") : std::string("KLT"));
+  }
+
+  // One record per layer (levels from the curves' S and T, or the retrained latents).
+  std::vector<LayerRecord> encode_all(const TqCurves& curves, const std::vector<TqLayerCode>& codes, Coder coder,
+                                      const Model& model, std::vector<TqLevels>* levels_out) const {
+    const auto& layers = model.layers();
+    std::vector<LayerRecord> records;
+    if (levels_out) levels_out->assign(layers.size(), TqLevels());
+    for (size_t l = 0; l < layers.size(); ++l) {
+      const TqLayerCurves& L = curves.layers[l];
+      BB_CHECK(L.layer == layers[l].name, "tq: curves are for layer ", L.layer, ", model has ", layers[l].name);
+      TqLevels lv = tq_quantize(codes[l], latent_S_.empty() ? L.S : latent_S_[l], latent_T_.empty() ? L.T : latent_T_[l]);
+      LayerRecord rec;
+      rec.layer = layers[l].name;
+      rec.method = "tq";
+      rec.shape = layers[l].weight().sizes().vec();
+      tq_encode(codes[l], lv, coder, rec);
+      records.push_back(std::move(rec));
+      if (levels_out) (*levels_out)[l] = std::move(lv);
+    }
+    return records;
+  }
+
+  // Bits of the records as the container counts them for bpw_core (headers included).
+  static double record_bits(const std::vector<LayerRecord>& recs) {
+    BbzFile f;
+    f.layers = recs;
+    BbzSizes sizes;
+    serialize_bbz(f, &sizes);
+    double bytes = 0;
+    for (const auto& l : sizes.layers) bytes += (double)l.total();
+    return 8.0 * bytes;
+  }
+
+  // target_rate=young: the paper's rate (levels of T and S) meets target_bpw.
+  std::vector<TqLayerCode> allocate_young(const TqCurves& curves, const Model& model) {
+    const double nw = (double)model.num_weights();
+    const double budget = p_.target_bpw * nw;
+    bool feasible = true;
+    auto codes = allocate(curves, budget, /*side_info=*/false, &feasible);
+    if (!feasible) BB_THROW("tq: target_bpw ", p_.target_bpw, " is below the smallest achievable rate");
+    return codes;
+  }
+
+  // target_rate=core: bpw_core (every byte of the records) meets target_bpw. The allocation counts
+  // the levels and each block's side bytes; the rest (record, section and stream headers, entropy
+  // coding) is measured by encoding, and the budget is corrected by the difference until the
+  // measured rate lies within 0.2% below the target (at most 12 rounds; the best one at or under
+  // the target is kept).
+  std::vector<TqLayerCode> allocate_core(const TqCurves& curves, const Model& model, Coder coder) {
+    const double nw = (double)model.num_weights();
+    const double target = p_.target_bpw * nw;
+    double budget = target;
+    std::vector<TqLayerCode> best;
+    double best_bits = -1, prev_bits = -1;
+    int rounds = 0;
+    for (; rounds < 12; ++rounds) {
+      bool feasible = true;
+      auto codes = allocate(curves, budget, /*side_info=*/true, &feasible);
+      const double bits = record_bits(encode_all(curves, codes, coder, model, nullptr));
+      log_info("tq: rate round " + std::to_string(rounds + 1) + ": allocation budget " + std::to_string(budget / nw) +
+               " bpw -> bpw_core " + std::to_string(bits / nw));
+      if (feasible && bits <= target && bits > best_bits) {
+        best_bits = bits;
+        best = codes;
+      }
+      if (best_bits >= 0.998 * target || bits == prev_bits) break;
+      prev_bits = bits;
+      budget -= bits - target;
+      if (budget <= 0) break;
+    }
+    if (best_bits < 0)
+      BB_THROW("tq: target_bpw ", p_.target_bpw, " is below the smallest achievable bpw_core (side info included)");
+    last_.rate_rounds = rounds + 1;
+    if (best_bits < 0.98 * target)
+      log_warn("tq: bpw_core " + std::to_string(best_bits / nw) + " is more than 2% below the target " +
+               std::to_string(p_.target_bpw) + " after " + std::to_string(rounds + 1) +
+               " rounds (the allocation's steps are too coarse to come closer)");
+    else
+      log_info("tq: bpw_core " + std::to_string(best_bits / nw) + " for target " + std::to_string(p_.target_bpw) +
+               " after " + std::to_string(rounds + 1) + " allocation rounds");
+    return best;
+  }
+
+  std::vector<TqLayerCode> allocate(const TqCurves& curves, double budget, bool side_info, bool* feasible) {
     std::vector<std::vector<RdPoint>> items;
     std::vector<BlockOptions> opts;
     for (const auto& L : curves.layers)
       for (size_t b = 0; b + 1 < L.bounds.size(); ++b) {
-        opts.push_back(block_options(L, b));
+        opts.push_back(block_options(L, b, side_info));
         items.push_back(opts.back().points);
       }
-    const double nw = (double)model.num_weights();
-    const double budget = p_.target_bpw * nw;
     RdAllocation a = rd_allocate(items, budget);
     last_.lambda = a.lambda;
     last_.lagrangian = a.lagrangian;
-    if (a.rate > budget * 1.0000001)
-      BB_THROW("tq: target_bpw ", p_.target_bpw, " is below the smallest achievable rate ", a.rate / nw);
-    if (a.rate < 0.98 * budget)
-      log_warn("tq: allocation reaches " + std::to_string(a.rate / nw) + " bpw, more than 2% below the target " +
-               std::to_string(p_.target_bpw));
+    *feasible = a.rate <= budget * 1.0000001;
+    if (!side_info && a.rate < 0.98 * budget)
+      log_warn("tq: allocation reaches " + std::to_string(a.rate / budget * p_.target_bpw) +
+               " bpw, more than 2% below the target " + std::to_string(p_.target_bpw));
+    const TransformSide side = parse_transform_side(p_.transform_side);
     std::vector<TqLayerCode> codes;
     size_t item = 0;
     for (const auto& L : curves.layers) {
       TqLayerCode c;
+      c.side = side;
       c.n = L.n;
       c.d = L.d;
       c.steps_per_octave = p_.steps_per_octave;
@@ -295,9 +393,9 @@ class TqMethod : public Method {
       }
       codes.push_back(std::move(c));
     }
-    log_info("tq: allocation " + std::to_string(a.rate / nw) + " bpw for target " + std::to_string(p_.target_bpw) +
-             " (lambda " + std::to_string(a.lambda) + (a.lagrangian ? "" : ", with fill") + "), predicted logits MSE " +
-             std::to_string(a.dist));
+    log_debug("tq: allocation " + std::to_string(a.rate) + " bits for budget " + std::to_string(budget) + " (lambda " +
+              std::to_string(a.lambda) + (a.lagrangian ? "" : ", with fill") + "), predicted logits MSE " +
+              std::to_string(a.dist));
     return codes;
   }
 
@@ -326,6 +424,7 @@ class TqMethod : public Method {
     LatentTap tap;
     tap.model = &model;
     tap.latents = &latents;
+    tap.side = parse_transform_side(p_.transform_side);
     struct TrainMode {  // eval mode again on every exit
       Model& m;
       explicit TrainMode(Model& model) : m(model) { m.train(); }
@@ -414,6 +513,7 @@ class TqMethod : public Method {
 
     TransformDomainTap tap;
     tap.model = &model;
+    tap.side = parse_transform_side(p_.transform_side);
     for (size_t l = 0; l < layers.size(); ++l) {
       torch::Tensor S_hat, T_hat;
       tq_dequantize(codes[l], levels[l], S_hat, T_hat);
@@ -456,6 +556,7 @@ class TqMethod : public Method {
     double curves_seconds = 0, search_seconds = 0, allocate_seconds = 0;
     double bpw_fixed = 0, bpw_coded = 0, lambda = 0;
     bool lagrangian = true;
+    int rate_rounds = 0;
     double macs_direct = 0, macs_transform = 0, transform_max_logit_diff = -1;
   } last_;
   std::vector<torch::Tensor> latent_S_, latent_T_;  // retrained latents (float64), consumed by compress

@@ -8,7 +8,8 @@
 namespace bb {
 namespace {
 
-constexpr uint8_t kFormatVersion = 1;
+// Version 1: no side byte (column side). Version 2: u8 side (0 column, 1 row) after the version.
+constexpr uint8_t kFormatVersion = 2;
 constexpr int kMaxStepExp = 4096;  // |exp| bound: keeps 2^(exp/spo) finite and nonzero
 
 uint64_t zigzag(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
@@ -154,10 +155,15 @@ torch::Tensor tq_reconstruct(const TqLayerCode& c, const TqLevels& lv) {
   return w;
 }
 
+torch::Tensor tq_reconstruct_weight(const TqLayerCode& c, const TqLevels& lv, at::IntArrayRef shape) {
+  return tq_unorient(tq_reconstruct(c, lv), shape, c.side);
+}
+
 void tq_encode(const TqLayerCode& c, const TqLevels& lv, Coder coder, LayerRecord& rec) {
   check_code(c, "tq_encode (" + rec.layer + ")");
   ByteWriter side;
   side.u8(kFormatVersion);
+  side.u8(c.side == TransformSide::row ? 1 : 0);
   side.varint((uint64_t)c.n);
   side.varint((uint64_t)c.d);
   side.u8((uint8_t)c.steps_per_octave);
@@ -205,8 +211,13 @@ void tq_decode(const LayerRecord& rec, TqLayerCode& c, TqLevels& lv) {
   const std::string where = "tq layer '" + rec.layer + "'";
   ByteReader side(rec.section("tq.side").bytes, where + " side info");
   const uint8_t version = side.u8();
-  BB_CHECK(version == kFormatVersion, where, ": unknown format version ", (int)version);
+  BB_CHECK(version == 1 || version == kFormatVersion, where, ": unknown format version ", (int)version);
   c = TqLayerCode();
+  if (version >= 2) {
+    const uint8_t s = side.u8();
+    BB_CHECK(s <= 1, where, ": unknown transform side ", (int)s);
+    c.side = s == 1 ? TransformSide::row : TransformSide::column;
+  }
   c.n = (int64_t)side.varint();
   c.d = (int64_t)side.varint();
   c.steps_per_octave = side.u8();
@@ -214,8 +225,11 @@ void tq_decode(const LayerRecord& rec, TqLayerCode& c, TqLevels& lv) {
            ": implausible size ", c.n, "x", c.d);
   int64_t shape_numel = 1;
   for (int64_t s : rec.shape) shape_numel *= s;
-  BB_CHECK(!rec.shape.empty() && rec.shape[0] == c.n && shape_numel == c.n * c.d, where, ": size ", c.n, "x", c.d,
-           " does not match the record's weight shape");
+  const size_t axis = c.side == TransformSide::row ? 1 : 0;
+  BB_CHECK(rec.shape.size() > axis && rec.shape[axis] == c.n && shape_numel == c.n * c.d &&
+               (rec.shape.size() == 2 || rec.shape.size() == 4),
+           where, ": size ", c.n, "x", c.d, " (", transform_side_name(c.side),
+           " side) does not match the record's weight shape");
   const uint64_t nb = side.varint();
   BB_CHECK(nb >= 1 && nb <= (uint64_t)c.n, where, ": ", nb, " blocks for ", c.n, " rows");
   c.bounds.assign(1, 0);

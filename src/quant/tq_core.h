@@ -2,18 +2,21 @@
 //
 //   quantizer   uniform mid-tread with 2^R levels, q = clamp(round(x / step), -2^(R-1), 2^(R-1)-1),
 //               R in 0..8 (R = 0: the block is zeroed), step = 2^(e / steps_per_octave)
-//   blocks      the n coefficient rows of T (by decreasing importance) are cut into
-//               min(blocks, n) groups of consecutive rows; block b also owns the columns of S
+//   layout      the layer's oriented matrix M (p x q, quant/transform.h: column side p = n
+//               outputs, row side p = m inputs) = S T, S p x p, T p x q
+//   blocks      the p coefficient rows of T (by decreasing importance) are cut into
+//               min(blocks, p) groups of consecutive rows; block b also owns the columns of S
 //               that multiply its rows
 //   layer code  per block: bits and step of its T rows, bits and step of its S columns (absent
 //               when the rows are zeroed: those basis vectors are never used)
 //   record      sections tq.side (side), tq.coef (indices: T levels), tq.basis (codebook: S
 //               levels); level streams grouped by bit depth, fixed-width or entropy coded
-//   decode      W = S_hat T_hat summed in float64 in a fixed order, so the weight is
-//               bit-identical wherever it is decoded
+//   decode      M = S_hat T_hat summed in float64 in a fixed order, then un-oriented (a
+//               permutation), so the weight is bit-identical wherever it is decoded
 #pragma once
 #include "coding/record.h"
 #include "coding/symbols.h"
+#include "quant/transform.h"
 
 #include <torch/torch.h>
 
@@ -46,7 +49,8 @@ struct TqBlockCode {
 
 // One layer, everything decode needs besides the levels.
 struct TqLayerCode {
-  int64_t n = 0, d = 0;  // W is n x d (d = C_in*kh*kw)
+  TransformSide side = TransformSide::column;  // orientation of M (stored from format version 2)
+  int64_t n = 0, d = 0;  // M is n x d (the oriented p x q of quant/transform.h)
   int steps_per_octave = 1;
   std::vector<int64_t> bounds;     // block row boundaries, size nb + 1
   std::vector<TqBlockCode> blocks;  // size nb
@@ -67,8 +71,10 @@ struct TqLevels {
 // Quantizes T (n x d) and S (n x n), float64, with the code's bit depths and steps.
 TqLevels tq_quantize(const TqLayerCode& code, const torch::Tensor& S, const torch::Tensor& T);
 
-// Reconstructs W = S_hat T_hat as float32 (n x d), deterministically.
+// Reconstructs M = S_hat T_hat as float32 (n x d, oriented), deterministically.
 torch::Tensor tq_reconstruct(const TqLayerCode& code, const TqLevels& lv);
+// The layer's weight of `shape`: tq_reconstruct un-oriented by the code's side.
+torch::Tensor tq_reconstruct_weight(const TqLayerCode& code, const TqLevels& lv, at::IntArrayRef shape);
 
 // Dequantized T_hat (n x d) and S_hat (n x n) as float64 tensors (zeroed blocks are 0).
 void tq_dequantize(const TqLayerCode& code, const TqLevels& lv, torch::Tensor& S_hat, torch::Tensor& T_hat);
@@ -82,8 +88,9 @@ void tq_encode(const TqLayerCode& code, const TqLevels& lv, Coder coder, LayerRe
 // Inverse of tq_encode; throws bb::Error naming the layer on any inconsistency.
 void tq_decode(const LayerRecord& rec, TqLayerCode& code, TqLevels& lv);
 
-// Multiply-accumulates per output position: direct (n*d) vs in the transform domain,
-// y = S (T x) with the zeroed rows of T and columns of S skipped (k*d + n*k, k = active rows).
+// Multiply-accumulates per output position: direct (n*d) vs in the transform domain with the
+// zeroed rows of T and columns of S skipped (k*d + n*k, k = active rows). On the row side the
+// 1x1 basis conv runs on the input, so for a strided conv its k*n part is per input position.
 struct TqMacs {
   int64_t direct = 0, transform = 0;
 };

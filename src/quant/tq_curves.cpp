@@ -13,16 +13,76 @@
 #include <sstream>
 
 namespace bb {
+
+const char* step_search_name(StepSearch s) {
+  switch (s) {
+    case StepSearch::weight: return "weight";
+    case StepSearch::logits_neighbours: return "logits_neighbours";
+    case StepSearch::logits_descent: return "logits_descent";
+    case StepSearch::logits_grid: return "logits_grid";
+  }
+  return "?";
+}
+
+StepSearch parse_step_search(const std::string& s) {
+  if (s == "weight") return StepSearch::weight;
+  if (s == "logits_neighbours" || s == "logits") return StepSearch::logits_neighbours;
+  if (s == "logits_descent") return StepSearch::logits_descent;
+  if (s == "logits_grid") return StepSearch::logits_grid;
+  BB_THROW("tq: unknown step_search '", s, "' (weight | logits_neighbours | logits | logits_descent | logits_grid)");
+}
+
+int tq_choose_step_offset(StepSearch search, const std::function<double(int)>& d) {
+  // Ties keep the offset nearer e0 (then the smaller step): candidates are visited in the order
+  // 0, -1, +1, -2, +2, ... and only a strictly lower D replaces the best.
+  switch (search) {
+    case StepSearch::weight:
+      return 0;
+    case StepSearch::logits_neighbours:
+    case StepSearch::logits_grid: {
+      const int reach = search == StepSearch::logits_grid ? std::max(-kTqGridLo, kTqGridHi) : 1;
+      int best = 0;
+      double best_d = d(0);
+      for (int r = 1; r <= reach; ++r)
+        for (int o : {-r, r}) {
+          if (o < kTqGridLo || o > kTqGridHi) continue;
+          const double v = d(o);
+          if (v < best_d) {
+            best_d = v;
+            best = o;
+          }
+        }
+      return best;
+    }
+    case StepSearch::logits_descent: {
+      const double d0 = d(0), dm = d(-1), dp = d(1);
+      if (d0 <= dm && d0 <= dp) return 0;
+      const int dir = dm <= dp ? -1 : 1;
+      int at = dir;
+      double cur = std::min(dm, dp);
+      while (at + dir >= kTqGridLo && at + dir <= kTqGridHi) {
+        const double v = d(at + dir);
+        if (!(v < cur)) break;
+        cur = v;
+        at += dir;
+      }
+      return at;
+    }
+  }
+  return 0;
+}
+
+TqBlockCurves::TqBlockCurves() {
+  for (int r = 0; r <= kTqMaxBits; ++r)
+    for (int i = 0; i < kTqGridSteps; ++i) t_grid[r][i] = s_grid[r][i] = NAN;
+}
+
 namespace {
 
 namespace F = torch::nn::functional;
 
-constexpr char kCacheMagic[8] = {'B', 'B', 'T', 'Q', 'C', 'U', 'R', '1'};
-
-torch::Tensor weight_2d(const Layer& l) {
-  auto w = l.weight().detach();
-  return w.reshape({w.size(0), -1}).to(torch::kFloat64).contiguous();
-}
+// Version 2: the grid D table of every point (TqBlockCurves::t_grid/s_grid) follows its curve.
+constexpr char kCacheMagic[8] = {'B', 'B', 'T', 'Q', 'C', 'U', 'R', '2'};
 
 // Mid-tread quantization of a tensor (the vectorised form of tq_level).
 torch::Tensor quantize_tensor(const torch::Tensor& x, double step, int bits) {
@@ -243,35 +303,32 @@ CalibCache capture(Model& model, const torch::Tensor& images, int64_t batch_size
   return c;
 }
 
-// Distortion of quantizing T rows / S columns of one block, with the chosen step.
-struct Point {
-  int exp = 0;
-  double dist = 0;
-};
+// D of one oriented perturbation. One that changes nothing gets D = -0.0 without a pass (a
+// measured D is a sum of squares, +0.0 at least), so the derivation can tell the two apart.
+double measure_oriented(DistortionMeter& meter, const Layer& layer, int l, TransformSide side, const torch::Tensor& dwm) {
+  if (dwm.abs().max().item<double>() == 0) return -0.0;
+  return meter.measure(l, tq_unorient(dwm, layer.weight().sizes(), side));
+}
 
-Point measure_point(DistortionMeter& meter, int l, bool by_logits, int spo, int e_best,
-                    const std::function<torch::Tensor(double)>& dw_of_step) {
-  Point p;
-  p.exp = e_best;
-  auto dw = dw_of_step(tq_step(e_best, spo));
-  if (dw.abs().max().item<double>() == 0) return p;  // nothing changes: D = 0
-  p.dist = meter.measure(l, dw);
-  if (!by_logits) return p;
-  for (int e : {e_best - 1, e_best + 1}) {
-    double d = meter.measure(l, dw_of_step(tq_step(e, spo)));
-    if (d < p.dist) {
-      p.dist = d;
-      p.exp = e;
-    }
-  }
-  return p;
+// Searches the step of one (block, R) point: grid[] receives D of every offset measured (NaN
+// elsewhere); returns the chosen offset from e0.
+int search_point(StepSearch search, const std::function<double(int)>& measure, double* grid) {
+  for (int i = 0; i < kTqGridSteps; ++i) grid[i] = NAN;
+  grid[-kTqGridLo] = measure(0);
+  if (grid[-kTqGridLo] == 0.0) return 0;  // e0 changes nothing (exactly representable): nothing to search
+  return tq_choose_step_offset(search, [&](int o) {
+    double& g = grid[o - kTqGridLo];
+    if (std::isnan(g)) g = measure(o);
+    return g;
+  });
 }
 
 void analyse_layer(Model& model, int l, const TqCurveOptions& opt, const torch::Tensor* grad_cov,
                    DistortionMeter& meter, TqLayerCurves& out, Progress& progress) {
   const Layer& layer = model.layers()[l];
-  auto w = weight_2d(layer);
-  RowTransform tr = opt.transform == TransformKind::klt ? klt_transform(w) : elt_transform(w, *grad_cov, opt.elt_ridge);
+  const TransformSide side = opt.side;
+  auto w = tq_orient(layer.weight().detach().to(torch::kFloat64), side);
+  LayerTransform tr = opt.transform == TransformKind::klt ? klt_transform(w) : elt_transform(w, *grad_cov, opt.elt_ridge);
   torch::Tensor metric;  // undefined = identity
   if (opt.transform == TransformKind::elt) metric = regularised_grad_cov(*grad_cov, opt.elt_ridge).contiguous();
   out.layer = layer.name;
@@ -298,23 +355,27 @@ void analyse_layer(Model& model, int l, const TqCurveOptions& opt, const torch::
     TqBlockCurves& cv = out.blocks[b];
 
     // R = 0: the rows zeroed.
-    cv.t_dist[0] = measure_point(meter, l, false, spo, 0, [&](double) { return torch::mm(Sb, -Tb); }).dist;
+    cv.t_dist[0] = measure_oriented(meter, layer, l, side, torch::mm(Sb, -Tb));
     progress.advance();
     for (int bits = 1; bits <= kTqMaxBits; ++bits) {
-      int e = best_step_exp(Tb.data_ptr<double>(), Tb.size(0), Tb.size(1), nullptr, nullptr, bits, spo);
-      Point p = measure_point(meter, l, opt.step_by_logits, spo, e,
-                              [&](double st) { return torch::mm(Sb, quantize_tensor(Tb, st, bits) - Tb); });
-      cv.t_exp[bits] = p.exp;
-      cv.t_dist[bits] = p.dist;
+      const int e0 = best_step_exp(Tb.data_ptr<double>(), Tb.size(0), Tb.size(1), nullptr, nullptr, bits, spo);
+      const int o = search_point(opt.step_search, [&](int off) {
+        return measure_oriented(meter, layer, l, side, torch::mm(Sb, quantize_tensor(Tb, tq_step(e0 + off, spo), bits) - Tb));
+      }, cv.t_grid[bits]);
+      cv.t_exp0[bits] = e0;
+      cv.t_exp[bits] = e0 + o;
+      cv.t_dist[bits] = cv.t_grid[bits][o - kTqGridLo];
       progress.advance();
     }
     for (int bits = 1; bits <= kTqMaxBits; ++bits) {
-      int e = best_step_exp(s_cols.data_ptr<double>(), s_cols.size(0), s_cols.size(1), t_energy.data_ptr<double>(),
-                            metric.defined() ? metric.data_ptr<double>() : nullptr, bits, spo);
-      Point p = measure_point(meter, l, opt.step_by_logits, spo, e,
-                              [&](double st) { return torch::mm(quantize_tensor(Sb, st, bits) - Sb, Tb); });
-      cv.s_exp[bits] = p.exp;
-      cv.s_dist[bits] = p.dist;
+      const int e0 = best_step_exp(s_cols.data_ptr<double>(), s_cols.size(0), s_cols.size(1), t_energy.data_ptr<double>(),
+                                   metric.defined() ? metric.data_ptr<double>() : nullptr, bits, spo);
+      const int o = search_point(opt.step_search, [&](int off) {
+        return measure_oriented(meter, layer, l, side, torch::mm(quantize_tensor(Sb, tq_step(e0 + off, spo), bits) - Sb, Tb));
+      }, cv.s_grid[bits]);
+      cv.s_exp0[bits] = e0;
+      cv.s_exp[bits] = e0 + o;
+      cv.s_dist[bits] = cv.s_grid[bits][o - kTqGridLo];
       progress.advance();
     }
   }
@@ -323,9 +384,10 @@ void analyse_layer(Model& model, int l, const TqCurveOptions& opt, const torch::
 std::string options_text(const TqCurveOptions& o) {
   std::ostringstream s;
   s.precision(17);
-  s << "transform=" << (o.transform == TransformKind::klt ? "klt" : "elt") << "|blocks=" << o.blocks
-    << "|calib_images=" << o.calib_images << "|seed=" << o.seed << "|steps_per_octave=" << o.steps_per_octave
-    << "|step_by_logits=" << o.step_by_logits << "|elt_ridge=" << o.elt_ridge
+  s << "transform=" << (o.transform == TransformKind::klt ? "klt" : "elt") << "|side=" << transform_side_name(o.side)
+    << "|blocks=" << o.blocks << "|calib_images=" << o.calib_images << "|seed=" << o.seed
+    << "|steps_per_octave=" << o.steps_per_octave << "|step_search=" << step_search_name(o.step_search)
+    << "|grid=" << kTqGridLo << ".." << kTqGridHi << "|elt_ridge=" << o.elt_ridge
     << "|batch_size=" << o.batch_size;  // D is summed per micro-batch: its last bits depend on it
   return s.str();
 }
@@ -358,23 +420,37 @@ torch::Tensor tq_layer_apply(const Layer& layer, const torch::Tensor& x, const t
 }
 
 torch::Tensor tq_apply_factored(const Layer& layer, const torch::Tensor& x, const torch::Tensor& S_act,
-                                const torch::Tensor& T_act) {
+                                const torch::Tensor& T_act, TransformSide side) {
   const auto& w = layer.weight();
   const int64_t k = T_act.size(0);
-  BB_CHECK(T_act.dim() == 2 && T_act.size(1) == layer.row_size() && S_act.dim() == 2 &&
-               S_act.size(0) == w.size(0) && S_act.size(1) == k,
+  auto [p, q] = tq_oriented_dims(w.sizes(), side);
+  BB_CHECK(T_act.dim() == 2 && T_act.size(1) == q && S_act.dim() == 2 && S_act.size(0) == p && S_act.size(1) == k,
            "tq: factored weights do not fit layer ", layer.name);
-  if (!layer.is_conv()) return torch::linear(torch::linear(x, T_act), S_act);
   if (k == 0) return torch::zeros_like(tq_layer_apply(layer, x, torch::zeros_like(w)));
-  auto z = tq_layer_apply(layer, x, T_act.reshape({k, w.size(1), w.size(2), w.size(3)}));
-  return torch::conv2d(z, S_act.reshape({w.size(0), k, 1, 1}));
+  if (side == TransformSide::column) {
+    if (!layer.is_conv()) return torch::linear(torch::linear(x, T_act), S_act);
+    auto z = tq_layer_apply(layer, x, T_act.reshape({k, w.size(1), w.size(2), w.size(3)}));
+    return torch::conv2d(z, S_act.reshape({w.size(0), k, 1, 1}));
+  }
+  // Row side: M (m x n*kk) = S T, W[i, j, t] = sum_a S[j, a] T[a, (i, t)]. The basis mixes the
+  // input channels (z = S^T x, no padding needed: it is linear without bias, so it commutes with
+  // the conv's zero padding), then the conv runs on the k mixed channels.
+  auto St = S_act.t().contiguous();  // k x m
+  if (!layer.is_conv()) return torch::linear(torch::linear(x, St), T_act.t().contiguous());
+  auto z = torch::conv2d(x, St.reshape({k, w.size(1), 1, 1}));
+  auto Tw = T_act.reshape({k, w.size(0), w.size(2), w.size(3)}).permute({1, 0, 2, 3}).contiguous();
+  return tq_layer_apply(layer, z, Tw);
 }
 
-std::vector<torch::Tensor> tq_grad_second_moments(Model& model, const torch::Tensor& images, int64_t batch_size) {
+std::vector<torch::Tensor> tq_grad_second_moments(Model& model, const torch::Tensor& images, int64_t batch_size,
+                                                  TransformSide side) {
   const auto& layers = model.layers();
   const size_t nl = layers.size();
   std::vector<torch::Tensor> acc(nl);
-  for (size_t l = 0; l < nl; ++l) acc[l] = torch::zeros({layers[l].out_features(), layers[l].out_features()}, torch::kFloat64);
+  for (size_t l = 0; l < nl; ++l) {
+    const int64_t p = tq_oriented_dims(layers[l].weight().sizes(), side).first;
+    acc[l] = torch::zeros({p, p}, torch::kFloat64);
+  }
   RequiresGradSaver rg(model);  // gradients w.r.t. activations only
   for (auto& p : model.parameters()) p.set_requires_grad(false);
   int64_t count = 0, classes = 0;
@@ -414,12 +490,19 @@ std::vector<torch::Tensor> tq_grad_second_moments(Model& model, const torch::Ten
         const int64_t n = layers[l].out_features();
         auto delta = grads[l].reshape({B, n, -1});                 // B x n x P
         auto g = torch::bmm(delta, xu[l].transpose(1, 2));        // B x n x d: per-image dlogit/dW
-        auto gm = g.permute({1, 0, 2}).reshape({n, -1}).to(torch::kFloat64);
+        torch::Tensor gm;
+        if (side == TransformSide::column) {
+          gm = g.permute({1, 0, 2}).reshape({n, -1}).to(torch::kFloat64);  // n x (B d)
+        } else {
+          const int64_t m = layers[l].weight().size(1);
+          gm = g.reshape({B, n, m, -1}).permute({2, 0, 1, 3}).reshape({m, -1}).to(torch::kFloat64);  // m x (B n kk)
+        }
         acc[l] += torch::mm(gm, gm.t());
       }
     }
   }
-  for (size_t l = 0; l < nl; ++l) acc[l] /= (double)(count * classes * layers[l].row_size());
+  for (size_t l = 0; l < nl; ++l)
+    acc[l] /= (double)(count * classes * tq_oriented_dims(layers[l].weight().sizes(), side).second);
   return acc;
 }
 
@@ -474,6 +557,10 @@ void tq_write_curves(const std::string& path, const TqCurves& c) {
         w.raw(&cv.t_dist[r], sizeof(double));
         w.i64(cv.s_exp[r]);
         w.raw(&cv.s_dist[r], sizeof(double));
+        w.i64(cv.t_exp0[r]);
+        w.i64(cv.s_exp0[r]);
+        w.raw(cv.t_grid[r], sizeof(cv.t_grid[r]));
+        w.raw(cv.s_grid[r], sizeof(cv.s_grid[r]));
       }
     }
   }
@@ -515,6 +602,10 @@ bool tq_read_curves(const std::string& path, const std::string& key, TqCurves& c
         r.raw(&cv.t_dist[k], sizeof(double));
         cv.s_exp[k] = (int)r.i64();
         r.raw(&cv.s_dist[k], sizeof(double));
+        cv.t_exp0[k] = (int)r.i64();
+        cv.s_exp0[k] = (int)r.i64();
+        r.raw(cv.t_grid[k], sizeof(cv.t_grid[k]));
+        r.raw(cv.s_grid[k], sizeof(cv.s_grid[k]));
       }
     }
   }
@@ -526,11 +617,12 @@ bool tq_read_curves(const std::string& path, const std::string& key, TqCurves& c
 namespace {
 
 // A checkpoint is usable if its layers are a proper prefix of the model's (same names and shapes).
-bool checkpoint_matches(const TqCurves& part, const std::vector<Layer>& layers, int blocks) {
+bool checkpoint_matches(const TqCurves& part, const std::vector<Layer>& layers, int blocks, TransformSide side) {
   if (part.layers.size() >= layers.size()) return false;
   for (size_t l = 0; l < part.layers.size(); ++l) {
     const auto& L = part.layers[l];
-    if (L.layer != layers[l].name || L.n != layers[l].out_features() || L.d != layers[l].row_size() ||
+    auto [p, q] = tq_oriented_dims(layers[l].weight().sizes(), side);
+    if (L.layer != layers[l].name || L.n != p || L.d != q ||
         L.bounds != tq_block_bounds(L.n, blocks))
       return false;
   }
@@ -538,6 +630,75 @@ bool checkpoint_matches(const TqCurves& part, const std::vector<Layer>& layers, 
 }
 
 }  // namespace
+
+TqCurves tq_derive_curves(const TqCurves& grid, StepSearch search) {
+  TqCurves c = grid;
+  c.measurements = 0;
+  for (auto& L : c.layers) {
+    for (auto& cv : L.blocks) {
+      c.measurements += std::signbit(cv.t_dist[0]) ? 0 : 1;  // -0.0: no pass (measure_oriented)
+      for (int r = 1; r <= kTqMaxBits; ++r) {
+        for (int pass = 0; pass < 2; ++pass) {
+          double* g = pass == 0 ? cv.t_grid[r] : cv.s_grid[r];
+          const int e0 = pass == 0 ? cv.t_exp0[r] : cv.s_exp0[r];
+          std::vector<bool> seen(kTqGridSteps, false);
+          auto look = [&](int o) {
+            const double v = g[o - kTqGridLo];
+            BB_CHECK(!std::isnan(v), "tq: curves lack the grid D needed to derive step_search=", step_search_name(search));
+            if (!seen[o - kTqGridLo] && !std::signbit(v)) ++c.measurements;  // -0.0: nothing changed, no pass
+            seen[o - kTqGridLo] = true;
+            return v;
+          };
+          int o = 0;
+          if (look(0) != 0.0) o = tq_choose_step_offset(search, look);
+          // Keep only what this search measures, as its own run would store.
+          for (int i = 0; i < kTqGridSteps; ++i)
+            if (!seen[i]) g[i] = NAN;
+          (pass == 0 ? cv.t_exp[r] : cv.s_exp[r]) = e0 + o;
+          (pass == 0 ? cv.t_dist[r] : cv.s_dist[r]) = g[o - kTqGridLo];
+        }
+      }
+    }
+  }
+  c.derived_from_grid = true;
+  return c;
+}
+
+std::string tq_grid_agreement(const TqCurves& grid) {
+  const std::string names[3] = {"weight", "logits_neighbours", "logits_descent"};
+  const StepSearch ss[3] = {StepSearch::weight, StepSearch::logits_neighbours, StepSearch::logits_descent};
+  long edge = 0, points = 0, hist[kTqGridSteps] = {0};
+  for (const auto& L : grid.layers)
+    for (const auto& cv : L.blocks)
+      for (int r = 1; r <= kTqMaxBits; ++r)
+        for (int o : {cv.t_exp[r] - cv.t_exp0[r], cv.s_exp[r] - cv.s_exp0[r]}) {
+          ++points;
+          ++hist[o - kTqGridLo];
+          edge += o == kTqGridLo || o == kTqGridHi;
+        }
+  std::string msg = "grid step offsets from e0 over " + std::to_string(points) + " points:";
+  for (int i = 0; i < kTqGridSteps; ++i) msg += " " + std::to_string(i + kTqGridLo) + ":" + std::to_string(hist[i]);
+  msg += " (" + std::to_string(edge) + " at the grid's edges); " + std::to_string(grid.measurements) +
+         " passes | choices equal to the grid's";
+  for (int k = 0; k < 3; ++k) {
+    TqCurves d = tq_derive_curves(grid, ss[k]);
+    long same = 0, total = 0;
+    double excess = 0, dsum = 0;
+    for (size_t l = 0; l < d.layers.size(); ++l)
+      for (size_t b = 0; b < d.layers[l].blocks.size(); ++b)
+        for (int r = 1; r <= kTqMaxBits; ++r) {
+          const auto& a = d.layers[l].blocks[b];
+          const auto& g = grid.layers[l].blocks[b];
+          total += 2;
+          same += (a.t_exp[r] == g.t_exp[r]) + (a.s_exp[r] == g.s_exp[r]);
+          excess += (a.t_dist[r] - g.t_dist[r]) + (a.s_dist[r] - g.s_dist[r]);
+          dsum += g.t_dist[r] + g.s_dist[r];
+        }
+    msg += " | " + names[k] + ": " + std::to_string(same) + " of " + std::to_string(total) + " points, " +
+           std::to_string(d.measurements) + " passes, summed D +" + std::to_string(dsum > 0 ? 100.0 * excess / dsum : 0.0) + "%";
+  }
+  return msg;
+}
 
 TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOptions& opt,
                            const std::string& cache_dir, const std::function<void(size_t)>& after_layer) {
@@ -560,6 +721,27 @@ TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOpti
     } catch (const Error& e) {
       log_warn(std::string("tq: ignoring unreadable curves cache: ") + e.what());
     }
+    if (opt.step_search != StepSearch::logits_grid) {
+      // The logits_grid twin holds every D this search would measure: derive, exactly.
+      TqCurveOptions go = opt;
+      go.step_search = StepSearch::logits_grid;
+      const std::string gkey = tq_curves_key(model, calib, go);
+      const std::string gpath = (dir / (gkey + ".curves")).string();
+      TqCurves g;
+      try {
+        if (tq_read_curves(gpath, gkey, g)) {
+          TqCurves d = tq_derive_curves(g, opt.step_search);
+          d.key = c.key;
+          d.from_cache = true;
+          log_info("tq: curves of step_search=" + std::string(step_search_name(opt.step_search)) +
+                   " derived from the logits_grid curves " + gpath + " (" + std::to_string(d.measurements) +
+                   " passes would have been run)");
+          return d;
+        }
+      } catch (const Error& e) {
+        log_warn(std::string("tq: ignoring unreadable grid curves: ") + e.what());
+      }
+    }
   }
   const auto& layers = model.layers();
   double seconds_before = 0;
@@ -568,7 +750,7 @@ TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOpti
     TqCurves part;
     try {
       if (tq_read_curves(partial, c.key, part)) {
-        if (checkpoint_matches(part, layers, opt.blocks)) {
+        if (checkpoint_matches(part, layers, opt.blocks, opt.side)) {
           c.layers = std::move(part.layers);
           c.resumed_layers = c.layers.size();
           seconds_before = part.search_seconds;
@@ -588,7 +770,8 @@ TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOpti
   BB_CHECK(n_img > 0, "tq: calibration set ", calib.name(), " is empty");
   Batch batch = load_batch(calib, sample_indices(calib.size(), n_img, opt.seed));
   std::vector<torch::Tensor> grad_cov;
-  if (opt.transform == TransformKind::elt) grad_cov = tq_grad_second_moments(model, batch.images, opt.batch_size);
+  if (opt.transform == TransformKind::elt)
+    grad_cov = tq_grad_second_moments(model, batch.images, opt.batch_size, opt.side);
   // The curve passes run the BN-folded network (on oneDNN's blocked layout where the model has
   // it), as evaluation does: the same D up to float rounding, fewer memory passes.
   model.eval();
@@ -599,7 +782,8 @@ TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOpti
   const size_t first = c.resumed_layers;
   long total_points = 0;
   for (size_t l = first; l < layers.size(); ++l)
-    total_points += (long)(tq_block_bounds(layers[l].out_features(), opt.blocks).size() - 1) * (2 * kTqMaxBits + 1);
+    total_points += (long)(tq_block_bounds(tq_oriented_dims(layers[l].weight().sizes(), opt.side).first, opt.blocks).size() - 1) *
+                    (2 * kTqMaxBits + 1);
   Progress progress("tq curves", total_points);
   c.layers.resize(layers.size());
   double last_checkpoint = now_seconds();
@@ -621,9 +805,12 @@ TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOpti
   progress.finish();
   c.search_seconds = seconds_before + (now_seconds() - t0);
   c.measurements = passes_before + meter.count();
-  log_info("tq: curve search took " + std::to_string(c.search_seconds) + " s (" + std::to_string(c.measurements) +
+  log_info("tq: curve search (" + std::string(transform_side_name(opt.side)) + "-" +
+           (opt.transform == TransformKind::klt ? "KLT" : "ELT") + ", step_search=" + step_search_name(opt.step_search) +
+           ") took " + std::to_string(c.search_seconds) + " s (" + std::to_string(c.measurements) +
            " forward passes of " + std::to_string(n_img) + " images: " + std::to_string(meter.seconds()) + " s" +
            (first ? ", " + std::to_string(first) + " layers from a checkpoint" : std::string()) + ")");
+  if (opt.step_search == StepSearch::logits_grid) log_info("tq: " + tq_grid_agreement(c));
   if (!path.empty()) {
     tq_write_curves(path, c);  // write_file_atomic creates the directory
     std::error_code ec;

@@ -1,9 +1,21 @@
-// Transform quantization, the calibration-driven part: per layer the transform (KLT or ELT), and
-// per block of transform coefficients and per bit depth R = 0..8 the best power-of-two step and
-// the distortion D(R) = mean squared error of the network's logits on the calibration images when
-// only that block is quantized (Young et al., Sec. 5). The same for the block's columns of the
-// basis S (R = 1..8, T left exact). The curves do not depend on the rate target, so they are
-// cached on disk and re-targeting costs one Lagrangian allocation.
+// Transform quantization, the calibration-driven part: per layer the transform (KLT or ELT, on the
+// row or column side), and per block of transform coefficients and per bit depth R = 0..8 the
+// best power-of-two step and the distortion D(R) = mean squared error of the network's logits on
+// the calibration images when only that block is quantized (Young et al., Sec. 5, Algorithm 2).
+// The same for the block's columns of the basis S (R = 1..8, T left exact). The curves do not
+// depend on the rate target, so they are cached on disk and re-targeting costs one Lagrangian
+// allocation.
+//
+// Step search per (block, R) point, on the grid of step exponents e0-4 .. e0+3 around e0, the
+// step minimising the weight-domain squared error (ELT: the Sigma_g-weighted error):
+//   weight             e0 only (1 pass)
+//   logits_neighbours  best by D of e0, e0-1, e0+1 (3 passes; the former `logits`)
+//   logits_descent     from e0, walk on the grid in the direction that lowers D until D rises
+//                      (3 passes + one per step walked; the grid minimum when D is unimodal)
+//   logits_grid        best by D of all 8 grid steps (8 passes; Algorithm 2's exhaustive grid)
+// Each point stores the D of every grid step it measured, so the curves of a logits_grid search
+// hold what the other searches would measure: a search whose own curves are not cached but whose
+// logits_grid twin is derives its curves from them, exactly and without a pass.
 //
 // Cost: one forward of the calibration images per (block, R) point. Only the part of the network
 // downstream of the perturbed layer is computed: the layers before it return their cached
@@ -20,15 +32,28 @@
 
 namespace bb {
 
+enum class StepSearch { weight, logits_neighbours, logits_descent, logits_grid };
+const char* step_search_name(StepSearch s);
+// "weight", "logits_neighbours" (also "logits", its former name), "logits_descent", "logits_grid".
+StepSearch parse_step_search(const std::string& s);
+
+constexpr int kTqGridLo = -4;  // step grid offsets kTqGridLo .. kTqGridHi around e0
+constexpr int kTqGridHi = 3;
+constexpr int kTqGridSteps = kTqGridHi - kTqGridLo + 1;
+
+// The offset from e0 that `search` picks given D at each grid offset (d(o) is called only for the
+// offsets the search measures, each at most once per call).
+int tq_choose_step_offset(StepSearch search, const std::function<double(int)>& d);
+
 struct TqCurveOptions {
   TransformKind transform = TransformKind::klt;
+  TransformSide side = TransformSide::row;
   int blocks = 16;               // coefficient blocks per layer (min(blocks, n) in practice)
   int64_t calib_images = 100;    // images for D(R) and for the ELT's gradient statistics
   int64_t batch_size = 100;      // micro-batch of the forward/backward passes
   uint64_t seed = 0;             // picks the calibration images
   int steps_per_octave = 1;      // step grid 2^(e/steps_per_octave); 1 = powers of two
-  bool step_by_logits = false;   // false: step minimising the weight-domain squared error;
-                                 // true: best of that step and its two grid neighbours by D
+  StepSearch step_search = StepSearch::logits_descent;
   double elt_ridge = 1e-3;       // ELT: Sigma_g += ridge * trace/n * I
   // Not part of the curves (nor of the cache key): with a cache directory, the layers finished so
   // far are written to "<key>.partial" at most this often (the finished search writes the full
@@ -43,11 +68,18 @@ struct TqBlockCurves {
   double t_dist[kTqMaxBits + 1] = {0};
   int s_exp[kTqMaxBits + 1] = {0};
   double s_dist[kTqMaxBits + 1] = {0};
+  // Per R >= 1: the weight-domain optimum e0 and D at each grid offset (index o - kTqGridLo),
+  // NaN where the search did not measure it (-0.0 where the step changes nothing: no pass).
+  int t_exp0[kTqMaxBits + 1] = {0};
+  int s_exp0[kTqMaxBits + 1] = {0};
+  double t_grid[kTqMaxBits + 1][kTqGridSteps];
+  double s_grid[kTqMaxBits + 1][kTqGridSteps];
+  TqBlockCurves();
 };
 
 struct TqLayerCurves {
   std::string layer;
-  int64_t n = 0, d = 0;
+  int64_t n = 0, d = 0;            // the oriented matrix M is n x d (p x q of quant/transform.h)
   torch::Tensor S, T, importance;  // float64: n x n, n x d, n
   std::vector<int64_t> bounds;     // block row boundaries
   std::vector<TqBlockCurves> blocks;
@@ -56,8 +88,10 @@ struct TqLayerCurves {
 struct TqCurves {
   std::string key;           // cache key (hex)
   bool from_cache = false;
+  bool derived_from_grid = false;  // derived from the cached logits_grid curves (no pass run)
   double search_seconds = 0;  // wall time of the search that produced the curves
-  int64_t measurements = 0;   // forward passes (of all calibration images) it took
+  int64_t measurements = 0;   // forward passes (of all calibration images) it took; derived
+                              // curves: the passes their own search would have taken
   size_t resumed_layers = 0;  // layers taken from a checkpoint of an interrupted search
   std::vector<TqLayerCurves> layers;  // in Model::layers() order
 };
@@ -75,10 +109,21 @@ TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOpti
 // the options above.
 std::string tq_curves_key(const Model& model, const Dataset& calib, const TqCurveOptions& opt);
 
-// Per layer, the second moment of gamma = d(logit_c)/dW over images i, logits c and the d input
-// positions: Sigma_g = sum_{i,c} G_ic G_ic^T / (N C d), G_ic (n x d) the per-image gradient.
+// Per layer, the second moment of gamma = d(logit_c)/dΘ over images i, logits c and the q samples
+// of the oriented gradient (quant/transform.h): Sigma_g = sum_{i,c} G_ic G_ic^T / (N C q), G_ic
+// (p x q) the per-image gradient oriented like M (column side: n x n; row side: m x m).
 // Per-image gradients come from the layer's output gradient and its unfolded input.
-std::vector<torch::Tensor> tq_grad_second_moments(Model& model, const torch::Tensor& images, int64_t batch_size);
+std::vector<torch::Tensor> tq_grad_second_moments(Model& model, const torch::Tensor& images, int64_t batch_size,
+                                                  TransformSide side = TransformSide::column);
+
+// Exact curves of `search` from curves measured with logits_grid (every grid D present);
+// measurements = the passes `search` itself would have run.
+TqCurves tq_derive_curves(const TqCurves& grid, StepSearch search);
+
+// Summary of logits_grid curves: where the grid's choices lie relative to e0, and for weight,
+// logits_neighbours and logits_descent how many points pick the grid's step, their passes and
+// their summed D over the grid's (logged by a logits_grid search).
+std::string tq_grid_agreement(const TqCurves& grid);
 
 // Restores every parameter's requires_grad flag on scope exit.
 struct RequiresGradSaver {
@@ -104,10 +149,13 @@ std::vector<double> tq_measure_distortions(Model& model, const torch::Tensor& im
 // groups; linear: x W^T).
 torch::Tensor tq_layer_apply(const Layer& layer, const torch::Tensor& x, const torch::Tensor& w);
 
-// Transform-domain form of the same layer, y = S (T x) without bias: a conv (or linear) with the
-// k rows of T_act (k x d) as filters, then a 1x1 conv (or linear) with S_act (n x k). k = 0 gives 0.
+// Transform-domain form of the same layer, without bias, for S_act (p x k) and T_act (k x q), the
+// kept columns of S and rows of T of the oriented M = S T. Column side: y = S (T x), a conv (or
+// linear) with the k rows of T_act as filters, then a 1x1 conv (or linear) with S_act. Row side:
+// y = T' (S^T x), a 1x1 conv (or linear) with S_act^T on the input, then a conv with T_act's rows
+// as input channels. k = 0 gives 0.
 torch::Tensor tq_apply_factored(const Layer& layer, const torch::Tensor& x, const torch::Tensor& S_act,
-                                const torch::Tensor& T_act);
+                                const torch::Tensor& T_act, TransformSide side = TransformSide::column);
 
 // Serialisation of the curves cache file (atomic write; read returns false on a missing file or
 // one written for another key, and throws bb::Error if the file is corrupt).

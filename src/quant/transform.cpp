@@ -2,6 +2,8 @@
 
 #include "common/error.h"
 
+#include <cmath>
+
 namespace bb {
 namespace {
 
@@ -27,13 +29,47 @@ torch::Tensor as_2d_double(const torch::Tensor& w2d) {
 
 }  // namespace
 
+const char* transform_side_name(TransformSide s) { return s == TransformSide::row ? "row" : "column"; }
+
+TransformSide parse_transform_side(const std::string& s) {
+  if (s == "row") return TransformSide::row;
+  if (s == "column") return TransformSide::column;
+  BB_THROW("tq: transform_side must be 'row' or 'column', got '", s, "'");
+}
+
+std::pair<int64_t, int64_t> tq_oriented_dims(at::IntArrayRef shape, TransformSide side) {
+  BB_CHECK(shape.size() == 2 || shape.size() == 4, "transform: expected a 2-D or 4-D weight, got ", shape.size(), " dims");
+  int64_t numel = 1;
+  for (int64_t s : shape) numel *= s;
+  BB_CHECK(numel > 0, "transform: empty weight");
+  const int64_t p = side == TransformSide::row ? shape[1] : shape[0];
+  return {p, numel / p};
+}
+
+torch::Tensor tq_orient(const torch::Tensor& w, TransformSide side) {
+  auto [p, q] = tq_oriented_dims(w.sizes(), side);
+  if (side == TransformSide::column) return w.reshape({p, q}).contiguous();
+  // Theta (n, m, k) -> (m, n, k) -> m x (n*k)
+  const int64_t n = w.size(0);
+  return w.reshape({n, p, -1}).permute({1, 0, 2}).reshape({p, q}).contiguous();
+}
+
+torch::Tensor tq_unorient(const torch::Tensor& m, at::IntArrayRef shape, TransformSide side) {
+  auto [p, q] = tq_oriented_dims(shape, side);
+  BB_CHECK(m.dim() == 2 && m.size(0) == p && m.size(1) == q, "transform: oriented matrix is ", m.size(0), "x",
+           m.size(1), ", expected ", p, "x", q);
+  if (side == TransformSide::column) return m.reshape(shape);
+  const int64_t n = shape[0];
+  return m.reshape({p, n, -1}).permute({1, 0, 2}).contiguous().reshape(shape);
+}
+
 torch::Tensor weight_second_moment(const torch::Tensor& w2d) {
   auto w = as_2d_double(w2d);
   return torch::mm(w, w.t()) / (double)w.size(1);
 }
 
-RowTransform klt_transform(const torch::Tensor& w2d) {
-  RowTransform t;
+LayerTransform klt_transform(const torch::Tensor& w2d) {
+  LayerTransform t;
   torch::Tensor values, vectors;
   sorted_eigh(weight_second_moment(w2d), values, vectors);
   t.U = vectors;
@@ -54,7 +90,7 @@ torch::Tensor regularised_grad_cov(const torch::Tensor& grad_cov, double ridge) 
   return g + torch::eye(n, torch::kFloat64) * (ridge * tr / (double)n);
 }
 
-RowTransform elt_transform(const torch::Tensor& w2d, const torch::Tensor& grad_cov, double ridge) {
+LayerTransform elt_transform(const torch::Tensor& w2d, const torch::Tensor& grad_cov, double ridge) {
   auto w = as_2d_double(w2d);
   const int64_t n = w.size(0);
   BB_CHECK(grad_cov.size(0) == n, "ELT: gradient covariance is ", grad_cov.size(0), "x", grad_cov.size(0),
@@ -64,7 +100,7 @@ RowTransform elt_transform(const torch::Tensor& w2d, const torch::Tensor& grad_c
   auto m = torch::mm(torch::mm(L.t(), weight_second_moment(w)), L);
   torch::Tensor values, q;
   sorted_eigh(m, values, q);
-  RowTransform t;
+  LayerTransform t;
   t.U = torch::mm(L, q);
   // S = U^-T = L^-T Q: solve L^T S = Q.
   t.S = torch::linalg::solve_triangular(L.t().contiguous(), q, /*upper=*/true, /*left=*/true, /*unitriangular=*/false);
