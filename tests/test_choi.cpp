@@ -497,11 +497,13 @@ TEST_CASE("ecsq / uniform_ecsq: a huge damping gives weighting=none's result", "
       auto model = seeded_model("lenet5", 15);
       params["target_bpw"] = "2";
       params["hessian_images"] = "16";
+      if (method == "ecsq") params["hessian_use"] = "both";
       auto m = method_with(method, params);
       auto ctx = make_ctx(*model, calib);
       return m->compress(ctx);
     };
     auto none = run({{"weighting", "none"}});
+    // ecsq with the paper's assignment (h in the cost), where the damping matters.
     auto damped = run({{"weighting", "hessian"}, {"hessian_damping", "1e12"}});
     auto plain = run({{"weighting", "hessian"}});
     INFO(method);
@@ -521,8 +523,8 @@ TEST_CASE("ecsq hessian_use=centres: weighting=none's indices, Hessian-weighted 
     return m->compress(ctx);
   };
   auto none = run({{"weighting", "none"}});
-  auto cen = run({{"weighting", "hessian"}, {"hessian_use", "centres"}});
-  auto both = run({{"weighting", "hessian"}});
+  auto cen = run({{"weighting", "hessian"}});  // the default: hessian_use=centres
+  auto both = run({{"weighting", "hessian"}, {"hessian_use", "both"}});
   REQUIRE(none.size() == cen.size());
   bool values_differ = false, both_idx_differ = false;
   for (size_t l = 0; l < none.size(); ++l) {
@@ -537,6 +539,7 @@ TEST_CASE("ecsq hessian_use=centres: weighting=none's indices, Hessian-weighted 
   auto model = seeded_model("lenet5", 17);
   SharingParams sp;
   sp.hessian.images = 16;
+  sp.hessian.gn_max_classes = 0;  // ecsq's default: sampled labels
   auto ctx = make_ctx(*model, calib);
   auto prob = prepare_sharing(ctx, sp);
   auto m = make_method("ecsq");
