@@ -383,10 +383,10 @@ runs:
   CHECK(again.trials.done == 0);
 
   Experiment run = load_experiment(p, "", t.path + "/results");
-  const std::string untuned_id = run_id(run.runs[0]);
+  const nlohmann::json untuned = run.runs[0].config_json();  // (run_id would identify the test set: absent here)
   REQUIRE(apply_tuned(run) == 1);
   CHECK(run.runs[0].params.at("scheme") == want);
   CHECK(run.runs[0].label.find("tuned on cifar10-jpeg-val, budget 2") != std::string::npos);
-  CHECK(run_id(run.runs[0]) != untuned_id);
+  CHECK(run.runs[0].config_json() != untuned);  // other parameters, hence another run ID
   CHECK(run.runs[0].tuned.at("chosen").at("scheme") == want);
 }

@@ -153,6 +153,29 @@ nlohmann::json RunSpec::config_json() const {
           {"eval", eval},       {"eval_limit", eval_limit}, {"seed", seed}};
 }
 
+// Cartesian product of a mapping of lists (`grid`, a `tune` space), in key order; `key_where`
+// (optional) gets each key's file:line.
+static std::vector<std::map<std::string, std::string>> cartesian(const std::string& path, const YAML::Node& map,
+                                                          const std::string& what,
+                                                          std::map<std::string, std::string>* key_where) {
+  std::vector<std::map<std::string, std::string>> points = {{}};
+  for (auto it = map.begin(); it != map.end(); ++it) {
+    const std::string k = it->first.as<std::string>();
+    if (key_where) (*key_where)[k] = at(path, it->first);
+    auto vals = scalar_list(path, it->second, k);
+    BB_CHECK(!vals.empty(), at(path, it->second), ": ", what, " '", k, "' is empty");
+    std::vector<std::map<std::string, std::string>> next;
+    for (auto& p : points)
+      for (auto& v : vals) {
+        auto q = p;
+        q[k] = v;
+        next.push_back(q);
+      }
+    points = next;
+  }
+  return points;
+}
+
 Experiment load_experiment(const std::string& path, const std::string& configs_dir, const std::string& results_root) {
   const std::string configs = configs_dir.empty() ? source_dir() + "/configs" : configs_dir;
   YAML::Node n = load_yaml(path);
@@ -216,20 +239,7 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
     std::map<std::string, std::string> key_where;
     if (rb["grid"]) {
       BB_CHECK(rb["grid"].IsMap(), at(path, rb["grid"]), ": 'grid' must be a mapping of lists");
-      for (auto it = rb["grid"].begin(); it != rb["grid"].end(); ++it) {
-        const std::string k = it->first.as<std::string>();
-        key_where[k] = at(path, it->first);
-        auto vals = scalar_list(path, it->second, k);
-        BB_CHECK(!vals.empty(), at(path, it->second), ": grid '", k, "' is empty");
-        std::vector<std::map<std::string, std::string>> next;
-        for (auto& p : points)
-          for (auto& v : vals) {
-            auto q = p;
-            q[k] = v;
-            next.push_back(q);
-          }
-        points = next;
-      }
+      points = cartesian(path, rb["grid"], "grid", &key_where);
     }
     if (rb["zip"]) {
       BB_CHECK(rb["zip"].IsMap(), at(path, rb["zip"]), ": 'zip' must be a mapping of equal-length lists");
@@ -267,20 +277,7 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
                mode, "'");
       BB_CHECK(t["space"] && t["space"].IsMap() && t["space"].size() > 0, tune_where,
                ": 'tune' needs a non-empty 'space' mapping of parameter lists");
-      tune_points = {{}};
-      for (auto it = t["space"].begin(); it != t["space"].end(); ++it) {
-        const std::string k = it->first.as<std::string>();
-        auto vals = scalar_list(path, it->second, k);
-        BB_CHECK(!vals.empty(), at(path, it->second), ": tune space '", k, "' is empty");
-        std::vector<std::map<std::string, std::string>> next;
-        for (auto& p : tune_points)
-          for (auto& v : vals) {
-            auto q = p;
-            q[k] = v;
-            next.push_back(q);
-          }
-        tune_points = next;
-      }
+      tune_points = cartesian(path, t["space"], "tune space", nullptr);
       if (mode == "grid") {
         BB_CHECK((int)tune_points.size() <= ex.tune_budget, tune_where, ": the tune grid has ", tune_points.size(),
                  " points, more than tune_budget ", ex.tune_budget, " (raise tune_budget or use mode: random)");

@@ -222,6 +222,15 @@ std::string tuned_path(const Experiment& ex) { return ex.results_dir + "/tuned.y
 
 namespace {
 
+// Key of a run in tuned.yaml: its resolved config and weights, not its evaluation sets' contents
+// (identifying those would open the test sets, which tuning never touches).
+std::string tune_key(const RunSpec& r) {
+  nlohmann::json j = r.config_json();
+  j["weights_sha256"] = cached_file_hash(r.model_cfg.weights);
+  j["purpose"] = "tune";
+  return sha256_hex(j.dump()).substr(0, 16);
+}
+
 std::string tune_set_for(const Experiment& ex, const RunSpec& r) {
   std::string v = ex.tune_on;
   if (v.empty()) v = validation_set_for_family(dataset_family(r.calibration));
@@ -247,7 +256,7 @@ TuneSummary tune_experiment(const Experiment& ex, const RunnerOptions& opt) {
   std::vector<Job> jobs;
   for (const RunSpec& r : ex.runs) {
     if (r.tune_points.empty()) continue;
-    Job j{&r, run_id(r), tune_set_for(ex, r), {}};
+    Job j{&r, tune_key(r), tune_set_for(ex, r), {}};
     for (const auto& pt : r.tune_points) {
       RunSpec t = r;
       for (auto& kv : pt) t.params[kv.first] = kv.second;
@@ -335,13 +344,14 @@ int apply_tuned(Experiment& ex) {
   int applied = 0;
   for (RunSpec& r : ex.runs) {
     if (r.tune_points.empty()) continue;
-    const YAML::Node e = n["runs"][run_id(r)];
+    const std::string key = tune_key(r);
+    const YAML::Node e = n["runs"][key];
     if (!e) continue;  // the run changed since it was tuned, or was not tuned yet
-    BB_CHECK(e.IsMap() && e["chosen"] && e["chosen"].IsMap(), p, ": entry for run ", run_id(r), " has no 'chosen' map");
+    BB_CHECK(e.IsMap() && e["chosen"] && e["chosen"].IsMap(), p, ": entry for run ", key, " has no 'chosen' map");
     nlohmann::json chosen = nlohmann::json::object();
     for (auto it = e["chosen"].begin(); it != e["chosen"].end(); ++it) {
       const std::string k = it->first.as<std::string>();
-      BB_CHECK(r.params.count(k), p, ": run ", run_id(r), " chose unknown parameter '", k, "'");
+      BB_CHECK(r.params.count(k), p, ": run ", key, " chose unknown parameter '", k, "'");
       r.params[k] = it->second.as<std::string>();
       chosen[k] = r.params[k];
     }
