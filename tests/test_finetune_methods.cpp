@@ -90,7 +90,10 @@ TEST_CASE("pq global fine-tuning: same assignments and weight bits, better top-1
 }
 
 TEST_CASE("pq per-layer fine-tuning: same weight bits, better top-1", "[finetune][slow]") {
-  std::map<std::string, std::string> p = {{"regime", "small"}, {"n_calib", "256"}, {"em_iters", "10"}};
+  // layer_loss=mse: the layer-output objective, the one with the activation cache compared
+  // below (the default, the official network-KL distillation, is tested in tests/test_pq.cpp).
+  std::map<std::string, std::string> p = {{"regime", "small"}, {"n_calib", "256"}, {"em_iters", "10"},
+                                          {"layer_loss", "mse"}};
   Run plain = compress("pq", p, "pq2");
   p["layer_finetune_iters"] = "100";
   p["finetune_batch"] = "64";
