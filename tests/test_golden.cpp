@@ -7,12 +7,16 @@
 //   order on another machine, nothing more.
 #include <catch2/catch.hpp>
 
+#include "coding/bbz.h"
+#include "common/hash.h"
 #include "common/runtime.h"
+#include "methods/method.h"
 #include "runner/experiment.h"
 #include "runner/pipeline.h"
 #include "runner/runner.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -36,25 +40,10 @@ TEST_CASE("golden: a slice of results/table2 reproduces its bits and top-1", "[g
     if (r.method == "kmeans" && r.params.at("bits") == "3") return true;
     return false;
   };
-  // Parameters a method gained after the committed table was generated, with the values that
-  // reproduce its rows (the behaviour before the key existed). The committed rows' run IDs were
-  // computed without these keys. Empty this when results/table2 is regenerated.
-  //   uniform: scheme/clip/zero_point (issue 20) - the table's rows are symmetric with MSE clipping
-//   (zero_point has no effect on them); the
-  //   default is now asymmetric min-max, not yet in results/table2.
-  const std::map<std::string, std::map<std::string, std::string>> added_since_table = {
-      {"uniform", {{"scheme", "symmetric"}, {"clip", "mse"}, {"zero_point", "float"}}}};
   int checked = 0;
   std::string tmp = fs::temp_directory_path() / ("bb-golden-" + std::to_string(getpid()) + ".bbz");
   for (RunSpec r : ex.runs) {
     if (!wanted(r)) continue;
-    std::map<std::string, std::string> run_params = r.params;
-    if (auto it = added_since_table.find(r.method); it != added_since_table.end())
-      for (auto& [k, v] : it->second) {
-        REQUIRE(r.params.count(k) == 1);  // the key exists now (from configs/methods)
-        r.params.erase(k);
-        run_params[k] = v;
-      }
     const std::string id = run_id(r);
     const nlohmann::json* row = nullptr;
     for (const auto& x : rows)
@@ -66,7 +55,7 @@ TEST_CASE("golden: a slice of results/table2 reproduces its bits and top-1", "[g
     req.model = r.model;
     req.weights = r.model_cfg.weights;
     req.method = r.method;
-    req.params = run_params;
+    req.params = r.params;
     req.calib_dataset = r.calibration;
     req.seed = r.seed;
     req.out_path = tmp;
@@ -89,4 +78,84 @@ TEST_CASE("golden: a slice of results/table2 reproduces its bits and top-1", "[g
     ++checked;
   }
   REQUIRE(checked == 3);
+}
+
+// Golden bytes per method: every registered method compresses cifar_resnet20 once with cheap
+// settings, and the sha256 of the written .bbz with its provenance block emptied (which holds
+// the git commit) must equal tests/golden/methods.json for the method's algorithm_version().
+// A method whose bytes change without a bump of its version fails here: the bump makes the
+// runner treat its old records as stale instead of reusing them as current. After a deliberate
+// change: bump algorithm_version() in src/methods/<method>.cpp, then regenerate the file with
+//   BITBENCH_UPDATE_GOLDEN=1 build/bitbench_tests "[golden-methods]"
+// (it rewrites only the methods whose version changed or that are new; a changed hash under an
+// unchanged version stays an error).
+TEST_CASE("golden: each method's output bytes are pinned to its algorithm version", "[golden][golden-methods]") {
+  const std::string golden_path = source_dir() + "/tests/golden/methods.json";
+  const bool update = std::getenv("BITBENCH_UPDATE_GOLDEN") != nullptr;
+  nlohmann::json golden = fs::exists(golden_path) ? nlohmann::json::parse(std::ifstream(golden_path)) : nlohmann::json::object();
+  // Cheap settings: seconds per method; every method's own code path (calibration, search,
+  // coding) still runs.
+  const std::map<std::string, std::map<std::string, std::string>> cheap = {
+      {"fp32", {}},
+      {"fp16", {}},
+      {"uniform", {{"bits", "3"}}},
+      {"kmeans", {{"bits", "2"}, {"max_iter", "10"}}},
+      {"hessian_kmeans", {{"bits", "2"}, {"max_iter", "10"}, {"target_bpw", "0"}, {"hessian_images", "20"}, {"hessian_batch", "10"}}},
+      {"uniform_ecsq", {{"target_bpw", "2"}, {"hessian_images", "20"}, {"hessian_batch", "10"}}},
+      {"ecsq", {{"target_bpw", "2"}, {"hessian_images", "20"}, {"hessian_batch", "10"}, {"max_iter", "5"}, {"init_clusters", "64"}}},
+      {"kq", {{"target_bpw", "2"}, {"calib_images", "16"}, {"kmeans_iters", "3"}, {"grid_iters", "1"}, {"alloc_max_bits", "6"}}},
+      {"pq", {{"em_iters", "2"}, {"n_calib", "16"}, {"patches_per_iter", "512"}}},
+      {"tq", {{"target_bpw", "2"}, {"blocks", "1"}, {"calib_images", "2"}, {"batch_size", "2"}, {"step_search", "weight"}}},
+  };
+  std::string weights_path = data_root("") + "/models/cifar10_resnet20.pt";
+  REQUIRE(fs::exists(weights_path));
+  bool changed_file = false;
+  for (const std::string& m : method_names()) {
+    if (m.rfind("test_", 0) == 0) continue;  // probes registered by other tests
+    INFO("method " << m);
+    auto it = cheap.find(m);
+    REQUIRE(it != cheap.end());  // a new method needs cheap settings here
+    CompressRequest req;
+    req.model = "cifar_resnet20";
+    req.weights = weights_path;
+    req.method = m;
+    req.params = it->second;
+    req.calib_dataset = "cifar10-jpeg-train";
+    req.seed = 0;
+    req.out_path = fs::temp_directory_path() / ("bb-golden-" + m + "-" + std::to_string(getpid()) + ".bbz");
+    compress_model(req);
+    BbzFile f = read_bbz(req.out_path);
+    std::remove(req.out_path.c_str());
+    f.provenance = nlohmann::json::object();
+    const std::vector<uint8_t> bytes = serialize_bbz(f);
+    const std::string sha = sha256_hex(std::string(bytes.begin(), bytes.end()));
+    const int version = make_method(m)->algorithm_version();
+    const nlohmann::json want = {{"algorithm_version", version},
+                                 {"params", it->second},
+                                 {"bytes", bytes.size()},
+                                 {"sha256", sha}};
+    const bool known = golden.contains(m);
+    const bool same_version = known && golden[m].value("algorithm_version", -1) == version &&
+                              golden[m].value("params", nlohmann::json()) == want["params"];
+    if (same_version) {
+      INFO("the bytes of '" << m << "' changed under the same algorithm_version " << version
+                            << ": bump it in src/methods/" << m << ".cpp (old records become stale), then "
+                            << "BITBENCH_UPDATE_GOLDEN=1 build/bitbench_tests \"[golden-methods]\"; golden "
+                            << golden[m].dump() << ", now " << want.dump());
+      CHECK(golden[m]["sha256"] == sha);
+    } else if (update) {
+      golden[m] = want;
+      changed_file = true;
+    } else {
+      INFO("'" << m << "' (algorithm_version " << version << ") has no golden bytes for this version and these "
+               << "settings: BITBENCH_UPDATE_GOLDEN=1 build/bitbench_tests \"[golden-methods]\" writes them; now "
+               << want.dump());
+      CHECK(known);
+      CHECK(same_version);
+    }
+  }
+  if (changed_file) {
+    fs::create_directories(fs::path(golden_path).parent_path());
+    std::ofstream(golden_path) << golden.dump(1) << "\n";
+  }
 }

@@ -60,6 +60,7 @@ CompressRequest req(const std::string& method, const std::string& out) {
 class PhaseProbe : public Method {
  public:
   std::string name() const override { return "test_phase_probe"; }
+  int algorithm_version() const override { return 1; }
   ParamsBase& params() override { return p_; }
   std::vector<LayerRecord> compress(CompressContext& ctx) override {
     using std::chrono::milliseconds;
@@ -318,4 +319,35 @@ TEST_CASE("equal rates: a target_bpw run records requested vs reached bpw_core",
   auto u = req("uniform", t.dir + "/u.bbz");
   u.eval_datasets.clear();
   CHECK(compress_model(u).rate_target.is_null());
+}
+
+// Issue 20's near-lossless check: at ~4 bits per weight (bpw_core, side information included)
+// every method that reaches that rate keeps the FP top-1 within 1 point on lossless 1k.
+// Not here, with the measured reason (docs/methods/kq.md, docs/methods/pq.md): KQ, whose kernel
+// codebooks cost most of a 4-bpw budget (cifar_resnet20 target 4: bpw_core 3.90, 88.4 against
+// FP 91.5; alloc_max_bits=12: 3.97, no better on validation), and PQ, which stores at most
+// log2(256)/9 bits per 3x3 weight plus codebooks (regime small: ~2.3 bpw). TQ's curve search costs
+// minutes even cut down; its 4-bpw rows are in results/table2.
+TEST_CASE("~4 bpw: every method within 1 point of FP on cifar_resnet20, lossless 1k", "[pipeline][slow]") {
+  Tmp t;
+  auto fp = req("fp32", t.dir + "/fp.bbz");
+  const double fp_top1 = compress_model(fp).evals.at(0).top1;
+  const std::vector<std::pair<std::string, std::map<std::string, std::string>>> runs = {
+      {"uniform", {{"bits", "4"}}},
+      {"kmeans", {{"bits", "4"}}},
+      {"hessian_kmeans", {{"target_bpw", "4"}}},
+      {"uniform_ecsq", {{"target_bpw", "4"}}},
+      {"ecsq", {{"target_bpw", "4"}}},
+  };
+  for (auto& [method, params] : runs) {
+    auto r = req(method, t.dir + "/m.bbz");
+    r.params = params;
+    r.calib_dataset = "cifar10-jpeg-train";
+    r.cache_dir = t.dir + "/cache";  // the Hessian-weighted methods share one estimate
+    auto o = compress_model(r);
+    INFO(method << ": bpw_core " << o.accounting.bpw_core << ", top-1 " << o.evals.at(0).top1 << ", FP " << fp_top1);
+    CHECK(o.accounting.bpw_core > 3.9);
+    CHECK(o.accounting.bpw_core < 4.25);  // uniform 4 bits: + an fp32 step and offset per channel
+    CHECK(o.evals.at(0).top1 >= fp_top1 - 1.0);
+  }
 }

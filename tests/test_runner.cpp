@@ -3,6 +3,7 @@
 #include "common/error.h"
 #include "common/fs_util.h"
 #include "common/runtime.h"
+#include "methods/method.h"
 #include "report/table.h"
 #include "runner/experiment.h"
 #include "runner/runner.h"
@@ -151,6 +152,37 @@ TEST_CASE("shards partition the runs exactly once", "[runner]") {
   REQUIRE(s.source == "JOB_COMPLETION_INDEX");
 }
 
+TEST_CASE("run IDs key on the resolved parameters, the algorithm version and the calibration set", "[runner]") {
+  TempDir t;
+  auto exp = [&](const std::string& name, const std::string& calib, const std::string& method, const std::string& params) {
+    return load_experiment(write(t.path, name, "experiment: x\nmodels: [cifar_resnet20]\ncalibration: " + calib +
+                                                   "\nruns:\n  - method: " + method + "\n    params: " + params + "\n"),
+                           "", t.path)
+        .runs.at(0);
+  };
+  // The same value spelled differently is one run (the method's binder resolves both to 2.0).
+  const RunSpec a = exp("a.yaml", "cifar10-jpeg-train", "ecsq", "{target_bpw: 2}");
+  const RunSpec b = exp("b.yaml", "cifar10-jpeg-train", "ecsq", "{target_bpw: 2.0}");
+  REQUIRE(a.params.at("target_bpw") != b.params.at("target_bpw"));  // the YAML text differs
+  REQUIRE(run_id(a) == run_id(b));
+  REQUIRE(run_identity(a).at("params").at("target_bpw") == 2.0);
+  // A calibrating method on another calibration set is another run; a method that reads no
+  // calibration data is the same run whatever the set is called.
+  const RunSpec c = exp("c.yaml", "cifar10-jpeg-val", "ecsq", "{target_bpw: 2}");
+  REQUIRE(run_id(c) != run_id(a));
+  REQUIRE(run_identity(a).at("calibration") == "cifar10-jpeg-train:45000");
+  const RunSpec u1 = exp("u1.yaml", "cifar10-jpeg-train", "uniform", "{bits: 4}");
+  const RunSpec u2 = exp("u2.yaml", "cifar10-jpeg-val", "uniform", "{bits: 4}");
+  REQUIRE(run_id(u1) == run_id(u2));
+  REQUIRE(run_identity(u1).at("calibration").is_null());
+  // The algorithm's version is part of the identity.
+  REQUIRE(run_identity(a).at("algorithm_version") == make_method("ecsq")->algorithm_version());
+  // A parameter the method does not know is an error naming it, not a silently different run.
+  auto bad = exp("d.yaml", "cifar10-jpeg-train", "uniform", "{bits: 4}");
+  bad.params["no_such_key"] = "1";
+  REQUIRE_THAT(error_of([&] { run_id(bad); }), Catch::Contains("no_such_key"));
+}
+
 TEST_CASE("finished runs are cached, --force redoes them, failures leave records", "[runner]") {
   TempDir t;
   auto p = write(t.path, "small.yaml", kSmall);
@@ -172,6 +204,28 @@ TEST_CASE("finished runs are cached, --force redoes them, failures leave records
   REQUIRE(rows.size() == 4);
   REQUIRE(fs::exists(ex.results_dir + "/plots/cifar_resnet20.png"));
   REQUIRE(fs::exists(ex.results_dir + "/table.md"));
+  for (auto& row : rows) REQUIRE_FALSE(row.value("stale", false));
+  // A record computed by another version of its method's algorithm is flagged stale in the table.
+  {
+    std::string rec_path;
+    for (auto& e : fs::directory_iterator(ex.results_dir + "/runs")) {
+      if (e.path().extension() != ".json") continue;
+      auto j = nlohmann::json::parse(read_file_text(e.path().string()));
+      if (j["method"] == "uniform") rec_path = e.path().string();
+    }
+    REQUIRE_FALSE(rec_path.empty());
+    auto j = nlohmann::json::parse(read_file_text(rec_path));
+    j["identity"]["algorithm_version"] = 0;
+    std::ofstream(rec_path) << j.dump();
+    auto t2 = build_table(ex.results_dir, {});
+    int stale = 0;
+    for (auto& row : t2["models"]["cifar_resnet20"]["rows"])
+      if (row.value("stale", false)) {
+        ++stale;
+        REQUIRE(row["variant"].get<std::string>().find("STALE: algorithm v0, current v1") != std::string::npos);
+      }
+    REQUIRE(stale == 1);
+  }
   // A run that fails writes a failure record and the others go on.
   auto bad = write(t.path, "bad.yaml", R"(experiment: bad
 models: [cifar_resnet20]

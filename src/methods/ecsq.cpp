@@ -142,6 +142,7 @@ SharingSolution reweight_centres(const SharingProblem& prob, SharingSolution sol
 class ECSQMethod : public Method {
  public:
   std::string name() const override { return "ecsq"; }
+  int algorithm_version() const override { return 1; }
   ParamsBase& params() override { return p_; }
   bool needs_calibration() const override {
     return p_.share.weighting == "hessian" || p_.share.finetune.epochs > 0 || p_.share.prune_retrain_epochs > 0;

@@ -10,6 +10,7 @@ namespace {
 class Fp32Method : public Method {
  public:
   std::string name() const override { return "fp32"; }
+  int algorithm_version() const override { return 1; }
   ParamsBase& params() override { return p_; }
   std::vector<LayerRecord> compress(CompressContext&) override { return {}; }
   torch::Tensor decode(const LayerRecord& rec) const override {
@@ -23,6 +24,7 @@ class Fp32Method : public Method {
 class Fp16Method : public Method {
  public:
   std::string name() const override { return "fp16"; }
+  int algorithm_version() const override { return 1; }
   ParamsBase& params() override { return p_; }
   std::vector<LayerRecord> compress(CompressContext& ctx) override {
     std::vector<LayerRecord> out;

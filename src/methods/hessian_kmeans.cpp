@@ -37,6 +37,7 @@ struct HessianKMeansParams : ParamsBase {
 class HessianKMeansMethod : public Method {
  public:
   std::string name() const override { return "hessian_kmeans"; }
+  int algorithm_version() const override { return 1; }
   ParamsBase& params() override { return p_; }
   bool needs_calibration() const override {
     return p_.share.weighting == "hessian" || p_.share.finetune.epochs > 0 || p_.share.prune_retrain_epochs > 0;

@@ -33,6 +33,7 @@ struct KMeansParams : ParamsBase {
 class KMeansMethod : public Method {
  public:
   std::string name() const override { return "kmeans"; }
+  int algorithm_version() const override { return 1; }
   ParamsBase& params() override { return p_; }
   bool needs_calibration() const override {
     return p_.share.weighting == "hessian" || p_.share.finetune.epochs > 0 || p_.share.prune_retrain_epochs > 0;

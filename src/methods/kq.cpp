@@ -537,6 +537,7 @@ struct Candidate {
 class KqMethod : public Method {
  public:
   std::string name() const override { return "kq"; }
+  int algorithm_version() const override { return 1; }
   ParamsBase& params() override { return p_; }
   bool needs_calibration() const override {
     return (p_.target_bpw > 0 && p_.alloc_proxy != "mse") || p_.finetune_epochs > 0;

@@ -38,6 +38,11 @@ class Method {
   virtual ~Method() = default;
   virtual std::string name() const = 0;
   virtual ParamsBase& params() = 0;
+  // The algorithm's version: bump it in the method's file whenever the same parameters, weights,
+  // calibration data and seed would give different bytes or decoded weights. Run IDs include it,
+  // so records of an older version are never reused as current (`bitbench table` flags them),
+  // and tests/test_golden.cpp fails when a method's bytes change without a bump.
+  virtual int algorithm_version() const = 0;
   // Does compress() read ctx.calib? (The CLI only opens a calibration set when needed.)
   virtual bool needs_calibration() const { return false; }
   virtual std::vector<LayerRecord> compress(CompressContext& ctx) = 0;

@@ -309,6 +309,7 @@ double relative_output_error(const torch::Tensor& sub, const torch::Tensor& q, c
 class PQMethod : public Method {
  public:
   std::string name() const override { return "pq"; }
+  int algorithm_version() const override { return 1; }
   ParamsBase& params() override { return p_; }
   bool needs_calibration() const override { return true; }
   std::vector<LayerRecord> compress(CompressContext& ctx) override;

@@ -197,6 +197,7 @@ struct TransformDomainTap : LayerTap {
 class TqMethod : public Method {
  public:
   std::string name() const override { return "tq"; }
+  int algorithm_version() const override { return 1; }
   ParamsBase& params() override { return p_; }
   bool needs_calibration() const override { return true; }
 

@@ -53,6 +53,7 @@ constexpr uint8_t kSymmetric = 0, kAsymmetric = 1, kAsymmetricOffset = 2;
 class UniformMethod : public Method {
  public:
   std::string name() const override { return "uniform"; }
+  int algorithm_version() const override { return 1; }
   ParamsBase& params() override { return p_; }
 
   std::vector<LayerRecord> compress(CompressContext& ctx) override {

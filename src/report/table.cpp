@@ -4,6 +4,7 @@
 #include "common/log.h"
 #include "common/runtime.h"
 #include "eval/evaluate.h"
+#include "methods/method.h"
 #include "report/plot.h"
 
 #include <yaml-cpp/yaml.h>
@@ -227,6 +228,15 @@ nlohmann::json build_table(const std::string& results_dir, const TableOptions& o
                       r["rate_target"]["requested"].get<double>());
         variant += (variant.empty() ? "" : " ") + std::string(buf);
       }
+      // A row computed by another version of its method's algorithm than this build's is stale
+      // (records from before versions existed count as version 0).
+      const int rec_version = r.contains("identity") ? r["identity"].value("algorithm_version", 0) : 0;
+      const std::string method_name = r["method"].get<std::string>();
+      const int cur_version = has_method(method_name) ? make_method(method_name)->algorithm_version() : -1;
+      const bool stale = rec_version != cur_version;
+      if (stale)
+        variant += (variant.empty() ? "" : " ") + std::string("STALE: algorithm v") + std::to_string(rec_version) +
+                   ", current v" + (cur_version < 0 ? std::string("none") : std::to_string(cur_version));
       nlohmann::json row = {{"kind", "measured"},
                             {"method", r["method"]},
                             {"label", label},
@@ -244,6 +254,8 @@ nlohmann::json build_table(const std::string& results_dir, const TableOptions& o
                             {"wall_seconds", r.value("wall_seconds", 0.0)}};
       if (r.contains("rate_target")) row["rate_target"] = r["rate_target"];
       if (r.contains("tuned")) row["tuned"] = r["tuned"];
+      row["algorithm_version"] = rec_version;
+      if (stale) row["stale"] = true;
       for (auto& d : datasets) {
         const auto& e = r["eval"][d];
         row["top1"][d] = e["top1"];

@@ -102,6 +102,7 @@ CompressOutcome compress_model(const CompressRequest& req) {
   out.provenance = {{"bitbench_version", bitbench_version()},
                     {"git_commit", git_commit()},
                     {"method", req.method},
+                    {"algorithm_version", method->algorithm_version()},
                     {"params", ParamBinder::to_json(method->params())},
                     {"weights_file", portable_data_path(req.weights)},
                     {"weights_sha256", weights_hash},

@@ -6,6 +6,8 @@
 #include "common/runtime.h"
 #include "common/timer.h"
 #include "data/dataset.h"
+#include "methods/method.h"
+#include "models/registry.h"
 #include "runner/pipeline.h"
 
 #include <yaml-cpp/yaml.h>
@@ -108,8 +110,30 @@ Shard resolve_shard(const std::string& flag) {
 
 bool in_shard(const RunSpec& r, const Shard& s) { return r.index % s.count == s.index; }
 
-nlohmann::json run_identity(const RunSpec& r) {
+// The run's config with the method's parameters as the method resolves them (its ParamBinder:
+// every key, typed, the code's defaults included), so "2" and "2.0" are one run and a default
+// changed in code or in configs/methods gives a new ID; the algorithm's version, so records of an
+// older algorithm are never reused as current; and what the method reads besides the weights:
+// the calibration set's identity (null when it reads none, so the calibration name of a method
+// without calibration does not split runs).
+nlohmann::json resolved_config(const RunSpec& r) {
   nlohmann::json j = r.config_json();
+  auto method = make_method(r.method);
+  ParamBinder::apply(method->params(), r.params, r.where.empty() ? "method '" + r.method + "'" : r.where);
+  j["params"] = ParamBinder::to_json(method->params());
+  j["algorithm_version"] = method->algorithm_version();
+  if (method->needs_calibration()) {
+    const std::string calib =
+        r.calibration.empty() ? default_calibration(make_model(r.model)->input_spec().family) : r.calibration;
+    j["calibration"] = dataset_identity(calib);
+  } else {
+    j["calibration"] = nullptr;
+  }
+  return j;
+}
+
+nlohmann::json run_identity(const RunSpec& r) {
+  nlohmann::json j = resolved_config(r);
   BB_CHECK(!r.model_cfg.weights.empty(), "model '", r.model, "': weights '", r.model_cfg.weights_spec,
            "' names an unset environment variable");
   BB_CHECK(fs::exists(r.model_cfg.weights), "model '", r.model, "': weights file '", r.model_cfg.weights,
@@ -225,7 +249,7 @@ namespace {
 // Key of a run in tuned.yaml: its resolved config and weights, not its evaluation sets' contents
 // (identifying those would open the test sets, which tuning never touches).
 std::string tune_key(const RunSpec& r) {
-  nlohmann::json j = r.config_json();
+  nlohmann::json j = resolved_config(r);
   j["weights_sha256"] = cached_file_hash(r.model_cfg.weights);
   j["purpose"] = "tune";
   return sha256_hex(j.dump()).substr(0, 16);
