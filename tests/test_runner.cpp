@@ -183,6 +183,34 @@ TEST_CASE("run IDs key on the resolved parameters, the algorithm version and the
   REQUIRE_THAT(error_of([&] { run_id(bad); }), Catch::Contains("no_such_key"));
 }
 
+TEST_CASE("two run blocks giving the same run under different labels are an error naming both", "[runner]") {
+  TempDir t;
+  auto p = write(t.path, "dup.yaml", R"(experiment: dup
+models: [cifar_resnet20]
+runs:
+  - method: uniform
+    label: first
+    params: {bits: 4}
+  - method: uniform
+    label: second
+    params: {bits: 4, coder: fixed}
+)");
+  const std::string err = error_of([&] { load_experiment(p, "", t.path); });
+  REQUIRE_THAT(err, Catch::Contains("dup.yaml:7") && Catch::Contains("dup.yaml:4") && Catch::Contains("'second'"));
+  // Different resolved parameters: two runs, both labels kept.
+  auto q = write(t.path, "ok.yaml", R"(experiment: ok
+models: [cifar_resnet20]
+runs:
+  - method: uniform
+    label: first
+    params: {bits: 4}
+  - method: uniform
+    label: second
+    params: {bits: 3}
+)");
+  REQUIRE(load_experiment(q, "", t.path).runs.size() == 2);
+}
+
 TEST_CASE("finished runs are cached, --force redoes them, failures leave records", "[runner]") {
   TempDir t;
   auto p = write(t.path, "small.yaml", kSmall);

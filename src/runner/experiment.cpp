@@ -332,6 +332,23 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
       }
     }
   }
+  // Two run blocks that expand to the same run (same model, method, resolved parameters, data,
+  // seed) under different labels would share one record and one table row: refuse, naming both.
+  {
+    std::map<std::string, const RunSpec*> seen;
+    for (const auto& r : ex.runs) {
+      auto inst = make_method(r.method);
+      ParamBinder::apply(inst->params(), r.params, r.where);
+      nlohmann::json key = r.config_json();
+      key["params"] = ParamBinder::to_json(inst->params());
+      auto [it, fresh] = seen.emplace(key.dump(), &r);
+      if (fresh) continue;
+      const RunSpec& o = *it->second;
+      BB_CHECK(o.label == r.label, r.where, ": this run block repeats the run of ", o.where, " (", r.model, " ",
+               r.method, ", the same resolved parameters) under another label ('", r.label, "' vs '", o.label,
+               "'): one record cannot carry both labels; remove one block or change a parameter");
+    }
+  }
   return ex;
 }
 
