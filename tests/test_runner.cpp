@@ -315,6 +315,8 @@ TEST_CASE("a run killed mid-way leaves nothing half-written and resumes", "[runn
     return n;
   };
   int before = count();
+  // The killed run's .bbz never has its final name (only "<id>.bbz.tmp.<pid>").
+  for (auto& e : fs::directory_iterator(runs)) REQUIRE(e.path().extension() != ".bbz");
   REQUIRE(before >= 1);
   REQUIRE(before < 4);
   Experiment ex = load_experiment(p, "", results);
@@ -323,6 +325,11 @@ TEST_CASE("a run killed mid-way leaves nothing half-written and resumes", "[runn
   REQUIRE(s.done == 4 - before);
   REQUIRE(count() == 4);
   for (auto& e : fs::directory_iterator(runs)) REQUIRE(e.path().string().find(".tmp.") == std::string::npos);
+  // keep_bbz: the finished run's file takes its final name beside its record.
+  auto k = write(t.path, "keep.yaml", "experiment: keep\nmodels: [cifar_resnet20]\neval: [cifar10-lossless-1k]\neval_limit: 20\nkeep_bbz: true\nruns:\n  - method: uniform\n    params: {bits: 4}\n");
+  Experiment ek = load_experiment(k, "", results);
+  REQUIRE(run_experiment(ek, RunnerOptions{}).done == 1);
+  REQUIRE(fs::exists(results + "/keep/runs/" + run_id(ek.runs[0]) + ".bbz"));
 }
 
 TEST_CASE("Bjontegaard-style gaps and the Pareto front", "[runner][report]") {

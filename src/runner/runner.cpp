@@ -19,6 +19,7 @@
 
 #include <cerrno>
 #include <signal.h>
+#include <unistd.h>
 
 namespace fs = std::filesystem;
 
@@ -196,7 +197,11 @@ RunnerSummary run_experiment(const Experiment& ex, const RunnerOptions& opt) {
     req.eval_datasets = r->eval;
     req.eval_limit = r->eval_limit;
     // Each run writes its own files (named by its ID): shards on a shared filesystem never collide.
-    req.out_path = dir + "/" + id + ".bbz";
+    // The .bbz is written under a temporary name (removed by remove_stale_temporaries once its
+    // writer is gone) and takes its final name only with the record: a killed run leaves no
+    // <id>.bbz behind.
+    const std::string bbz_path = dir + "/" + id + ".bbz";
+    req.out_path = bbz_path + ".tmp." + std::to_string(getpid());
     std::string phase = "compress";
     try {
       CompressOutcome o = compress_model(req);
@@ -218,7 +223,10 @@ RunnerSummary run_experiment(const Experiment& ex, const RunnerOptions& opt) {
       for (auto& e : o.evals) hits[e.dataset] = hex_bits(e.hit1);
       rec["hit1_hex"] = hits;
       phase = "write-record";
-      if (!r->keep_bbz) fs::remove(req.out_path);
+      if (r->keep_bbz)
+        fs::rename(req.out_path, bbz_path);
+      else
+        fs::remove(req.out_path);
       write_file_atomic(rec_path, rec.dump(1) + "\n");
       fs::remove(fail_path);
       ++sum.done;
