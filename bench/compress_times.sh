@@ -57,7 +57,7 @@ for model in $MODELS; do
   for m in $METHODS; do
     echo "=== $model $m ===" >&2
     # shellcheck disable=SC2046
-    if /usr/bin/time -f "%e %M" -o "$TMP/time" "$BB" compress --method "$m" $(settings_of "$m" "$model") \
+    if /usr/bin/time -f "%e %M" -o "$TMP/time" "$BB" compress --allow-off-target --method "$m" $(settings_of "$m" "$model") \
          --model "$model" --weights "$w" $calib --out "$TMP/x.bbz" --json > "$TMP/out.json" 2> "$TMP/err"; then
       read -r wall rss < "$TMP/time"
       $PY -c "import json,sys; j=json.load(open('$TMP/out.json')); j.update(model='$model', method='$m', wall_s=$wall, peak_rss_mb=$rss/1024); print(json.dumps(j))" >> "$OUT"

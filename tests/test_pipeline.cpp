@@ -351,3 +351,20 @@ TEST_CASE("~4 bpw: every method within 1 point of FP on cifar_resnet20, lossless
     CHECK(o.evals.at(0).top1 >= fp_top1 - 1.0);
   }
 }
+
+TEST_CASE("compress: an unreachable target_bpw exits non-zero unless --allow-off-target", "[pipeline][cli]") {
+  Tmp t;
+  const std::string base = "compress --method kmeans --set target_bpw=100 --model cifar_resnet20 --weights " +
+                           weights(20) + " --out " + t.dir + "/k.bbz";
+  std::string out;
+  REQUIRE(cli(base, &out) == 1);
+  REQUIRE_THAT(out, Catch::Contains("target_bpw 100 not reached") && Catch::Contains("--allow-off-target"));
+  REQUIRE(cli(base + " --allow-off-target --json", &out) == 0);
+  auto j = nlohmann::json::parse(out.substr(out.find('{')));
+  REQUIRE(j["rate_target"]["requested"] == 100.0);
+  REQUIRE(j["rate_target"]["within_2pct"] == false);
+  REQUIRE(j["rate_target"]["reached"].get<double>() < 10.0);
+  // A reachable target exits 0 without the flag.
+  REQUIRE(cli("compress --method kmeans --set target_bpw=3 --set coder=huffman --model cifar_resnet20 --weights " + weights(20) + " --out " +
+              t.dir + "/k3.bbz") == 0);
+}

@@ -45,6 +45,8 @@ int cmd_compress(int argc, char** argv) {
                       {"--cache-dir", true, "BITBENCH_CACHE_DIR", false, "cache for expensive intermediates"},
                       {"--rest-dtype", true, "", false, "uncompressed tensors: fp32 (default) | fp16"},
                       {"--json", false, "", false, "one JSON object on stdout"},
+                      {"--allow-off-target", false, "", false,
+                       "exit 0 even when target_bpw is missed by more than 2% (the record says requested vs reached)"},
                       {"--dry-run", false, "", false, "validate and print the resolved settings, do no work"},
                       {"--help", false, "", false, "this help (with --method: its parameters)"}});
   a.parse(argc, argv);
@@ -99,6 +101,13 @@ int cmd_compress(int argc, char** argv) {
   } else {
     print_human(req, o);
   }
+  // A rate target the method could not reach is a failure unless asked for: the file is written
+  // and its numbers printed, but a script must not take it for a run at the requested rate.
+  if (!o.rate_target.is_null() && !o.rate_target.value("within_2pct", true) && !a.has("--allow-off-target"))
+    BB_THROW("target_bpw ", o.rate_target["requested"].get<double>(), " not reached: ",
+             o.rate_target.value("measure", std::string("bpw_core")), " ", o.rate_target["reached"].get<double>(),
+             " (", o.rate_target["relative_error"].get<double>() * 100.0, "% off; ", req.out_path,
+             " written); pass --allow-off-target to accept it");
   return 0;
 }
 
