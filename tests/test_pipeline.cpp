@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include "coding/bbz.h"
+#include "coding/symbols.h"
 #include "common/fs_util.h"
 #include "common/runtime.h"
 #include "methods/method.h"
@@ -367,4 +368,47 @@ TEST_CASE("compress: an unreachable target_bpw exits non-zero unless --allow-off
   // A reachable target exits 0 without the flag.
   REQUIRE(cli("compress --method kmeans --set target_bpw=3 --set coder=huffman --model cifar_resnet20 --weights " + weights(20) + " --out " +
               t.dir + "/k3.bbz") == 0);
+}
+
+TEST_CASE("hostile records: shapes are checked against the model and streams against the shape before allocating", "[pipeline][coding]") {
+  Tmp t;
+  auto r = req("uniform", t.dir + "/u.bbz");
+  r.params = {{"bits", "4"}};
+  r.eval_datasets.clear();
+  compress_model(r);
+  const BbzFile good = read_bbz(t.dir + "/u.bbz");
+  REQUIRE_NOTHROW(decode_bbz(good));
+  auto err = [](const BbzFile& f) {
+    try {
+      decode_bbz(f);
+    } catch (const bb::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  {  // a record claiming a shape the model's layer does not have (here 2^28 weights)
+    BbzFile f = good;
+    f.layers[1].shape = {1 << 14, 1 << 14, 1, 1};
+    REQUIRE_THAT(err(f), Catch::Contains("is not the model's") && Catch::Contains(f.layers[1].layer));
+  }
+  {  // a record for a layer the model lacks, and a layer stored twice
+    BbzFile f = good;
+    f.layers[1].layer = "layer9.conv";
+    REQUIRE_THAT(err(f), Catch::Contains("names no layer of model"));
+    BbzFile g = good;
+    g.layers.push_back(g.layers[1]);
+    REQUIRE_THAT(err(g), Catch::Contains("two records"));
+  }
+  {  // a level stream of a one-letter alphabet (0 bits per symbol) claiming 2^28 symbols: rejected
+     // from its header, before 1 GiB is allocated
+    std::vector<uint8_t> s = encode_symbols({0, 0, 0}, 1, Coder::huffman);
+    REQUIRE(s.at(1) == 3);  // u8 coder, then the count as a varint
+    std::vector<uint8_t> big = {s[0], 0x80, 0x80, 0x80, 0x80, 0x01};
+    big.insert(big.end(), s.begin() + 2, s.end());
+    REQUIRE_THROWS_WITH(decode_symbols(big, 1000), Catch::Contains("at most 1000"));
+    BbzFile f = good;
+    for (auto& sec : f.layers[1].sections)
+      if (sec.name == "levels") sec.bytes = big;
+    REQUIRE_THAT(err(f), Catch::Contains("symbols where at most"));
+  }
 }

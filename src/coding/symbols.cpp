@@ -918,9 +918,14 @@ void decode_rans(ByteReader& r, const Header& h, std::vector<uint32_t>& out, Sym
   else rans_decode_ways<uint32_t>(ways, q, scale, words, h.count, out.data());
 }
 
-std::vector<uint32_t> decode_impl(const uint8_t* data, size_t n, SymbolStreamInfo* info) {
+std::vector<uint32_t> decode_impl(const uint8_t* data, size_t n, SymbolStreamInfo* info,
+                                  uint64_t max_count = kMaxSymbols) {
   ByteReader r(data, n, "symbol stream");
   Header h = get_header(r);
+  // A stream may code a symbol in 0 bits (one-letter alphabets): its declared count is checked
+  // against what the caller can hold before anything is allocated.
+  BB_CHECK(h.count <= max_count, "corrupt symbol stream: ", h.count, " symbols where at most ", max_count,
+           " fit the record");
   if (info) {
     info->coder = h.coder;
     info->count = h.count;
@@ -981,8 +986,8 @@ std::vector<uint8_t> encode_symbols(const std::vector<uint32_t>& syms, uint32_t 
   return out;
 }
 
-std::vector<uint32_t> decode_symbols(const uint8_t* data, size_t n) {
-  return decode_impl(data, n, nullptr);
+std::vector<uint32_t> decode_symbols(const uint8_t* data, size_t n, uint64_t max_count) {
+  return decode_impl(data, n, nullptr, max_count);
 }
 
 SymbolStreamInfo inspect_symbols(const uint8_t* data, size_t n) {

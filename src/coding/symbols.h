@@ -18,8 +18,13 @@ const char* coder_name(Coder c);
 // alphabet: symbols are < alphabet (checked). Empty input is allowed.
 std::vector<uint8_t> encode_symbols(const std::vector<uint32_t>& syms, uint32_t alphabet, Coder coder);
 // Throws bb::Error on any corruption (never reads out of bounds, never loops forever).
-std::vector<uint32_t> decode_symbols(const uint8_t* data, size_t n);
-inline std::vector<uint32_t> decode_symbols(const std::vector<uint8_t>& v) { return decode_symbols(v.data(), v.size()); }
+// max_count: the most symbols the caller expects (a decoder passes what its record's shape
+// allows); a stream declaring more is rejected before anything is allocated, so a tiny file
+// cannot claim 2^28 zero-bit symbols. The default (2^28 per stream) is for trusted input.
+std::vector<uint32_t> decode_symbols(const uint8_t* data, size_t n, uint64_t max_count = 1ull << 28);
+inline std::vector<uint32_t> decode_symbols(const std::vector<uint8_t>& v, uint64_t max_count = 1ull << 28) {
+  return decode_symbols(v.data(), v.size(), max_count);
+}
 
 // Where a stream's bits go (decodes the stream; throws like decode_symbols). The three parts sum
 // to 8 * n: header = coder, count, alphabet; table = code lengths / frequencies (with their

@@ -470,12 +470,12 @@ kq::LayerCode decode_code(const LayerRecord& rec) {
     c.codebook_f = get_floats(r, c.k * c.d, false).reshape({c.k, c.d});
     BB_CHECK(r.done(), what, ": trailing bytes in codebook");
   } else {
-    auto q = decode_symbols(cbs);
+    auto q = decode_symbols(cbs, (uint64_t)(c.k * c.d));
     BB_CHECK((int64_t)q.size() == c.k * c.d, what, ": codebook has ", q.size(), " entries, expected ", c.k * c.d);
     for (auto v : q) BB_CHECK(v < (1u << c.codebook_bits), what, ": codebook entry out of range");
     c.codebook_q = from_symbols(q, int64_t(1) << (c.codebook_bits - 1)).to(torch::kInt32).reshape({c.k, c.d});
   }
-  auto idx = decode_symbols(rec.section("idx").bytes);
+  auto idx = decode_symbols(rec.section("idx").bytes, (uint64_t)n);
   BB_CHECK((int64_t)idx.size() == n, what, ": ", idx.size(), " indices for ", n, " vectors");
   for (auto v : idx) BB_CHECK((int64_t)v < c.k, what, ": index ", v, " >= codebook size ", c.k);
   c.idx = from_symbols(idx);
@@ -484,7 +484,7 @@ kq::LayerCode decode_code(const LayerRecord& rec) {
     ByteReader r(rec.section("gains").bytes, what + " gains");
     c.gains = get_floats(r, G, true);
     BB_CHECK(r.done(), what, ": trailing bytes in gains");
-    auto gi = decode_symbols(rec.section("gain_idx").bytes);
+    auto gi = decode_symbols(rec.section("gain_idx").bytes, (uint64_t)n);
     BB_CHECK((int64_t)gi.size() == n, what, ": ", gi.size(), " gain indices for ", n, " vectors");
     for (auto v : gi) BB_CHECK((int64_t)v < G, what, ": gain index out of range");
     c.gain_idx = from_symbols(gi);

@@ -646,7 +646,7 @@ torch::Tensor PQMethod::decode(const LayerRecord& rec) const {
   BB_CHECK(cbs.size() == 2 * k * d, what, ": centroids section has ", cbs.size(), " bytes, expected ", 2 * k * d);
   ByteReader cr(cbs, what + " centroids");
   auto centroids = get_floats(cr, (int64_t)(k * d), /*fp16=*/true).reshape({(int64_t)k, (int64_t)d});
-  const auto syms = decode_symbols(rec.section("idx").bytes);
+  const auto syms = decode_symbols(rec.section("idx").bytes, (uint64_t)n);
   BB_CHECK((int64_t)syms.size() == n, what, ": ", syms.size(), " indices for ", n, " sub-vectors");
   auto assign = torch::empty({n}, torch::kInt64);
   int64_t* ap = assign.data_ptr<int64_t>();

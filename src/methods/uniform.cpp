@@ -105,9 +105,9 @@ class UniformMethod : public Method {
     BB_CHECK(scheme == kSymmetric || scheme == kAsymmetric || scheme == kAsymmetricOffset, "corrupt record for layer '", rec.layer,
              "': unknown uniform scheme ", (int)scheme);
     BB_CHECK(hr.done(), "corrupt record for layer '", rec.layer, "': trailing bytes in its 'bits' section");
-    auto syms = decode_symbols(rec.section("levels").bytes);
     int64_t n = 1;
     for (auto s : rec.shape) n *= s;
+    auto syms = decode_symbols(rec.section("levels").bytes, (uint64_t)n);
     BB_CHECK((int64_t)syms.size() == n && !rec.shape.empty(), "corrupt record for layer '", rec.layer,
              "': ", syms.size(), " levels for ", n, " weights");
     const int64_t rows = rec.shape[0];
@@ -122,7 +122,7 @@ class UniformMethod : public Method {
       return (lo.unsqueeze(1) + q * steps.unsqueeze(1)).reshape(rec.shape);
     }
     if (scheme == kAsymmetric) {
-      auto zs = decode_symbols(rec.section("zeros").bytes);
+      auto zs = decode_symbols(rec.section("zeros").bytes, (uint64_t)rows);
       BB_CHECK((int64_t)zs.size() == rows, "corrupt record for layer '", rec.layer, "': ", zs.size(),
                " zero points for ", rows, " channels");
       auto z = torch::from_blob(zs.data(), {rows}, torch::kInt32).to(torch::kFloat32);

@@ -264,8 +264,8 @@ void tq_decode(const LayerRecord& rec, TqLayerCode& c, TqLevels& lv) {
   ByteReader basis(rec.section("tq.basis").bytes, where + " basis");
   Streams ts, ss;
   for (int bits = 1; bits <= kTqMaxBits; ++bits) {
-    if (t_count[bits] > 0) ts.syms[bits] = decode_symbols(coef.bytes());
-    if (s_count[bits] > 0) ss.syms[bits] = decode_symbols(basis.bytes());
+    if (t_count[bits] > 0) ts.syms[bits] = decode_symbols(coef.bytes(), (uint64_t)t_count[bits]);
+    if (s_count[bits] > 0) ss.syms[bits] = decode_symbols(basis.bytes(), (uint64_t)s_count[bits]);
     BB_CHECK((int64_t)ts.syms[bits].size() == t_count[bits] && (int64_t)ss.syms[bits].size() == s_count[bits], where,
              ": level stream for ", bits, " bits has the wrong length");
     const uint32_t alphabet = 1u << bits;

@@ -318,7 +318,7 @@ torch::Tensor decode_sharing(const LayerRecord& rec) {
   BB_CHECK(cr.done(), "layer '", rec.layer, "': trailing bytes in codebook section");
 
   const Section& is = rec.section("idx");
-  std::vector<uint32_t> idx = decode_symbols(is.bytes);
+  std::vector<uint32_t> idx = decode_symbols(is.bytes, (uint64_t)numel);
 
   std::vector<uint8_t> mask;
   bool pruned = false;
@@ -329,7 +329,7 @@ torch::Tensor decode_sharing(const LayerRecord& rec) {
     ByteReader pr(ps.bytes, "positions of layer '" + rec.layer + "'");
     const uint64_t alphabet = pr.varint();
     BB_CHECK(alphabet >= 2 && alphabet <= 65536, "layer '", rec.layer, "': bad run alphabet ", alphabet);
-    auto runs = decode_symbols(pr.ptr(), pr.remaining());
+    auto runs = decode_symbols(pr.ptr(), pr.remaining(), (uint64_t)numel + 1);
     mask = runs_to_mask(runs, numel, (uint32_t)alphabet);
   }
   int64_t kept = numel;

@@ -1,4 +1,6 @@
 #include "runner/pipeline.h"
+
+#include <set>
 #include "common/error.h"
 #include "common/hash.h"
 #include "common/log.h"
@@ -9,6 +11,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <set>
 
 namespace bb {
 
@@ -36,7 +39,18 @@ nlohmann::json CompressOutcome::to_json() const {
 
 StateDict decode_bbz(const BbzFile& f) {
   StateDict sd;
+  // Every record is checked against the architecture before it is decoded: a record for a layer
+  // the model lacks, or one whose shape differs from the layer's, is an error, so a decoder only
+  // ever allocates what the model holds (its streams are bounded by the record's shape).
+  auto arch = make_model(f.model);
+  std::set<std::string> seen;
   for (const auto& rec : f.layers) {
+    const int li = arch->layer_index(rec.layer);
+    BB_CHECK(li >= 0, "the file's record for layer '", rec.layer, "' names no layer of model '", f.model, "'");
+    BB_CHECK(seen.insert(rec.layer).second, "the file holds two records for layer '", rec.layer, "'");
+    const auto want = arch->layers()[li].weight().sizes().vec();
+    BB_CHECK(rec.shape == want, "layer '", rec.layer, "': the record's shape ", c10::IntArrayRef(rec.shape),
+             " is not the model's ", c10::IntArrayRef(want));
     auto m = make_method(rec.method);
     torch::Tensor w = m->decode(rec);
     std::vector<int64_t> got(w.sizes().begin(), w.sizes().end());
