@@ -117,6 +117,26 @@ TEST_CASE("schema errors name file, line and key", "[runner]") {
 
   p = write(t.path, "z.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    zip: {bits: [2, 3], coder: [fixed]}\n");
   REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("z.yaml:4") && Catch::Contains("zip list"));
+
+  // The experiment name is a folder under the results root: never a path, never empty.
+  for (const char* name : {"../../x", "''", "a/b", "..", "."}) {
+    p = write(t.path, "n.yaml", std::string("experiment: ") + name + "\nmodels: [cifar_resnet20]\nruns:\n  - method: fp32\n");
+    INFO(name);
+    REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("n.yaml:1") && Catch::Contains("plain name"));
+  }
+  // Seeds are non-negative integers; eval_limit is >= 0; numbers are finite.
+  for (const char* seeds : {"[-1]", "[1.5]", "[x]"}) {
+    p = write(t.path, "s.yaml", std::string("models: [cifar_resnet20]\nseeds: ") + seeds + "\nruns:\n  - method: fp32\n");
+    INFO(seeds);
+    REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("s.yaml:2") && Catch::Contains("non-negative integer"));
+  }
+  p = write(t.path, "l.yaml", "models: [cifar_resnet20]\neval_limit: -5\nruns:\n  - method: fp32\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("l.yaml:2") && Catch::Contains("'eval_limit' must be >= 0"));
+  for (const char* v : {"nan", ".inf", "inf", "-inf"}) {
+    p = write(t.path, "f.yaml", std::string("models: [cifar_resnet20]\nruns:\n  - method: ecsq\n    params: {target_bpw: ") + v + "}\n");
+    INFO(v);
+    REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("f.yaml:3") && (Catch::Contains("finite number") || Catch::Contains("expects a number")));
+  }
 }
 
 TEST_CASE("shards partition the runs exactly once", "[runner]") {

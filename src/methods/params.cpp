@@ -2,6 +2,8 @@
 #include "common/error.h"
 
 #include <cerrno>
+#include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <sstream>
 
@@ -18,6 +20,7 @@ void parse_value(const std::string& s, int64_t& v, const std::string& what) {
 void parse_value(const std::string& s, int& v, const std::string& what) {
   int64_t x;
   parse_value(s, x, what);
+  BB_CHECK(x >= INT32_MIN && x <= INT32_MAX, what, " is out of range: '", s, "'");
   v = (int)x;
 }
 void parse_value(const std::string& s, double& v, const std::string& what) {
@@ -25,6 +28,7 @@ void parse_value(const std::string& s, double& v, const std::string& what) {
   errno = 0;
   double x = std::strtod(s.c_str(), &end);
   BB_CHECK(!s.empty() && end && *end == 0 && errno == 0, what, " expects a number, got '", s, "'");
+  BB_CHECK(std::isfinite(x), what, " expects a finite number, got '", s, "'");
   v = x;
 }
 void parse_value(const std::string& s, bool& v, const std::string& what) {

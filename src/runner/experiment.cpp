@@ -9,6 +9,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <cctype>
 #include <cstdlib>
 #include <filesystem>
 #include <random>
@@ -186,6 +187,15 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
   Experiment ex;
   ex.path = path;
   ex.name = n["experiment"] ? scalar(path, n["experiment"], "experiment") : fs::path(path).stem().string();
+  {
+    // The name becomes a folder under the results root: a plain name only, never a path.
+    bool plain = !ex.name.empty() && ex.name != "." && ex.name != ".." && ex.name.size() <= 200;
+    for (char c : ex.name)
+      if (!(std::isalnum((unsigned char)c) || c == '_' || c == '-' || c == '.')) plain = false;
+    BB_CHECK(plain, n["experiment"] ? at(path, n["experiment"]) : path, ": experiment name '", ex.name,
+             "' must be a plain name (letters, digits, '_', '-', '.'; not '.' or '..'): it names the folder "
+             "results/<name>");
+  }
   ex.results_dir = (results_root.empty() ? source_dir() + "/results" : results_root) + "/" + ex.name;
   BB_CHECK(n["models"], path, ": missing key 'models'");
   auto models = scalar_list(path, n["models"], "models");
@@ -193,12 +203,18 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
   if (n["eval"]) eval = scalar_list(path, n["eval"], "eval");
   for (auto& d : eval) BB_CHECK(has_dataset(d), at(path, n["eval"]), ": unknown dataset '", d, "'");
   int64_t eval_limit = n["eval_limit"] ? as_int(path, n["eval_limit"], "eval_limit") : 0;
+  BB_CHECK(eval_limit >= 0, at(path, n["eval_limit"]), ": 'eval_limit' must be >= 0 (0 = all images)");
   std::string calibration = n["calibration"] ? scalar(path, n["calibration"], "calibration") : "";
   if (!calibration.empty()) BB_CHECK(has_dataset(calibration), at(path, n["calibration"]), ": unknown dataset '", calibration, "'");
   std::vector<uint64_t> seeds = {0};
   if (n["seeds"]) {
     seeds.clear();
-    for (auto& s : scalar_list(path, n["seeds"], "seeds")) seeds.push_back(std::stoull(s));
+    for (auto& s : scalar_list(path, n["seeds"], "seeds")) {
+      bool digits = !s.empty() && s.size() <= 19;
+      for (char c : s) digits = digits && std::isdigit((unsigned char)c);
+      BB_CHECK(digits, at(path, n["seeds"]), ": seed '", s, "' is not a non-negative integer");
+      seeds.push_back(std::stoull(s));
+    }
   }
   bool keep_bbz = n["keep_bbz"] ? as_bool(path, n["keep_bbz"], "keep_bbz") : false;
   if (n["tune_on"]) {
