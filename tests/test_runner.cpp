@@ -242,6 +242,14 @@ TEST_CASE("finished runs are cached, --force redoes them, failures leave records
   auto s2 = run_experiment(ex, opt);
   REQUIRE(s2.cached == 4);
   REQUIRE(s2.done == 0);
+  {  // a new label reaches the cached record without re-running it
+    Experiment relabelled = ex;
+    relabelled.runs[0].label = "renamed";
+    REQUIRE(run_experiment(relabelled, opt).cached == 4);
+    auto rec = nlohmann::json::parse(read_file_text(ex.results_dir + "/runs/" + run_id(ex.runs[0]) + ".json"));
+    REQUIRE(rec["label"] == "renamed");
+    REQUIRE(run_experiment(ex, opt).cached == 4);  // and back
+  }
   opt.force = true;
   opt.shard_flag = "0/2";
   auto s3 = run_experiment(ex, opt);

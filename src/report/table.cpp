@@ -35,7 +35,11 @@ std::vector<uint8_t> from_hex_bits(const std::string& hex, size_t n) {
 double epochs_of(const nlohmann::json& params) {
   double e = 0;
   for (auto it = params.begin(); it != params.end(); ++it)
-    if (it.key().find("epochs") != std::string::npos) e += std::stod(it.value().get<std::string>());
+    // Training epochs (retrain_epochs, finetune_epochs, global_finetune_epochs, ...), not the
+    // period of a learning-rate schedule (global_lr_step_epochs).
+    if (it.key().size() >= 6 && it.key().compare(it.key().size() - 6, 6, "epochs") == 0 &&
+        it.key().find("lr_step") == std::string::npos)
+      e += std::stod(it.value().get<std::string>());
   return e;
 }
 

@@ -179,6 +179,20 @@ RunnerSummary run_experiment(const Experiment& ex, const RunnerOptions& opt) {
     const std::string desc = r->model + " " + r->method + " " + params.dump();
     if (!opt.force && fs::exists(rec_path)) {
       ++sum.cached;
+      // A label is presentation, not part of the run: a cached record takes the experiment's
+      // current label (the loader refuses two labels for one run).
+      if (!opt.dry_run) {
+        nlohmann::json rec;
+        try {
+          rec = nlohmann::json::parse(read_file_text(rec_path));
+        } catch (const nlohmann::json::exception& e) {
+          BB_THROW("run record '", rec_path, "' is not valid JSON: ", e.what());
+        }
+        if (rec.value("label", std::string()) != r->label) {
+          rec["label"] = r->label;
+          write_file_atomic(rec_path, rec.dump(1) + "\n");
+        }
+      }
       log_info("[" + std::to_string(k) + "/" + std::to_string(mine.size()) + "] cached " + id + " " + desc);
       continue;
     }
