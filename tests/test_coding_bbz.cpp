@@ -175,6 +175,12 @@ TEST_CASE("bbz files on disk and their errors", "[coding]") {
     o.write(reinterpret_cast<const char*>(b.data()), b.size());
   };
 
+  {  // valid JSON that is not an object: a clear error naming the file
+    BbzFile p = sample_file();
+    p.provenance = nlohmann::json::array({1, 2});
+    write_raw(serialize_bbz(p));
+    CHECK_THROWS_WITH(read_bbz(path), Catch::Contains("provenance is array JSON, not an object") && Catch::Contains(path));
+  }
   write_raw(std::vector<uint8_t>{'P', 'K', 3, 4, 0, 0, 0, 0, 0, 0});
   CHECK_THROWS_WITH(read_bbz(path), Catch::Contains("not a bitbench .bbz file (bad magic)") && Catch::Contains(path));
 

@@ -272,6 +272,8 @@ BbzFile parse_bbz(const uint8_t* data, size_t n, const std::string& what, BbzSiz
   } catch (const std::exception& e) {
     BB_THROW("corrupt ", what, ": provenance is not valid JSON: ", e.what());
   }
+  BB_CHECK(f.provenance.is_object(), "corrupt ", what, ": provenance is ", f.provenance.type_name(),
+           " JSON, not an object");
   const uint64_t n_layers = body.varint();
   const uint64_t n_tensors = body.varint();
   sz.header = (int64_t)body.pos();
