@@ -205,30 +205,17 @@ TEST_CASE("run IDs key on the resolved parameters, the algorithm version and the
 
 TEST_CASE("two run blocks giving the same run under different labels are an error naming both", "[runner]") {
   TempDir t;
-  auto p = write(t.path, "dup.yaml", R"(experiment: dup
-models: [cifar_resnet20]
-runs:
-  - method: uniform
-    label: first
-    params: {bits: 4}
-  - method: uniform
-    label: second
-    params: {bits: 4, coder: fixed}
-)");
-  const std::string err = error_of([&] { load_experiment(p, "", t.path); });
+  // Two uniform blocks labelled "first" and "second"; the second's parameters vary.
+  auto two_blocks = [&](const std::string& name, const std::string& second_params) {
+    return write(t.path, name,
+                 "experiment: x\nmodels: [cifar_resnet20]\nruns:\n  - method: uniform\n    label: first\n"
+                 "    params: {bits: 4}\n  - method: uniform\n    label: second\n    params: " + second_params + "\n");
+  };
+  // The same resolved parameters ("coder: fixed" is the default): an error naming both blocks.
+  const std::string err = error_of([&] { load_experiment(two_blocks("dup.yaml", "{bits: 4, coder: fixed}"), "", t.path); });
   REQUIRE_THAT(err, Catch::Contains("dup.yaml:7") && Catch::Contains("dup.yaml:4") && Catch::Contains("'second'"));
   // Different resolved parameters: two runs, both labels kept.
-  auto q = write(t.path, "ok.yaml", R"(experiment: ok
-models: [cifar_resnet20]
-runs:
-  - method: uniform
-    label: first
-    params: {bits: 4}
-  - method: uniform
-    label: second
-    params: {bits: 3}
-)");
-  REQUIRE(load_experiment(q, "", t.path).runs.size() == 2);
+  REQUIRE(load_experiment(two_blocks("ok.yaml", "{bits: 3}"), "", t.path).runs.size() == 2);
 }
 
 TEST_CASE("finished runs are cached, --force redoes them, failures leave records", "[runner]") {

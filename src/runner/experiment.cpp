@@ -149,6 +149,12 @@ std::string expand_vars(const std::string& s, std::string* missing) {
   return out;
 }
 
+nlohmann::json RunSpec::resolved_params() const {
+  auto inst = make_method(method);
+  ParamBinder::apply(inst->params(), params, where.empty() ? "method '" + method + "'" : where);
+  return ParamBinder::to_json(inst->params());
+}
+
 nlohmann::json RunSpec::config_json() const {
   return {{"model", model},     {"method", method},   {"params", params},  {"calibration", calibration},
           {"eval", eval},       {"eval_limit", eval_limit}, {"seed", seed}};
@@ -353,10 +359,8 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
   {
     std::map<std::string, const RunSpec*> seen;
     for (const auto& r : ex.runs) {
-      auto inst = make_method(r.method);
-      ParamBinder::apply(inst->params(), r.params, r.where);
       nlohmann::json key = r.config_json();
-      key["params"] = ParamBinder::to_json(inst->params());
+      key["params"] = r.resolved_params();
       auto [it, fresh] = seen.emplace(key.dump(), &r);
       if (fresh) continue;
       const RunSpec& o = *it->second;

@@ -39,6 +39,9 @@ struct RunSpec {
   std::vector<std::map<std::string, std::string>> tune_points;
   nlohmann::json tuned;                       // non-null once tuned.yaml's choice is applied
   nlohmann::json config_json() const;         // what the run ID hashes (with weights/dataset identity)
+  // The parameters as the method's ParamBinder resolves them (every key, typed, code defaults
+  // included); throws naming `where` on an unknown key or a bad value.
+  nlohmann::json resolved_params() const;
 };
 
 struct Experiment {

@@ -120,8 +120,7 @@ bool in_shard(const RunSpec& r, const Shard& s) { return r.index % s.count == s.
 nlohmann::json resolved_config(const RunSpec& r) {
   nlohmann::json j = r.config_json();
   auto method = make_method(r.method);
-  ParamBinder::apply(method->params(), r.params, r.where.empty() ? "method '" + r.method + "'" : r.where);
-  j["params"] = ParamBinder::to_json(method->params());
+  j["params"] = r.resolved_params();
   j["algorithm_version"] = method->algorithm_version();
   if (method->needs_calibration()) {
     const std::string calib =
