@@ -154,11 +154,15 @@ nlohmann::json curve_gaps(std::vector<std::pair<double, double>> a, std::vector<
   return out;
 }
 
-nlohmann::json build_table(const std::string& results_dir, const TableOptions& opt) {
+namespace {
+
+// The run records of <results_dir>/runs (failure records counted, not read), sorted by model,
+// label, bits and run ID.
+std::vector<nlohmann::json> read_records(const std::string& results_dir, int& failed) {
   const std::string runs = results_dir + "/runs";
   BB_CHECK(fs::is_directory(runs), "no run records under '", runs, "' (run the experiment first)");
   std::vector<nlohmann::json> recs;
-  int failed = 0;
+  failed = 0;
   std::vector<fs::path> files;
   for (auto& e : fs::directory_iterator(runs)) files.push_back(e.path());
   std::sort(files.begin(), files.end());
@@ -176,15 +180,136 @@ nlohmann::json build_table(const std::string& results_dir, const TableOptions& o
     }
   }
   BB_CHECK(!recs.empty(), "no finished run records under '", runs, "'");
-  // Stable order: model, label, bits.
   std::sort(recs.begin(), recs.end(), [](const nlohmann::json& a, const nlohmann::json& b) {
     return std::make_tuple(a["model"].get<std::string>(), a["label"].get<std::string>(), a["bpw_core"].get<double>(),
                            a["run_id"].get<std::string>()) <
            std::make_tuple(b["model"].get<std::string>(), b["label"].get<std::string>(), b["bpw_core"].get<double>(),
                            b["run_id"].get<std::string>());
   });
-  auto published = load_published(opt.published_dir.empty() ? source_dir() + "/experiments/published" : opt.published_dir);
+  return recs;
+}
 
+// One measured row from a run record: variant (the params that vary within its label, seed,
+// off-target and stale flags), bits, accuracies and McNemar's p against the FP run `fp` (or none).
+nlohmann::json measured_row(const nlohmann::json& r, const nlohmann::json* fp, const std::vector<std::string>& datasets,
+                            const std::map<std::string, std::set<std::string>>& label_values) {
+  const std::string label = r["label"];
+  std::string variant;
+  for (auto it = r["params"].begin(); it != r["params"].end(); ++it)
+    if (label_values.at(it.key()).size() > 1)
+      variant += (variant.empty() ? "" : " ") + it.key() + "=" + it.value().get<std::string>();
+  if (r.value("seed", 0) != 0) variant += (variant.empty() ? "" : " ") + std::string("seed=") + std::to_string(r["seed"].get<int>());
+  // Equal rates: a run more than 2% off its target_bpw says so in the table.
+  const bool off_target = r.contains("rate_target") && !r["rate_target"].value("within_2pct", true);
+  if (off_target) {
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "OFF TARGET: %.3g for %.3g", r["rate_target"]["reached"].get<double>(),
+                  r["rate_target"]["requested"].get<double>());
+    variant += (variant.empty() ? "" : " ") + std::string(buf);
+  }
+  // A row computed by another version of its method's algorithm than this build's is stale
+  // (records from before versions existed count as version 0).
+  const int rec_version = r.contains("identity") ? r["identity"].value("algorithm_version", 0) : 0;
+  const std::string method_name = r["method"].get<std::string>();
+  const int cur_version = has_method(method_name) ? make_method(method_name)->algorithm_version() : -1;
+  const bool stale = rec_version != cur_version;
+  if (stale)
+    variant += (variant.empty() ? "" : " ") + std::string("STALE: algorithm v") + std::to_string(rec_version) +
+               ", current v" + (cur_version < 0 ? std::string("none") : std::to_string(cur_version));
+  nlohmann::json row = {{"kind", "measured"},
+                        {"method", r["method"]},
+                        {"label", label},
+                        {"variant", variant},
+                        {"epochs", epochs_of(r["params"])},
+                        {"bits", r["bpw_core"]},
+                        {"ratio", 32.0 / r["bpw_core"].get<double>()},
+                        {"bpw_total", r["bpw_total"]},
+                        {"bpw_choi", r["bpw_choi"]},
+                        {"size_mb_stock", r["size_mb_stock"]},
+                        {"bpw_young", r["bpw_young"]},
+                        {"bpw_yu_conv", r["bpw_yu_conv"]},
+                        {"file_bytes", r["file_bytes"]},
+                        {"run_id", r["run_id"]},
+                        {"wall_seconds", r.value("wall_seconds", 0.0)}};
+  if (r.contains("rate_target")) row["rate_target"] = r["rate_target"];
+  if (r.contains("tuned")) row["tuned"] = r["tuned"];
+  row["algorithm_version"] = rec_version;
+  if (stale) row["stale"] = true;
+  for (auto& d : datasets) {
+    const auto& e = r["eval"][d];
+    row["top1"][d] = e["top1"];
+    row["top5"][d] = e["top5"];
+    row["top1_ci95"][d] = e["top1_ci95"];
+    if (fp && fp != &r && r.contains("hit1_hex") && fp->contains("hit1_hex")) {
+      size_t n = e["n"].get<size_t>();
+      auto a = from_hex_bits(r["hit1_hex"][d].get<std::string>(), n);
+      auto b = from_hex_bits((*fp)["hit1_hex"][d].get<std::string>(), n);
+      row["mcnemar_p_vs_fp"][d] = mcnemar_p(a, b);
+    }
+  }
+  return row;
+}
+
+// Measured curves (not fp32) per label on one evaluation set: the rows' indices, in row order.
+std::map<std::string, std::vector<size_t>> curve_rows(const nlohmann::json& rows) {
+  std::map<std::string, std::vector<size_t>> out;
+  for (size_t i = 0; i < rows.size(); ++i)
+    if (rows[i]["kind"] == "measured" && rows[i]["method"] != "fp32") out[rows[i]["label"]].push_back(i);
+  return out;
+}
+
+// One model's section of the table: rows (measured, then published), curve comparisons on the
+// first evaluation set, the FP baseline.
+nlohmann::json model_table(const std::string& model, const std::vector<nlohmann::json>& recs, const nlohmann::json& published) {
+  std::vector<const nlohmann::json*> mine;
+  for (auto& r : recs)
+    if (r["model"] == model) mine.push_back(&r);
+  std::vector<std::string> datasets;
+  for (auto it = mine.front()->at("eval").begin(); it != mine.front()->at("eval").end(); ++it) datasets.push_back(it.key());
+  // FP baseline: the fp32 run, if the experiment has one.
+  const nlohmann::json* fp = nullptr;
+  for (auto* r : mine)
+    if ((*r)["method"] == "fp32") fp = r;
+  // Which params vary within a label: they make up the variant string.
+  std::map<std::string, std::map<std::string, std::set<std::string>>> values;
+  for (auto* r : mine)
+    for (auto it = (*r)["params"].begin(); it != (*r)["params"].end(); ++it)
+      values[(*r)["label"].get<std::string>()][it.key()].insert(it.value().get<std::string>());
+  nlohmann::json rows = nlohmann::json::array();
+  for (auto* r : mine) rows.push_back(measured_row(*r, fp, datasets, values[(*r)["label"].get<std::string>()]));
+  for (auto& p : published)
+    if (p["model"] == model) rows.push_back(p);
+
+  // Gaps between every pair of labels' curves on the first evaluation set.
+  std::map<std::string, std::vector<std::pair<double, double>>> curves;
+  for (auto& [label, idx] : curve_rows(rows))
+    for (size_t i : idx) curves[label].push_back({rows[i]["bits"].get<double>(), rows[i]["top1"][datasets[0]].get<double>()});
+  nlohmann::json comps = nlohmann::json::array();
+  for (auto ia = curves.begin(); ia != curves.end(); ++ia)
+    for (auto ib = std::next(ia); ib != curves.end(); ++ib) {
+      auto g = curve_gaps(ia->second, ib->second);
+      g["a"] = ia->first;
+      g["b"] = ib->first;
+      g["dataset"] = datasets[0];
+      comps.push_back(g);
+    }
+  nlohmann::json m = {{"datasets", datasets}, {"rows", rows}, {"comparisons", comps}};
+  if (fp)
+    for (auto& d : datasets) {
+      m["baseline"]["top1"][d] = (*fp)["eval"][d]["top1"];
+      m["baseline"]["top5"][d] = (*fp)["eval"][d]["top5"];
+    }
+  return m;
+}
+
+std::vector<std::string> datasets_of(const nlohmann::json& m) { return m["datasets"].get<std::vector<std::string>>(); }
+
+}  // namespace
+
+nlohmann::json collect_table(const std::string& results_dir, const TableOptions& opt) {
+  int failed = 0;
+  const std::vector<nlohmann::json> recs = read_records(results_dir, failed);
+  auto published = load_published(opt.published_dir.empty() ? source_dir() + "/experiments/published" : opt.published_dir);
   nlohmann::json table = {{"context", context_json()},
                           {"experiment", recs.front().value("experiment", fs::path(results_dir).filename().string())},
                           {"failed_runs", failed},
@@ -192,124 +317,29 @@ nlohmann::json build_table(const std::string& results_dir, const TableOptions& o
                           {"models", nlohmann::json::object()}};
   std::set<std::string> models;
   for (auto& r : recs) models.insert(r["model"].get<std::string>());
-  std::ostringstream md, csv;
+  for (auto& model : models) table["models"][model] = model_table(model, recs, published);
+  return table;
+}
+
+std::string table_json_text(const nlohmann::json& table) { return table.dump(1) + "\n"; }
+
+std::string table_markdown(const nlohmann::json& table) {
+  std::ostringstream md;
   md << "# " << table["experiment"].get<std::string>() << "\n\n"
      << "Bits = `bpw_core` (bits of everything needed to rebuild the conv+FC weights, counted from the .bbz file's "
         "bytes, divided by the number of conv+FC weights). Compression = 32 / bits. Top-1/top-5 in percent with "
         "95% Wilson intervals; p = McNemar's paired test against the FP baseline on the same images. "
         "Published rows are as printed in the cited papers (their own bit conventions, ImageNet unless stated).\n\n";
-  csv << "model,kind,method,label,variant,epochs,compression,bits,bpw_total,dataset,top1,top1_lo,top1_hi,top5,"
-         "mcnemar_p_vs_fp,run_id,citation\n";
-
-  for (auto& model : models) {
-    std::vector<nlohmann::json> mine;
-    for (auto& r : recs)
-      if (r["model"] == model) mine.push_back(r);
-    std::vector<std::string> datasets;
-    for (auto it = mine.front()["eval"].begin(); it != mine.front()["eval"].end(); ++it) datasets.push_back(it.key());
-    // FP baseline: the fp32 run, if the experiment has one.
-    const nlohmann::json* fp = nullptr;
-    for (auto& r : mine)
-      if (r["method"] == "fp32") fp = &r;
-    // Which params vary within a label: they make up the variant string.
-    std::map<std::string, std::map<std::string, std::set<std::string>>> values;
-    for (auto& r : mine)
-      for (auto it = r["params"].begin(); it != r["params"].end(); ++it)
-        values[r["label"].get<std::string>()][it.key()].insert(it.value().get<std::string>());
-    nlohmann::json rows = nlohmann::json::array();
-    for (auto& r : mine) {
-      const std::string label = r["label"];
-      std::string variant;
-      for (auto it = r["params"].begin(); it != r["params"].end(); ++it)
-        if (values[label][it.key()].size() > 1)
-          variant += (variant.empty() ? "" : " ") + it.key() + "=" + it.value().get<std::string>();
-      if (r.value("seed", 0) != 0) variant += (variant.empty() ? "" : " ") + std::string("seed=") + std::to_string(r["seed"].get<int>());
-      // Equal rates: a run more than 2% off its target_bpw says so in the table.
-      const bool off_target = r.contains("rate_target") && !r["rate_target"].value("within_2pct", true);
-      if (off_target) {
-        char buf[96];
-        std::snprintf(buf, sizeof buf, "OFF TARGET: %.3g for %.3g", r["rate_target"]["reached"].get<double>(),
-                      r["rate_target"]["requested"].get<double>());
-        variant += (variant.empty() ? "" : " ") + std::string(buf);
-      }
-      // A row computed by another version of its method's algorithm than this build's is stale
-      // (records from before versions existed count as version 0).
-      const int rec_version = r.contains("identity") ? r["identity"].value("algorithm_version", 0) : 0;
-      const std::string method_name = r["method"].get<std::string>();
-      const int cur_version = has_method(method_name) ? make_method(method_name)->algorithm_version() : -1;
-      const bool stale = rec_version != cur_version;
-      if (stale)
-        variant += (variant.empty() ? "" : " ") + std::string("STALE: algorithm v") + std::to_string(rec_version) +
-                   ", current v" + (cur_version < 0 ? std::string("none") : std::to_string(cur_version));
-      nlohmann::json row = {{"kind", "measured"},
-                            {"method", r["method"]},
-                            {"label", label},
-                            {"variant", variant},
-                            {"epochs", epochs_of(r["params"])},
-                            {"bits", r["bpw_core"]},
-                            {"ratio", 32.0 / r["bpw_core"].get<double>()},
-                            {"bpw_total", r["bpw_total"]},
-                            {"bpw_choi", r["bpw_choi"]},
-                            {"size_mb_stock", r["size_mb_stock"]},
-                            {"bpw_young", r["bpw_young"]},
-                            {"bpw_yu_conv", r["bpw_yu_conv"]},
-                            {"file_bytes", r["file_bytes"]},
-                            {"run_id", r["run_id"]},
-                            {"wall_seconds", r.value("wall_seconds", 0.0)}};
-      if (r.contains("rate_target")) row["rate_target"] = r["rate_target"];
-      if (r.contains("tuned")) row["tuned"] = r["tuned"];
-      row["algorithm_version"] = rec_version;
-      if (stale) row["stale"] = true;
-      for (auto& d : datasets) {
-        const auto& e = r["eval"][d];
-        row["top1"][d] = e["top1"];
-        row["top5"][d] = e["top5"];
-        row["top1_ci95"][d] = e["top1_ci95"];
-        if (fp && fp != &r && r.contains("hit1_hex") && fp->contains("hit1_hex")) {
-          size_t n = e["n"].get<size_t>();
-          auto a = from_hex_bits(r["hit1_hex"][d].get<std::string>(), n);
-          auto b = from_hex_bits((*fp)["hit1_hex"][d].get<std::string>(), n);
-          row["mcnemar_p_vs_fp"][d] = mcnemar_p(a, b);
-        }
-      }
-      rows.push_back(row);
-    }
-    for (auto& p : published)
-      if (p["model"] == model) rows.push_back(p);
-
-    // Curves per label on the first evaluation set; gaps between every pair of labels.
-    std::map<std::string, std::vector<std::pair<double, double>>> curves;
-    std::map<std::string, std::vector<const nlohmann::json*>> curve_rows;
-    for (auto& row : rows)
-      if (row["kind"] == "measured" && row["method"] != "fp32") {
-        curves[row["label"]].push_back({row["bits"].get<double>(), row["top1"][datasets[0]].get<double>()});
-        curve_rows[row["label"]].push_back(&row);
-      }
-    nlohmann::json comps = nlohmann::json::array();
-    for (auto ia = curves.begin(); ia != curves.end(); ++ia)
-      for (auto ib = std::next(ia); ib != curves.end(); ++ib) {
-        auto g = curve_gaps(ia->second, ib->second);
-        g["a"] = ia->first;
-        g["b"] = ib->first;
-        g["dataset"] = datasets[0];
-        comps.push_back(g);
-      }
-    nlohmann::json m = {{"datasets", datasets}, {"rows", rows}, {"comparisons", comps}};
-    if (fp) {
-      for (auto& d : datasets) {
-        m["baseline"]["top1"][d] = (*fp)["eval"][d]["top1"];
-        m["baseline"]["top5"][d] = (*fp)["eval"][d]["top5"];
-      }
-    }
-    table["models"][model] = m;
-
-    // Markdown.
+  for (auto mt = table["models"].begin(); mt != table["models"].end(); ++mt) {
+    const std::string& model = mt.key();
+    const auto& m = mt.value();
+    const auto datasets = datasets_of(m);
     md << "## " << model << "\n\n| Method | Variant | Epochs | Compression | Bits |";
     for (auto& d : datasets) md << " Top-1 " << d << " | Top-5 " << d << " |";
     md << " p vs FP | Source |\n|---|---|---|---|---|";
     for (size_t i = 0; i < datasets.size(); ++i) md << "---|---|";
     md << "---|---|\n";
-    for (auto& row : rows) {
+    for (auto& row : m["rows"]) {
       const bool meas = row["kind"] == "measured";
       md << "| " << (meas ? row["label"].get<std::string>() : row["method"].get<std::string>()) << " | "
          << (meas ? row["variant"].get<std::string>() : "") << " | "
@@ -333,9 +363,36 @@ nlohmann::json build_table(const std::string& results_dir, const TableOptions& o
          << (meas ? "measured" : "published: " + row["citation"].get<std::string>() +
                                      (row.contains("dataset") ? " (" + row["dataset"].get<std::string>() + ")" : ""))
          << " |\n";
-      // CSV: one line per dataset for measured rows.
-      auto q = [](const std::string& s) { return "\"" + s + "\""; };
-      if (meas) {
+    }
+    const auto& comps = m["comparisons"];
+    if (!comps.empty()) {
+      md << "\nCurve comparisons on " << datasets[0]
+         << " (Bjøntegaard-style: mean top-1 gap A−B over the shared bit range; mean bits saved by A at equal top-1):\n\n"
+            "| A | B | mean top-1 gap | bits saved by A | shared bits |\n|---|---|---|---|---|\n";
+      for (auto& c : comps)
+        md << "| " << c["a"].get<std::string>() << " | " << c["b"].get<std::string>() << " | "
+           << (c["mean_top1_gap"].is_null() ? "–" : fmt(c["mean_top1_gap"].get<double>())) << " | "
+           << (c["mean_bit_saving"].is_null() ? "–" : fmt(c["mean_bit_saving"].get<double>(), 3)) << " | "
+           << (c["overlap_bpw"].is_null() ? "–"
+                                           : fmt(c["overlap_bpw"][0].get<double>()) + "–" + fmt(c["overlap_bpw"][1].get<double>()))
+           << " |\n";
+    }
+    md << "\n";
+  }
+  return md.str();
+}
+
+std::string table_csv(const nlohmann::json& table) {
+  std::ostringstream csv;
+  csv << "model,kind,method,label,variant,epochs,compression,bits,bpw_total,dataset,top1,top1_lo,top1_hi,top5,"
+         "mcnemar_p_vs_fp,run_id,citation\n";
+  auto q = [](const std::string& s) { return "\"" + s + "\""; };
+  for (auto mt = table["models"].begin(); mt != table["models"].end(); ++mt) {
+    const std::string& model = mt.key();
+    const auto datasets = datasets_of(mt.value());
+    // One line per dataset for measured rows, one per published row.
+    for (auto& row : mt.value()["rows"]) {
+      if (row["kind"] == "measured") {
         for (auto& d : datasets)
           csv << model << ",measured," << row["method"].get<std::string>() << "," << q(row["label"]) << ","
               << q(row["variant"]) << "," << row["epochs"] << "," << row["ratio"] << "," << row["bits"] << ","
@@ -352,52 +409,69 @@ nlohmann::json build_table(const std::string& results_dir, const TableOptions& o
             << "\n";
       }
     }
-    if (!comps.empty()) {
-      md << "\nCurve comparisons on " << datasets[0]
-         << " (Bjøntegaard-style: mean top-1 gap A−B over the shared bit range; mean bits saved by A at equal top-1):\n\n"
-            "| A | B | mean top-1 gap | bits saved by A | shared bits |\n|---|---|---|---|---|\n";
-      for (auto& c : comps)
-        md << "| " << c["a"].get<std::string>() << " | " << c["b"].get<std::string>() << " | "
-           << (c["mean_top1_gap"].is_null() ? "–" : fmt(c["mean_top1_gap"].get<double>())) << " | "
-           << (c["mean_bit_saving"].is_null() ? "–" : fmt(c["mean_bit_saving"].get<double>(), 3)) << " | "
-           << (c["overlap_bpw"].is_null() ? "–"
-                                           : fmt(c["overlap_bpw"][0].get<double>()) + "–" + fmt(c["overlap_bpw"][1].get<double>()))
-           << " |\n";
-    }
-    md << "\n";
+  }
+  return csv.str();
+}
 
-    if (opt.plots) {
-      PlotSpec ps;
-      ps.title = model + " on " + datasets[0];
-      if (fp) ps.baseline = (*fp)["eval"][datasets[0]]["top1"];
+std::vector<TablePlot> table_plots(const nlohmann::json& table) {
+  std::vector<TablePlot> out;
+  for (auto mt = table["models"].begin(); mt != table["models"].end(); ++mt) {
+    const std::string& model = mt.key();
+    const auto& m = mt.value();
+    const auto& rows = m["rows"];
+    const auto curves = curve_rows(rows);
+    for (const std::string& d : datasets_of(m)) {
+      TablePlot tp;
+      tp.model = model;
+      tp.dataset = d;
+      PlotSpec& ps = tp.spec;
+      ps.title = model + " on " + d;
+      if (m.contains("baseline")) ps.baseline = m["baseline"]["top1"][d].get<double>();
       std::vector<std::pair<double, double>> all;
-      std::vector<std::pair<std::string, size_t>> where;
-      for (auto& kv : curve_rows) {
+      std::vector<std::pair<size_t, size_t>> where;  // (series, point) of each entry of `all`
+      for (auto& [label, idx] : curves) {
         PlotSeries s;
-        s.name = kv.first;
-        for (auto* row : kv.second) {
-          const auto& ci = (*row)["top1_ci95"][datasets[0]];
-          s.points.push_back({(*row)["bits"].get<double>(), (*row)["top1"][datasets[0]].get<double>(),
-                              ci[0].get<double>(), ci[1].get<double>()});
+        s.name = label;
+        for (size_t i : idx) {
+          const auto& ci = rows[i]["top1_ci95"][d];
+          s.points.push_back({rows[i]["bits"].get<double>(), rows[i]["top1"][d].get<double>(), ci[0].get<double>(),
+                              ci[1].get<double>()});
         }
         std::sort(s.points.begin(), s.points.end(), [](auto& a, auto& b) { return a.bpw < b.bpw; });
         for (size_t i = 0; i < s.points.size(); ++i) {
           all.push_back({s.points[i].bpw, s.points[i].top1});
-          where.push_back({kv.first, i});
+          where.push_back({ps.series.size(), i});
         }
         ps.series.push_back(s);
       }
-      for (size_t i : pareto_front(all))
-        for (auto& s : ps.series)
-          if (s.name == where[i].first) s.points[where[i].second].pareto = true;
-      fs::create_directories(results_dir + "/plots");
-      write_plot_svg(ps, results_dir + "/plots/" + model + ".svg");
-      write_plot_png(ps, results_dir + "/plots/" + model + ".png");
+      for (size_t i : pareto_front(all)) ps.series[where[i].first].points[where[i].second].pareto = true;
+      out.push_back(std::move(tp));
     }
   }
-  write_file_atomic(results_dir + "/table.json", table.dump(1) + "\n");
-  write_file_atomic(results_dir + "/table.md", md.str());
-  write_file_atomic(results_dir + "/table.csv", csv.str());
+  return out;
+}
+
+std::vector<std::string> write_table_plots(const nlohmann::json& table, const std::string& results_dir) {
+  const std::string dir = results_dir + "/plots";
+  fs::create_directories(dir);
+  std::vector<std::string> written;
+  for (auto& tp : table_plots(table)) {
+    if (tp.dataset != table["models"][tp.model]["datasets"][0]) continue;
+    const std::string stem = dir + "/" + tp.model;
+    write_plot_svg(tp.spec, stem + ".svg");
+    write_plot_png(tp.spec, stem + ".png");
+    written.push_back(stem + ".svg");
+    written.push_back(stem + ".png");
+  }
+  return written;
+}
+
+nlohmann::json build_table(const std::string& results_dir, const TableOptions& opt) {
+  nlohmann::json table = collect_table(results_dir, opt);
+  if (opt.plots) write_table_plots(table, results_dir);
+  write_file_atomic(results_dir + "/table.json", table_json_text(table));
+  write_file_atomic(results_dir + "/table.md", table_markdown(table));
+  write_file_atomic(results_dir + "/table.csv", table_csv(table));
   return table;
 }
 

@@ -4,6 +4,8 @@
 // marked as such. Comparisons a reviewer accepts: McNemar's paired test of every run against the
 // FP baseline on the same images, and Bjontegaard-style average gaps between methods' curves.
 #pragma once
+#include "report/plot.h"
+
 #include <nlohmann/json.hpp>
 
 #include <string>
@@ -16,7 +18,26 @@ struct TableOptions {
   bool plots = true;
 };
 
-// Reads <results_dir>/runs/*.json, writes table.{json,md,csv} and plots/<model>.{png,svg}.
+// The table's data, as table.json holds it: per model its evaluation sets, rows (one per run
+// record of <results_dir>/runs/*.json with McNemar's p against the FP run, then the published
+// rows), curve comparisons and FP baseline. The writers below only format it.
+nlohmann::json collect_table(const std::string& results_dir, const TableOptions& opt = {});
+
+std::string table_json_text(const nlohmann::json& table);  // table.json
+std::string table_markdown(const nlohmann::json& table);   // table.md
+std::string table_csv(const nlohmann::json& table);        // table.csv
+
+// One plot per model and evaluation set: a curve per measured label (fp32 excepted), the FP
+// baseline, the Pareto front over all of that plot's points.
+struct TablePlot {
+  std::string model, dataset;
+  PlotSpec spec;
+};
+std::vector<TablePlot> table_plots(const nlohmann::json& table);
+// Writes the plots under <results_dir>/plots; returns the paths written.
+std::vector<std::string> write_table_plots(const nlohmann::json& table, const std::string& results_dir);
+
+// collect_table, then writes table.{json,md,csv} and (opt.plots) the plots; returns the table.
 nlohmann::json build_table(const std::string& results_dir, const TableOptions& opt = {});
 
 // Bjontegaard-style gaps between two rate-accuracy curves (points: bpw, top1), each reduced to its
