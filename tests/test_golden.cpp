@@ -12,8 +12,10 @@
 #include "common/runtime.h"
 #include "methods/method.h"
 #include "runner/experiment.h"
+#include "methods/smoke.h"
 #include "runner/pipeline.h"
 #include "runner/runner.h"
+#include "smoke_files.h"
 
 #include <cstdio>
 #include <cstdlib>
@@ -93,45 +95,22 @@ TEST_CASE("golden: each method's output bytes are pinned to its algorithm versio
   const std::string golden_path = source_dir() + "/tests/golden/methods.json";
   const bool update = std::getenv("BITBENCH_UPDATE_GOLDEN") != nullptr;
   nlohmann::json golden = fs::exists(golden_path) ? nlohmann::json::parse(std::ifstream(golden_path)) : nlohmann::json::object();
-  // Cheap settings: seconds per method; every method's own code path (calibration, search,
-  // coding) still runs.
-  const std::map<std::string, std::map<std::string, std::string>> cheap = {
-      {"fp32", {}},
-      {"fp16", {}},
-      {"uniform", {{"bits", "3"}}},
-      {"kmeans", {{"bits", "2"}, {"max_iter", "10"}}},
-      {"hessian_kmeans", {{"bits", "2"}, {"max_iter", "10"}, {"target_bpw", "0"}, {"hessian_images", "20"}, {"hessian_batch", "10"}}},
-      {"uniform_ecsq", {{"target_bpw", "2"}, {"hessian_images", "20"}, {"hessian_batch", "10"}}},
-      {"ecsq", {{"target_bpw", "2"}, {"hessian_images", "20"}, {"hessian_batch", "10"}, {"max_iter", "5"}, {"init_clusters", "64"}}},
-      {"kq", {{"target_bpw", "2"}, {"calib_images", "16"}, {"kmeans_iters", "3"}, {"grid_iters", "1"}, {"alloc_max_bits", "6"}}},
-      {"pq", {{"em_iters", "2"}, {"n_calib", "16"}, {"patches_per_iter", "512"}}},
-      {"tq", {{"target_bpw", "2"}, {"blocks", "1"}, {"calib_images", "2"}, {"batch_size", "2"}, {"step_search", "weight"}}},
-  };
+  // Cheap settings (src/methods/smoke.cpp): seconds per method; every method's own code path
+  // (calibration, search, coding) still runs.
   std::string weights_path = data_root("") + "/models/cifar10_resnet20.pt";
   REQUIRE(fs::exists(weights_path));
   bool changed_file = false;
   for (const std::string& m : method_names()) {
     if (m.rfind("test_", 0) == 0) continue;  // probes registered by other tests
     INFO("method " << m);
-    auto it = cheap.find(m);
-    REQUIRE(it != cheap.end());  // a new method needs cheap settings here
-    CompressRequest req;
-    req.model = "cifar_resnet20";
-    req.weights = weights_path;
-    req.method = m;
-    req.params = it->second;
-    req.calib_dataset = "cifar10-jpeg-train";
-    req.seed = 0;
-    req.out_path = fs::temp_directory_path() / ("bb-golden-" + m + "-" + std::to_string(getpid()) + ".bbz");
-    compress_model(req);
-    BbzFile f = read_bbz(req.out_path);
-    std::remove(req.out_path.c_str());
+    const std::map<std::string, std::string>& smoke = smoke_params(m);  // a new method adds its own
+    BbzFile f = bbtest::smoke_file(m);
     f.provenance = nlohmann::json::object();
     const std::vector<uint8_t> bytes = serialize_bbz(f);
     const std::string sha = sha256_hex(std::string(bytes.begin(), bytes.end()));
     const int version = make_method(m)->algorithm_version();
     const nlohmann::json want = {{"algorithm_version", version},
-                                 {"params", it->second},
+                                 {"params", smoke},
                                  {"bytes", bytes.size()},
                                  {"sha256", sha}};
     const bool known = golden.contains(m);

@@ -139,6 +139,52 @@ TEST_CASE("schema errors name file, line and key", "[runner]") {
   }
 }
 
+TEST_CASE("YAML edge cases: duplicate keys, zero runs, huge grids, bad bits, directories", "[runner]") {
+  TempDir t;
+  // A repeated key is an error at any level, naming the line of the repeat and of the first.
+  auto p = write(t.path, "d1.yaml", "models: [cifar_resnet20]\nmodels: [cifar_resnet32]\nruns:\n  - method: fp32\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }),
+               Catch::Contains("d1.yaml:2") && Catch::Contains("duplicate key 'models'") && Catch::Contains("line 1"));
+  p = write(t.path, "d2.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    method: kmeans\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("d2.yaml:4") && Catch::Contains("duplicate key 'method'"));
+  p = write(t.path, "d3.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    params:\n      bits: 2\n      bits: 4\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("d3.yaml:6") && Catch::Contains("duplicate key 'bits'"));
+  p = write(t.path, "d4.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    grid: {bits: [2], bits: [4]}\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("d4.yaml:4") && Catch::Contains("duplicate key 'bits'"));
+
+  // bits 0 / -1 are refused by the method's parameter check, with file:line.
+  for (const char* b : {"0", "-1"}) {
+    p = write(t.path, "b.yaml", std::string("models: [cifar_resnet20]\nruns:\n  - method: uniform\n    params: {bits: ") + b + "}\n");
+    INFO(b);
+    const std::string e = error_of([&] { load_experiment(p, "", t.path); });
+    REQUIRE_THAT(e, Catch::Contains("b.yaml:3") && Catch::Contains("bits"));
+  }
+
+  // Zero runs: an empty seeds or zip list is an error, not an empty experiment that "succeeds".
+  p = write(t.path, "z1.yaml", "models: [cifar_resnet20]\nseeds: []\nruns:\n  - method: fp32\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("zero runs"));
+  p = write(t.path, "z2.yaml", "models: [cifar_resnet20]\nruns:\n  - method: fp32\n  - method: uniform\n    zip: {bits: []}\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("z2.yaml:4") && Catch::Contains("zero runs"));
+
+  // A grid past the limit is refused before expansion: 12 lists of 10 values = 10^12 runs would
+  // never finish expanding; the refusal must come at once.
+  std::string big = "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    grid:\n";
+  for (const char* k : {"bits", "clip_steps", "coder", "scheme", "clip", "a", "b", "c", "d", "e", "f", "g"})
+    big += std::string("      ") + k + ": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n";
+  p = write(t.path, "big.yaml", big);
+  // (Were it expanded first, this call would exhaust memory instead of returning the error.)
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }),
+               Catch::Contains("big.yaml:3") && Catch::Contains("more than 10000 runs") && Catch::Contains("--max-runs"));
+  // The limit is the caller's: 3 runs pass a limit of 3 and fail a limit of 2.
+  p = write(t.path, "three.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    grid: {bits: [2, 3, 4]}\n");
+  REQUIRE(load_experiment(p, "", t.path, 3).runs.size() == 3);
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path, 2); }), Catch::Contains("more than 2 runs"));
+
+  // A directory instead of a file.
+  fs::create_directories(t.path + "/dir.yaml");
+  REQUIRE_THAT(error_of([&] { load_experiment(t.path + "/dir.yaml", "", t.path); }), Catch::Contains("is a directory"));
+}
+
 TEST_CASE("shards partition the runs exactly once", "[runner]") {
   TempDir t;
   auto p = write(t.path, "e.yaml", "models: [cifar_resnet20, cifar_resnet32, cifar_resnet44]\nruns:\n  - method: uniform\n    grid: {bits: [1, 2, 3, 4, 5, 6, 7]}\n");
@@ -245,7 +291,7 @@ TEST_CASE("finished runs are cached, --force redoes them, failures leave records
   auto table = build_table(ex.results_dir, {});
   auto rows = table["models"]["cifar_resnet20"]["rows"];
   REQUIRE(rows.size() == 4);
-  REQUIRE(fs::exists(ex.results_dir + "/plots/cifar_resnet20.png"));
+  REQUIRE(fs::exists(ex.results_dir + "/plots/cifar_resnet20.cifar10-lossless-1k.png"));
   REQUIRE(fs::exists(ex.results_dir + "/table.md"));
   for (auto& row : rows) REQUIRE_FALSE(row.value("stale", false));
   // A record computed by another version of its method's algorithm is flagged stale in the table.

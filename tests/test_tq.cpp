@@ -1,4 +1,5 @@
-// Transform quantization: transforms, allocation, quantizer, layer coding, curves cache, method.
+// Transform quantization: transforms, quantizer, layer coding, curves cache, method (the allocator:
+// test_rd_alloc.cpp).
 #include <catch2/catch.hpp>
 
 #include "coding/bbz.h"
@@ -7,7 +8,6 @@
 #include "methods/method.h"
 #include "methods/params.h"
 #include "models/registry.h"
-#include "quant/rd_alloc.h"
 #include "quant/tq_core.h"
 #include "quant/tq_curves.h"
 #include "quant/transform.h"
@@ -116,58 +116,6 @@ TEST_CASE("transforms reject bad input", "[tq]") {
   CHECK_THROWS_AS(klt_transform(torch::zeros({4})), Error);
   CHECK_THROWS_AS(elt_transform(torch::randn({4, 8}), torch::eye(5), 1e-3), Error);
   CHECK_THROWS_AS(elt_transform(torch::randn({4, 8}), torch::eye(4), 0.0), Error);
-}
-
-TEST_CASE("rate allocation is Lagrangian-optimal against exhaustive search", "[tq]") {
-  std::mt19937 rng(7);
-  std::uniform_real_distribution<double> u(0.05, 1.0);
-  for (int trial = 0; trial < 20; ++trial) {
-    // 4 items, 5 operating points each, convex decreasing D(R) with item-specific sizes.
-    std::vector<std::vector<RdPoint>> items(4);
-    for (auto& it : items) {
-      const double size = 1 + (int)(u(rng) * 4);
-      double d = 10 * u(rng), drop = d * u(rng);
-      for (int r = 0; r < 5; ++r) {
-        it.push_back({size * r, d});
-        d -= drop;
-        drop *= u(rng);  // shrinking decrements: convex
-      }
-    }
-    // Exhaustive: minimum distortion at each rate budget.
-    auto best_at = [&](double budget) {
-      double best = INFINITY;
-      for (int c = 0; c < 625; ++c) {
-        double r = 0, d = 0;
-        for (int i = 0, cc = c; i < 4; ++i, cc /= 5) {
-          r += items[i][cc % 5].rate;
-          d += items[i][cc % 5].dist;
-        }
-        if (r <= budget + 1e-9) best = std::min(best, d);
-      }
-      return best;
-    };
-    for (double budget = 0; budget <= 60; budget += 1) {
-      RdAllocation a = rd_allocate(items, budget, /*fill=*/false);
-      REQUIRE(a.rate <= budget + 1e-9);
-      CHECK(a.lagrangian);
-      CHECK(a.dist == Approx(best_at(a.rate)).epsilon(1e-12));
-      RdAllocation f = rd_allocate(items, budget, /*fill=*/true);
-      CHECK(f.rate <= budget + 1e-9);
-      CHECK(f.dist <= a.dist + 1e-12);
-      CHECK(f.dist >= best_at(budget) - 1e-12);
-    }
-    // The per-lambda solutions are optimal for their own rate as well.
-    for (double lambda : {0.0, 0.01, 0.1, 0.3, 1.0, 3.0, 100.0}) {
-      RdAllocation s = rd_solve(items, lambda);
-      CHECK(s.dist == Approx(best_at(s.rate)).epsilon(1e-12));
-    }
-  }
-}
-
-TEST_CASE("lower hull skips non-convex and useless points", "[tq]") {
-  std::vector<RdPoint> pts = {{0, 10}, {1, 9.5}, {2, 5}, {3, 6}, {4, 1}, {4, 0.5}, {5, 0.5}};
-  auto h = rd_lower_hull(pts);
-  REQUIRE(h == std::vector<int>({0, 2, 5}));
 }
 
 TEST_CASE("mid-tread quantizer has 2^R levels including zero", "[tq]") {
@@ -481,9 +429,9 @@ TEST_CASE("tq method: decode(record) is the in-memory weight; curves cache reuse
   auto r3 = run(set, nullptr);
   CHECK(files() == f1);
   // Retraining keeps the allocation (same side info and rate) but changes the levels.
-  set["retrain_epochs"] = "1";
-  set["retrain_batch_size"] = "4";
-  set["retrain_lr"] = "0.05";  // 2 steps: large enough to move some latent across a rounding boundary
+  set["finetune_epochs"] = "1";
+  set["finetune_batch"] = "4";
+  set["finetune_lr"] = "0.05";  // 2 steps: large enough to move some latent across a rounding boundary
   auto r4 = run(set, nullptr);
   CHECK(files() == f1);
   bool levels_changed = false;
@@ -493,9 +441,9 @@ TEST_CASE("tq method: decode(record) is the in-memory weight; curves cache reuse
     levels_changed |= r4[l].section("tq.coef").bytes != r3[l].section("tq.coef").bytes;
   }
   CHECK(levels_changed);
-  set.erase("retrain_epochs");
-  set.erase("retrain_batch_size");
-  set.erase("retrain_lr");
+  set.erase("finetune_epochs");
+  set.erase("finetune_batch");
+  set.erase("finetune_lr");
   set["blocks"] = "3";  // another key: a second file
   run(set, nullptr);
   CHECK(files().size() == 2);

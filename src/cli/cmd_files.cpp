@@ -22,7 +22,7 @@ int cmd_decompress(int argc, char** argv) {
   }
   BB_CHECK(a.positional().size() == 1, "decompress takes exactly one .bbz file");
   BbzFile f = read_bbz(a.positional()[0]);
-  StateDict sd = decode_bbz(f);
+  StateDict sd = decode_bbz(f, a.positional()[0]);
   auto model = make_model(f.model);
   load_state_dict(*model, sd, "compressed file '" + a.positional()[0] + "'");  // strict check
   write_state_dict(model->state(), a.require("--out"));

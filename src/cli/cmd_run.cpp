@@ -6,7 +6,9 @@
 #include "common/log.h"
 #include "runner/runner.h"
 
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 
 namespace bb {
@@ -20,6 +22,8 @@ Args run_args(const std::string& cmd) {
       {"--results", true, "BITBENCH_RESULTS", false, "results root (default <source>/results)"},
       {"--configs", true, "BITBENCH_CONFIGS", false, "configs folder (default <source>/configs)"},
       {"--data-root", true, "", false, "data root"},
+      {"--max-runs", true, "BITBENCH_MAX_RUNS", false,
+       "refuse an experiment that expands to more runs than this, before expanding it (default 10000)"},
       {"--help", false, "", false, "this help"}};
   if (cmd == "run" || cmd == "tune") {
     specs.push_back({"--dry-run", false, "", false, "list the runs, do nothing"});
@@ -31,6 +35,16 @@ Args run_args(const std::string& cmd) {
   return Args(cmd, specs);
 }
 
+int64_t max_runs(const Args& a) {
+  const std::string v = a.get("--max-runs");
+  if (v.empty()) return kDefaultMaxRuns;
+  char* end = nullptr;
+  errno = 0;
+  const long long n = std::strtoll(v.c_str(), &end, 10);
+  BB_CHECK(end && *end == 0 && errno == 0 && n >= 1, "--max-runs must be a positive integer, got '", v, "'");
+  return n;
+}
+
 int cmd_run(int argc, char** argv) {
   Args a = run_args("run");
   a.parse(argc, argv);
@@ -40,7 +54,7 @@ int cmd_run(int argc, char** argv) {
   }
   BB_CHECK(a.positional().size() == 1, "run takes exactly one experiment file");
   if (a.has("--data-root")) setenv("BITBENCH_DATA_ROOT", a.get("--data-root").c_str(), 1);
-  Experiment ex = load_experiment(a.positional()[0], a.get("--configs"), a.get("--results"));
+  Experiment ex = load_experiment(a.positional()[0], a.get("--configs"), a.get("--results"), max_runs(a));
   if (int n = apply_tuned(ex)) log_info(std::to_string(n) + " runs use settings from " + tuned_path(ex));
   RunnerOptions opt;
   opt.force = a.has("--force");
@@ -73,7 +87,7 @@ int cmd_plan(int argc, char** argv) {
   }
   BB_CHECK(a.positional().size() == 1, "plan takes exactly one experiment file");
   if (a.has("--data-root")) setenv("BITBENCH_DATA_ROOT", a.get("--data-root").c_str(), 1);
-  Experiment ex = load_experiment(a.positional()[0], a.get("--configs"), a.get("--results"));
+  Experiment ex = load_experiment(a.positional()[0], a.get("--configs"), a.get("--results"), max_runs(a));
   apply_tuned(ex);
   if (a.has("--results-dir")) {
     std::printf("%s\n", ex.results_dir.c_str());
@@ -110,7 +124,7 @@ int cmd_tune(int argc, char** argv) {
   }
   BB_CHECK(a.positional().size() == 1, "tune takes exactly one experiment file");
   if (a.has("--data-root")) setenv("BITBENCH_DATA_ROOT", a.get("--data-root").c_str(), 1);
-  Experiment ex = load_experiment(a.positional()[0], a.get("--configs"), a.get("--results"));
+  Experiment ex = load_experiment(a.positional()[0], a.get("--configs"), a.get("--results"), max_runs(a));
   RunnerOptions opt;
   opt.force = a.has("--force");
   opt.dry_run = a.has("--dry-run");

@@ -103,10 +103,10 @@ LayerRecord get_record(ByteReader& r, BbzSizes::Layer* sz) {
   for (uint64_t i = 0; i < ns; ++i) {
     Section s;
     s.name = r.str();
-    BB_CHECK(names.insert(s.name).second, "corrupt ", r.what(), ": ", what, " has section '", s.name,
+    BB_CHECK(names.insert(s.name).second, "corrupt ", r.what(), ": ", what, " has section '", printable(s.name),
              "' twice");
     uint8_t c = r.u8();
-    BB_CHECK(c <= (uint8_t)Component::side, "corrupt ", r.what(), ": ", what, " section '", s.name,
+    BB_CHECK(c <= (uint8_t)Component::side, "corrupt ", r.what(), ": ", what, " section '", printable(s.name),
              "' has component id ", (int)c);
     s.component = (Component)c;
     s.bytes = r.bytes();
@@ -123,7 +123,7 @@ LayerRecord get_record(ByteReader& r, BbzSizes::Layer* sz) {
 }
 
 void put_tensor(ByteWriter& w, const StoredTensor& t) {
-  const std::string what = "tensor '" + t.name + "'";
+  const std::string what = "tensor '" + printable(t.name) + "'";
   BB_CHECK(t.value.defined(), what, " is undefined");
   torch::Tensor v = t.value.to(torch::kCPU).contiguous();
   w.str(t.name);
@@ -145,7 +145,7 @@ void put_tensor(ByteWriter& w, const StoredTensor& t) {
 StoredTensor get_tensor(ByteReader& r) {
   StoredTensor t;
   t.name = r.str();
-  const std::string what = "tensor '" + t.name + "'";
+  const std::string what = "tensor '" + printable(t.name) + "'";
   uint8_t dt = r.u8();
   BB_CHECK(dt <= (uint8_t)DType::i64, "corrupt ", r.what(), ": ", what, " has dtype code ", (int)dt);
   uint64_t numel;
@@ -217,12 +217,12 @@ std::vector<uint8_t> serialize_bbz(const BbzFile& f, BbzSizes* sizes) {
 
   std::set<std::string> layer_names;
   for (const LayerRecord& rec : f.layers) {
-    BB_CHECK(layer_names.insert(rec.layer).second, "bbz: layer '", rec.layer, "' recorded twice");
+    BB_CHECK(layer_names.insert(rec.layer).second, "bbz: layer '", printable(rec.layer), "' recorded twice");
     sz.layers.emplace_back();
     put_record(w, rec, &sz.layers.back());
   }
   for (const StoredTensor& t : f.tensors) {
-    BB_CHECK(!sz.tensors.count(t.name), "bbz: tensor '", t.name, "' stored twice");
+    BB_CHECK(!sz.tensors.count(t.name), "bbz: tensor '", printable(t.name), "' stored twice");
     const size_t start = w.size();
     put_tensor(w, t);
     sz.tensors[t.name] = (int64_t)(w.size() - start);
@@ -283,13 +283,13 @@ BbzFile parse_bbz(const uint8_t* data, size_t n, const std::string& what, BbzSiz
     sz.layers.emplace_back();
     f.layers.push_back(get_record(body, &sz.layers.back()));
     BB_CHECK(layer_names.insert(f.layers.back().layer).second, "corrupt ", what, ": layer '",
-             f.layers.back().layer, "' recorded twice");
+             printable(f.layers.back().layer), "' recorded twice");
   }
   for (uint64_t i = 0; i < n_tensors; ++i) {
     const size_t start = body.pos();
     f.tensors.push_back(get_tensor(body));
     const std::string& name = f.tensors.back().name;
-    BB_CHECK(!sz.tensors.count(name), "corrupt ", what, ": tensor '", name, "' stored twice");
+    BB_CHECK(!sz.tensors.count(name), "corrupt ", what, ": tensor '", printable(name), "' stored twice");
     sz.tensors[name] = (int64_t)(body.pos() - start);
   }
   BB_CHECK(body.done(), "corrupt ", what, ": ", body.remaining(), " unparsed bytes before the checksum");

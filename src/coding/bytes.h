@@ -100,6 +100,10 @@ class ByteReader {
   size_t pos() const { return pos_; }
   size_t remaining() const { return n_ - pos_; }
   bool done() const { return pos_ == n_; }
+  // A section read to its end: trailing bytes mean a corrupt or forged section.
+  void expect_done() const {
+    if (pos_ != n_) BB_THROW("corrupt ", what_, ": ", n_ - pos_, " trailing bytes after ", pos_, " bytes read");
+  }
   void need(uint64_t n) const {
     if (n > n_ - pos_) BB_THROW("corrupt or truncated ", what_, ": needs ", n, " bytes at offset ", pos_, " of ", n_);
   }

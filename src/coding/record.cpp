@@ -16,8 +16,8 @@ const Section& LayerRecord::section(const std::string& name) const {
   for (const Section& s : sections)
     if (s.name == name) return s;
   std::string have;
-  for (const Section& s : sections) have += (have.empty() ? "" : ", ") + s.name;
-  BB_THROW("layer '", layer, "' (method '", method, "') has no section '", name, "' (has: ",
+  for (const Section& s : sections) have += (have.empty() ? "" : ", ") + printable(s.name);
+  BB_THROW("layer '", printable(layer), "' (method '", printable(method), "') has no section '", name, "' (has: ",
            have.empty() ? "none" : have, ")");
 }
 

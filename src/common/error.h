@@ -8,9 +8,16 @@
 
 namespace bb {
 
+// `s` with every control byte (newline included) and DEL written as \xNN: for names that come
+// from files (layers, sections, tensors, models), so a hostile name cannot forge lines or drive
+// the terminal.
+std::string printable(const std::string& s);
+// Messages keep their own newlines and tabs; every other control byte is escaped as above.
+std::string sanitize_message(const std::string& msg);
+
 class Error : public std::runtime_error {
  public:
-  explicit Error(const std::string& msg) : std::runtime_error(msg) {}
+  explicit Error(const std::string& msg) : std::runtime_error(sanitize_message(msg)) {}
 };
 
 namespace detail {

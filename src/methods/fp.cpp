@@ -46,7 +46,9 @@ class Fp16Method : public Method {
     for (auto s : rec.shape) n *= s;
     const auto& sec = rec.section("values");
     ByteReader r(sec.bytes, "layer '" + rec.layer + "' values");
-    return get_floats(r, n, true).reshape(rec.shape);
+    torch::Tensor w = get_floats(r, n, true).reshape(rec.shape);
+    r.expect_done();
+    return w;
   }
 
  private:

@@ -9,7 +9,7 @@
 //   pointwise  1x1 conv, fc: linear layer: the same with d = 1 (a scalar codebook; "weight level").
 //   kept       left in float (not returned; the pipeline stores it).
 // Index widths come from index_bits / pointwise_bits / fc_bits, or, with target_bpw > 0, from a
-// Lagrangian allocation (quant/layer_alloc.h) over per-layer candidates whose rate is the exact
+// Lagrangian allocation (quant/rd_alloc.h) over per-layer candidates whose rate is the exact
 // serialised size of the candidate's record and whose distortion is the layer-output error on
 // calibration inputs (or the weight MSE).
 #include "methods/kq.h"
@@ -25,7 +25,7 @@
 #include "quant/activations.h"
 #include "quant/kmeans.h"
 #include "quant/finetune_shared.h"
-#include "quant/layer_alloc.h"
+#include "quant/rd_alloc.h"
 
 #include <cmath>
 #include <random>
@@ -647,7 +647,7 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
     double fixed_bits = 0;
     int64_t scope_weights = 0;
     std::vector<std::vector<Candidate>> cands(L);
-    std::vector<std::vector<AllocPoint>> points;
+    std::vector<std::vector<RdPoint>> points;
     std::vector<int> alloc_layers;
     for (int i = 0; i < L; ++i) {
       const Layer& l = layers[i];
@@ -679,7 +679,7 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
         // squared error by s^2 (undefined when no BN follows: the output as it is).
         if (p_.alloc_proxy == "output") row_scale = model.bn_scale(i);
       }
-      std::vector<AllocPoint> pts;
+      std::vector<RdPoint> pts;
       for (int b = lo; b <= hi; ++b) {
         Candidate c = make_candidate(l, roles[i], b, ctx.seed);
         auto dW = kq::reconstruct(c.code).reshape(W.sizes()) - W;
@@ -698,16 +698,12 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
     }
     ctx.phase("allocation");
     const double budget = p_.target_bpw * (double)scope_weights - fixed_bits;
-    AllocResult ar;
-    try {
-      ar = allocate_bits(points, budget);
-    } catch (const Error& e) {
-      double min_bits = fixed_bits;
-      for (auto& pts : points) {
-        double m = 1e300;
-        for (auto& q : pts) m = std::min(m, q.rate_bits);
-        min_bits += m;
-      }
+    RdOptions ro;
+    ro.fill = RdFill::best_ratio;
+    ro.budget_rel_tol = 0;  // rates are whole bytes: a budget is met exactly or not at all
+    const RdAllocation ar = rd_allocate(points, budget, ro);
+    if (!ar.feasible) {
+      const double min_bits = fixed_bits + ar.min_rate;
       BB_THROW("method 'kq': target_bpw=", p_.target_bpw, " is below the lowest rate reachable with these settings (",
                min_bits / scope_weights, " bits per ", conv_scope ? "conv" : "conv+linear", " weight)");
     }
@@ -719,7 +715,7 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
     for (int i = 0; i < L; ++i)
       if (quantized(i) && !in_scope(i))
         chosen[i] = make_candidate(layers[i], roles[i], kq::fixed_bits_for(roles[i], p_), ctx.seed);
-    double achieved = (ar.rate_bits + fixed_bits) / (double)scope_weights;
+    double achieved = (ar.rate + fixed_bits) / (double)scope_weights;
     std::string widths;
     for (int i : alloc_layers) widths += " " + layers[i].name + ":" + std::to_string(chosen[i].bits);
     log_info("kq: target " + std::to_string(p_.target_bpw) + " bpw, allocated " + std::to_string(achieved) +

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <queue>
 
 namespace bb {
 namespace {
@@ -26,19 +27,26 @@ void total(const std::vector<std::vector<RdPoint>>& items, RdAllocation& a) {
   }
 }
 
-}  // namespace
-
-std::vector<int> rd_lower_hull(const std::vector<RdPoint>& pts) {
+// Points not dominated by another (lower-or-equal rate and lower-or-equal distortion), by
+// increasing rate (so strictly decreasing distortion).
+std::vector<int> pareto_front(const std::vector<RdPoint>& pts) {
   std::vector<int> order(pts.size());
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
     if (pts[a].rate != pts[b].rate) return pts[a].rate < pts[b].rate;
     return pts[a].dist < pts[b].dist;
   });
+  std::vector<int> front;
+  for (int i : order)
+    if (front.empty() || pts[i].dist < pts[front.back()].dist) front.push_back(i);
+  return front;
+}
+
+}  // namespace
+
+std::vector<int> rd_lower_hull(const std::vector<RdPoint>& pts) {
   std::vector<int> hull;
-  for (int i : order) {
-    // Only points that lower the distortion are useful; a higher rate never pays otherwise.
-    if (!hull.empty() && pts[i].dist >= pts[hull.back()].dist) continue;
+  for (int i : pareto_front(pts)) {
     // Pop while the last hull point lies on or above the chord from its predecessor to i.
     while (hull.size() >= 2) {
       const RdPoint& a = pts[hull[hull.size() - 2]];
@@ -74,53 +82,93 @@ RdAllocation rd_solve(const std::vector<std::vector<RdPoint>>& items, double lam
   return a;
 }
 
-RdAllocation rd_allocate(const std::vector<std::vector<RdPoint>>& items, double budget, bool fill) {
+RdAllocation rd_allocate(const std::vector<std::vector<RdPoint>>& items, double budget, const RdOptions& opt) {
   check_items(items);
-  struct Segment {
-    double slope;  // distortion saved per unit rate (> 0)
-    double drate;
-    int item, step;  // step-th segment of the item's hull
-  };
-  std::vector<std::vector<int>> hulls(items.size());
-  std::vector<Segment> segs;
+  BB_CHECK(opt.budget_rel_tol >= 0 && std::isfinite(opt.budget_rel_tol),
+           "rate allocation: budget_rel_tol must be finite and >= 0");
+  const size_t n = items.size();
+  const double bound = budget * (1 + opt.budget_rel_tol);
+  std::vector<std::vector<int>> hulls(n);
+  std::vector<size_t> at(n, 0);  // position on the item's hull
   RdAllocation a;
-  a.choice.resize(items.size());
-  for (size_t i = 0; i < items.size(); ++i) {
+  a.choice.resize(n);
+  for (size_t i = 0; i < n; ++i) {
     hulls[i] = rd_lower_hull(items[i]);
     a.choice[i] = hulls[i][0];
-    for (size_t s = 1; s < hulls[i].size(); ++s) {
-      const RdPoint& p = items[i][hulls[i][s - 1]];
-      const RdPoint& q = items[i][hulls[i][s]];
-      segs.push_back({(p.dist - q.dist) / (q.rate - p.rate), q.rate - p.rate, (int)i, (int)s});
-    }
   }
-  // Decreasing slope; a hull's own slopes decrease, so an item's segments keep their order
-  // (ties broken by item, then step, for determinism).
-  std::stable_sort(segs.begin(), segs.end(), [](const Segment& x, const Segment& y) {
-    if (x.slope != y.slope) return x.slope > y.slope;
-    if (x.item != y.item) return x.item < y.item;
-    return x.step < y.step;
-  });
   total(items, a);
-  std::vector<int> at(items.size(), 0);        // hull position per item
-  std::vector<bool> blocked(items.size(), false);
+  a.min_rate = a.rate;
+
+  // The Lagrangian walk. An item's hull slopes decrease along the hull, so a heap holding each
+  // item's next segment yields the global order of decreasing slope (ties: the lower item).
+  using Seg = std::pair<double, size_t>;  // (distortion saved per unit rate, item)
+  auto after = [](const Seg& x, const Seg& y) { return x.first != y.first ? x.first < y.first : x.second > y.second; };
+  std::priority_queue<Seg, std::vector<Seg>, decltype(after)> heap(after);
+  auto push_next = [&](size_t i) {
+    if (at[i] + 1 >= hulls[i].size()) return;
+    const RdPoint& p = items[i][hulls[i][at[i]]];
+    const RdPoint& q = items[i][hulls[i][at[i] + 1]];
+    heap.push({(p.dist - q.dist) / (q.rate - p.rate), i});
+  };
+  for (size_t i = 0; i < n; ++i) push_next(i);
+  a.lambda = heap.empty() ? 0.0 : heap.top().first;
+  if (a.rate > bound) {
+    a.feasible = false;  // nothing fits: every item's cheapest point, the caller reports min_rate
+    return a;
+  }
   double rate = a.rate;
-  bool prefix = true;
-  a.lambda = segs.empty() ? 0.0 : segs.front().slope;
-  for (const Segment& s : segs) {
-    if (blocked[s.item]) continue;
-    if (rate + s.drate > budget * (1 + 1e-12)) {
-      if (!fill) break;
+  bool prefix = true;  // still on the Lagrangian prefix of the walk
+  while (!heap.empty()) {
+    const auto [slope, i] = heap.top();
+    const RdPoint& p = items[i][hulls[i][at[i]]];
+    const RdPoint& q = items[i][hulls[i][at[i] + 1]];
+    const double drate = q.rate - p.rate;
+    if (rate + drate > bound) {
+      if (opt.fill != RdFill::hull_walk) break;
+      heap.pop();  // freeze this item: its later segments depend on this one
       prefix = false;
-      blocked[s.item] = true;  // later segments of this item depend on this one
       continue;
     }
-    BB_CHECK(at[s.item] + 1 == s.step, "rate allocation: hull segments out of order");
-    at[s.item] = s.step;
-    a.choice[s.item] = hulls[s.item][s.step];
-    rate += s.drate;
-    if (prefix) a.lambda = s.slope;
-    else a.lagrangian = false;
+    heap.pop();
+    rate += drate;
+    ++at[i];
+    a.choice[i] = hulls[i][at[i]];
+    if (prefix) {
+      a.lambda = slope;
+      ++a.lagrangian_steps;
+    } else {
+      a.lagrangian = false;
+      ++a.fill_steps;
+    }
+    push_next(i);
+  }
+
+  if (opt.fill == RdFill::best_ratio) {
+    std::vector<std::vector<int>> fronts(n);
+    for (size_t i = 0; i < n; ++i) fronts[i] = pareto_front(items[i]);
+    for (;;) {
+      double best = 0;
+      size_t bi = 0;
+      int bj = -1;
+      for (size_t i = 0; i < n; ++i) {
+        const RdPoint& cur = items[i][a.choice[i]];
+        for (int j : fronts[i]) {
+          const RdPoint& q = items[i][j];
+          const double dr = q.rate - cur.rate, dd = cur.dist - q.dist;
+          if (dr <= 0 || dd <= 0 || rate + dr > bound) continue;
+          if (dd / dr > best) {
+            best = dd / dr;
+            bi = i;
+            bj = j;
+          }
+        }
+      }
+      if (bj < 0) break;
+      rate += items[bi][bj].rate - items[bi][a.choice[bi]].rate;
+      a.choice[bi] = bj;
+      a.lagrangian = false;
+      ++a.fill_steps;
+    }
   }
   total(items, a);
   return a;

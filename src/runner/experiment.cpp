@@ -26,11 +26,31 @@ std::string at(const std::string& file, const YAML::Node& n) {
   return file + ":" + std::to_string(n.Mark().line + 1);
 }
 
+// yaml-cpp keeps both entries of a repeated key and `node[key]` silently returns the first:
+// a repeated key anywhere (top level, run block, params, grid) is an error naming both lines.
+void check_unique_keys(const std::string& file, const YAML::Node& n) {
+  if (n.IsSequence()) {
+    for (const auto& e : n) check_unique_keys(file, e);
+  } else if (n.IsMap()) {
+    std::map<std::string, YAML::Mark> seen;
+    for (auto it = n.begin(); it != n.end(); ++it) {
+      if (it->first.IsScalar()) {
+        auto [prev, fresh] = seen.emplace(it->first.Scalar(), it->first.Mark());
+        BB_CHECK(fresh, at(file, it->first), ": duplicate key '", it->first.Scalar(), "' (first at line ",
+                 prev->second.line + 1, ")");
+      }
+      check_unique_keys(file, it->second);
+    }
+  }
+}
+
 YAML::Node load_yaml(const std::string& path) {
   BB_CHECK(fs::exists(path), "config file '", path, "' does not exist");
+  BB_CHECK(!fs::is_directory(path), "'", path, "' is a directory; give a YAML file");
   try {
     YAML::Node n = YAML::LoadFile(path);
     BB_CHECK(n.IsMap(), path, ": top level must be a mapping");
+    check_unique_keys(path, n);
     return n;
   } catch (const YAML::ParserException& e) {
     BB_THROW(path, ":", e.mark.line + 1, ":", e.mark.column + 1, ": malformed YAML: ", e.msg);
@@ -183,7 +203,24 @@ static std::vector<std::map<std::string, std::string>> cartesian(const std::stri
   return points;
 }
 
-Experiment load_experiment(const std::string& path, const std::string& configs_dir, const std::string& results_root) {
+// Number of runs a run block expands to, from the sizes of its lists alone (saturating at
+// INT64_MAX): models x seeds x grid product x zip length. Malformed blocks count 1 here; the
+// expansion below reports them.
+static int64_t block_run_count(const YAML::Node& rb, int64_t n_models, int64_t n_seeds) {
+  auto len = [](const YAML::Node& v) -> int64_t { return v.IsSequence() ? (int64_t)v.size() : 1; };
+  auto mul = [](int64_t a, int64_t b) -> int64_t {
+    if (a == 0 || b == 0) return 0;
+    return a > INT64_MAX / b ? INT64_MAX : a * b;
+  };
+  int64_t c = mul(rb["models"] ? len(rb["models"]) : n_models, n_seeds);
+  if (rb["grid"] && rb["grid"].IsMap())
+    for (auto it = rb["grid"].begin(); it != rb["grid"].end(); ++it) c = mul(c, len(it->second));
+  if (rb["zip"] && rb["zip"].IsMap() && rb["zip"].size() > 0) c = mul(c, len(rb["zip"].begin()->second));
+  return c;
+}
+
+Experiment load_experiment(const std::string& path, const std::string& configs_dir, const std::string& results_root,
+                           int64_t max_runs) {
   const std::string configs = configs_dir.empty() ? source_dir() + "/configs" : configs_dir;
   YAML::Node n = load_yaml(path);
   check_keys(path, n,
@@ -242,9 +279,21 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
   for (auto& m : models) model_cfgs[m] = load_model_config(configs, m, at(path, n["models"]));
 
   BB_CHECK(n["runs"] && n["runs"].IsSequence() && n["runs"].size() > 0, at(path, n), ": 'runs' must be a non-empty list");
+  {
+    BB_CHECK(max_runs >= 1, "--max-runs must be >= 1, got ", max_runs);
+    int64_t total = 0;
+    for (const auto& rb : n["runs"]) {
+      const int64_t c = block_run_count(rb, (int64_t)models.size(), (int64_t)seeds.size());
+      total = c > INT64_MAX - total ? INT64_MAX : total + c;
+      BB_CHECK(total <= max_runs, at(path, rb), ": the experiment expands to more than ", max_runs,
+               " runs (this block alone: ", c == INT64_MAX ? std::string("more than 2^63") : std::to_string(c),
+               "); refused before expanding it. Narrow the grid, or raise the limit with --max-runs N");
+    }
+  }
   int index = 0;
   for (const auto& rb : n["runs"]) {
     const std::string where = at(path, rb);
+    const size_t runs_before = ex.runs.size();
     check_keys(path, rb, {"method", "label", "models", "params", "grid", "zip", "tune"}, "a run block");
     BB_CHECK(rb["method"], where, ": run block without 'method'");
     const std::string method = scalar(path, rb["method"], "method");
@@ -353,7 +402,10 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
         }
       }
     }
+    BB_CHECK(ex.runs.size() > runs_before, where, ": this run block expands to zero runs (an empty 'models', 'seeds' or "
+             "'zip' list?)");
   }
+  BB_CHECK(!ex.runs.empty(), path, ": the experiment expands to zero runs (an empty 'models', 'seeds' or 'zip' list?)");
   // Two run blocks that expand to the same run (same model, method, resolved parameters, data,
   // seed) under different labels would share one record and one table row: refuse, naming both.
   {

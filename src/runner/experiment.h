@@ -59,8 +59,11 @@ struct Experiment {
 };
 
 // Loads and validates; `configs_dir` defaults to <source>/configs. Throws bb::Error "file:line: ...".
+// An experiment that would expand to more than `max_runs` runs (models x seeds x grid x zip, over
+// every run block) is refused before anything is expanded (`--max-runs`, env BITBENCH_MAX_RUNS).
+constexpr int64_t kDefaultMaxRuns = 10000;
 Experiment load_experiment(const std::string& path, const std::string& configs_dir = "",
-                           const std::string& results_root = "");
+                           const std::string& results_root = "", int64_t max_runs = kDefaultMaxRuns);
 
 // Expands ${data} and ${env:VAR}; unset variables leave "" (and `missing` names them).
 std::string expand_vars(const std::string& s, std::string* missing = nullptr);

@@ -7,6 +7,7 @@
 #include "common/runtime.h"
 #include "common/timer.h"
 #include "data/memo_dataset.h"
+#include "methods/smoke.h"
 #include "models/registry.h"
 
 #include <cmath>
@@ -37,32 +38,51 @@ nlohmann::json CompressOutcome::to_json() const {
   return j;
 }
 
-StateDict decode_bbz(const BbzFile& f) {
+StateDict decode_bbz(const BbzFile& f, const std::string& what) {
   StateDict sd;
   // Every record is checked against the architecture before it is decoded: a record for a layer
   // the model lacks, or one whose shape differs from the layer's, is an error, so a decoder only
   // ever allocates what the model holds (its streams are bounded by the record's shape).
+  BB_CHECK(has_model(f.model), what, ": unknown model '", printable(f.model), "'");
   auto arch = make_model(f.model);
   std::set<std::string> seen;
   for (const auto& rec : f.layers) {
+    const std::string layer = printable(rec.layer);
     const int li = arch->layer_index(rec.layer);
-    BB_CHECK(li >= 0, "the file's record for layer '", rec.layer, "' names no layer of model '", f.model, "'");
-    BB_CHECK(seen.insert(rec.layer).second, "the file holds two records for layer '", rec.layer, "'");
+    BB_CHECK(li >= 0, what, ": the record for layer '", layer, "' names no layer of model '", f.model, "'");
+    BB_CHECK(seen.insert(rec.layer).second, what, ": two records for layer '", layer, "'");
     const auto want = arch->layers()[li].weight().sizes().vec();
-    BB_CHECK(rec.shape == want, "layer '", rec.layer, "': the record's shape ", c10::IntArrayRef(rec.shape),
+    BB_CHECK(rec.shape == want, what, ": layer '", layer, "': the record's shape ", c10::IntArrayRef(rec.shape),
              " is not the model's ", c10::IntArrayRef(want));
-    auto m = make_method(rec.method);
-    torch::Tensor w = m->decode(rec);
+    BB_CHECK(has_method(rec.method), what, ": layer '", layer, "': unknown method '", printable(rec.method), "'");
+    torch::Tensor w;
+    try {
+      w = make_method(rec.method)->decode(rec);
+    } catch (const Error& e) {
+      BB_THROW(what, ": layer '", layer, "' (method '", rec.method, "'): ", e.what());
+    }
     std::vector<int64_t> got(w.sizes().begin(), w.sizes().end());
-    BB_CHECK(got == rec.shape, "layer '", rec.layer, "': method '", rec.method, "' decoded shape ", w.sizes(),
+    BB_CHECK(got == rec.shape, what, ": layer '", layer, "': method '", rec.method, "' decoded shape ", w.sizes(),
              " but the record says ", c10::IntArrayRef(rec.shape));
     sd[rec.layer + ".weight"] = w.to(torch::kFloat32).contiguous();
   }
   for (const auto& t : f.tensors) {
-    BB_CHECK(!sd.count(t.name), "tensor '", t.name, "' is stored twice in the file");
+    BB_CHECK(!sd.count(t.name), what, ": tensor '", printable(t.name), "' is stored twice in the file");
     sd[t.name] = t.value;
   }
   return sd;
+}
+
+CompressOutcome compress_smoke(const std::string& method, const std::string& out_path) {
+  CompressRequest req;
+  req.model = "cifar_resnet20";
+  req.weights = data_root("") + "/models/cifar10_resnet20.pt";
+  req.method = method;
+  req.params = smoke_params(method);
+  req.calib_dataset = "cifar10-jpeg-train";
+  req.seed = 0;
+  req.out_path = out_path;
+  return compress_model(req);
 }
 
 CompressOutcome compress_model(const CompressRequest& req) {
@@ -151,7 +171,7 @@ CompressOutcome compress_model(const CompressRequest& req) {
   // Everything evaluated comes from the file.
   BbzSizes rsizes;
   BbzFile back = read_bbz(req.out_path, &rsizes);
-  StateDict sd = decode_bbz(back);
+  StateDict sd = decode_bbz(back, req.out_path);
   for (auto& kv : in_memory) {
     const auto& got = sd.at(kv.first + ".weight");
     BB_CHECK(got.sizes() == kv.second.sizes() && torch::equal(got, kv.second.to(torch::kFloat32)), "layer '",

@@ -47,7 +47,14 @@ std::string default_calibration(const std::string& family);
 
 CompressOutcome compress_model(const CompressRequest& req);
 
-// Rebuilds every parameter and buffer from a .bbz (methods decode their records).
-StateDict decode_bbz(const BbzFile& f);
+// Compresses cifar_resnet20 (its weights under the data root) with the method's smoke settings
+// (methods/smoke.h: seconds, every code path of the method), calibrating on cifar10-jpeg-train
+// with seed 0, into `out_path`; no evaluation. Golden bytes, hostile-input tests and
+// `bitbench fuzz-bbz` all start from these files.
+CompressOutcome compress_smoke(const std::string& method, const std::string& out_path);
+
+// Rebuilds every parameter and buffer from a .bbz (methods decode their records). Every error
+// names `what` (the file) and, for a record, its layer and method.
+StateDict decode_bbz(const BbzFile& f, const std::string& what = "the .bbz file");
 
 }  // namespace bb
