@@ -42,7 +42,7 @@ settings_of() {  # method model -> --set flags (the rates of table2; ImageNet: f
   if [[ $model == resnet* ]]; then
     case $m in
       hessian_kmeans) s="$s --set hessian_images=100" ;;
-      pq) s="$s --set n_calib=100" ;;
+      pq) s="$s --set calib_images=100" ;;
       kq) [[ $model == resnet50 ]] && s="$s --set pointwise_bits=4" ;;  # its 1x1 convs stay float otherwise: 2 bpw unreachable
       tq) s="$s --set batch_size=25" ;;  # 1.27x faster passes than one batch of 100 at 224x224 (docs/PERFORMANCE.md)
     esac

@@ -79,10 +79,10 @@ TEST_CASE("kq codebook fine-tuning: same indices and weight bits, better top-1 w
 }
 
 TEST_CASE("pq global fine-tuning: same assignments and weight bits, better top-1", "[finetune][slow]") {
-  std::map<std::string, std::string> p = {{"regime", "small"}, {"n_calib", "256"}, {"em_iters", "10"}};
+  std::map<std::string, std::string> p = {{"regime", "small"}, {"calib_images", "256"}, {"em_iters", "10"}};
   Run plain = compress("pq", p, "pq0");
-  p["global_finetune_epochs"] = "1";
-  p["global_finetune_images"] = "2048";
+  p["finetune_epochs"] = "1";
+  p["finetune_max_images"] = "2048";
   p["finetune_batch"] = "64";
   Run tuned = compress("pq", p, "pq1");
   require_same_indices(plain.file, tuned.file);
@@ -92,7 +92,7 @@ TEST_CASE("pq global fine-tuning: same assignments and weight bits, better top-1
 TEST_CASE("pq per-layer fine-tuning: same weight bits, better top-1", "[finetune][slow]") {
   // layer_loss=mse: the layer-output objective, the one with the activation cache compared
   // below (the default, the official network-KL distillation, is tested in tests/test_pq.cpp).
-  std::map<std::string, std::string> p = {{"regime", "small"}, {"n_calib", "256"}, {"em_iters", "10"},
+  std::map<std::string, std::string> p = {{"regime", "small"}, {"calib_images", "256"}, {"em_iters", "10"},
                                           {"layer_loss", "mse"}};
   Run plain = compress("pq", p, "pq2");
   p["layer_finetune_iters"] = "100";

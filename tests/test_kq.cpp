@@ -251,7 +251,7 @@ TEST_CASE("kq: bad parameters and corrupt records are clear errors", "[kq]") {
   REQUIRE_THROWS_AS(kq_method({{"kernel_mode", "bogus"}}), Error);
   REQUIRE_THROWS_AS(kq_method({{"alloc_min_bits", "6"}, {"alloc_max_bits", "4"}}), Error);
   REQUIRE_THROWS_AS(kq_method({{"finetune_epochs", "-1"}}), Error);
-  REQUIRE_THROWS_AS(kq_method({{"finetune_loss", "mse"}}), Error);
+  REQUIRE_THROWS_AS(kq_method({{"finetune_mode", "mse"}}), Error);
 
   auto model = random_model("cifar_resnet20", 4);
   auto m = kq_method({{"index_bits", "4"}, {"kmeans_iters", "3"}});

@@ -198,7 +198,7 @@ TEST_CASE("pq layer plans: block sizes, k cap, first conv", "[pq]") {
     f.layer_finetune_iters = -1;
     REQUIRE_THROWS_AS(f.validate(), Error);
     f = p;
-    f.global_finetune_epochs = -1;
+    f.finetune.epochs = -1;
     REQUIRE_THROWS_AS(f.validate(), Error);
     f = p;
     f.k_cap = "below";
@@ -325,7 +325,7 @@ TEST_CASE("pq layer fine-tuning (kl): members stay identical, network KL decreas
   const double kl0 = network_kl(*student, *teacher, ds, 64);
   REQUIRE(kl0 > 1e-4);
   p.layer_finetune_iters = 20;
-  p.finetune_batch = 12;
+  p.finetune.batch_size = 12;
   p.layer_lr = 0.05;
   auto c = r.centroids.clone();
   auto st = pq_finetune_layer_kl(*student, *teacher, ds, li, c, r.assign, p, 7);
@@ -378,15 +378,15 @@ TEST_CASE("pq fine-tuning weight decay and learning-rate schedule", "[pq][finetu
     REQUIRE(finetune_lr_at(fo, 5.5) == Approx(0.001));
     REQUIRE(finetune_lr_at(fo, 8.9) == Approx(0.0001));
     PQParams p;
-    p.global_finetune_epochs = 9;
+    p.finetune.epochs = 9;
     REQUIRE(pq_global_lr_step_epochs(p) == 3);  // step (official): x0.1 after epochs 3 and 6 of 9
-    p.global_finetune_epochs = 1;
+    p.finetune.epochs = 1;
     REQUIRE(pq_global_lr_step_epochs(p) == 3);  // a 1-epoch run keeps lr 0.01 throughout
-    p.global_lr_schedule = "scaled";
+    p.finetune_lr_schedule = "scaled";
     REQUIRE(pq_global_lr_step_epochs(p) == Approx(1.0 / 3.0));  // x0.1 after each third
-    p.global_finetune_epochs = 9;
+    p.finetune.epochs = 9;
     REQUIRE(pq_global_lr_step_epochs(p) == Approx(3.0));  // the same as step for 9 epochs
-    p.global_lr_schedule = "constant";
+    p.finetune_lr_schedule = "constant";
     REQUIRE(pq_global_lr_step_epochs(p) == 0);
   }
   SECTION("weight decay and step schedule, step by step") {

@@ -1,7 +1,7 @@
 // Experiment driver (hidden: run explicitly with `bitbench_tests "[.tq-sweep]"`): top-1 vs bpw of
 // tq on a pretrained CIFAR ResNet, one curve search then one re-target per rate.
 //   TQ_MODEL=cifar_resnet20  TQ_TRANSFORM=klt|elt  TQ_RATES="fp,1,2,3,4"  TQ_EVAL="cifar10-lossless-1k"
-//   TQ_CACHE=/tmp/tq-cache  TQ_SET="retrain_epochs=0.2,retrain_lr=0.01"  (extra params, optional)
+//   TQ_CACHE=/tmp/tq-cache  TQ_SET="finetune_epochs=0.2,finetune_lr=0.01"  (extra params, optional)
 #include <catch2/catch.hpp>
 
 #include "common/runtime.h"

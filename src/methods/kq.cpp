@@ -21,6 +21,7 @@
 #include "common/log.h"
 #include "common/timer.h"
 #include "data/loader.h"
+#include "methods/finetune_params.h"
 #include "methods/method.h"
 #include "quant/activations.h"
 #include "quant/kmeans.h"
@@ -31,6 +32,9 @@
 #include <random>
 
 namespace bb {
+
+static const FinetuneDecl kKqFinetune{kFtEpochs | kFtLr | kFtBatch | kFtMaxImages | kFtMode | kFtTemperature,
+                                      "the codebooks", "(Adam)"};
 
 void KqParams::bind(ParamBinder& b) {
   b.field("index_bits", index_bits, "kernel index width b for conv layers with K>1 (codebook of min(2^b, #kernels) kernels)");
@@ -55,12 +59,9 @@ void KqParams::bind(ParamBinder& b) {
   b.field("alloc_min_bits", alloc_min_bits, "smallest candidate index width in the allocation");
   b.field("alloc_max_bits", alloc_max_bits, "largest candidate index width in the allocation");
   b.field("calib_images", calib_images, "calibration images for the output proxy");
-  b.field("finetune_epochs", finetune_epochs, "codebook fine-tuning epochs over the calibration set (0 = off)");
-  b.field("finetune_lr", finetune_lr, "fine-tuning learning rate (Adam)");
-  b.field("finetune_batch", finetune_batch, "fine-tuning batch size");
-  b.field("finetune_loss", finetune_loss, "fine-tuning loss: labels or distillation from the float model", {"ce", "kd"});
-  b.field("finetune_kd_temperature", finetune_kd_temperature, "distillation temperature");
-  b.field("finetune_max_images", finetune_max_images, "images per fine-tuning epoch (0 = the whole calibration set)");
+  bind_finetune(b, finetune, kKqFinetune);
+  b.renamed("finetune_loss", "use finetune_mode=labels|distill (ce -> labels, kd -> distill)");
+  b.renamed("finetune_kd_temperature", "use finetune_temperature");
 }
 
 void KqParams::validate() {
@@ -78,11 +79,7 @@ void KqParams::validate() {
   BB_CHECK(alloc_min_bits >= 1 && alloc_min_bits <= alloc_max_bits && alloc_max_bits <= 16, where,
            "need 1 <= alloc_min_bits <= alloc_max_bits <= 16, got ", alloc_min_bits, "..", alloc_max_bits);
   BB_CHECK(calib_images >= 1, where, "calib_images must be >= 1");
-  BB_CHECK(finetune_epochs >= 0, where, "finetune_epochs must be >= 0");
-  BB_CHECK(finetune_max_images >= 0, where, "finetune_max_images must be >= 0");
-  BB_CHECK(finetune_lr > 0, where, "finetune_lr must be > 0");
-  BB_CHECK(finetune_batch >= 1, where, "finetune_batch must be >= 1");
-  BB_CHECK(finetune_kd_temperature > 0, where, "finetune_kd_temperature must be > 0");
+  validate_finetune(finetune, kKqFinetune, where);
 }
 
 namespace kq {
@@ -540,7 +537,7 @@ class KqMethod : public Method {
   int algorithm_version() const override { return 1; }
   ParamsBase& params() override { return p_; }
   bool needs_calibration() const override {
-    return (p_.target_bpw > 0 && p_.alloc_proxy != "mse") || p_.finetune_epochs > 0;
+    return (p_.target_bpw > 0 && p_.alloc_proxy != "mse") || p_.finetune.epochs > 0;
   }
 
   std::vector<LayerRecord> compress(CompressContext& ctx) override;
@@ -723,7 +720,7 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
              " fill steps); widths" + widths);
   }
 
-  if (p_.finetune_epochs > 0) {
+  if (p_.finetune.epochs > 0) {
     ctx.phase("finetune");
     finetune_codebooks(ctx, chosen);
   }
@@ -758,13 +755,7 @@ void KqMethod::finetune_codebooks(CompressContext& ctx, std::vector<Candidate>& 
     owner.push_back(i);
   }
   BB_CHECK(!owner.empty(), "kq: finetune_epochs > 0 but no layer is quantized");
-  FinetuneOptions fo;
-  fo.epochs = p_.finetune_epochs;
-  fo.lr = p_.finetune_lr;
-  fo.batch_size = p_.finetune_batch;
-  fo.max_images = p_.finetune_max_images;
-  fo.mode = p_.finetune_loss == "kd" ? "distill" : "labels";
-  fo.temperature = p_.finetune_kd_temperature;
+  FinetuneOptions fo = p_.finetune;
   fo.seed = ctx.seed ^ 0xf17e;
   fo.validate();
   {

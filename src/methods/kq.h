@@ -5,6 +5,7 @@
 // docs/methods/kq.md.
 #pragma once
 #include "methods/params.h"
+#include "quant/finetune_shared.h"
 #include "models/model.h"
 
 #include <torch/torch.h>
@@ -42,16 +43,21 @@ struct KqParams : ParamsBase {
   int alloc_min_bits = 1;            // candidate index widths per layer: [min, max]
   int alloc_max_bits = 10;
   int calib_images = 256;            // calibration images for the output proxy and statistics
-  // --- fine-tuning of the codebooks (0 = off) ---
-  double finetune_epochs = 0;        // epochs over the calibration set (fractions allowed)
-  double finetune_lr = 1e-4;
-  int finetune_batch = 128;
-  std::string finetune_loss = "ce";  // ce (labels) | kd (distillation from the float model)
-  double finetune_kd_temperature = 4;
-  int64_t finetune_max_images = 0;   // images per epoch (0 = the whole calibration set)
+  // --- fine-tuning of the codebooks (finetune.epochs = 0: off) ---
+  // Declared: finetune_epochs, finetune_lr, finetune_batch, finetune_max_images, finetune_mode,
+  // finetune_temperature; fixed: Adam, BN frozen, augmentation on.
+  FinetuneOptions finetune = default_finetune();
 
   void bind(ParamBinder& b) override;
   void validate() override;
+  static FinetuneOptions default_finetune() {
+    FinetuneOptions o;
+    o.lr = 1e-4;
+    o.batch_size = 128;
+    o.mode = "labels";
+    o.temperature = 4;
+    return o;
+  }
 };
 
 namespace kq {

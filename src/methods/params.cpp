@@ -94,6 +94,11 @@ void ParamBinder::field(const std::string& key, std::string& v, const std::strin
   handle(key, v, doc, choices);
 }
 
+void ParamBinder::renamed(const std::string& old_key, const std::string& hint) {
+  if (mode_ != Mode::apply || !values_->count(old_key)) return;
+  BB_THROW(where_, ": parameter '", old_key, "' was renamed: ", hint);
+}
+
 void ParamBinder::apply(ParamsBase& p, const std::map<std::string, std::string>& values, const std::string& where) {
   ParamBinder b;
   b.mode_ = Mode::apply;
@@ -107,7 +112,12 @@ void ParamBinder::apply(ParamsBase& p, const std::map<std::string, std::string>&
     p.bind(d);
     BB_THROW(where, ": unknown parameter '", kv.first, "'; known parameters:\n", d.text_);
   }
-  p.validate();
+  try {
+    p.validate();
+  } catch (const Error& e) {
+    if (where.empty()) throw;
+    BB_THROW(where, ": ", e.what());  // a value out of range names the file:line it came from
+  }
 }
 
 nlohmann::json ParamBinder::to_json(ParamsBase& p) {

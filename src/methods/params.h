@@ -30,6 +30,10 @@ class ParamBinder {
   // choices: allowed values ({} = any string)
   void field(const std::string& key, std::string& v, const std::string& doc,
              const std::vector<std::string>& choices = {});
+  // A parameter that was renamed or replaced: giving `old_key` is an error that names the new
+  // parameter (`hint`, e.g. "use finetune_mode=labels|distill (ce -> labels, kd -> distill)").
+  // Declared in bind() beside the fields; not a parameter itself (not in to_json or describe).
+  void renamed(const std::string& old_key, const std::string& hint);
 
   // Applies `values` (key -> textual value) to p, then p.validate(). `where` prefixes errors
   // (e.g. "method 'kq'" or "experiments/x.yaml:12").

@@ -1,5 +1,6 @@
 // PQ (Stock et al., ICLR 2020): see methods/pq.h and docs/methods/pq.md.
 #include "methods/pq.h"
+#include "methods/finetune_params.h"
 #include "coding/bbz.h"
 #include "coding/bytes.h"
 #include "coding/symbols.h"
@@ -17,6 +18,12 @@
 
 namespace bb {
 
+// The global stage's settings (the per-layer stage has its own layer_* parameters and shares
+// finetune_momentum and finetune_batch).
+static const FinetuneDecl kPqFinetune{kFtEpochs | kFtLr | kFtWeightDecay | kFtMomentum | kFtBatch | kFtMaxImages,
+                                      "all codebooks at once (the global stage: distillation, BN updating)",
+                                      "(SGD)"};
+
 void PQParams::bind(ParamBinder& b) {
   b.field("regime", regime, "block sizes: small = kh*kw (9 for 3x3) / 4 (1x1) / 4 (FC); large = 2*kh*kw (18) / 8 / 4",
           {"small", "large"});
@@ -33,7 +40,7 @@ void PQParams::bind(ParamBinder& b) {
   b.field("k_pow2", k_pow2, "k_cap=at_most: round a capped k down to a power of two");
   b.field("first_conv", first_conv, "the network's first conv layer", {"keep", "quantize"});
   b.field("em_iters", em_iters, "EM iterations per layer");
-  b.field("n_calib", n_calib, "calibration images (training augmentation)");
+  b.field("calib_images", calib_images, "calibration images (training augmentation)");
   b.field("rows_per_image", rows_per_image, "im2col rows sampled per calibration image into the patch pool");
   b.field("max_pool_mb", max_pool_mb, "cap on a layer's patch pool in MB (fewer rows per image if needed)");
   b.field("patches_per_iter", patches_per_iter, "sub-patches resampled per EM iteration for G (0 = whole pool)");
@@ -47,17 +54,20 @@ void PQParams::bind(ParamBinder& b) {
           {"kl", "mse"});
   b.field("layer_lr", layer_lr, "per-layer fine-tuning learning rate (SGD)");
   b.field("layer_weight_decay", layer_weight_decay, "per-layer fine-tuning weight decay (SGD)");
-  b.field("global_finetune_epochs", global_finetune_epochs, "global codeword fine-tuning epochs, BN updating (0 = off)");
-  b.field("global_finetune_images", global_finetune_images, "images per global fine-tuning epoch (0 = whole calibration set)");
-  b.field("global_lr", global_lr, "global fine-tuning learning rate (SGD)");
-  b.field("global_weight_decay", global_weight_decay, "global fine-tuning weight decay (SGD)");
-  b.field("global_lr_schedule", global_lr_schedule,
-          "global lr: step = x0.1 every global_lr_step_epochs epochs (official StepLR); "
+  bind_finetune(b, finetune, kPqFinetune);
+  b.field("finetune_lr_schedule", finetune_lr_schedule,
+          "global lr: step = x0.1 every finetune_lr_step_epochs epochs (official StepLR); "
           "scaled = x0.1 after each third of the run; constant",
           {"step", "scaled", "constant"});
-  b.field("global_lr_step_epochs", global_lr_step_epochs, "global_lr_schedule=step: epochs between x0.1 steps");
-  b.field("momentum", momentum, "SGD momentum of both fine-tunings");
-  b.field("finetune_batch", finetune_batch, "fine-tuning batch size");
+  b.field("finetune_lr_step_epochs", finetune_lr_step_epochs, "finetune_lr_schedule=step: epochs between x0.1 steps");
+  b.renamed("n_calib", "use calib_images");
+  b.renamed("global_finetune_epochs", "use finetune_epochs");
+  b.renamed("global_finetune_images", "use finetune_max_images");
+  b.renamed("global_lr", "use finetune_lr");
+  b.renamed("global_weight_decay", "use finetune_weight_decay");
+  b.renamed("global_lr_schedule", "use finetune_lr_schedule");
+  b.renamed("global_lr_step_epochs", "use finetune_lr_step_epochs");
+  b.renamed("momentum", "use finetune_momentum (the SGD momentum of both the per-layer and the global stage)");
   b.field("seed", seed, "added to the run seed");
 }
 
@@ -69,15 +79,14 @@ void PQParams::validate() {
   BB_CHECK(min_per_centroid >= 1, "pq: min_per_centroid must be >= 1, got ", min_per_centroid);
   BB_CHECK(k_cap == "strict" || k_cap == "at_most", "pq: k_cap must be strict or at_most, got '", k_cap, "'");
   BB_CHECK(layer_loss == "kl" || layer_loss == "mse", "pq: layer_loss must be kl or mse, got '", layer_loss, "'");
-  BB_CHECK(layer_weight_decay >= 0 && std::isfinite(layer_weight_decay) && global_weight_decay >= 0 &&
-               std::isfinite(global_weight_decay),
-           "pq: weight decays must be >= 0");
-  BB_CHECK(global_lr_schedule == "step" || global_lr_schedule == "scaled" || global_lr_schedule == "constant",
-           "pq: global_lr_schedule must be step, scaled or constant, got '", global_lr_schedule, "'");
-  BB_CHECK(global_lr_step_epochs > 0 && std::isfinite(global_lr_step_epochs), "pq: global_lr_step_epochs must be > 0");
+  BB_CHECK(layer_weight_decay >= 0 && std::isfinite(layer_weight_decay), "pq: layer_weight_decay must be >= 0");
+  BB_CHECK(finetune_lr_schedule == "step" || finetune_lr_schedule == "scaled" || finetune_lr_schedule == "constant",
+           "pq: finetune_lr_schedule must be step, scaled or constant, got '", finetune_lr_schedule, "'");
+  BB_CHECK(finetune_lr_step_epochs > 0 && std::isfinite(finetune_lr_step_epochs),
+           "pq: finetune_lr_step_epochs must be > 0");
   BB_CHECK(first_conv == "keep" || first_conv == "quantize", "pq: first_conv must be keep or quantize");
   BB_CHECK(em_iters >= 0, "pq: em_iters must be >= 0, got ", em_iters);
-  BB_CHECK(n_calib >= 1, "pq: n_calib must be >= 1, got ", n_calib);
+  BB_CHECK(calib_images >= 1, "pq: calib_images must be >= 1, got ", calib_images);
   BB_CHECK(rows_per_image >= 1, "pq: rows_per_image must be >= 1, got ", rows_per_image);
   BB_CHECK(max_pool_mb >= 1, "pq: max_pool_mb must be >= 1, got ", max_pool_mb);
   BB_CHECK(patches_per_iter >= 0, "pq: patches_per_iter must be >= 0, got ", patches_per_iter);
@@ -85,11 +94,8 @@ void PQParams::validate() {
   BB_CHECK(max_splits >= -1, "pq: max_splits must be >= -1, got ", max_splits);
   parse_coder(coder);
   BB_CHECK(layer_finetune_iters >= 0, "pq: layer_finetune_iters must be >= 0");
-  BB_CHECK(global_finetune_epochs >= 0 && std::isfinite(global_finetune_epochs), "pq: global_finetune_epochs must be >= 0");
-  BB_CHECK(global_finetune_images >= 0, "pq: global_finetune_images must be >= 0");
-  BB_CHECK(layer_lr > 0 && global_lr > 0, "pq: learning rates must be > 0");
-  BB_CHECK(momentum >= 0 && momentum < 1, "pq: momentum must be in [0, 1)");
-  BB_CHECK(finetune_batch >= 1, "pq: finetune_batch must be >= 1");
+  BB_CHECK(layer_lr > 0, "pq: layer_lr must be > 0");
+  validate_finetune(finetune, kPqFinetune, "pq: ");
 }
 
 namespace {
@@ -163,9 +169,9 @@ int64_t pq_capped_k(int64_t k, int64_t n_sub, int64_t threshold, const std::stri
 }
 
 double pq_global_lr_step_epochs(const PQParams& p) {
-  if (p.global_lr_schedule == "constant") return 0;
-  if (p.global_lr_schedule == "scaled") return p.global_finetune_epochs / 3.0;
-  return p.global_lr_step_epochs;
+  if (p.finetune_lr_schedule == "constant") return 0;
+  if (p.finetune_lr_schedule == "scaled") return p.finetune.epochs / 3.0;
+  return p.finetune_lr_step_epochs;
 }
 
 torch::Tensor pq_subvectors(const torch::Tensor& w, int64_t d) {
@@ -233,7 +239,7 @@ FinetuneStats pq_finetune_layer_kl(Model& student, Model& teacher, const Dataset
            "pq_finetune_layer_kl: centroids ", centroids.sizes(), " and assignments ", assign.sizes(),
            " do not make layer '", l.name, "''s weight ", l.weight().sizes());
   const int64_t n = data.size();
-  const int64_t want = p.layer_finetune_iters * p.finetune_batch;
+  const int64_t want = p.layer_finetune_iters * p.finetune.batch_size;
   FinetuneOptions fo;
   // One pass over a seeded subset of `want` images (several passes if the set is smaller), i.e.
   // layer_finetune_iters batches drawn afresh from the calibration set, as the official loop
@@ -242,9 +248,9 @@ FinetuneStats pq_finetune_layer_kl(Model& student, Model& teacher, const Dataset
   fo.max_images = want <= n ? want : 0;
   fo.lr = p.layer_lr;
   fo.optimizer = "sgd";
-  fo.momentum = p.momentum;
+  fo.momentum = p.finetune.momentum;
   fo.weight_decay = p.layer_weight_decay;
-  fo.batch_size = p.finetune_batch;
+  fo.batch_size = p.finetune.batch_size;
   fo.mode = "distill";
   fo.temperature = 1.0;
   fo.bn = "frozen";
@@ -338,11 +344,11 @@ std::vector<LayerRecord> PQMethod::compress(CompressContext& ctx) {
   for (int i = 0; i < (int)layers.size(); ++i) plans.push_back(pq_plan_layer(model, i, p_));
 
   ctx.phase("calibration");
-  const torch::Tensor images = load_calibration_images(*ctx.calib, p_.n_calib, /*augment=*/true, seed);
+  const torch::Tensor images = load_calibration_images(*ctx.calib, p_.calib_images, /*augment=*/true, seed);
   const int64_t n_img = images.size(0);
-  if (n_img < p_.n_calib)
-    log_warn("pq: calibration set '" + ctx.calib->name() + "' has only " + std::to_string(n_img) + " images (n_calib=" +
-             std::to_string(p_.n_calib) + ")");
+  if (n_img < p_.calib_images)
+    log_warn("pq: calibration set '" + ctx.calib->name() + "' has only " + std::to_string(n_img) + " images (calib_images=" +
+             std::to_string(p_.calib_images) + ")");
 
   std::vector<torch::Tensor> fp_weights;  // the uncompressed weights (quantization targets, teacher)
   for (auto& l : layers) fp_weights.push_back(l.weight().detach().clone());
@@ -401,7 +407,7 @@ std::vector<LayerRecord> PQMethod::compress(CompressContext& ctx) {
     done.push_back(q);
   }
 
-  if (p_.global_finetune_epochs > 0 && !done.empty()) {
+  if (p_.finetune.epochs > 0 && !done.empty()) {
     ctx.phase("finetune");
     finetune_global(ctx, fp_weights, done, seed);
   }
@@ -482,16 +488,16 @@ void PQMethod::finetune_layer(CompressContext& ctx, Model& teacher, int li, PQLa
 // are trained so that the layer, fed by the student (earlier layers already quantized),
 // reproduces the uncompressed network's output of the same layer on the same images: loss =
 // mean ||y_teacher - layer(x_student; C[assign])||^2. A codeword's gradient is the average over
-// its sub-vectors; SGD with momentum (no weight decay); batches drawn from the n_calib
+// its sub-vectors; SGD with momentum (no weight decay); batches drawn from the calib_images
 // calibration images.
 void PQMethod::finetune_layer_mse(Model& student, Model& teacher, int li, PQLayer& q, const torch::Tensor& images,
                                   uint64_t seed) const {
   const Layer& l = student.layers()[li];
-  const int64_t n = images.size(0), bs = std::min<int64_t>(p_.finetune_batch, n);
+  const int64_t n = images.size(0), bs = std::min<int64_t>(p_.finetune.batch_size, n);
   const auto shape = l.weight().sizes().vec();
   auto leaf = q.centroids.clone().contiguous();
   const auto inv_count = 1.0 / torch::bincount(q.assign, {}, q.plan.k).to(torch::kFloat32).clamp_min(1).unsqueeze(1);
-  torch::optim::SGD opt({leaf}, torch::optim::SGDOptions(p_.layer_lr).momentum(p_.momentum));
+  torch::optim::SGD opt({leaf}, torch::optim::SGDOptions(p_.layer_lr).momentum(p_.finetune.momentum));
   std::mt19937_64 rng(seed);
   std::vector<int64_t> order(n);
   for (int64_t i = 0; i < n; ++i) order[i] = i;
@@ -570,18 +576,8 @@ void PQMethod::finetune_global(CompressContext& ctx, const std::vector<torch::Te
   for (const PQLayer& q : done) sw.add_indexed(q.layer, q.centroids, q.assign, layers[q.layer].weight().sizes().vec());
   // The teacher is the model as finetune_shared finds it: put the uncompressed weights back.
   for (const PQLayer& q : done) layers[q.layer].weight().copy_(fp_weights[q.layer]);
-  FinetuneOptions fo;
-  fo.epochs = p_.global_finetune_epochs;
-  fo.lr = p_.global_lr;
-  fo.optimizer = "sgd";
-  fo.momentum = p_.momentum;
-  fo.weight_decay = p_.global_weight_decay;
+  FinetuneOptions fo = p_.finetune;  // SGD, distillation, BN updating (PQParams::default_finetune)
   fo.lr_step_epochs = pq_global_lr_step_epochs(p_);
-  fo.lr_gamma = 0.1;
-  fo.batch_size = p_.finetune_batch;
-  fo.max_images = p_.global_finetune_images;
-  fo.mode = "distill";
-  fo.bn = "update";
   fo.seed = mix_seed(seed, 0xf17e);
   fo.validate();
   {

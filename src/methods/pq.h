@@ -10,7 +10,7 @@
 // G = X^T X = L L^T of freshly sampled patches (k-means on L-transformed vectors, quant/kmeans.h),
 // the M-step is the members' mean. With the assignments fixed, the codewords can then be
 // fine-tuned per layer (layer_finetune_iters: the layer's output on student inputs distilled from
-// the uncompressed network's) and globally (global_finetune_epochs: the whole network distilled,
+// the uncompressed network's) and globally (finetune_epochs: the whole network distilled,
 // BN updating). See docs/methods/pq.md.
 //
 // This header exposes the algorithm's pieces for tests; the method registers itself as "pq".
@@ -41,7 +41,7 @@ struct PQParams : ParamsBase {
   bool k_pow2 = true;           // at_most only: round a capped k down to a power of two
   std::string first_conv = "keep";  // keep | quantize (the first conv layer of the network)
   int em_iters = 100;               // EM iterations per layer
-  int64_t n_calib = 1024;           // calibration images (training augmentation, seeded)
+  int64_t calib_images = 1024;      // calibration images (training augmentation, seeded)
   int64_t rows_per_image = 16;      // im2col rows sampled per calibration image into the patch pool
   int64_t max_pool_mb = 256;        // cap on the patch pool per layer (fewer rows per image if needed)
   int64_t patches_per_iter = 8192;  // sub-patches resampled from the pool to estimate G each iteration (0 = whole pool)
@@ -53,26 +53,42 @@ struct PQParams : ParamsBase {
   // whole network, T = 1, batchmean; teacher = the uncompressed network, student = the current
   // network (earlier layers quantized) in eval mode; fresh augmented batches of the calibration
   // set every step. mse (bitbench before issue 20): the layer's output error on the student's
-  // inputs against the uncompressed layer's output, on the n_calib calibration images.
+  // inputs against the uncompressed layer's output, on the calib_images calibration images.
   std::string layer_loss = "kl";
   double layer_lr = 0.05;           // per-layer fine-tuning learning rate (SGD, momentum)
   double layer_weight_decay = 1e-4; // per-layer fine-tuning weight decay (the official code: 1e-4)
-  double global_finetune_epochs = 0;    // global codeword fine-tuning epochs, BN updating (0 = off; the paper: 9)
-  int64_t global_finetune_images = 0;   // images per global epoch (0 = whole calibration set)
-  double global_lr = 0.01;          // global fine-tuning learning rate (SGD, momentum)
-  double global_weight_decay = 1e-4;  // global fine-tuning weight decay (the official code: 1e-4)
+  // Global fine-tuning (the paper's last step): finetune_epochs (0 = off; the paper: 9),
+  // finetune_lr, finetune_weight_decay (the official code: 1e-4), finetune_max_images (images per
+  // epoch, 0 = the whole calibration set); fixed: SGD, distillation from the uncompressed network
+  // (T = 1), BN updating, augmentation on. finetune_momentum and finetune_batch also drive the
+  // per-layer stage.
+  FinetuneOptions finetune = default_finetune();
   // Global learning-rate schedule. step (the official code): lr * 0.1 every
-  // global_lr_step_epochs epochs (StepLR, 3 of 9 epochs; constant for runs of <= 3 epochs).
+  // finetune_lr_step_epochs epochs (StepLR, 3 of 9 epochs; constant for runs of <= 3 epochs).
   // scaled: the official 9-epoch shape compressed into the run: lr * 0.1 after each third of
-  // global_finetune_epochs. constant: no decay.
-  std::string global_lr_schedule = "step";
-  double global_lr_step_epochs = 3;   // step schedule's period in epochs
-  double momentum = 0.9;            // SGD momentum of both fine-tunings
-  int64_t finetune_batch = 128;     // fine-tuning batch size
+  // finetune_epochs. constant: no decay.
+  std::string finetune_lr_schedule = "step";
+  double finetune_lr_step_epochs = 3;   // step schedule's period in epochs
   int64_t seed = 0;                 // added to the run seed
 
   void bind(ParamBinder& b) override;
   void validate() override;
+  static FinetuneOptions default_finetune() {
+    FinetuneOptions o;
+    o.epochs = 0;
+    o.lr = 0.01;
+    o.optimizer = "sgd";
+    o.momentum = 0.9;
+    o.weight_decay = 1e-4;
+    o.lr_gamma = 0.1;
+    o.batch_size = 128;
+    o.max_images = 0;
+    o.mode = "distill";
+    o.temperature = 1.0;
+    o.bn = "update";
+    o.augment = true;
+    return o;
+  }
 };
 
 // What PQ does with one layer: d, the (capped) k and the number of sub-vectors.
@@ -91,7 +107,7 @@ PQLayerPlan pq_plan_layer(const Model& m, int layer, const PQParams& p);
 int64_t pq_capped_k(int64_t k, int64_t n_sub, int64_t threshold, const std::string& rule, bool pow2);
 
 // The learning-rate schedule of the global fine-tuning as finetune_shared's step period in
-// epochs (0 = constant), from global_lr_schedule, global_lr_step_epochs and global_finetune_epochs.
+// epochs (0 = constant), from finetune_lr_schedule, finetune_lr_step_epochs and finetune_epochs.
 double pq_global_lr_step_epochs(const PQParams& p);
 
 // n_sub x d sub-vectors of a weight (contiguous d-blocks of the rows of W viewed as C_out x rest).
@@ -116,8 +132,8 @@ ClusteringResult pq_cluster(const torch::Tensor& sub, const torch::Tensor& patch
 // train, its weight being centroids[assign] (k x d, n_sub); loss KL(teacher softmax || student
 // log-softmax), T = 1, batchmean, both in eval mode (BN frozen), the teacher a separate model
 // (the uncompressed network). SGD on the centroids with the member-averaged gradient (CentroidSGD),
-// p.momentum, p.layer_weight_decay, p.layer_lr; p.layer_finetune_iters batches of
-// p.finetune_batch augmented images drawn afresh from `data`. Replaces `centroids` by the tuned
+// p.finetune.momentum, p.layer_weight_decay, p.layer_lr; p.layer_finetune_iters batches of
+// p.finetune.batch_size augmented images drawn afresh from `data`. Replaces `centroids` by the tuned
 // float32 values; the student's layer weight is left at centroids[assign].
 FinetuneStats pq_finetune_layer_kl(Model& student, Model& teacher, const Dataset& data, int layer,
                                    torch::Tensor& centroids, const torch::Tensor& assign, const PQParams& p,

@@ -16,6 +16,7 @@
 #include "common/timer.h"
 #include "coding/bbz.h"
 #include "data/loader.h"
+#include "methods/finetune_params.h"
 #include "methods/method.h"
 #include "quant/rd_alloc.h"
 #include "quant/tq_core.h"
@@ -28,6 +29,10 @@
 namespace bb {
 namespace {
 
+const FinetuneDecl kTqFinetune{kFtEpochs | kFtLr | kFtMomentum | kFtBatch,
+                               "by STE retraining on the calibration (training) set at the allocated depths",
+                               "(SGD, cosine decay)"};
+
 struct TqParams : ParamsBase {
   std::string transform = "klt";      // klt | elt
   std::string transform_side = "row"; // row (basis across input channels, the paper's Table 2) | column
@@ -39,12 +44,10 @@ struct TqParams : ParamsBase {
   int steps_per_octave = 1;           // step grid 2^(e / steps_per_octave); 1 = powers of two
   std::string step_search = "logits_descent"; // weight | logits_neighbours (= logits) | logits_descent | logits_grid
   double elt_ridge = 1e-3;            // ELT regularisation of the gradient covariance
-  bool entropy_coding = false;        // store levels entropy coded instead of fixed-width
-  std::string entropy_coder = "rans"; // huffman | rans
-  double retrain_epochs = 0;          // STE retraining at the allocated depths (fractional allowed)
-  double retrain_lr = 0.001;          // SGD learning rate (cosine decay to 0)
-  double retrain_momentum = 0.9;
-  int64_t retrain_batch_size = 128;
+  std::string coder = "fixed";        // levels: fixed-width (the paper) | huffman | rans (entropy coded)
+  // STE retraining at the allocated depths: finetune_epochs (fractional allowed), finetune_lr (SGD,
+  // cosine decay to 0), finetune_momentum, finetune_batch; the other settings are not used.
+  FinetuneOptions finetune = default_finetune();
   bool transform_inference = false;   // also run the calibration images as y = S (T x) and report
 
   void bind(ParamBinder& b) override {
@@ -58,13 +61,25 @@ struct TqParams : ParamsBase {
     b.field("steps_per_octave", steps_per_octave, "step sizes 2^(e/steps_per_octave); 1 = powers of two as in the paper");
     b.field("step_search", step_search, "step of each (block, R) on the grid e0-4..e0+3 around the weight-error optimum e0: weight: e0 (1 pass); logits_neighbours (or logits): best of e0, e0+-1 by logits MSE (3 passes); logits_descent: walk from e0 while the logits MSE falls (3 + steps walked); logits_grid: best of all 8 by logits MSE (8 passes, Algorithm 2)", {"weight", "logits_neighbours", "logits", "logits_descent", "logits_grid"});
     b.field("elt_ridge", elt_ridge, "ELT: gradient covariance + ridge*trace/n*I");
-    b.field("entropy_coding", entropy_coding, "entropy-code the levels (not in the paper); with target_rate=core the coded size meets target_bpw, with young the fixed-width rate does");
-    b.field("entropy_coder", entropy_coder, "coder used when entropy_coding=true", {"huffman", "rans"});
-    b.field("retrain_epochs", retrain_epochs, "epochs of STE retraining on the calibration (training) set at the allocated depths; 0 = none");
-    b.field("retrain_lr", retrain_lr, "retraining SGD learning rate (cosine decay)");
-    b.field("retrain_momentum", retrain_momentum, "retraining SGD momentum");
-    b.field("retrain_batch_size", retrain_batch_size, "retraining batch size");
+    b.field("coder", coder, "level coding: fixed-width (the paper), or entropy coded (not in the paper); with target_rate=core the coded size meets target_bpw, with young the fixed-width rate does", {"fixed", "huffman", "rans"});
+    bind_finetune(b, finetune, kTqFinetune);
     b.field("transform_inference", transform_inference, "also run the calibration images with y = S(Tx), zeroed rows skipped, and report MACs, time and agreement");
+    b.renamed("entropy_coding", "use coder=fixed|huffman|rans (entropy_coding=false -> coder=fixed; true -> coder=<entropy_coder>, rans by default)");
+    b.renamed("entropy_coder", "use coder=huffman|rans (coder=fixed: fixed-width levels)");
+    b.renamed("retrain_epochs", "use finetune_epochs");
+    b.renamed("retrain_lr", "use finetune_lr");
+    b.renamed("retrain_momentum", "use finetune_momentum");
+    b.renamed("retrain_batch_size", "use finetune_batch");
+  }
+
+  static FinetuneOptions default_finetune() {
+    FinetuneOptions o;
+    o.epochs = 0;
+    o.lr = 0.001;
+    o.optimizer = "sgd";
+    o.momentum = 0.9;
+    o.batch_size = 128;
+    return o;
   }
 
   void validate() override {
@@ -74,10 +89,9 @@ struct TqParams : ParamsBase {
     BB_CHECK(batch_size >= 1, "tq: batch_size must be >= 1");
     BB_CHECK(steps_per_octave >= 1 && steps_per_octave <= 64, "tq: steps_per_octave must be in 1..64");
     BB_CHECK(elt_ridge > 0 && elt_ridge < 1, "tq: elt_ridge must be in (0, 1)");
-    BB_CHECK(retrain_epochs >= 0 && retrain_epochs <= 100, "tq: retrain_epochs must be in [0, 100]");
-    BB_CHECK(retrain_lr > 0, "tq: retrain_lr must be > 0");
-    BB_CHECK(retrain_momentum >= 0 && retrain_momentum < 1, "tq: retrain_momentum must be in [0, 1)");
-    BB_CHECK(retrain_batch_size >= 1, "tq: retrain_batch_size must be >= 1");
+    parse_coder(coder);
+    validate_finetune(finetune, kTqFinetune, "tq: ");
+    BB_CHECK(finetune.epochs <= 100, "tq: finetune_epochs must be in [0, 100]");
   }
 };
 
@@ -228,12 +242,12 @@ class TqMethod : public Method {
 
     ctx.phase("allocate");
     const double t_alloc = now_seconds();
-    const Coder coder = p_.entropy_coding ? parse_coder(p_.entropy_coder) : Coder::fixed;
+    const Coder coder = parse_coder(p_.coder);
     std::vector<TqLayerCode> codes = p_.target_rate == "core" ? allocate_core(curves, model, coder)
                                                               : allocate_young(curves, model);
     last_.allocate_seconds = now_seconds() - t_alloc;
 
-    if (p_.retrain_epochs > 0) {
+    if (p_.finetune.epochs > 0) {
       ctx.phase("retrain");
       retrain(ctx, curves, codes);
     }
@@ -255,7 +269,7 @@ class TqMethod : public Method {
     last_.bpw_coded = record_bits(records) / nw;
     log_info("tq: " + label() + " rate " + std::to_string(last_.bpw_fixed) + " bpw fixed-width levels (coefficients " +
              std::to_string(t_bits / nw) + " + bases " + std::to_string(s_bits / nw) + "), bpw_core " +
-             std::to_string(last_.bpw_coded) + " (" + (p_.entropy_coding ? p_.entropy_coder : std::string("fixed")) +
+             std::to_string(last_.bpw_coded) + " (" + p_.coder +
              " levels, side info and record headers included), target " + std::to_string(p_.target_bpw) + " (" +
              p_.target_rate + ")");
     report_macs(model, codes, levels, *ctx.calib, ctx.seed);
@@ -420,8 +434,8 @@ class TqMethod : public Method {
       if (p.requires_grad()) train.push_back(p);
 
     const int64_t n = ds.size();
-    const int64_t steps = std::max<int64_t>(1, (int64_t)std::llround(p_.retrain_epochs * (double)n / (double)p_.retrain_batch_size));
-    torch::optim::SGD opt(train, torch::optim::SGDOptions(p_.retrain_lr).momentum(p_.retrain_momentum));
+    const int64_t steps = std::max<int64_t>(1, (int64_t)std::llround(p_.finetune.epochs * (double)n / (double)p_.finetune.batch_size));
+    torch::optim::SGD opt(train, torch::optim::SGDOptions(p_.finetune.lr).momentum(p_.finetune.momentum));
     LatentTap tap;
     tap.model = &model;
     tap.latents = &latents;
@@ -433,8 +447,8 @@ class TqMethod : public Method {
     };
     TapScope scope(model, &tap);
     TrainMode mode(model);
-    log_info("tq: retraining " + std::to_string(steps) + " steps of " + std::to_string(p_.retrain_batch_size) +
-             " images (" + std::to_string(p_.retrain_epochs) + " epochs of " + ds.name() + ")");
+    log_info("tq: retraining " + std::to_string(steps) + " steps of " + std::to_string(p_.finetune.batch_size) +
+             " images (" + std::to_string(p_.finetune.epochs) + " epochs of " + ds.name() + ")");
     const double t0 = now_seconds();
     Progress progress("tq retrain", steps);
     int64_t step = 0;
@@ -445,15 +459,15 @@ class TqMethod : public Method {
         std::iota(order.begin(), order.end(), 0);
         std::mt19937_64 rng(ctx.seed * 1000003 + (uint64_t)epoch);
         std::shuffle(order.begin(), order.end(), rng);
-        const int64_t need = std::min<int64_t>(n, (steps - step) * p_.retrain_batch_size);
+        const int64_t need = std::min<int64_t>(n, (steps - step) * p_.finetune.batch_size);
         order.resize(need);
         LoaderOptions lo;
-        lo.batch_size = p_.retrain_batch_size;
+        lo.batch_size = p_.finetune.batch_size;
         lo.augment = true;
         lo.seed = ctx.seed + (uint64_t)epoch * 7919;
         for_each_batch(ds, order, lo, [&](const Batch& b) {
           if (step >= steps) return;
-          const double lr = 0.5 * p_.retrain_lr * (1 + std::cos(std::acos(-1.0) * (double)step / (double)steps));
+          const double lr = 0.5 * p_.finetune.lr * (1 + std::cos(std::acos(-1.0) * (double)step / (double)steps));
           for (auto& g : opt.param_groups()) static_cast<torch::optim::SGDOptions&>(g.options()).lr(lr);
           opt.zero_grad();
           auto logits = model.forward(b.images);

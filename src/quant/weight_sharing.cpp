@@ -6,6 +6,7 @@
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/timer.h"
+#include "methods/finetune_params.h"
 #include "models/weights_io.h"
 #include "quant/kmeans1d.h"
 #include "quant/prune.h"
@@ -18,6 +19,11 @@
 #include <sstream>
 
 namespace bb {
+
+// The sharing family's fine-tuning settings (each method's defaults are in SharingParams::finetune).
+static const FinetuneDecl kSharingFinetune{kFtEpochs | kFtLr | kFtOptimizer | kFtBatch | kFtMaxImages | kFtMode |
+                                               kFtTemperature | kFtBn | kFtAugment,
+                                           "the shared values", ""};
 
 void SharingParams::bind(ParamBinder& b) {
   b.field("scope", scope, "codebook shared by the whole network or one per layer", {"network", "layer"});
@@ -44,15 +50,7 @@ void SharingParams::bind(ParamBinder& b) {
   b.field("prune_run_alphabet", prune_run_alphabet, "alphabet of the pruned-position run code (last symbol = escape)");
   b.field("prune_retrain_epochs", prune_retrain_epochs, "epochs retraining the kept weights (mask fixed) before quantization");
   b.field("prune_retrain_lr", prune_retrain_lr, "learning rate of the retraining after pruning");
-  b.field("finetune_epochs", finetune.epochs, "epochs fine-tuning the shared values (0 = off); fractional allowed");
-  b.field("finetune_lr", finetune.lr, "fine-tuning learning rate");
-  b.field("finetune_optimizer", finetune.optimizer, "fine-tuning optimizer", {"adam", "sgd"});
-  b.field("finetune_batch", finetune.batch_size, "fine-tuning batch size");
-  b.field("finetune_max_images", finetune.max_images, "images per fine-tuning epoch (0 = the whole calibration set)");
-  b.field("finetune_mode", finetune.mode, "fine-tuning loss: labels (cross-entropy) or distill (KL to the FP model)", {"labels", "distill"});
-  b.field("finetune_temperature", finetune.temperature, "distillation temperature");
-  b.field("finetune_bn", finetune.bn, "BN during fine-tuning: frozen (eval mode) or update (train mode)", {"frozen", "update"});
-  b.field("finetune_augment", finetune.augment, "training augmentation while fine-tuning");
+  bind_finetune(b, finetune, kSharingFinetune);
   b.field("finetune_average", finetune_average, "codeword gradient = mean of member gradients (default: sum)");
 }
 
@@ -68,7 +66,7 @@ void SharingParams::validate() {
   BB_CHECK(prune_retrain_lr > 0, "prune_retrain_lr must be > 0, got ", prune_retrain_lr);
   BB_CHECK(prune_retrain_epochs == 0 || pruned(), "prune_retrain_epochs needs prune_keep < 1");
   hessian.validate();
-  finetune.validate();
+  validate_finetune(finetune, kSharingFinetune, "");
 }
 
 // ---------------------------------------------------------------------------------------------
