@@ -8,6 +8,9 @@
 #include "methods/method.h"
 #include "runner/pipeline.h"
 #include "smoke_files.h"
+#include "test_data_helpers.h"
+
+#include <nlohmann/json.hpp>
 
 #include <string>
 
@@ -108,4 +111,39 @@ TEST_CASE("hostile: a corrupt symbol stream names the file and the layer", "[cod
     CHECK_THAT(e, Catch::Contains("cut.bbz") && Catch::Contains("layer '" + rec.layer + "'") &&
                       Catch::Contains("method '" + m + "'"));
   }
+}
+
+TEST_CASE("hostile: fuzz-bbz over every method's file finds no crash, hang or memory blow-up", "[coding][hostile][cli]") {
+  bbtest::TempDir t;
+  std::string files;
+  for (const std::string& m : method_names()) {
+    if (m.rfind("test_", 0) == 0) continue;
+    write_bbz(t / (m + ".bbz"), bbtest::smoke_file(m));
+    files += " " + bbtest::sh_quote(t / (m + ".bbz"));
+  }
+  const std::string bin = bbtest::sh_quote(bbtest::bitbench_binary());
+  // 1,500 mutants here (seconds); `make fuzz` runs 11,000 (results/fuzz/report.json).
+  bbtest::Proc p = bbtest::run_cmd(bin + " fuzz-bbz" + files + " --mutants 1500 --seed 7 --json " +
+                                   bbtest::sh_quote(t / "r.json"));
+  INFO(p.out << p.err);
+  REQUIRE(p.status == 0);
+  const auto r = nlohmann::json::parse(bbtest::slurp(t / "r.json"));
+  CHECK(r["crashes"].empty());
+  CHECK(r["hangs"].empty());
+  CHECK(r["foreign_exceptions"] == 0);
+  CHECK(r["peak_memory_ratio"].get<double>() <= 4.0);
+  CHECK(r["accepted"].get<int64_t>() + r["rejected_with_error"].get<int64_t>() == 1500);
+  CHECK(r["rejected_with_error"].get<int64_t>() > 750);  // most mutants are damage, and are caught
+
+  // The harness itself: an injected crash and an injected hang are found, counted and named,
+  // and the run goes on past them.
+  p = bbtest::run_cmd(bin + " fuzz-bbz" + files + " --mutants 200 --batch 50 --timeout-s 2 --inject-crash-at 60 "
+                      "--inject-hang-at 130 --json " + bbtest::sh_quote(t / "s.json"));
+  CHECK(p.status == 1);
+  const auto s = nlohmann::json::parse(bbtest::slurp(t / "s.json"));
+  REQUIRE(s["crashes"].size() == 1);
+  CHECK(s["crashes"][0]["mutant"] == 60);
+  REQUIRE(s["hangs"].size() == 1);
+  CHECK(s["hangs"][0]["mutant"] == 130);
+  CHECK(s["accepted"].get<int64_t>() + s["rejected_with_error"].get<int64_t>() == 198);
 }
