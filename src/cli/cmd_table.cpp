@@ -1,6 +1,7 @@
-// bitbench table results/<experiment>    merge run records into table.{json,md,csv} + plots
+// bitbench table results/<experiment>    merge run records into table.{json,md,csv} + plots/<model>.<dataset>.{png,svg}
 #include "cli/args.h"
 #include "common/error.h"
+#include "common/fs_util.h"
 #include "report/table.h"
 
 #include <cstdio>
@@ -12,6 +13,8 @@ namespace {
 int cmd_table(int argc, char** argv) {
   Args a("table", {{"--published", true, "", false, "published rows folder (default experiments/published)"},
                    {"--no-plots", false, "", false, "skip the plots"},
+                   {"--replot", false, "", false,
+                    "only redraw the plots, from RESULTS_DIR/table.json (no run records needed; tables untouched)"},
                    {"--quiet", false, "", false, "do not print table.md"},
                    {"--help", false, "", false, "this help"}});
   a.parse(argc, argv);
@@ -24,18 +27,22 @@ int cmd_table(int argc, char** argv) {
   opt.published_dir = a.get("--published");
   opt.plots = !a.has("--no-plots");
   const std::string dir = a.positional()[0];
-  nlohmann::json t = build_table(dir, opt);
-  if (!a.has("--quiet")) {
-    std::FILE* f = std::fopen((dir + "/table.md").c_str(), "r");
-    char buf[4096];
-    size_t n;
-    while (f && (n = std::fread(buf, 1, sizeof buf, f)) > 0) std::fwrite(buf, 1, n, stdout);
-    if (f) std::fclose(f);
+  if (a.has("--replot")) {
+    BB_CHECK(!a.has("--no-plots"), "--replot and --no-plots exclude each other");
+    nlohmann::json t;
+    try {
+      t = nlohmann::json::parse(read_file_text(dir + "/table.json"));
+    } catch (const nlohmann::json::exception& e) {
+      BB_THROW("'", dir, "/table.json' is not valid JSON: ", e.what());
+    }
+    for (auto& p : write_table_plots(t, dir)) std::printf("plot: %s\n", p.c_str());
+    return 0;
   }
+  std::vector<std::string> plots;
+  const nlohmann::json t = build_table(dir, opt, &plots);
+  if (!a.has("--quiet")) std::fputs(table_markdown(t).c_str(), stdout);
   std::printf("\ntable: %s/table.json, %s/table.md, %s/table.csv\n", dir.c_str(), dir.c_str(), dir.c_str());
-  if (opt.plots)
-    for (auto it = t["models"].begin(); it != t["models"].end(); ++it)
-      std::printf("plot: %s/plots/%s.png (and .svg)\n", dir.c_str(), it.key().c_str());
+  for (auto& p : plots) std::printf("plot: %s\n", p.c_str());
   return 0;
 }
 

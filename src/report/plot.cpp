@@ -6,19 +6,37 @@
 #include <opencv2/imgproc.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <sstream>
 
 namespace bb {
 namespace {
 
-const int W = 900, H = 600, L = 80, R = 220, T = 50, B = 70;
+const double kMargin = 12;                   // around the canvas
+const double kPlotW = 600, kPlotH = 420;     // plot area
+const double kRow = 22, kSwatch = 28;        // legend row height, legend symbol width
+const double kTitle = 18, kAxis = 14, kTick = 12, kLegend = 12;  // font sizes (SVG px)
+const double kPngScale = 0.0375;             // Hershey font scale per SVG px (12 px -> 0.45)
+
+// Helvetica / Arial advance widths (1/1000 em) for ASCII 32..126.
+const int kHelvetica[95] = {278, 278, 355, 556, 556, 889, 667, 191, 333, 333, 389, 584, 278, 333, 278, 278,  // ' '../
+                            556, 556, 556, 556, 556, 556, 556, 556, 556, 556,                              // 0..9
+                            278, 278, 584, 584, 584, 556, 1015,                                            // :..@
+                            667, 667, 722, 722, 667, 611, 778, 722, 278, 500, 667, 556, 833,               // A..M
+                            722, 778, 667, 778, 722, 667, 611, 722, 667, 944, 667, 667, 611,               // N..Z
+                            278, 278, 278, 469, 556, 333,                                                  // [..`
+                            556, 556, 500, 556, 556, 278, 556, 556, 222, 222, 500, 222, 833,               // a..m
+                            556, 556, 556, 556, 333, 500, 278, 556, 500, 722, 500, 500, 500,               // n..z
+                            334, 260, 334, 584};                                                           // {..~
 
 struct Frame {
   double x0, x1, y0, y1;
-  double px(double x) const { return L + (x - x0) / (x1 - x0) * (W - L - R); }
-  double py(double y) const { return H - B - (y - y0) / (y1 - y0) * (H - T - B); }
+  double left = 0, top = 0;
+  double px(double x) const { return left + (x - x0) / (x1 - x0) * kPlotW; }
+  double py(double y) const { return top + kPlotH - (y - y0) / (y1 - y0) * kPlotH; }
 };
 
 Frame frame_of(const PlotSpec& p) {
@@ -62,125 +80,272 @@ double nice_step(double range, int target) {
   return 10 * p;
 }
 
+// Tick values i*step within [lo, hi] and their labels.
+std::vector<std::pair<double, std::string>> ticks(double lo, double hi, double step) {
+  std::vector<std::pair<double, std::string>> out;
+  for (long i = (long)std::ceil(lo / step - 1e-9); i * step <= hi + 1e-9; ++i) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%g", i * step);
+    out.push_back({i * step, b});
+  }
+  return out;
+}
+
 std::string esc(const std::string& s) {
   std::string o;
   for (char c : s) {
     if (c == '<') o += "&lt;";
     else if (c == '>') o += "&gt;";
     else if (c == '&') o += "&amp;";
+    else if (c == '\'') o += "&apos;";
+    else if ((unsigned char)c < 0x20) o += ' ';
     else o += c;
   }
   return o;
 }
 
-}  // namespace
+std::string num(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.1f", v);
+  return b;
+}
 
-void write_plot_svg(const PlotSpec& p, const std::string& path) {
-  Frame f = frame_of(p);
-  std::ostringstream s;
-  s << "<svg xmlns='http://www.w3.org/2000/svg' width='" << W << "' height='" << H << "' font-family='sans-serif'>\n";
-  s << "<rect width='100%' height='100%' fill='white'/>\n";
-  s << "<text x='" << W / 2 << "' y='28' text-anchor='middle' font-size='18'>" << esc(p.title) << "</text>\n";
-  double xs = nice_step(f.x1 - f.x0, 8), ys = nice_step(f.y1 - f.y0, 8);
-  for (double x = std::ceil(f.x0 / xs) * xs; x <= f.x1 + 1e-9; x += xs)
-    s << "<line x1='" << f.px(x) << "' y1='" << T << "' x2='" << f.px(x) << "' y2='" << H - B
-      << "' stroke='#eee'/><text x='" << f.px(x) << "' y='" << H - B + 18 << "' text-anchor='middle' font-size='12'>"
-      << x << "</text>\n";
-  for (double y = std::ceil(f.y0 / ys) * ys; y <= f.y1 + 1e-9; y += ys)
-    s << "<line x1='" << L << "' y1='" << f.py(y) << "' x2='" << W - R << "' y2='" << f.py(y)
-      << "' stroke='#eee'/><text x='" << L - 6 << "' y='" << f.py(y) + 4 << "' text-anchor='end' font-size='12'>" << y
-      << "</text>\n";
-  s << "<rect x='" << L << "' y='" << T << "' width='" << W - L - R << "' height='" << H - T - B
-    << "' fill='none' stroke='black'/>\n";
-  s << "<text x='" << (L + W - R) / 2 << "' y='" << H - 25 << "' text-anchor='middle' font-size='14'>" << esc(p.xlabel)
-    << "</text>\n";
-  s << "<text transform='translate(22," << (T + H - B) / 2 << ") rotate(-90)' text-anchor='middle' font-size='14'>"
-    << esc(p.ylabel) << "</text>\n";
-  int ly = T + 10;
-  if (p.baseline >= 0) {
-    s << "<line x1='" << L << "' y1='" << f.py(p.baseline) << "' x2='" << W - R << "' y2='" << f.py(p.baseline)
-      << "' stroke='black' stroke-dasharray='6,4'/>\n";
-    s << "<line x1='" << W - R + 10 << "' y1='" << ly << "' x2='" << W - R + 35 << "' y2='" << ly
-      << "' stroke='black' stroke-dasharray='6,4'/><text x='" << W - R + 40 << "' y='" << ly + 4
-      << "' font-size='12'>FP baseline</text>\n";
-    ly += 20;
+struct Extent {
+  double w, asc, desc;
+};
+using Measure = std::function<Extent(const std::string&, double)>;
+
+Extent svg_measure(const std::string& t, double px) { return {svg_text_width(t, px), svg_text_ascent(px), svg_text_descent(px)}; }
+
+Extent png_measure(const std::string& t, double px) {
+  int base = 0;
+  cv::Size s = cv::getTextSize(t, cv::FONT_HERSHEY_SIMPLEX, px * kPngScale, 1, &base);
+  return {(double)s.width, (double)s.height, (double)base};
+}
+
+struct Entry {
+  std::string name;
+  enum Kind { baseline, series, pareto, interval } kind;
+  int color = 0;
+};
+
+std::vector<Entry> legend_entries(const PlotSpec& p) {
+  std::vector<Entry> out;
+  if (p.baseline >= 0) out.push_back({"FP baseline", Entry::baseline});
+  for (size_t i = 0; i < p.series.size(); ++i) out.push_back({p.series[i].name, Entry::series, (int)i});
+  out.push_back({"Pareto front", Entry::pareto});
+  out.push_back({"95% interval", Entry::interval});
+  return out;
+}
+
+PlotLayout layout_with(const PlotSpec& p, const Measure& measure, Frame& f) {
+  PlotLayout L;
+  f = frame_of(p);
+  const double m = kMargin;
+  auto place = [&](const std::string& text, const std::string& role, double size, double x, double y,
+                   const std::string& anchor, bool vertical = false) {
+    PlotText t;
+    t.text = text;
+    t.role = role;
+    t.size = size;
+    t.x = x;
+    t.y = y;
+    t.anchor = anchor;
+    t.vertical = vertical;
+    const Extent e = measure(text, size);
+    const double start = anchor == "middle" ? -e.w / 2 : anchor == "end" ? -e.w : 0;
+    if (vertical) {  // rotated -90 degrees about (x, y): the text runs upwards, ascent to the left
+      t.x0 = x - e.asc, t.x1 = x + e.desc, t.y0 = y - start - e.w, t.y1 = y - start;
+    } else {
+      t.x0 = x + start, t.x1 = x + start + e.w, t.y0 = y - e.asc, t.y1 = y + e.desc;
+    }
+    L.texts.push_back(t);
+  };
+  const Extent title = measure(p.title, kTitle), axis = measure("0", kAxis), tick = measure("0", kTick);
+  const double tick_h = tick.asc + tick.desc;
+  const auto xt = ticks(f.x0, f.x1, nice_step(f.x1 - f.x0, 8)), yt = ticks(f.y0, f.y1, nice_step(f.y1 - f.y0, 8));
+  double ytick_w = 0, last_xtick_w = 0;
+  for (auto& t : yt) ytick_w = std::max(ytick_w, measure(t.second, kTick).w);
+  if (!xt.empty()) last_xtick_w = measure(xt.back().second, kTick).w;
+
+  // Vertically: title, (half a tick label), plot area, tick labels, x-axis title.
+  const double title_base = m + title.asc;
+  f.top = L.top = std::ceil(title_base + title.desc + 10 + tick_h / 2);
+  // Horizontally: y-axis title (rotated), tick labels, plot area, legend.
+  const double ylabel_base = m + axis.asc;
+  f.left = L.left = std::ceil(ylabel_base + axis.desc + 10 + ytick_w + 6);
+  L.plot_w = kPlotW;
+  L.plot_h = kPlotH;
+  for (auto& t : yt) place(t.second, "ytick", kTick, L.left - 6, f.py(t.first) + (tick.asc - tick.desc) / 2, "end");
+  for (auto& t : xt) place(t.second, "xtick", kTick, f.px(t.first), L.top + kPlotH + 6 + tick.asc, "middle");
+  const double xlabel_base = L.top + kPlotH + 6 + tick_h + 10 + axis.asc;
+  place(p.xlabel, "xlabel", kAxis, L.left + kPlotW / 2, xlabel_base, "middle");
+  place(p.ylabel, "ylabel", kAxis, ylabel_base, L.top + kPlotH / 2, "middle", true);
+
+  // Legend right of the plot, clear of the last x tick label; each row as wide as its text.
+  const auto entries = legend_entries(p);
+  L.legend_x = std::ceil(L.left + kPlotW + std::max(20.0, last_xtick_w / 2 + 10));
+  L.legend_y = L.top;
+  L.legend_row = kRow;
+  const Extent leg = measure("0", kLegend);
+  double legend_w = 0;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const double yc = L.legend_y + kRow * (i + 0.5);
+    place(entries[i].name, "legend", kLegend, L.legend_x + kSwatch + 6, yc + (leg.asc - leg.desc) / 2, "start");
+    legend_w = std::max(legend_w, L.texts.back().x1 - L.legend_x);
   }
+  double width = L.legend_x + legend_w + m;
+  double height = std::max(xlabel_base + axis.desc + m, L.legend_y + kRow * entries.size() + m);
+  // Title centred over the plot area, shifted (or the canvas widened) to stay whole.
+  width = std::max(width, title.w + 2 * m);
+  double cx = L.left + kPlotW / 2;
+  cx = std::min(std::max(cx, m + title.w / 2), width - m - title.w / 2);
+  place(p.title, "title", kTitle, cx, title_base, "middle");
+  L.width = (int)std::ceil(width);
+  L.height = (int)std::ceil(height);
+  return L;
+}
+
+// Everything but the texts, drawn through a small set of primitives shared by both writers.
+struct Painter {
+  std::function<void(double, double, double, double, int color, double width, bool dashed)> line;  // color -1 = black, -2 = grid
+  std::function<void(double, double, double r, int color, bool open)> circle;
+  std::function<void(double, double, double, double)> frame;
+};
+
+void paint(const PlotSpec& p, const PlotLayout& L, const Frame& f, const Painter& d) {
+  for (auto& t : ticks(f.x0, f.x1, nice_step(f.x1 - f.x0, 8))) d.line(f.px(t.first), L.top, f.px(t.first), L.top + L.plot_h, -2, 1, false);
+  for (auto& t : ticks(f.y0, f.y1, nice_step(f.y1 - f.y0, 8))) d.line(L.left, f.py(t.first), L.left + L.plot_w, f.py(t.first), -2, 1, false);
+  d.frame(L.left, L.top, L.plot_w, L.plot_h);
+  if (p.baseline >= 0) d.line(L.left, f.py(p.baseline), L.left + L.plot_w, f.py(p.baseline), -1, 1, true);
   for (size_t i = 0; i < p.series.size(); ++i) {
     const auto& se = p.series[i];
-    std::string c = rgb((int)i);
-    std::string pts;
-    for (auto& q : se.points) pts += std::to_string(f.px(q.bpw)) + "," + std::to_string(f.py(q.top1)) + " ";
-    s << "<polyline points='" << pts << "' fill='none' stroke='" << c << "' stroke-width='2'/>\n";
+    for (size_t j = 1; j < se.points.size(); ++j)
+      d.line(f.px(se.points[j - 1].bpw), f.py(se.points[j - 1].top1), f.px(se.points[j].bpw), f.py(se.points[j].top1), (int)i, 2, false);
     for (auto& q : se.points) {
-      s << "<line x1='" << f.px(q.bpw) << "' y1='" << f.py(q.lo) << "' x2='" << f.px(q.bpw) << "' y2='" << f.py(q.hi)
-        << "' stroke='" << c << "'/>\n";
-      s << "<circle cx='" << f.px(q.bpw) << "' cy='" << f.py(q.top1) << "' r='" << (q.pareto ? 6 : 3.5) << "' fill='"
-        << (q.pareto ? "white" : c) << "' stroke='" << c << "' stroke-width='2'/>\n";
+      d.line(f.px(q.bpw), f.py(q.lo), f.px(q.bpw), f.py(q.hi), (int)i, 1, false);
+      d.circle(f.px(q.bpw), f.py(q.top1), q.pareto ? 6 : 3.5, (int)i, q.pareto);
     }
-    s << "<line x1='" << W - R + 10 << "' y1='" << ly << "' x2='" << W - R + 35 << "' y2='" << ly << "' stroke='" << c
-      << "' stroke-width='2'/><text x='" << W - R + 40 << "' y='" << ly + 4 << "' font-size='12'>" << esc(se.name)
-      << "</text>\n";
-    ly += 20;
   }
-  s << "<circle cx='" << W - R + 22 << "' cy='" << ly << "' r='6' fill='white' stroke='black' stroke-width='2'/>"
-    << "<text x='" << W - R + 40 << "' y='" << ly + 4 << "' font-size='12'>Pareto front</text>\n";
+  const auto entries = legend_entries(p);
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const double yc = L.legend_y + kRow * (i + 0.5), x0 = L.legend_x, x1 = L.legend_x + kSwatch, xm = (x0 + x1) / 2;
+    switch (entries[i].kind) {
+      case Entry::baseline: d.line(x0, yc, x1, yc, -1, 1, true); break;
+      case Entry::series:
+        d.line(x0, yc, x1, yc, entries[i].color, 2, false);
+        d.circle(xm, yc, 3.5, entries[i].color, false);
+        break;
+      case Entry::pareto: d.circle(xm, yc, 6, -1, true); break;
+      case Entry::interval:
+        d.line(xm, yc - 8, xm, yc + 8, -1, 1, false);
+        d.circle(xm, yc, 3.5, -1, false);
+        break;
+    }
+  }
+}
+
+}  // namespace
+
+double svg_text_width(const std::string& text, double px) {
+  double em = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const unsigned char c = text[i];
+    if (c >= 32 && c < 127) em += kHelvetica[c - 32] / 1000.0;
+    else if (c >= 0xC0 || c < 0x80) em += 1.0;  // a non-ASCII character's first byte (continuation bytes add nothing)
+  }
+  return em * px * 1.15;
+}
+
+PlotLayout plot_layout(const PlotSpec& p, PlotBackend backend) {
+  Frame f{};
+  return layout_with(p, backend == PlotBackend::svg ? Measure(svg_measure) : Measure(png_measure), f);
+}
+
+void write_plot_svg(const PlotSpec& p, const std::string& path) {
+  Frame f{};
+  const PlotLayout L = layout_with(p, svg_measure, f);
+  std::ostringstream s;
+  s << "<svg xmlns='http://www.w3.org/2000/svg' width='" << L.width << "' height='" << L.height
+    << "' font-family='Helvetica, Arial, Liberation Sans, DejaVu Sans, sans-serif'>\n";
+  s << "<rect width='100%' height='100%' fill='white'/>\n";
+  auto color = [](int c) { return c == -1 ? std::string("black") : c == -2 ? std::string("#e8e8e8") : rgb(c); };
+  Painter d;
+  d.line = [&](double x0, double y0, double x1, double y1, int c, double w, bool dashed) {
+    s << "<line x1='" << num(x0) << "' y1='" << num(y0) << "' x2='" << num(x1) << "' y2='" << num(y1) << "' stroke='"
+      << color(c) << "'" << (w != 1 ? " stroke-width='" + num(w) + "'" : "") << (dashed ? " stroke-dasharray='6,4'" : "")
+      << "/>\n";
+  };
+  d.circle = [&](double x, double y, double r, int c, bool open) {
+    s << "<circle cx='" << num(x) << "' cy='" << num(y) << "' r='" << num(r) << "' fill='" << (open ? "white" : color(c))
+      << "' stroke='" << color(c) << "' stroke-width='2'/>\n";
+  };
+  d.frame = [&](double x, double y, double w, double h) {
+    s << "<rect x='" << num(x) << "' y='" << num(y) << "' width='" << num(w) << "' height='" << num(h)
+      << "' fill='none' stroke='black'/>\n";
+  };
+  paint(p, L, f, d);
+  for (auto& t : L.texts) {
+    s << "<text ";
+    if (t.vertical) s << "transform='translate(" << num(t.x) << "," << num(t.y) << ") rotate(-90)'";
+    else s << "x='" << num(t.x) << "' y='" << num(t.y) << "'";
+    s << " text-anchor='" << t.anchor << "' font-size='" << t.size << "'>" << esc(t.text) << "</text>\n";
+  }
   s << "</svg>\n";
   write_file_atomic(path, s.str());
 }
 
 void write_plot_png(const PlotSpec& p, const std::string& path) {
-  Frame f = frame_of(p);
-  cv::Mat img(H, W, CV_8UC3, cv::Scalar(255, 255, 255));
-  auto pt = [&](double x, double y) { return cv::Point((int)std::lround(f.px(x)), (int)std::lround(f.py(y))); };
+  Frame f{};
+  const PlotLayout L = layout_with(p, png_measure, f);
+  cv::Mat img(L.height, L.width, CV_8UC3, cv::Scalar(255, 255, 255));
+  auto P = [](double x, double y) { return cv::Point((int)std::lround(x), (int)std::lround(y)); };
   auto col = [](int i) {
+    if (i == -1) return cv::Scalar(0, 0, 0);
+    if (i == -2) return cv::Scalar(232, 232, 232);
     auto c = kColors[i % kColors.size()];
     return cv::Scalar(c[2], c[1], c[0]);
   };
-  const auto font = cv::FONT_HERSHEY_SIMPLEX;
-  double xs = nice_step(f.x1 - f.x0, 8), ys = nice_step(f.y1 - f.y0, 8);
-  char buf[64];
-  for (double x = std::ceil(f.x0 / xs) * xs; x <= f.x1 + 1e-9; x += xs) {
-    cv::line(img, pt(x, f.y0), pt(x, f.y1), cv::Scalar(235, 235, 235), 1);
-    std::snprintf(buf, sizeof buf, "%g", x);
-    cv::putText(img, buf, pt(x, f.y0) + cv::Point(-10, 20), font, 0.45, cv::Scalar(0, 0, 0), 1, cv::LINE_AA);
-  }
-  for (double y = std::ceil(f.y0 / ys) * ys; y <= f.y1 + 1e-9; y += ys) {
-    cv::line(img, pt(f.x0, y), pt(f.x1, y), cv::Scalar(235, 235, 235), 1);
-    std::snprintf(buf, sizeof buf, "%g", y);
-    cv::putText(img, buf, pt(f.x0, y) + cv::Point(-40, 5), font, 0.45, cv::Scalar(0, 0, 0), 1, cv::LINE_AA);
-  }
-  cv::rectangle(img, cv::Point(L, T), cv::Point(W - R, H - B), cv::Scalar(0, 0, 0), 1);
-  cv::putText(img, p.title, cv::Point(L, 30), font, 0.6, cv::Scalar(0, 0, 0), 1, cv::LINE_AA);
-  cv::putText(img, p.xlabel, cv::Point((L + W - R) / 2 - 100, H - 25), font, 0.5, cv::Scalar(0, 0, 0), 1, cv::LINE_AA);
-  cv::putText(img, "top-1 (%)", cv::Point(5, T - 10), font, 0.5, cv::Scalar(0, 0, 0), 1, cv::LINE_AA);
-  int ly = T + 10;
-  if (p.baseline >= 0) {
-    for (double x = f.x0; x < f.x1; x += (f.x1 - f.x0) / 60)
-      cv::line(img, pt(x, p.baseline), pt(std::min(f.x1, x + (f.x1 - f.x0) / 120), p.baseline), cv::Scalar(0, 0, 0), 1);
-    cv::line(img, cv::Point(W - R + 10, ly), cv::Point(W - R + 35, ly), cv::Scalar(0, 0, 0), 1);
-    cv::putText(img, "FP baseline", cv::Point(W - R + 40, ly + 4), font, 0.45, cv::Scalar(0, 0, 0), 1, cv::LINE_AA);
-    ly += 20;
-  }
-  for (size_t i = 0; i < p.series.size(); ++i) {
-    const auto& se = p.series[i];
-    for (size_t j = 1; j < se.points.size(); ++j)
-      cv::line(img, pt(se.points[j - 1].bpw, se.points[j - 1].top1), pt(se.points[j].bpw, se.points[j].top1), col((int)i),
-               2, cv::LINE_AA);
-    for (auto& q : se.points) {
-      cv::line(img, pt(q.bpw, q.lo), pt(q.bpw, q.hi), col((int)i), 1);
-      if (q.pareto) {
-        cv::circle(img, pt(q.bpw, q.top1), 6, cv::Scalar(255, 255, 255), cv::FILLED, cv::LINE_AA);
-        cv::circle(img, pt(q.bpw, q.top1), 6, col((int)i), 2, cv::LINE_AA);
-      } else {
-        cv::circle(img, pt(q.bpw, q.top1), 4, col((int)i), cv::FILLED, cv::LINE_AA);
-      }
+  Painter d;
+  d.line = [&](double x0, double y0, double x1, double y1, int c, double w, bool dashed) {
+    if (!dashed) {
+      cv::line(img, P(x0, y0), P(x1, y1), col(c), (int)w, c >= 0 ? cv::LINE_AA : cv::LINE_8);
+      return;
     }
-    cv::line(img, cv::Point(W - R + 10, ly), cv::Point(W - R + 35, ly), col((int)i), 2);
-    cv::putText(img, se.name, cv::Point(W - R + 40, ly + 4), font, 0.45, cv::Scalar(0, 0, 0), 1, cv::LINE_AA);
-    ly += 20;
+    const double len = std::hypot(x1 - x0, y1 - y0);
+    for (double a = 0; a < len; a += 10) {
+      const double b = std::min(len, a + 6);
+      cv::line(img, P(x0 + (x1 - x0) * a / len, y0 + (y1 - y0) * a / len), P(x0 + (x1 - x0) * b / len, y0 + (y1 - y0) * b / len),
+               col(c), (int)w);
+    }
+  };
+  d.circle = [&](double x, double y, double r, int c, bool open) {
+    if (open) {
+      cv::circle(img, P(x, y), (int)std::lround(r), cv::Scalar(255, 255, 255), cv::FILLED, cv::LINE_AA);
+      cv::circle(img, P(x, y), (int)std::lround(r), col(c), 2, cv::LINE_AA);
+    } else {
+      cv::circle(img, P(x, y), (int)std::lround(r), col(c), cv::FILLED, cv::LINE_AA);
+    }
+  };
+  d.frame = [&](double x, double y, double w, double h) { cv::rectangle(img, P(x, y), P(x + w, y + h), cv::Scalar(0, 0, 0), 1); };
+  paint(p, L, f, d);
+  const auto font = cv::FONT_HERSHEY_SIMPLEX;
+  for (auto& t : L.texts) {
+    const double scale = t.size * kPngScale;
+    if (!t.vertical) {
+      cv::putText(img, t.text, P(t.x0, t.y), font, scale, cv::Scalar(0, 0, 0), 1, cv::LINE_AA);
+      continue;
+    }
+    // Rotated: drawn horizontally on its own canvas, turned a quarter counter-clockwise, pasted.
+    int base = 0;
+    cv::Size sz = cv::getTextSize(t.text, font, scale, 1, &base);
+    cv::Mat tmp(sz.height + base, sz.width, CV_8UC3, cv::Scalar(255, 255, 255)), rot;
+    cv::putText(tmp, t.text, cv::Point(0, sz.height), font, scale, cv::Scalar(0, 0, 0), 1, cv::LINE_AA);
+    cv::rotate(tmp, rot, cv::ROTATE_90_COUNTERCLOCKWISE);
+    const cv::Rect dst((int)std::lround(t.x0), (int)std::lround(t.y0), rot.cols, rot.rows);
+    BB_CHECK((dst & cv::Rect(0, 0, img.cols, img.rows)) == dst, "plot text '", t.text, "' outside the canvas");
+    rot.copyTo(img(dst));
   }
-  cv::circle(img, cv::Point(W - R + 22, ly), 6, cv::Scalar(0, 0, 0), 2, cv::LINE_AA);
-  cv::putText(img, "Pareto front", cv::Point(W - R + 40, ly + 4), font, 0.45, cv::Scalar(0, 0, 0), 1, cv::LINE_AA);
   std::vector<uchar> png;
   BB_CHECK(cv::imencode(".png", img, png), "cannot encode plot PNG");
   write_file_atomic(path, png.data(), png.size());

@@ -456,19 +456,25 @@ std::vector<std::string> write_table_plots(const nlohmann::json& table, const st
   fs::create_directories(dir);
   std::vector<std::string> written;
   for (auto& tp : table_plots(table)) {
-    if (tp.dataset != table["models"][tp.model]["datasets"][0]) continue;
-    const std::string stem = dir + "/" + tp.model;
+    const std::string stem = dir + "/" + tp.model + "." + tp.dataset;
     write_plot_svg(tp.spec, stem + ".svg");
     write_plot_png(tp.spec, stem + ".png");
     written.push_back(stem + ".svg");
     written.push_back(stem + ".png");
   }
+  // The names from before there was a plot per evaluation set (plots/<model>.{svg,png}) would
+  // otherwise stay behind, stale.
+  for (auto mt = table["models"].begin(); mt != table["models"].end(); ++mt)
+    for (const char* ext : {".svg", ".png"}) fs::remove(dir + "/" + mt.key() + ext);
   return written;
 }
 
-nlohmann::json build_table(const std::string& results_dir, const TableOptions& opt) {
+nlohmann::json build_table(const std::string& results_dir, const TableOptions& opt, std::vector<std::string>* plots_written) {
   nlohmann::json table = collect_table(results_dir, opt);
-  if (opt.plots) write_table_plots(table, results_dir);
+  if (opt.plots) {
+    auto written = write_table_plots(table, results_dir);
+    if (plots_written) *plots_written = written;
+  }
   write_file_atomic(results_dir + "/table.json", table_json_text(table));
   write_file_atomic(results_dir + "/table.md", table_markdown(table));
   write_file_atomic(results_dir + "/table.csv", table_csv(table));

@@ -1,6 +1,6 @@
 // Merges an experiment's run records into the published artefacts: table.json (versioned, with a
 // context block), table.md and table.csv laid out like Table 2 of Young et al. (TPAMI 2021), and a
-// plot per model. Published figures (experiments/published/*.yaml) sit beside measured rows,
+// plot per model and evaluation set. Published figures (experiments/published/*.yaml) sit beside measured rows,
 // marked as such. Comparisons a reviewer accepts: McNemar's paired test of every run against the
 // FP baseline on the same images, and Bjontegaard-style average gaps between methods' curves.
 #pragma once
@@ -34,11 +34,14 @@ struct TablePlot {
   PlotSpec spec;
 };
 std::vector<TablePlot> table_plots(const nlohmann::json& table);
-// Writes the plots under <results_dir>/plots; returns the paths written.
+// Writes plots/<model>.<dataset>.{svg,png} under results_dir (removing the older
+// plots/<model>.{svg,png}); returns the paths written.
 std::vector<std::string> write_table_plots(const nlohmann::json& table, const std::string& results_dir);
 
-// collect_table, then writes table.{json,md,csv} and (opt.plots) the plots; returns the table.
-nlohmann::json build_table(const std::string& results_dir, const TableOptions& opt = {});
+// collect_table, then writes table.{json,md,csv} and (opt.plots) the plots, their paths to
+// *plots_written; returns the table.
+nlohmann::json build_table(const std::string& results_dir, const TableOptions& opt = {},
+                           std::vector<std::string>* plots_written = nullptr);
 
 // Bjontegaard-style gaps between two rate-accuracy curves (points: bpw, top1), each reduced to its
 // upper envelope. Returns {"mean_top1_gap": A-B over the overlapping log2(bpw) range,
