@@ -109,6 +109,24 @@ void BM_pq_estep_bitbench(benchmark::State& st) {
 }
 BENCHMARK(BM_pq_estep_bitbench)->Unit(benchmark::kMillisecond)->Iterations(10)->Repetitions(5);
 
+// One layer's whole PQ EM (pq_cluster at its defaults) at CIFAR layer3 (4,096 sub-vectors) and
+// ResNet-18 layer4 (262,144) sizes, k = 256, 2^20 activation patches.
+void BM_pq_cluster_bitbench(benchmark::State& st) {
+  static const torch::Tensor patches = [] {
+    torch::manual_seed(1);
+    return (torch::randn({1 << 20, 9}) + torch::randn({1 << 20, 1})).contiguous();
+  }();
+  torch::manual_seed(2);
+  const torch::Tensor sub = torch::randn({st.range(0), 9});
+  bb::PQParams p;
+  double err = 0;
+  for (auto _ : st) err = bb::pq_cluster(sub, patches, 256, p, 1).objective;
+  st.counters["n"] = (double)sub.size(0);
+  st.counters["em_iters"] = p.em_iters;
+  st.counters["objective"] = err;
+}
+BENCHMARK(BM_pq_cluster_bitbench)->Arg(4096)->Arg(262144)->Unit(benchmark::kMillisecond)->Iterations(1)->Repetitions(1);
+
 #ifdef BITBENCH_HAVE_FAISS
 void BM_kmeans_faiss(benchmark::State& st) {
   const auto& x = data((int)st.range(0));

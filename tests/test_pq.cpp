@@ -445,16 +445,3 @@ TEST_CASE("pq fine-tuning weight decay and learning-rate schedule", "[pq][finetu
     REQUIRE((s2.leaves[0] - r.centroids * c2).abs().max().item<float>() <= 1e-5f * (1 + r.centroids.abs().max().item<float>()));
   }
 }
-
-// Timing of one layer's EM at CIFAR layer3 / ResNet-18 layer4 sizes (hidden: run explicitly).
-TEST_CASE("pq EM timing", "[.][pq-bench]") {
-  for (auto [n, k] : {std::pair<int64_t, int64_t>{4096, 256}, {262144, 256}}) {
-    auto X = make_patches(1 << 20, 9, 1);
-    torch::manual_seed(2);
-    auto sub = torch::randn({n, 9});
-    PQParams p;
-    const double t0 = now_seconds();
-    auto r = pq_cluster(sub, X, k, p, 1);
-    WARN("n_sub " << n << " k " << k << " em_iters " << p.em_iters << ": " << now_seconds() - t0 << " s");
-  }
-}

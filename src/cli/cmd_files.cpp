@@ -1,10 +1,12 @@
 // bitbench decompress F.bbz --out W.pt      rebuild a plain-dict weights file
 // bitbench inspect F.bbz [--json]           per-layer breakdown of a .bbz
 // bitbench methods                          registered methods and their parameters
+// bitbench tq-curves FILE                   step-search statistics of a TQ curves file
 #include "cli/args.h"
 #include "coding/accounting.h"
 #include "common/error.h"
 #include "models/registry.h"
+#include "quant/tq_curves.h"
 #include "runner/pipeline.h"
 
 #include <cstdio>
@@ -85,9 +87,29 @@ int cmd_methods(int argc, char** argv) {
   return 0;
 }
 
+// Step-search statistics of a TQ curves file (a finished logits_grid search or a search's
+// checkpoint): how often the cheaper searches would pick the grid's step (docs/methods/tq.md).
+int cmd_tq_curves(int argc, char** argv) {
+  Args a("tq-curves", {{"--help", false, "", false, "this help"}});
+  a.parse(argc, argv);
+  if (a.has("--help")) {
+    std::printf("usage: bitbench tq-curves <cache>/tq/<key>.curves|.partial\n%s", a.usage().c_str());
+    return 0;
+  }
+  BB_CHECK(a.positional().size() == 1, "tq-curves takes exactly one curves file");
+  const std::string path = a.positional()[0];
+  std::string key = path.substr(path.find_last_of('/') + 1);
+  key = key.substr(0, key.find('.'));
+  TqCurves c;
+  BB_CHECK(tq_read_curves(path, key, c), "'", path, "' is not a readable TQ curves file for key ", key);
+  std::printf("%zu layers: %s\n", c.layers.size(), tq_grid_agreement(c).c_str());
+  return 0;
+}
+
 const bool r1 = register_command("decompress", cmd_decompress, "rebuild a weights file from a .bbz");
 const bool r2 = register_command("inspect", cmd_inspect, "per-layer bit breakdown of a .bbz");
 const bool r3 = register_command("methods", cmd_methods, "list compression methods and their parameters");
+const bool r4 = register_command("tq-curves", cmd_tq_curves, "step-search statistics of a TQ curves file");
 
 }  // namespace
 }  // namespace bb
