@@ -14,7 +14,7 @@
 #include "quant/hessian.h"
 #include "quant/kmeans1d.h"
 #include "quant/prune.h"
-#include "quant/weight_sharing.h"
+#include "methods/weight_sharing_method.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 

@@ -14,7 +14,7 @@
 #include "common/log.h"
 #include "methods/method.h"
 #include "quant/kmeans1d.h"
-#include "quant/weight_sharing.h"
+#include "methods/weight_sharing_method.h"
 
 #include <cmath>
 #include <iomanip>
@@ -26,7 +26,7 @@ namespace bb {
 namespace {
 
 struct ECSQMethodParams : ParamsBase {
-  SharingParams share;
+  SharingMethodParams share;
   double lambda = 0;        // Lagrange multiplier (weighted distortion per bit); 0 = search for target_bpw
   int init_clusters = 1024; // uniform grid the iteration starts from
   int max_iter = 100;       // ECSQ iterations per lambda

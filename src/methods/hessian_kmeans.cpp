@@ -6,14 +6,14 @@
 // Lloyd, or both (objectives logged). Indices Huffman coded. See quant/weight_sharing.h for the
 // shared parameters (pruning, fine-tuning, per-layer scope, rate target).
 #include "methods/method.h"
-#include "quant/weight_sharing.h"
+#include "methods/weight_sharing_method.h"
 
 namespace bb {
 namespace {
 
 struct HessianKMeansParams : ParamsBase {
   KMeansSharingOptions km;
-  SharingParams share;
+  SharingMethodParams share;
   HessianKMeansParams() {
     km.solver = "dp";
     share.scope = "network";

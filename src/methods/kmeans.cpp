@@ -3,16 +3,16 @@
 // Lloyd iterations; per-weight indices are stored fixed-width (default), Huffman or rANS coded;
 // the codebook is fp32 (or fp16). Pruning, Hessian weighting, a network-wide codebook and
 // fine-tuning of the shared values are available through the common weight-sharing parameters
-// (quant/weight_sharing.h); hessian_kmeans is the same machinery with Choi et al.'s defaults.
+// (quant/weight_sharing.h, methods/weight_sharing_method.h); hessian_kmeans is the same machinery with Choi et al.'s defaults.
 #include "methods/method.h"
-#include "quant/weight_sharing.h"
+#include "methods/weight_sharing_method.h"
 
 namespace bb {
 namespace {
 
 struct KMeansParams : ParamsBase {
   KMeansSharingOptions km;
-  SharingParams share;
+  SharingMethodParams share;
   KMeansParams() {
     km.solver = "lloyd";
     km.init = "kmeans++";

@@ -8,7 +8,7 @@
 #include "common/log.h"
 #include "methods/method.h"
 #include "quant/kmeans1d.h"
-#include "quant/weight_sharing.h"
+#include "methods/weight_sharing_method.h"
 
 #include <cmath>
 
@@ -16,7 +16,7 @@ namespace bb {
 namespace {
 
 struct UniformECSQParams : ParamsBase {
-  SharingParams share;
+  SharingMethodParams share;
   double step = 0;  // quantizer step; 0 = search it for target_bpw
   UniformECSQParams() {
     share.scope = "network";

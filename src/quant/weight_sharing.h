@@ -4,7 +4,8 @@
 // the whole network (scope=network) or one per layer (scope=layer).
 //
 // Flow: prepare (prune [+ retrain with the mask], Hessian) -> the method's quantizer -> optional
-// fine-tuning of the shared values -> records.
+// fine-tuning of the shared values -> records. This file is the algorithm; the method glue
+// (parameters, the compress context, prepare / fine-tune / finish) is methods/weight_sharing_method.h.
 //
 // Record of one layer (decode needs nothing else):
 //   "codebook"  codebook   varint k, u8 fp16 flag, k values (f32 or f16), ascending: the shared
@@ -18,8 +19,7 @@
 //                          of coding/prune.h (Deep Compression's index differences)
 #pragma once
 #include "coding/record.h"
-#include "methods/method.h"
-#include "methods/params.h"
+#include "models/model.h"
 #include "quant/finetune_shared.h"
 #include "quant/hessian.h"
 
@@ -29,7 +29,8 @@
 
 namespace bb {
 
-// Parameters shared by the four methods; each method sets its own defaults before binding.
+// Settings shared by the four methods; each method sets its own defaults (the parameter names:
+// SharingMethodParams::bind in methods/weight_sharing_method.h).
 struct SharingParams {
   std::string scope = "network";    // network (one codebook) | layer (one per layer)
   std::string weighting = "hessian";// hessian (h_i = Hessian diagonal) | none (h_i = 1)
@@ -56,7 +57,6 @@ struct SharingParams {
   FinetuneOptions finetune;         // finetune.epochs = 0: no fine-tuning of the shared values
   bool finetune_average = false;    // codeword gradient = mean (not sum) of member gradients
 
-  void bind(ParamBinder& b);
   void validate();
   bool pruned() const { return prune_keep < 1.0; }
 };
@@ -75,9 +75,6 @@ struct SharingProblem {
   const float* hptr() const { return h.empty() ? nullptr : h.data(); }
 };
 
-// Prunes (the pruned weights of ctx.model are set to 0), retrains if asked, estimates the Hessian,
-// floors it and shapes it by shape_importance.
-SharingProblem prepare_sharing(CompressContext& ctx, const SharingParams& p);
 // Applies hessian_power, hessian_norm and hessian_damping to prob.h (already floored, >= 0) and
 // scales it to mean 1. No-op when prob.h is empty (weighting=none).
 void shape_importance(SharingProblem& prob, const SharingParams& p);
@@ -107,9 +104,6 @@ inline double sharing_bpw(const SharingProblem& prob, const std::vector<LayerRec
   return sharing_bits(recs) / (double)prob.total_weights;
 }
 
-// Fine-tunes the shared values (assignments fixed) on ctx.calib; updates sol.centers.
-void finetune_sharing(CompressContext& ctx, const SharingProblem& prob, SharingSolution& sol, const SharingParams& p);
-
 // Rate search over a scalar knob t in [lo, hi] on which the rate is non-increasing (e.g. a step
 // size or a Lagrange multiplier), by bisection on log t; the bracket is widened if needed.
 // eval(t) returns the rate in bits per weight. Returns the knob whose rate came closest to target.
@@ -127,29 +121,5 @@ RateSearchResult search_rate(double lo, double hi, double target, double rel_tol
 // Typically 3-5 evaluations where bisection over a 10^4 bracket takes 8-10.
 RateSearchResult search_rate_secant(double guess, double dbpw_dlog, double target, double rel_tol, int max_evals,
                                     const std::function<double(double)>& eval);
-
-// k-means weight sharing (kmeans and hessian_kmeans): k = 2^bits clusters (or `clusters`),
-// solved by Lloyd (k-means++), the exact DP, or both (objectives of both logged; DP kept).
-// With target_bpw > 0, k is searched instead (the k whose coded rate is closest to the target;
-// k is an integer, so the rate moves in steps).
-struct KMeansSharingOptions {
-  int bits = 4;                    // k = 2^bits
-  int clusters = 0;                // > 0: k itself (overrides bits)
-  std::string solver = "dp";       // dp (global optimum) | lloyd (k-means++ + Lloyd) | both
-  int64_t dp_max_bins = 0;         // DP on at most this many groups of sorted values (0 = exact)
-  std::string init = "kmeans++";   // Lloyd seeding: kmeans++ | linear
-  int max_iter = 300;              // Lloyd iterations
-  int max_search_k = 256;          // largest k tried by the target_bpw search
-  void bind(ParamBinder& b);
-  void validate() const;
-  int k() const { return clusters > 0 ? clusters : 1 << bits; }
-};
-std::vector<LayerRecord> compress_kmeans_sharing(CompressContext& ctx, const SharingParams& share,
-                                                 const KMeansSharingOptions& km, const std::string& method);
-
-// Method glue: compress = prepare, quantize (method-specific; may search a rate), fine-tune,
-// encode; logs what was reached.
-std::vector<LayerRecord> finish_sharing(CompressContext& ctx, const SharingProblem& prob, SharingSolution sol,
-                                        const SharingParams& p, const std::string& method);
 
 }  // namespace bb
