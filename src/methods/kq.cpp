@@ -12,20 +12,22 @@
 // Lagrangian allocation (quant/rd_alloc.h) over per-layer candidates whose rate is the exact
 // serialised size of the candidate's record and whose distortion is the layer-output error on
 // calibration inputs (or the weight MSE).
+//
+// The implementation is split by concern (src/methods/kq_internal.h): this file holds the
+// parameters, the algorithm (codebook training and assignment, candidates, allocation) and the
+// method; kq_format.cpp the record format, kq_calib.cpp the calibration tap, kq_finetune.cpp the
+// codebook fine-tuning.
 #include "methods/kq.h"
 
-#include "coding/bbz.h"
 #include "coding/bytes.h"
 #include "coding/symbols.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/timer.h"
-#include "data/loader.h"
 #include "methods/finetune_params.h"
+#include "methods/kq_internal.h"
 #include "methods/method.h"
-#include "quant/activations.h"
 #include "quant/kmeans.h"
-#include "quant/finetune_shared.h"
 #include "quant/rd_alloc.h"
 
 #include <cmath>
@@ -319,8 +321,6 @@ static int64_t vec_dim(const std::vector<int64_t>& shape, LayerRole role) {
   return role == LayerRole::kernel ? shape[2] * shape[3] : 1;
 }
 
-static int index_width(int64_t k) { return k <= 1 ? 0 : (int)std::ceil(std::log2((double)k) - 1e-12); }
-
 NominalRate nominal_layer_rate(const std::vector<int64_t>& shape, LayerRole role, int bits, const KqParams& p) {
   NominalRate r;
   r.weights = 1;
@@ -364,11 +364,10 @@ NominalRate nominal_model_rate(const Model& m, const KqParams& p, bool conv_only
 }  // namespace kq
 
 // =============================================================================================
-// The method
+// The method: layer roles -> each quantized layer's code (fixed widths, or candidates and a
+// Lagrangian allocation for target_bpw) -> optional codebook fine-tuning -> records.
 
 namespace {
-
-constexpr uint8_t kFormatVersion = 1;
 
 uint64_t layer_seed(uint64_t seed, const std::string& name, int bits) {
   uint64_t h = 1469598103934665603ULL;  // FNV-1a of the layer name: seeds independent of layer order
@@ -376,154 +375,11 @@ uint64_t layer_seed(uint64_t seed, const std::string& name, int bits) {
   return seed * 0x9e3779b97f4a7c15ULL + h + (uint64_t)bits * 7919;
 }
 
-std::vector<uint32_t> to_symbols(const torch::Tensor& t, int64_t offset = 0) {
-  auto v = t.to(torch::kInt64).contiguous();
-  const int64_t* p = v.data_ptr<int64_t>();
-  std::vector<uint32_t> out(v.numel());
-  for (int64_t i = 0; i < v.numel(); ++i) out[i] = (uint32_t)(p[i] + offset);
-  return out;
+bool is_quantized(kq::LayerRole r) {
+  return r == kq::LayerRole::kernel || r == kq::LayerRole::pointwise || r == kq::LayerRole::fc;
 }
 
-torch::Tensor from_symbols(const std::vector<uint32_t>& s, int64_t offset = 0) {
-  auto t = torch::empty({(int64_t)s.size()}, torch::kInt64);
-  auto* p = t.data_ptr<int64_t>();
-  for (size_t i = 0; i < s.size(); ++i) p[i] = (int64_t)s[i] - offset;
-  return t;
-}
-
-LayerRecord encode_record(const std::string& layer, const std::vector<int64_t>& shape, const kq::LayerCode& c,
-                          Coder coder) {
-  LayerRecord rec;
-  rec.layer = layer;
-  rec.method = "kq";
-  rec.shape = shape;
-  ByteWriter meta;
-  meta.u8(kFormatVersion);
-  meta.varint((uint64_t)c.d);
-  meta.varint((uint64_t)c.k);
-  meta.u8((uint8_t)c.codebook_bits);
-  meta.u8((uint8_t)c.gain_bits);
-  meta.f32(c.scale);
-  rec.add("meta", Component::side, meta.take());
-  if (c.codebook_bits == 32) {
-    ByteWriter w;
-    put_floats(w, c.codebook_f, false);
-    rec.add("codebook", Component::codebook, w.take());
-  } else {
-    rec.add("codebook", Component::codebook,
-            encode_symbols(to_symbols(c.codebook_q.flatten(), int64_t(1) << (c.codebook_bits - 1)),
-                           1u << c.codebook_bits, Coder::fixed));
-  }
-  auto idx = to_symbols(c.idx);
-  rec.add("idx", Component::indices, encode_symbols(idx, (uint32_t)c.k, coder));
-  const int64_t n = c.idx.numel();
-  const int ib = kq::index_width(c.k);
-  rec.estimate.fixed_index_bits = (double)n * ib;
-  rec.estimate.index_bits = coder == Coder::fixed ? (double)n * ib : empirical_entropy_bits(idx, (uint32_t)c.k);
-  rec.estimate.codebook_bits = (double)c.k * c.d * c.codebook_bits + (c.codebook_bits == 32 ? 0 : 32);
-  rec.estimate.codebook_values = c.k * c.d;
-  if (c.gain_bits > 0) {
-    ByteWriter w;
-    put_floats(w, c.gains, true);
-    rec.add("gains", Component::codebook, w.take());
-    auto gi = to_symbols(c.gain_idx);
-    const uint32_t G = 1u << c.gain_bits;
-    rec.add("gain_idx", Component::indices, encode_symbols(gi, G, coder));
-    rec.estimate.fixed_index_bits += (double)n * c.gain_bits;
-    rec.estimate.index_bits += coder == Coder::fixed ? (double)n * c.gain_bits : empirical_entropy_bits(gi, G);
-    rec.estimate.codebook_bits += 16.0 * G;
-    rec.estimate.codebook_values += G;
-  }
-  return rec;
-}
-
-kq::LayerCode decode_code(const LayerRecord& rec) {
-  const std::string what = "kq record of layer '" + rec.layer + "'";
-  ByteReader m(rec.section("meta").bytes, what + " meta");
-  uint8_t ver = m.u8();
-  BB_CHECK(ver == kFormatVersion, what, ": unsupported format version ", (int)ver);
-  kq::LayerCode c;
-  c.d = (int64_t)m.varint();
-  c.k = (int64_t)m.varint();
-  c.codebook_bits = m.u8();
-  c.gain_bits = m.u8();
-  c.scale = m.f32();
-  BB_CHECK(m.done(), what, ": trailing bytes in meta");
-  int64_t numel = 1;
-  for (auto s : rec.shape) {
-    BB_CHECK(s > 0, what, ": bad shape");
-    numel *= s;
-  }
-  BB_CHECK(c.d >= 1 && numel % c.d == 0, what, ": vector length ", c.d, " does not divide ", numel, " weights");
-  const int64_t n = numel / c.d;
-  BB_CHECK(c.k >= 1 && c.k <= n, what, ": codebook size ", c.k, " out of range for ", n, " vectors");
-  BB_CHECK((c.codebook_bits >= 2 && c.codebook_bits <= 16) || c.codebook_bits == 32, what, ": bad codebook_bits ",
-           c.codebook_bits);
-  BB_CHECK(c.gain_bits <= 8, what, ": bad gain_bits ", c.gain_bits);
-  BB_CHECK(std::isfinite(c.scale), what, ": non-finite scale");
-  const auto& cbs = rec.section("codebook").bytes;
-  if (c.codebook_bits == 32) {
-    ByteReader r(cbs, what + " codebook");
-    c.codebook_f = get_floats(r, c.k * c.d, false).reshape({c.k, c.d});
-    BB_CHECK(r.done(), what, ": trailing bytes in codebook");
-  } else {
-    auto q = decode_symbols(cbs, (uint64_t)(c.k * c.d));
-    BB_CHECK((int64_t)q.size() == c.k * c.d, what, ": codebook has ", q.size(), " entries, expected ", c.k * c.d);
-    for (auto v : q) BB_CHECK(v < (1u << c.codebook_bits), what, ": codebook entry out of range");
-    c.codebook_q = from_symbols(q, int64_t(1) << (c.codebook_bits - 1)).to(torch::kInt32).reshape({c.k, c.d});
-  }
-  auto idx = decode_symbols(rec.section("idx").bytes, (uint64_t)n);
-  BB_CHECK((int64_t)idx.size() == n, what, ": ", idx.size(), " indices for ", n, " vectors");
-  for (auto v : idx) BB_CHECK((int64_t)v < c.k, what, ": index ", v, " >= codebook size ", c.k);
-  c.idx = from_symbols(idx);
-  if (c.gain_bits > 0) {
-    const int64_t G = int64_t(1) << c.gain_bits;
-    ByteReader r(rec.section("gains").bytes, what + " gains");
-    c.gains = get_floats(r, G, true);
-    BB_CHECK(r.done(), what, ": trailing bytes in gains");
-    auto gi = decode_symbols(rec.section("gain_idx").bytes, (uint64_t)n);
-    BB_CHECK((int64_t)gi.size() == n, what, ": ", gi.size(), " gain indices for ", n, " vectors");
-    for (auto v : gi) BB_CHECK((int64_t)v < G, what, ": gain index out of range");
-    c.gain_idx = from_symbols(gi);
-  }
-  return c;
-}
-
-// Layer-output error statistics: H = sum over calibration positions of x x^T, x the layer's
-// input patch (im2col row for convs), so ||X dW^T||^2 = tr(dW H dW^T).
-struct OutputStats : LayerTap {
-  const Model* model;
-  std::vector<bool> wanted;
-  std::vector<torch::Tensor> H;  // float64
-  std::vector<int64_t> rows;
-  OutputStats(const Model& m, std::vector<bool> w) : model(&m), wanted(std::move(w)), H(wanted.size()), rows(wanted.size(), 0) {}
-  void on_input(int li, const torch::Tensor& x) override {
-    if (!wanted[li]) return;
-    const Layer& l = model->layers()[li];
-    torch::Tensor P;
-    if (l.is_conv()) {
-      const auto& o = l.conv->options;
-      auto ks = o.kernel_size();
-      auto st = o.stride();
-      auto dl = o.dilation();
-      BB_CHECK(c10::holds_alternative<torch::ExpandingArray<2>>(o.padding()), "kq: layer '", l.name,
-               "' uses symbolic padding, not supported by the output proxy");
-      auto pd = c10::get<torch::ExpandingArray<2>>(o.padding());
-      auto cols = torch::nn::functional::unfold(
-          x, torch::nn::functional::UnfoldFuncOptions(torch::ExpandingArray<2>({ks->at(0), ks->at(1)}))
-                 .dilation(torch::ExpandingArray<2>({dl->at(0), dl->at(1)}))
-                 .padding(torch::ExpandingArray<2>({pd->at(0), pd->at(1)}))
-                 .stride(torch::ExpandingArray<2>({st->at(0), st->at(1)})));  // N x D x L
-      P = cols.transpose(1, 2).reshape({-1, cols.size(1)});
-    } else {
-      P = x.reshape({-1, x.size(-1)});
-    }
-    auto h = gram_upper(P).to(torch::kFloat64);
-    H[li] = H[li].defined() ? H[li] + h : h;
-    rows[li] += P.size(0);
-  }
-};
-
+// One layer's code at one index width, its record, and (for the allocation) its rate and distortion.
 struct Candidate {
   int bits = 0;
   kq::LayerCode code;
@@ -541,11 +397,9 @@ class KqMethod : public Method {
   }
 
   std::vector<LayerRecord> compress(CompressContext& ctx) override;
-  void finetune_codebooks(CompressContext& ctx, std::vector<Candidate>& chosen) const;
 
   torch::Tensor decode(const LayerRecord& rec) const override {
-    auto c = decode_code(rec);
-    return kq::reconstruct(c).reshape(rec.shape);
+    return kq::reconstruct(kq::decode_record(rec)).reshape(rec.shape);
   }
 
  private:
@@ -567,26 +421,22 @@ class KqMethod : public Method {
     Candidate c;
     c.bits = bits;
     c.code = kq::quantize_vectors(W.reshape({-1, d}), o);
-    c.rec = encode_record(l.name, shape, c.code, parse_coder(p_.coder));
+    c.rec = kq::encode_record(l.name, shape, c.code, parse_coder(p_.coder));
     return c;
   }
+
+  // Fixed index widths (index_bits / pointwise_bits / fc_bits) for every quantized layer.
+  void choose_fixed(CompressContext& ctx, const std::vector<kq::LayerRole>& roles, std::vector<Candidate>& chosen) const;
+  // target_bpw: candidates per layer, Lagrangian allocation on their exact record sizes.
+  void choose_for_target(CompressContext& ctx, const std::vector<kq::LayerRole>& roles,
+                         std::vector<Candidate>& chosen) const;
+  // Layer i's candidates over its allowed index widths, each with its rate (file bits) and its
+  // distortion under alloc_proxy (H, rows: the layer's input Gram matrix, for the output proxies).
+  std::vector<Candidate> layer_candidates(Model& model, int i, kq::LayerRole role, const torch::Tensor& H, int64_t rows,
+                                          uint64_t seed) const;
+  // Codebook fine-tuning (kq_finetune.cpp) of the chosen codes, records re-encoded.
+  void finetune(CompressContext& ctx, std::vector<Candidate>& chosen) const;
 };
-
-// Bytes a record adds to a .bbz file: sections plus its own header, measured by serialising.
-int64_t record_file_bytes(const LayerRecord& rec) {
-  static const int64_t empty = (int64_t)serialize_bbz(BbzFile{}).size();
-  BbzFile f;
-  f.layers.push_back(rec);
-  return (int64_t)serialize_bbz(f).size() - empty;
-}
-
-// Bytes a weight left in float adds to the file (stored as fp32 by default, with its header).
-int64_t kept_file_bytes(const Layer& l) {
-  static const int64_t empty = (int64_t)serialize_bbz(BbzFile{}).size();
-  BbzFile f;
-  f.tensors.push_back({l.name + ".weight", l.weight().detach(), false});
-  return (int64_t)serialize_bbz(f).size() - empty;
-}
 
 std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
   torch::NoGradGuard ng;
@@ -594,188 +444,162 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
   Model& model = *ctx.model;
   const auto& layers = model.layers();
   const int L = (int)layers.size();
-  const Coder coder = parse_coder(p_.coder);
-  (void)coder;
   std::vector<kq::LayerRole> roles(L);
   for (int i = 0; i < L; ++i) roles[i] = kq::layer_role(model, i, p_);
-  auto quantized = [&](int i) {
-    return roles[i] == kq::LayerRole::kernel || roles[i] == kq::LayerRole::pointwise || roles[i] == kq::LayerRole::fc;
-  };
 
   std::vector<Candidate> chosen(L);
   if (p_.target_bpw <= 0) {
-    ctx.phase("kmeans");
-    for (int i = 0; i < L; ++i) {
-      if (!quantized(i)) continue;
-      double t0 = now_seconds();
-      chosen[i] = make_candidate(layers[i], roles[i], kq::fixed_bits_for(roles[i], p_), ctx.seed);
-      log_debug("kq: " + layers[i].name + " k=" + std::to_string(chosen[i].code.k) + " in " +
-                std::to_string(now_seconds() - t0) + " s");
-    }
+    choose_fixed(ctx, roles, chosen);
   } else {
-    // ---- rate target: candidates per layer, Lagrangian allocation on exact record sizes ----
-    const bool conv_scope = p_.target_scope == "conv";
-    auto in_scope = [&](int i) { return !conv_scope || layers[i].is_conv(); };
-    std::vector<bool> alloc(L);
-    for (int i = 0; i < L; ++i) alloc[i] = quantized(i) && in_scope(i);
-    std::vector<torch::Tensor> H(L);
-    std::vector<int64_t> Hrows(L, 0);
-    const bool output_proxy = p_.alloc_proxy != "mse";
-    if (output_proxy) {
-      BB_CHECK(ctx.calib, "kq: target_bpw with alloc_proxy=", p_.alloc_proxy,
-               " needs a calibration set (--calib), or use alloc_proxy=mse");
-      ctx.phase("calibration");
-      OutputStats st(model, alloc);
-      auto idx = sample_indices(ctx.calib->size(), p_.calib_images, ctx.seed ^ 0xca11b);
-      LoaderOptions lo;
-      lo.batch_size = 64;
-      model.set_tap(&st);
-      try {
-        for_each_batch(*ctx.calib, idx, lo, [&](const Batch& b) { model.forward(b.images); });
-      } catch (...) {
-        model.set_tap(nullptr);
-        throw;
-      }
-      model.set_tap(nullptr);
-      H = st.H;
-      Hrows = st.rows;
-    }
-    ctx.phase("candidates");
-    double fixed_bits = 0;
-    int64_t scope_weights = 0;
-    std::vector<std::vector<Candidate>> cands(L);
-    std::vector<std::vector<RdPoint>> points;
-    std::vector<int> alloc_layers;
-    for (int i = 0; i < L; ++i) {
-      const Layer& l = layers[i];
-      if (!in_scope(i)) continue;
-      scope_weights += l.weight().numel();
-      if (!alloc[i]) {
-        if (quantized(i)) {  // not reachable today (scope covers every quantized layer it counts)
-          chosen[i] = make_candidate(l, roles[i], kq::fixed_bits_for(roles[i], p_), ctx.seed);
-          fixed_bits += 8.0 * record_file_bytes(chosen[i].rec);
-        } else {
-          fixed_bits += 8.0 * kept_file_bytes(l);
-        }
-        continue;
-      }
-      const int64_t d = roles[i] == kq::LayerRole::kernel ? l.kernel_h() * l.kernel_w() : 1;
-      const int64_t n = l.weight().numel() / d;
-      int hi = std::min(p_.alloc_max_bits, std::max(1, kq::index_width(n)));
-      if (roles[i] != kq::LayerRole::kernel && p_.codebook_bits != 32) hi = std::min(hi, p_.codebook_bits);
-      const int lo = std::min(p_.alloc_min_bits, hi);
-      auto W = l.weight().detach().to(torch::kFloat32).reshape({l.out_features(), -1});
-      // The proxy tr(dW H dW^T) in float32 (H accumulated in float64): half the cost of a double
-      // GEMM, at 512 x 4608 x 4608 per candidate the largest cost here; adjacent widths differ
-      // by far more than float rounding.
-      torch::Tensor Hf, row_scale;
-      if (output_proxy) {
-        BB_CHECK(H[i].defined(), "kq: no calibration statistics for layer '", l.name, "'");
-        Hf = H[i].to(torch::kFloat32);
-        // After the following BN an output channel's error is scaled by s = gamma / sigma: its
-        // squared error by s^2 (undefined when no BN follows: the output as it is).
-        if (p_.alloc_proxy == "output") row_scale = model.bn_scale(i);
-      }
-      std::vector<RdPoint> pts;
-      for (int b = lo; b <= hi; ++b) {
-        Candidate c = make_candidate(l, roles[i], b, ctx.seed);
-        auto dW = kq::reconstruct(c.code).reshape(W.sizes()) - W;
-        if (row_scale.defined()) dW = dW * row_scale.abs().unsqueeze(1);
-        if (output_proxy) {
-          c.distortion = (torch::mm(dW, Hf) * dW).sum(torch::kFloat64).item<double>() / (double)Hrows[i];
-        } else {
-          c.distortion = dW.pow(2).sum().item<double>();
-        }
-        c.rate_bits = 8.0 * record_file_bytes(c.rec);
-        pts.push_back({c.rate_bits, c.distortion});
-        cands[i].push_back(std::move(c));
-      }
-      points.push_back(std::move(pts));
-      alloc_layers.push_back(i);
-    }
-    ctx.phase("allocation");
-    const double budget = p_.target_bpw * (double)scope_weights - fixed_bits;
-    RdOptions ro;
-    ro.fill = RdFill::best_ratio;
-    ro.budget_rel_tol = 0;  // rates are whole bytes: a budget is met exactly or not at all
-    const RdAllocation ar = rd_allocate(points, budget, ro);
-    if (!ar.feasible) {
-      const double min_bits = fixed_bits + ar.min_rate;
-      BB_THROW("method 'kq': target_bpw=", p_.target_bpw, " is below the lowest rate reachable with these settings (",
-               min_bits / scope_weights, " bits per ", conv_scope ? "conv" : "conv+linear", " weight)");
-    }
-    for (size_t a = 0; a < alloc_layers.size(); ++a) {
-      int i = alloc_layers[a];
-      chosen[i] = std::move(cands[i][ar.choice[a]]);
-    }
-    // Out-of-scope quantized layers (linear layers under target_scope=conv) use their fixed width.
-    for (int i = 0; i < L; ++i)
-      if (quantized(i) && !in_scope(i))
-        chosen[i] = make_candidate(layers[i], roles[i], kq::fixed_bits_for(roles[i], p_), ctx.seed);
-    double achieved = (ar.rate + fixed_bits) / (double)scope_weights;
-    std::string widths;
-    for (int i : alloc_layers) widths += " " + layers[i].name + ":" + std::to_string(chosen[i].bits);
-    log_info("kq: target " + std::to_string(p_.target_bpw) + " bpw, allocated " + std::to_string(achieved) +
-             " bpw (" + std::to_string(ar.lagrangian_steps) + " Lagrangian + " + std::to_string(ar.fill_steps) +
-             " fill steps); widths" + widths);
+    choose_for_target(ctx, roles, chosen);
   }
-
   if (p_.finetune.epochs > 0) {
     ctx.phase("finetune");
-    finetune_codebooks(ctx, chosen);
+    finetune(ctx, chosen);
   }
   ctx.phase("encode");
 
   std::vector<LayerRecord> out;
   for (int i = 0; i < L; ++i) {
-    if (!quantized(i)) continue;
+    if (!is_quantized(roles[i])) continue;
     layers[i].weight().copy_(kq::reconstruct(chosen[i].code).reshape(layers[i].weight().sizes()));
     out.push_back(std::move(chosen[i].rec));
   }
   return out;
 }
 
-// Codebook fine-tuning: the indices (and gain indices) stay fixed, each layer's codebook is a
-// learnable k x d leaf and the layer's weight is rebuilt as codebook[idx] (* gain). A codeword's
-// gradient is the average over the kernels that share it (grad_scale = 1 / members), as the
-// paper does. Afterwards the codebook goes back onto its b-bit grid (a fresh per-layer scale) and
-// the record is re-encoded, so the file holds exactly what is evaluated; the index streams and
-// hence the rate are unchanged.
-void KqMethod::finetune_codebooks(CompressContext& ctx, std::vector<Candidate>& chosen) const {
-  BB_CHECK(ctx.calib, "kq: finetune_epochs > 0 needs a calibration set (--calib)");
+void KqMethod::choose_fixed(CompressContext& ctx, const std::vector<kq::LayerRole>& roles,
+                            std::vector<Candidate>& chosen) const {
+  const auto& layers = ctx.model->layers();
+  ctx.phase("kmeans");
+  for (int i = 0; i < (int)layers.size(); ++i) {
+    if (!is_quantized(roles[i])) continue;
+    double t0 = now_seconds();
+    chosen[i] = make_candidate(layers[i], roles[i], kq::fixed_bits_for(roles[i], p_), ctx.seed);
+    log_debug("kq: " + layers[i].name + " k=" + std::to_string(chosen[i].code.k) + " in " +
+              std::to_string(now_seconds() - t0) + " s");
+  }
+}
+
+std::vector<Candidate> KqMethod::layer_candidates(Model& model, int i, kq::LayerRole role, const torch::Tensor& H,
+                                                  int64_t rows, uint64_t seed) const {
+  const Layer& l = model.layers()[i];
+  const bool output_proxy = p_.alloc_proxy != "mse";
+  const int64_t d = role == kq::LayerRole::kernel ? l.kernel_h() * l.kernel_w() : 1;
+  const int64_t n = l.weight().numel() / d;
+  int hi = std::min(p_.alloc_max_bits, std::max(1, kq::index_width(n)));
+  if (role != kq::LayerRole::kernel && p_.codebook_bits != 32) hi = std::min(hi, p_.codebook_bits);
+  const int lo = std::min(p_.alloc_min_bits, hi);
+  auto W = l.weight().detach().to(torch::kFloat32).reshape({l.out_features(), -1});
+  // The proxy tr(dW H dW^T) in float32 (H accumulated in float64): half the cost of a double
+  // GEMM, at 512 x 4608 x 4608 per candidate the largest cost here; adjacent widths differ
+  // by far more than float rounding.
+  torch::Tensor Hf, row_scale;
+  if (output_proxy) {
+    BB_CHECK(H.defined(), "kq: no calibration statistics for layer '", l.name, "'");
+    Hf = H.to(torch::kFloat32);
+    // After the following BN an output channel's error is scaled by s = gamma / sigma: its
+    // squared error by s^2 (undefined when no BN follows: the output as it is).
+    if (p_.alloc_proxy == "output") row_scale = model.bn_scale(i);
+  }
+  std::vector<Candidate> out;
+  for (int b = lo; b <= hi; ++b) {
+    Candidate c = make_candidate(l, role, b, seed);
+    auto dW = kq::reconstruct(c.code).reshape(W.sizes()) - W;
+    if (row_scale.defined()) dW = dW * row_scale.abs().unsqueeze(1);
+    if (output_proxy) {
+      c.distortion = (torch::mm(dW, Hf) * dW).sum(torch::kFloat64).item<double>() / (double)rows;
+    } else {
+      c.distortion = dW.pow(2).sum().item<double>();
+    }
+    c.rate_bits = 8.0 * kq::record_file_bytes(c.rec);
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+void KqMethod::choose_for_target(CompressContext& ctx, const std::vector<kq::LayerRole>& roles,
+                                 std::vector<Candidate>& chosen) const {
   Model& model = *ctx.model;
   const auto& layers = model.layers();
-  SharedWeights sw;
-  std::vector<int> owner;
-  for (int i = 0; i < (int)chosen.size(); ++i) {
-    const kq::LayerCode& c = chosen[i].code;
-    if (!c.idx.defined()) continue;
-    sw.add_indexed(i, c.codebook(), c.idx, layers[i].weight().sizes().vec(),
-                   c.gain_bits > 0 ? c.gains.index_select(0, c.gain_idx) : torch::Tensor());
-    owner.push_back(i);
+  const int L = (int)layers.size();
+  const bool conv_scope = p_.target_scope == "conv";
+  auto in_scope = [&](int i) { return !conv_scope || layers[i].is_conv(); };
+  std::vector<bool> alloc(L);
+  for (int i = 0; i < L; ++i) alloc[i] = is_quantized(roles[i]) && in_scope(i);
+  kq::InputGrams grams;
+  grams.H.resize(L);
+  grams.rows.assign(L, 0);
+  if (p_.alloc_proxy != "mse") {
+    BB_CHECK(ctx.calib, "kq: target_bpw with alloc_proxy=", p_.alloc_proxy,
+             " needs a calibration set (--calib), or use alloc_proxy=mse");
+    ctx.phase("calibration");
+    grams = kq::collect_input_grams(model, *ctx.calib, alloc, p_.calib_images, ctx.seed ^ 0xca11b);
   }
-  BB_CHECK(!owner.empty(), "kq: finetune_epochs > 0 but no layer is quantized");
+  ctx.phase("candidates");
+  double fixed_bits = 0;
+  int64_t scope_weights = 0;
+  std::vector<std::vector<Candidate>> cands(L);
+  std::vector<std::vector<RdPoint>> points;
+  std::vector<int> alloc_layers;
+  for (int i = 0; i < L; ++i) {
+    const Layer& l = layers[i];
+    if (!in_scope(i)) continue;
+    scope_weights += l.weight().numel();
+    if (!alloc[i]) {
+      if (is_quantized(roles[i])) {  // not reachable today (scope covers every quantized layer it counts)
+        chosen[i] = make_candidate(l, roles[i], kq::fixed_bits_for(roles[i], p_), ctx.seed);
+        fixed_bits += 8.0 * kq::record_file_bytes(chosen[i].rec);
+      } else {
+        fixed_bits += 8.0 * kq::kept_file_bytes(l);
+      }
+      continue;
+    }
+    cands[i] = layer_candidates(model, i, roles[i], grams.H[i], grams.rows[i], ctx.seed);
+    std::vector<RdPoint> pts;
+    for (const Candidate& c : cands[i]) pts.push_back({c.rate_bits, c.distortion});
+    points.push_back(std::move(pts));
+    alloc_layers.push_back(i);
+  }
+  ctx.phase("allocation");
+  const double budget = p_.target_bpw * (double)scope_weights - fixed_bits;
+  RdOptions ro;
+  ro.fill = RdFill::best_ratio;
+  ro.budget_rel_tol = 0;  // rates are whole bytes: a budget is met exactly or not at all
+  const RdAllocation ar = rd_allocate(points, budget, ro);
+  if (!ar.feasible) {
+    const double min_bits = fixed_bits + ar.min_rate;
+    BB_THROW("method 'kq': target_bpw=", p_.target_bpw, " is below the lowest rate reachable with these settings (",
+             min_bits / scope_weights, " bits per ", conv_scope ? "conv" : "conv+linear", " weight)");
+  }
+  for (size_t a = 0; a < alloc_layers.size(); ++a) {
+    int i = alloc_layers[a];
+    chosen[i] = std::move(cands[i][ar.choice[a]]);
+  }
+  // Out-of-scope quantized layers (linear layers under target_scope=conv) use their fixed width.
+  for (int i = 0; i < L; ++i)
+    if (is_quantized(roles[i]) && !in_scope(i))
+      chosen[i] = make_candidate(layers[i], roles[i], kq::fixed_bits_for(roles[i], p_), ctx.seed);
+  double achieved = (ar.rate + fixed_bits) / (double)scope_weights;
+  std::string widths;
+  for (int i : alloc_layers) widths += " " + layers[i].name + ":" + std::to_string(chosen[i].bits);
+  log_info("kq: target " + std::to_string(p_.target_bpw) + " bpw, allocated " + std::to_string(achieved) +
+           " bpw (" + std::to_string(ar.lagrangian_steps) + " Lagrangian + " + std::to_string(ar.fill_steps) +
+           " fill steps); widths" + widths);
+}
+
+void KqMethod::finetune(CompressContext& ctx, std::vector<Candidate>& chosen) const {
+  BB_CHECK(ctx.calib, "kq: finetune_epochs > 0 needs a calibration set (--calib)");
+  std::vector<kq::LayerCode*> codes(chosen.size());
+  for (size_t i = 0; i < chosen.size(); ++i) codes[i] = &chosen[i].code;
   FinetuneOptions fo = p_.finetune;
   fo.seed = ctx.seed ^ 0xf17e;
-  fo.validate();
-  {
-    torch::AutoGradMode grad(true);  // compress() runs under NoGradGuard
-    finetune_shared(model, *ctx.calib, sw, fo);
-  }
-  torch::NoGradGuard ng;
+  kq::finetune_codebooks(*ctx.model, *ctx.calib, codes, fo);
   const Coder coder = parse_coder(p_.coder);
-  for (size_t a = 0; a < owner.size(); ++a) {
-    const int i = owner[a];
-    kq::LayerCode& c = chosen[i].code;
-    auto tuned = sw.leaves[a].detach().contiguous();
-    if (c.codebook_bits == 32) {
-      c.codebook_f = tuned;
-    } else {
-      c.scale = kq::grid_scale(tuned, torch::bincount(c.idx, {}, c.k), c.codebook_bits);
-      c.codebook_q = kq::to_grid(tuned, c.scale, c.codebook_bits);
-    }
-    chosen[i].rec = encode_record(layers[i].name, layers[i].weight().sizes().vec(), c, coder);
-  }
+  const auto& layers = ctx.model->layers();
+  for (size_t i = 0; i < chosen.size(); ++i)
+    if (chosen[i].code.idx.defined())
+      chosen[i].rec = kq::encode_record(layers[i].name, layers[i].weight().sizes().vec(), chosen[i].code, coder);
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 // Kernel Quantization (Yu, Shi, Huang, Yu, arXiv 2003.05148): a codebook of whole convolution
 // kernels per layer, every K x K kernel replaced by a low-bit index into it, the codebook's
-// entries quantized to a few bits. The method itself is src/methods/kq.cpp (registered as "kq");
-// this header exposes its algorithm core for tests and for the nominal-rate arithmetic in
+// entries quantized to a few bits. The method itself is src/methods/kq.cpp (registered as "kq";
+// its record format, calibration tap and fine-tuning in kq_format.cpp, kq_calib.cpp and
+// kq_finetune.cpp, see kq_internal.h); this header exposes its algorithm core for tests and for the nominal-rate arithmetic in
 // docs/methods/kq.md.
 #pragma once
 #include "methods/params.h"
