@@ -11,6 +11,7 @@
 //   ||X (w - c)||^2 (bitbench: pq_assign; faiss: the same Gram factor, then IndexFlatL2 search)
 #include <benchmark/benchmark.h>
 
+#include "methods/kq.h"
 #include "methods/pq.h"
 #include "quant/kmeans.h"
 #include "quant/kmeans1d.h"
@@ -108,6 +109,19 @@ void BM_pq_estep_bitbench(benchmark::State& st) {
   st.counters["checksum"] = (double)a.sum().item<int64_t>();
 }
 BENCHMARK(BM_pq_estep_bitbench)->Unit(benchmark::kMillisecond)->Iterations(10)->Repetitions(5);
+
+// KQ's kernel quantizer on the largest ResNet-18 layer (512x512 3x3: 262,144 kernels), k = 512,
+// its default iterations (codebook training, assignment, 6-bit codebook grid).
+void BM_kq_quantize_vectors_bitbench(benchmark::State& st) {
+  bb::kq::QuantOptions o;
+  o.k = 512;
+  const torch::Tensor& x = data(2);
+  double n = 0;
+  for (auto _ : st) n = (double)bb::kq::quantize_vectors(x, o).codebook().size(0);
+  st.counters["n"] = (double)x.size(0);
+  st.counters["k"] = n;
+}
+BENCHMARK(BM_kq_quantize_vectors_bitbench)->Unit(benchmark::kMillisecond)->Iterations(1)->Repetitions(1);
 
 // One layer's whole PQ EM (pq_cluster at its defaults) at CIFAR layer3 (4,096 sub-vectors) and
 // ResNet-18 layer4 (262,144) sizes, k = 256, 2^20 activation patches.
