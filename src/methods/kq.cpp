@@ -581,6 +581,22 @@ void KqMethod::choose_for_target(CompressContext& ctx, const std::vector<kq::Lay
     if (is_quantized(roles[i]) && !in_scope(i))
       chosen[i] = make_candidate(layers[i], roles[i], kq::fixed_bits_for(roles[i], p_), ctx.seed);
   double achieved = (ar.rate + fixed_bits) / (double)scope_weights;
+  double max_bits = fixed_bits;
+  for (const auto& pts : points) {
+    double m = 0;
+    for (const RdPoint& q : pts) m = std::max(m, q.rate);
+    max_bits += m;
+  }
+  const std::string unit = conv_scope ? "bpw_yu_conv" : "bpw_core";
+  if (budget + fixed_bits >= max_bits)
+    ctx.rate_note = "kq: the target is at or above the highest rate these settings reach, " +
+                    std::to_string(max_bits / scope_weights) + " " + unit + " (every allocated layer at its widest " +
+                    "candidate, alloc_max_bits=" + std::to_string(p_.alloc_max_bits) +
+                    "; 1x1 convs and FC at their fixed widths); raise alloc_max_bits to go higher";
+  else
+    ctx.rate_note = "kq: Lagrangian allocation over per-layer index widths " + std::to_string(p_.alloc_min_bits) + ".." +
+                    std::to_string(p_.alloc_max_bits) + " allocated " + std::to_string(achieved) + " " + unit +
+                    " within the budget (reachable range up to " + std::to_string(max_bits / scope_weights) + ")";
   std::string widths;
   for (int i : alloc_layers) widths += " " + layers[i].name + ":" + std::to_string(chosen[i].bits);
   log_info("kq: target " + std::to_string(p_.target_bpw) + " bpw, allocated " + std::to_string(achieved) +

@@ -31,6 +31,10 @@ struct CompressContext {
   // Phase timer: ctx.phase("hessian") at the *start* of a phase; the time until the next call (or
   // the method's return) is recorded as that phase's wall time (run records: phase_seconds).
   std::function<void(const std::string&)> phase = [](const std::string&) {};
+  // Set by a rate-targeting method: how its search ended and why the rate it reached is what it
+  // is (its nearest operating points, a cap it hit). The run record keeps it with the target
+  // (rate_target.why), so a row off its target says why.
+  std::string rate_note;
 };
 
 class Method {

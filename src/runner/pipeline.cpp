@@ -128,6 +128,7 @@ CompressOutcome compress_model(const CompressRequest& req) {
   std::vector<LayerRecord> records = method->compress(ctx);
   lap(method_phase);
   ctx.phase = [](const std::string&) {};  // the closure refers to locals of this call
+  const std::string rate_note = ctx.rate_note;
 
   // In-memory decode: what the method intends the evaluated weights to be.
   model->eval();
@@ -193,6 +194,7 @@ CompressOutcome compress_model(const CompressRequest& req) {
                        {"measure", conv ? "bpw_yu_conv" : "bpw_core"},
                        {"relative_error", rel},
                        {"within_2pct", std::fabs(rel) <= 0.02}};
+    if (!rate_note.empty()) out.rate_target["why"] = rate_note;
     if (std::fabs(rel) > 0.02)
       log_warn("method '" + req.method + "': target_bpw " + std::to_string(want) + " reached " + std::to_string(got) +
                " (" + (conv ? "bpw_yu_conv" : "bpw_core") + ", " + std::to_string(100 * rel) +
