@@ -68,8 +68,11 @@ int cmd_run(int argc, char** argv) {
       ++n;
       nlohmann::json p = r.params;
       std::string w = r.model_cfg.weights.empty() ? "<unset: " + r.model_cfg.weights_spec + ">" : r.model_cfg.weights;
-      std::printf("%4d  %-16s %-14s seed=%llu  %s  weights=%s  eval=%s\n", r.index, r.model.c_str(), r.method.c_str(),
-                  (unsigned long long)r.seed, p.dump().c_str(), w.c_str(), nlohmann::json(r.eval).dump().c_str());
+      // A fine-tuned run names its FP control's index (issue 21); the label says which is which.
+      const std::string ctl = r.control >= 0 ? "  control=" + std::to_string(ex.runs[r.control].index) : "";
+      std::printf("%4d  %-16s %-14s seed=%llu  %s  weights=%s  eval=%s  label=\"%s\"%s\n", r.index, r.model.c_str(),
+                  r.method.c_str(), (unsigned long long)r.seed, p.dump().c_str(), w.c_str(),
+                  nlohmann::json(r.eval).dump().c_str(), r.label.c_str(), ctl.c_str());
     }
     std::printf("%d runs (of %zu in the experiment) -> %s\n", n, ex.runs.size(), ex.results_dir.c_str());
     return 0;

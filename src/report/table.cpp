@@ -6,6 +6,7 @@
 #include "eval/evaluate.h"
 #include "methods/method.h"
 #include "report/plot.h"
+#include "runner/experiment.h"
 
 #include <yaml-cpp/yaml.h>
 
@@ -32,14 +33,25 @@ std::vector<uint8_t> from_hex_bits(const std::string& hex, size_t n) {
   return out;
 }
 
-double epochs_of(const nlohmann::json& params) {
+// The parameters that count training epochs, by name: fine-tuning (every method's
+// finetune_epochs) and the sharing family's retraining after pruning; the older names of records
+// from before the shared vocabulary (issue 23).
+const char* const kEpochParams[] = {"finetune_epochs", "prune_retrain_epochs", "retrain_epochs", "global_finetune_epochs"};
+
+// The epochs a run fine-tuned: the declared budget when the run had one (issue 21); otherwise
+// the run's resolved parameters (identity.params, every key with the code's defaults), or for
+// records without them the parameters as written.
+double epochs_of(const nlohmann::json& r) {
+  if (r.contains("finetune_budget") && r["finetune_budget"].contains("epochs"))
+    return r["finetune_budget"]["epochs"].get<double>();
+  const bool resolved = r.contains("identity") && r["identity"].contains("params") && r["identity"]["params"].is_object();
+  const nlohmann::json& params = resolved ? r["identity"]["params"] : r["params"];
   double e = 0;
-  for (auto it = params.begin(); it != params.end(); ++it)
-    // Training epochs (retrain_epochs, finetune_epochs, global_finetune_epochs, ...), not the
-    // period of a learning-rate schedule (global_lr_step_epochs).
-    if (it.key().size() >= 6 && it.key().compare(it.key().size() - 6, 6, "epochs") == 0 &&
-        it.key().find("lr_step") == std::string::npos)
-      e += std::stod(it.value().get<std::string>());
+  for (const char* k : kEpochParams) {
+    if (!params.contains(k)) continue;
+    const auto& v = params[k];
+    e += v.is_string() ? std::stod(v.get<std::string>()) : v.get<double>();
+  }
   return e;
 }
 
@@ -191,7 +203,10 @@ std::vector<nlohmann::json> read_records(const std::string& results_dir, int& fa
 
 // One measured row from a run record: variant (the params that vary within its label, seed,
 // off-target and stale flags), bits, accuracies and McNemar's p against the FP run `fp` (or none).
-nlohmann::json measured_row(const nlohmann::json& r, const nlohmann::json* fp, const std::vector<std::string>& datasets,
+// `ref` is what the row's drop and `mcnemar_p_vs_ref` are computed against: the run's FP control
+// when it fine-tuned under a budget (issue 21), else the FP run; `reference` names it.
+nlohmann::json measured_row(const nlohmann::json& r, const nlohmann::json* fp, const nlohmann::json* ref,
+                            const nlohmann::json& reference, const std::vector<std::string>& datasets,
                             const std::map<std::string, std::set<std::string>>& label_values) {
   const std::string label = r["label"];
   std::string variant;
@@ -220,7 +235,7 @@ nlohmann::json measured_row(const nlohmann::json& r, const nlohmann::json* fp, c
                         {"method", r["method"]},
                         {"label", label},
                         {"variant", variant},
-                        {"epochs", epochs_of(r["params"])},
+                        {"epochs", epochs_of(r)},
                         {"bits", r["bpw_core"]},
                         {"ratio", 32.0 / r["bpw_core"].get<double>()},
                         {"bpw_total", r["bpw_total"]},
@@ -235,6 +250,8 @@ nlohmann::json measured_row(const nlohmann::json& r, const nlohmann::json* fp, c
   if (r.contains("tuned")) row["tuned"] = r["tuned"];
   row["algorithm_version"] = rec_version;
   if (stale) row["stale"] = true;
+  if (r.contains("control_run_id")) row["control_run_id"] = r["control_run_id"];
+  if (ref && ref != &r) row["reference"] = reference;
   for (auto& d : datasets) {
     const auto& e = r["eval"][d];
     row["top1"][d] = e["top1"];
@@ -245,6 +262,15 @@ nlohmann::json measured_row(const nlohmann::json& r, const nlohmann::json* fp, c
       auto a = from_hex_bits(r["hit1_hex"][d].get<std::string>(), n);
       auto b = from_hex_bits((*fp)["hit1_hex"][d].get<std::string>(), n);
       row["mcnemar_p_vs_fp"][d] = mcnemar_p(a, b);
+    }
+    if (ref && ref != &r) {
+      row["drop"][d] = (*ref)["eval"][d]["top1"].get<double>() - e["top1"].get<double>();
+      if (r.contains("hit1_hex") && ref->contains("hit1_hex")) {
+        size_t n = e["n"].get<size_t>();
+        auto a = from_hex_bits(r["hit1_hex"][d].get<std::string>(), n);
+        auto b = from_hex_bits((*ref)["hit1_hex"][d].get<std::string>(), n);
+        row["mcnemar_p_vs_ref"][d] = mcnemar_p(a, b);
+      }
     }
   }
   return row;
@@ -266,17 +292,40 @@ nlohmann::json model_table(const std::string& model, const std::vector<nlohmann:
     if (r["model"] == model) mine.push_back(&r);
   std::vector<std::string> datasets;
   for (auto it = mine.front()->at("eval").begin(); it != mine.front()->at("eval").end(); ++it) datasets.push_back(it.key());
-  // FP baseline: the fp32 run, if the experiment has one.
+  // FP baseline: the untuned fp32 run, if the experiment has one (an fp32 run that fine-tuned is
+  // a control: the reference of the runs that name it).
   const nlohmann::json* fp = nullptr;
-  for (auto* r : mine)
-    if ((*r)["method"] == "fp32") fp = r;
+  std::map<std::string, const nlohmann::json*> by_id;
+  for (auto* r : mine) {
+    by_id[(*r)["run_id"].get<std::string>()] = r;
+    if ((*r)["method"] == "fp32" && epochs_of(*r) == 0) fp = r;
+  }
+  auto reference_of = [&](const nlohmann::json& r, nlohmann::json& reference) -> const nlohmann::json* {
+    if (r.contains("control_run_id")) {
+      const std::string cid = r["control_run_id"].get<std::string>();
+      auto it = by_id.find(cid);
+      if (it != by_id.end()) {
+        reference = {{"kind", "control"}, {"run_id", cid}, {"label", (*it->second)["label"]}};
+        return it->second;
+      }
+      reference = {{"kind", "fp"}, {"missing_control", cid}};
+    } else {
+      reference = {{"kind", "fp"}};
+    }
+    if (fp) reference["run_id"] = (*fp)["run_id"];
+    return fp;
+  };
   // Which params vary within a label: they make up the variant string.
   std::map<std::string, std::map<std::string, std::set<std::string>>> values;
   for (auto* r : mine)
     for (auto it = (*r)["params"].begin(); it != (*r)["params"].end(); ++it)
       values[(*r)["label"].get<std::string>()][it.key()].insert(it.value().get<std::string>());
   nlohmann::json rows = nlohmann::json::array();
-  for (auto* r : mine) rows.push_back(measured_row(*r, fp, datasets, values[(*r)["label"].get<std::string>()]));
+  for (auto* r : mine) {
+    nlohmann::json reference;
+    const nlohmann::json* ref = reference_of(*r, reference);
+    rows.push_back(measured_row(*r, fp, ref, reference, datasets, values[(*r)["label"].get<std::string>()]));
+  }
   for (auto& p : published)
     if (p["model"] == model) rows.push_back(p);
 
@@ -328,7 +377,10 @@ std::string table_markdown(const nlohmann::json& table) {
   md << "# " << table["experiment"].get<std::string>() << "\n\n"
      << "Bits = `bpw_core` (bits of everything needed to rebuild the conv+FC weights, counted from the .bbz file's "
         "bytes, divided by the number of conv+FC weights). Compression = 32 / bits. Top-1/top-5 in percent with "
-        "95% Wilson intervals; p = McNemar's paired test against the FP baseline on the same images. "
+        "95% Wilson intervals. Drop = the reference's top-1 minus the row's and p = McNemar's paired test against "
+        "the reference on the same images, both on the first evaluation set; the reference is the FP baseline, or "
+        "for a run fine-tuned under the experiment's budget its control \"" << kFpControlLabel << "\" (the FP "
+        "network given the same fine-tuning). "
         "Published rows are as printed in the cited papers (their own bit conventions, ImageNet unless stated).\n\n";
   for (auto mt = table["models"].begin(); mt != table["models"].end(); ++mt) {
     const std::string& model = mt.key();
@@ -336,9 +388,9 @@ std::string table_markdown(const nlohmann::json& table) {
     const auto datasets = datasets_of(m);
     md << "## " << model << "\n\n| Method | Variant | Epochs | Compression | Bits |";
     for (auto& d : datasets) md << " Top-1 " << d << " | Top-5 " << d << " |";
-    md << " p vs FP | Source |\n|---|---|---|---|---|";
+    md << " Drop | p | vs | Source |\n|---|---|---|---|---|";
     for (size_t i = 0; i < datasets.size(); ++i) md << "---|---|";
-    md << "---|---|\n";
+    md << "---|---|---|---|\n";
     for (auto& row : m["rows"]) {
       const bool meas = row["kind"] == "measured";
       md << "| " << (meas ? row["label"].get<std::string>() : row["method"].get<std::string>()) << " | "
@@ -357,9 +409,19 @@ std::string table_markdown(const nlohmann::json& table) {
           md << " | |";
         }
       }
-      std::string p = "";
-      if (meas && row.contains("mcnemar_p_vs_fp")) p = fmt(row["mcnemar_p_vs_fp"][datasets[0]].get<double>(), 3);
-      md << " " << p << " | "
+      std::string drop, p, vs;
+      if (meas && row.contains("drop")) drop = fmt(row["drop"][datasets[0]].get<double>());
+      if (meas && row.contains("mcnemar_p_vs_ref")) p = fmt(row["mcnemar_p_vs_ref"][datasets[0]].get<double>(), 3);
+      if (meas && row.contains("reference")) {
+        const auto& rf = row["reference"];
+        if (rf["kind"] == "control")
+          vs = "control " + rf["run_id"].get<std::string>().substr(0, 8);
+        else
+          vs = rf.contains("missing_control")
+                   ? "FP (control " + rf["missing_control"].get<std::string>().substr(0, 8) + " missing)"
+                   : "FP";
+      }
+      md << " " << drop << " | " << p << " | " << vs << " | "
          << (meas ? "measured" : "published: " + row["citation"].get<std::string>() +
                                      (row.contains("dataset") ? " (" + row["dataset"].get<std::string>() + ")" : ""))
          << " |\n";
@@ -385,7 +447,7 @@ std::string table_markdown(const nlohmann::json& table) {
 std::string table_csv(const nlohmann::json& table) {
   std::ostringstream csv;
   csv << "model,kind,method,label,variant,epochs,compression,bits,bpw_total,dataset,top1,top1_lo,top1_hi,top5,"
-         "mcnemar_p_vs_fp,run_id,citation\n";
+         "mcnemar_p_vs_fp,drop,mcnemar_p_vs_ref,reference_run_id,run_id,citation\n";
   auto q = [](const std::string& s) { return "\"" + s + "\""; };
   for (auto mt = table["models"].begin(); mt != table["models"].end(); ++mt) {
     const std::string& model = mt.key();
@@ -399,13 +461,16 @@ std::string table_csv(const nlohmann::json& table) {
               << row["bpw_total"] << "," << d << "," << row["top1"][d] << "," << row["top1_ci95"][d][0] << ","
               << row["top1_ci95"][d][1] << "," << row["top5"][d] << ","
               << (row.contains("mcnemar_p_vs_fp") ? row["mcnemar_p_vs_fp"][d].dump() : "") << ","
+              << (row.contains("drop") ? row["drop"][d].dump() : "") << ","
+              << (row.contains("mcnemar_p_vs_ref") ? row["mcnemar_p_vs_ref"][d].dump() : "") << ","
+              << (row.contains("reference") ? row["reference"].value("run_id", "") : "") << ","
               << row["run_id"].get<std::string>() << ",\n";
       } else {
         csv << model << ",published," << q(row["method"]) << ",,," << (row.contains("epochs") ? row["epochs"].dump() : "")
             << "," << (row.contains("ratio") ? row["ratio"].dump() : "") << ","
             << (row.contains("bits") ? row["bits"].dump() : "") << ",," << q(row.value("dataset", "")) << ","
             << (row.contains("top1_published") ? row["top1_published"].dump() : "") << ",,,"
-            << (row.contains("top5_published") ? row["top5_published"].dump() : "") << ",,," << q(row["citation"])
+            << (row.contains("top5_published") ? row["top5_published"].dump() : "") << ",,,,,," << q(row["citation"])
             << "\n";
       }
     }

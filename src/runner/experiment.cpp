@@ -10,6 +10,8 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cctype>
+#include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <random>
@@ -180,6 +182,58 @@ nlohmann::json RunSpec::config_json() const {
           {"eval", eval},       {"eval_limit", eval_limit}, {"seed", seed}};
 }
 
+nlohmann::json FinetuneBudget::to_json() const {
+  nlohmann::json j = {{"epochs", epochs}, {"images", images}, {"batch", batch}, {"lr_schedule", lr_schedule}};
+  if (has_seed) j["seed"] = seed;
+  return j;
+}
+
+// The one place a budget meets the methods. Every method that fine-tunes takes epochs, images
+// and batch through its own finetune_* parameters; what differs is which stage they drive and
+// which settings its mechanism lacks:
+//   kmeans, hessian_kmeans, ecsq, uniform_ecsq (Choi et al.): the shared-value fine-tuning
+//       (assignments fixed); pruning + retraining before quantization is not part of the budget
+//       (a block with prune_retrain_epochs > 0 is refused: it would train beyond the budget).
+//   kq (Yu et al.): codebook fine-tuning, indices fixed.
+//   pq (Stock et al.): the global stage (all codebooks, distillation, BN updating, as the
+//       official code); the per-layer stage (layer_finetune_iters) stays as the block sets it.
+//       lr_schedule constant -> finetune_lr_schedule=constant.
+//   tq (Young et al.): STE retraining at the allocated depths over the whole calibration set
+//       with the paper's cosine decay: images must be 0 and lr_schedule `method`.
+//   fp32: the FP control, every conv/linear weight (constant lr by default).
+//   uniform, fp16 and any other method: no fine-tuning -> an error (run its block with
+//       `finetune: false`).
+std::map<std::string, std::string> finetune_budget_params(const std::string& method, const FinetuneBudget& b,
+                                                          const std::string& where) {
+  auto num = [](double v) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.17g", v);
+    return std::string(buf);
+  };
+  static const std::set<std::string> sharing = {"kmeans", "hessian_kmeans", "ecsq", "uniform_ecsq"};
+  std::map<std::string, std::string> out = {{"finetune_epochs", num(b.epochs)},
+                                            {"finetune_batch", std::to_string(b.batch)}};
+  if (sharing.count(method) || method == "kq" || method == "pq" || method == "fp32") {
+    out["finetune_max_images"] = std::to_string(b.images);
+    if (b.lr_schedule == "constant") {
+      if (method == "pq") out["finetune_lr_schedule"] = "constant";
+      if (method == "fp32") out["finetune_lr_step_epochs"] = "0";
+      // the sharing family and kq train at a constant learning rate already
+    }
+    return out;
+  }
+  if (method == "tq") {
+    BB_CHECK(b.images == 0, where, ": the finetune budget's images = ", b.images,
+             " cannot apply to tq: its retraining (Young et al.) passes over the whole calibration set and has no "
+             "image cap; use images: 0 or run tq with `finetune: false`");
+    BB_CHECK(b.lr_schedule == "method", where, ": the finetune budget's lr_schedule '", b.lr_schedule,
+             "' cannot apply to tq: its retraining uses the paper's cosine decay; use lr_schedule: method");
+    return out;
+  }
+  BB_THROW(where, ": method '", method, "' has no fine-tuning, so the experiment's finetune budget cannot apply to "
+           "it; give its run block `finetune: false` to run it without fine-tuning");
+}
+
 // Cartesian product of a mapping of lists (`grid`, a `tune` space), in key order; `key_where`
 // (optional) gets each key's file:line.
 static std::vector<std::map<std::string, std::string>> cartesian(const std::string& path, const YAML::Node& map,
@@ -225,7 +279,7 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
   YAML::Node n = load_yaml(path);
   check_keys(path, n,
              {"experiment", "description", "models", "eval", "eval_limit", "calibration", "seeds", "keep_bbz", "runs",
-              "tune_on", "tune_budget", "tune_eval_limit"},
+              "tune_on", "tune_budget", "tune_eval_limit", "finetune"},
              "an experiment");
   Experiment ex;
   ex.path = path;
@@ -259,6 +313,46 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
       seeds.push_back(std::stoull(s));
     }
   }
+  // The fine-tuning budget: declared once, applied to every run block (see finetune_budget_params).
+  bool has_budget = false;
+  FinetuneBudget budget;
+  if (n["finetune"]) {
+    const YAML::Node& f = n["finetune"];
+    check_keys(path, f, {"epochs", "images", "batch", "lr_schedule", "seed"}, "the finetune budget");
+    BB_CHECK(f["epochs"], at(path, f), ": the finetune budget needs 'epochs'");
+    {
+      const std::string e = scalar(path, f["epochs"], "epochs");
+      char* end = nullptr;
+      budget.epochs = std::strtod(e.c_str(), &end);
+      BB_CHECK(!e.empty() && end && *end == 0 && std::isfinite(budget.epochs) && budget.epochs > 0, at(path, f["epochs"]),
+               ": finetune 'epochs' must be a number > 0, got '", e, "'");
+    }
+    if (f["images"]) {
+      budget.images = as_int(path, f["images"], "images");
+      BB_CHECK(budget.images >= 0, at(path, f["images"]), ": finetune 'images' must be >= 0 (0 = the whole set)");
+    }
+    if (f["batch"]) {
+      budget.batch = as_int(path, f["batch"], "batch");
+      BB_CHECK(budget.batch >= 1, at(path, f["batch"]), ": finetune 'batch' must be >= 1");
+    }
+    if (f["lr_schedule"]) {
+      budget.lr_schedule = scalar(path, f["lr_schedule"], "lr_schedule");
+      BB_CHECK(budget.lr_schedule == "method" || budget.lr_schedule == "constant", at(path, f["lr_schedule"]),
+               ": finetune 'lr_schedule' must be method (each method's own) or constant, got '", budget.lr_schedule, "'");
+    }
+    if (f["seed"]) {
+      BB_CHECK(!n["seeds"], at(path, f["seed"]), ": give either the finetune budget's 'seed' or the experiment's "
+               "'seeds', not both");
+      const int64_t sd = as_int(path, f["seed"], "seed");
+      BB_CHECK(sd >= 0, at(path, f["seed"]), ": finetune 'seed' must be a non-negative integer");
+      budget.has_seed = true;
+      budget.seed = (uint64_t)sd;
+      seeds = {budget.seed};
+    }
+    has_budget = true;
+    ex.finetune_budget = budget.to_json();
+  }
+  const std::string budget_where = has_budget ? at(path, n["finetune"]) : path;
   bool keep_bbz = n["keep_bbz"] ? as_bool(path, n["keep_bbz"], "keep_bbz") : false;
   if (n["tune_on"]) {
     ex.tune_on = scalar(path, n["tune_on"], "tune_on");
@@ -294,7 +388,7 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
   for (const auto& rb : n["runs"]) {
     const std::string where = at(path, rb);
     const size_t runs_before = ex.runs.size();
-    check_keys(path, rb, {"method", "label", "models", "params", "grid", "zip", "tune"}, "a run block");
+    check_keys(path, rb, {"method", "label", "models", "params", "grid", "zip", "tune", "finetune"}, "a run block");
     BB_CHECK(rb["method"], where, ": run block without 'method'");
     const std::string method = scalar(path, rb["method"], "method");
     BB_CHECK(has_method(method), at(path, rb["method"]), ": unknown method '", method, "' (see `bitbench methods`)");
@@ -361,6 +455,29 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
         tune_points.resize(ex.tune_budget);
       }
     }
+    // The budget: mapped onto this method's parameters; a block that sets one of them itself
+    // (params, grid, zip, tune) is refused. fp32 blocks stay the untuned FP baseline (the
+    // controls are added below); `finetune: false` runs a block without the budget.
+    std::map<std::string, std::string> budget_params;
+    if (rb["finetune"]) {
+      BB_CHECK(has_budget, at(path, rb["finetune"]), ": 'finetune' in a run block needs the experiment's finetune budget");
+      BB_CHECK(!as_bool(path, rb["finetune"], "finetune") || method != "fp32", at(path, rb["finetune"]),
+               ": an fp32 block is the untuned FP baseline; the FP control with the budget is added automatically");
+    }
+    const bool apply_budget =
+        has_budget && method != "fp32" && (!rb["finetune"] || as_bool(path, rb["finetune"], "finetune"));
+    if (apply_budget) {
+      budget_params = finetune_budget_params(method, budget, where + " (method '" + method + "', budget at " +
+                                                                  budget_where + ")");
+      std::vector<std::map<std::string, std::string>> own = {fixed};
+      for (auto& pt : points) own.push_back(pt);
+      for (auto& tp : tune_points) own.push_back(tp);
+      for (auto& m : own)
+        for (auto& kv : budget_params)
+          BB_CHECK(!m.count(kv.first), where, ": the run block sets '", kv.first, "', which the experiment's finetune "
+                   "budget (", budget_where, ") sets for every run; remove it from the block, or give the block "
+                   "`finetune: false`");
+    }
     auto block_models = rb["models"] ? scalar_list(path, rb["models"], "models") : models;
     for (auto& m : block_models)
       if (!model_cfgs.count(m)) model_cfgs[m] = load_model_config(configs, m, at(path, rb["models"]));
@@ -370,6 +487,11 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
         auto params = base;
         for (auto& kv : fixed) params[kv.first] = kv.second;
         for (auto& kv : pt) params[kv.first] = kv.second;
+        for (auto& kv : budget_params) params[kv.first] = kv.second;
+        if (apply_budget && params.count("prune_retrain_epochs"))
+          BB_CHECK(std::strtod(params.at("prune_retrain_epochs").c_str(), nullptr) == 0, where,
+                   ": prune_retrain_epochs > 0 would retrain beyond the experiment's finetune budget (its epochs "
+                   "are the shared-value fine-tuning); set it to 0 or give the block `finetune: false`");
         // Validate now (unknown key / bad value -> file:line), before any work.
         auto inst = make_method(method);
         std::string pwhere = where;
@@ -397,6 +519,10 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
           r.keep_bbz = keep_bbz;
           r.where = where;
           r.tune_points = tune_points;
+          if (apply_budget) {
+            r.finetune_budget = budget.to_json();
+            r.finetune_budget["params"] = budget_params;
+          }
           BB_CHECK(!r.eval.empty(), where, ": no evaluation dataset for model '", m, "' (set 'eval')");
           ex.runs.push_back(r);
         }
@@ -404,6 +530,45 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
     }
     BB_CHECK(ex.runs.size() > runs_before, where, ": this run block expands to zero runs (an empty 'models', 'seeds' or "
              "'zip' list?)");
+  }
+  // One FP control per model and seed that has a fine-tuned run: fp32 with the same budget
+  // ("FP32 + same fine-tuning"), appended after the declared runs (their indices do not move).
+  if (has_budget) {
+    std::map<std::pair<std::string, uint64_t>, int> control_of;
+    const size_t declared = ex.runs.size();
+    for (size_t i = 0; i < declared; ++i) {
+      if (ex.runs[i].finetune_budget.is_null()) continue;
+      const auto key = std::make_pair(ex.runs[i].model, ex.runs[i].seed);
+      auto it = control_of.find(key);
+      if (it == control_of.end()) {
+        const RunSpec& src = ex.runs[i];
+        RunSpec c;
+        c.experiment = ex.name;
+        c.index = index++;
+        c.label = kFpControlLabel;
+        c.model = src.model;
+        c.model_cfg = src.model_cfg;
+        c.method = "fp32";
+        c.params = load_method_defaults(configs, "fp32");
+        const auto bp = finetune_budget_params("fp32", budget, budget_where);
+        for (auto& kv : bp) c.params[kv.first] = kv.second;
+        {
+          auto inst = make_method("fp32");
+          ParamBinder::apply(inst->params(), c.params, budget_where + " (the FP control, method 'fp32')");
+        }
+        c.calibration = src.calibration;
+        c.eval = src.eval;
+        c.eval_limit = src.eval_limit;
+        c.seed = src.seed;
+        c.keep_bbz = src.keep_bbz;
+        c.where = budget_where;
+        c.finetune_budget = budget.to_json();
+        c.finetune_budget["params"] = bp;
+        ex.runs.push_back(c);
+        it = control_of.emplace(key, (int)ex.runs.size() - 1).first;
+      }
+      ex.runs[i].control = it->second;
+    }
   }
   BB_CHECK(!ex.runs.empty(), path, ": the experiment expands to zero runs (an empty 'models', 'seeds' or 'zip' list?)");
   // Two run blocks that expand to the same run (same model, method, resolved parameters, data,

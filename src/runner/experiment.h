@@ -38,11 +38,39 @@ struct RunSpec {
   // set of parameter overrides, already validated), empty when the block has none.
   std::vector<std::map<std::string, std::string>> tune_points;
   nlohmann::json tuned;                       // non-null once tuned.yaml's choice is applied
+  // The experiment's fine-tuning budget (`finetune:` block) as applied to this run: null when the
+  // run does not fine-tune under one. `control`: index in Experiment::runs of the run's FP control
+  // ("FP32 + same fine-tuning": fp32 with the same budget), -1 when it has none (the control
+  // itself, and every run of an experiment without a budget).
+  nlohmann::json finetune_budget;
+  int control = -1;
   nlohmann::json config_json() const;         // what the run ID hashes (with weights/dataset identity)
   // The parameters as the method's ParamBinder resolves them (every key, typed, code defaults
   // included); throws naming `where` on an unknown key or a bad value.
   nlohmann::json resolved_params() const;
 };
+
+// One fine-tuning budget per experiment (issue 21), declared once as the experiment's
+// `finetune:` block and mapped onto each method's own finetune_* parameters by
+// finetune_budget_params (the one place that maps it; docs/EXPERIMENTS.md lists the mapping).
+struct FinetuneBudget {
+  double epochs = 0;                   // epochs (> 0; fractional allowed)
+  int64_t images = 0;                  // images per epoch (0 = the whole calibration set)
+  int64_t batch = 128;                 // batch size
+  std::string lr_schedule = "method";  // method (each method's own schedule) | constant
+  bool has_seed = false;               // seed: the run seed of every run (instead of `seeds`)
+  uint64_t seed = 0;
+  nlohmann::json to_json() const;
+};
+
+// The parameters a budget sets for `method` (as text, e.g. finetune_epochs=1). Throws, naming
+// `where`, for a method that cannot take the budget in its paper's form (no fine-tuning; a
+// setting its mechanism does not have).
+std::map<std::string, std::string> finetune_budget_params(const std::string& method, const FinetuneBudget& b,
+                                                          const std::string& where);
+
+// The label of the expanded FP controls.
+inline constexpr const char* kFpControlLabel = "FP32 + same fine-tuning";
 
 struct Experiment {
   std::string name;
@@ -56,6 +84,7 @@ struct Experiment {
   std::string tune_on;
   int tune_budget = 8;
   int64_t tune_eval_limit = 0;
+  nlohmann::json finetune_budget;  // the `finetune:` block (FinetuneBudget::to_json), null when none
 };
 
 // Loads and validates; `configs_dir` defaults to <source>/configs. Throws bb::Error "file:line: ...".

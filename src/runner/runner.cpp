@@ -175,7 +175,11 @@ RunnerSummary run_experiment(const Experiment& ex, const RunnerOptions& opt) {
     const std::string rec_path = dir + "/" + id + ".json";
     const std::string fail_path = dir + "/" + id + ".failed.json";
     nlohmann::json params = r->params;
-    const std::string desc = r->model + " " + r->method + " " + params.dump();
+    // A fine-tuned run names its FP control (issue 21); the control says what it is.
+    const std::string control_id = r->control >= 0 ? run_id(ex.runs.at(r->control)) : "";
+    std::string desc = r->model + " " + r->method + " " + params.dump();
+    if (!control_id.empty()) desc += " [control " + control_id + "]";
+    if (r->label == kFpControlLabel && !r->finetune_budget.is_null()) desc += " [" + std::string(kFpControlLabel) + "]";
     if (!opt.force && fs::exists(rec_path)) {
       ++sum.cached;
       // A label is presentation, not part of the run: a cached record takes the experiment's
@@ -187,10 +191,17 @@ RunnerSummary run_experiment(const Experiment& ex, const RunnerOptions& opt) {
         } catch (const nlohmann::json::exception& e) {
           BB_THROW("run record '", rec_path, "' is not valid JSON: ", e.what());
         }
+        bool changed = false;
         if (rec.value("label", std::string()) != r->label) {
           rec["label"] = r->label;
-          write_file_atomic(rec_path, rec.dump(1) + "\n");
+          changed = true;
         }
+        // Likewise the control it is compared with (the control's ID moves when fp32 changes).
+        if (!control_id.empty() && rec.value("control_run_id", std::string()) != control_id) {
+          rec["control_run_id"] = control_id;
+          changed = true;
+        }
+        if (changed) write_file_atomic(rec_path, rec.dump(1) + "\n");
       }
       log_info("[" + std::to_string(k) + "/" + std::to_string(mine.size()) + "] cached " + id + " " + desc);
       continue;
@@ -229,6 +240,8 @@ RunnerSummary run_experiment(const Experiment& ex, const RunnerOptions& opt) {
       rec["identity"] = run_identity(*r);
       rec["seed"] = r->seed;
       if (!r->tuned.is_null()) rec["tuned"] = r->tuned;
+      if (!r->finetune_budget.is_null()) rec["finetune_budget"] = r->finetune_budget;
+      if (!control_id.empty()) rec["control_run_id"] = control_id;
       rec["wall_seconds"] = now_seconds() - t0;
       rec["peak_rss_bytes"] = peak_rss_bytes();
       rec["context"] = context_json();
@@ -308,6 +321,7 @@ TuneSummary tune_experiment(const Experiment& ex, const RunnerOptions& opt) {
       t.eval = {j.tune_on};
       t.eval_limit = ex.tune_eval_limit;
       t.tune_points.clear();
+      t.control = -1;  // the trials are evaluated on the validation split only, without controls
       t.index = (int)tx.runs.size();
       t.label = r.label + " [tune trial]";
       j.trial_ids.push_back(run_id(t));
