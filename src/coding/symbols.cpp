@@ -14,6 +14,7 @@
 // A stream with a single distinct symbol has no payload (the symbol costs 0 bits).
 #include "coding/symbols.h"
 #include "coding/bytes.h"
+#include "common/bits.h"
 #include "common/error.h"
 
 #include <algorithm>
@@ -51,12 +52,6 @@ constexpr uint8_t kRansLengthTable = 0x80;           // scale-byte flag: table h
 // the encoder adds states only while they cost <= 0.1% of the payload.
 constexpr uint8_t kRansWaysShift = 5, kRansWaysMask = 0x60, kRansScaleMask = 0x1f;
 constexpr int kRansBigTableScale = 17;  // from 2^17 slots (>= 256 KiB of 16-bit entries): 8 states
-
-int ceil_log2(uint64_t v) {  // v >= 1
-  int b = 0;
-  while ((1ull << b) < v) ++b;
-  return b;
-}
 
 // ---------------------------------------------------------------------------------------------
 // LSB-first bit I/O.
@@ -961,9 +956,7 @@ const char* coder_name(Coder c) {
   return "unknown";
 }
 
-int fixed_width_bits(uint32_t alphabet) {
-  return alphabet <= 1 ? 0 : 32 - __builtin_clz(alphabet - 1);
-}
+int fixed_width_bits(uint32_t alphabet) { return ceil_log2(alphabet); }
 
 std::vector<uint8_t> encode_symbols(const std::vector<uint32_t>& syms, uint32_t alphabet, Coder coder) {
   BB_CHECK(syms.size() <= kMaxSymbols, "symbol stream of ", syms.size(), " symbols exceeds the limit ", kMaxSymbols);

@@ -7,6 +7,8 @@
 
 #include <torch/torch.h>
 
+#include <cctype>
+#include <cerrno>
 #include <cstdlib>
 #include <ctime>
 #include <filesystem>
@@ -23,6 +25,19 @@ static int env_int(const char* name) {
   if (!v || !*v) return 0;
   return std::atoi(v);
 }
+
+int64_t env_int_setting(const char* name, int64_t def, int64_t lo, int64_t hi) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return def;
+  errno = 0;
+  char* end = nullptr;
+  const long long x = std::strtoll(v, &end, 10);
+  const bool ok = end != v && *end == 0 && errno == 0 && !std::isspace((unsigned char)v[0]) && x >= lo && x <= hi;
+  BB_CHECK(ok, "environment variable ", name, "='", v, "' is not an integer in [", lo, ", ", hi, "]");
+  return x;
+}
+
+int64_t pq_finetune_cache_mb() { return env_int_setting("BITBENCH_PQ_FT_CACHE_MB", 2048, 0, int64_t(1) << 20); }
 
 std::string blas_in_use() {
   std::ifstream maps("/proc/self/maps");

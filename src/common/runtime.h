@@ -2,6 +2,7 @@
 // and the versioned "context" block every JSON output opens with.
 #pragma once
 #include <nlohmann/json.hpp>
+#include <cstdint>
 #include <string>
 
 namespace bb {
@@ -12,6 +13,19 @@ void init_runtime();
 // Installs the CPU allocator that madvises large blocks for transparent huge pages (see
 // hugepage_allocator.cpp); init_runtime does so unless BITBENCH_HUGEPAGES=0.
 void install_hugepage_allocator();
+
+// Runtime settings from the environment that change how fast, never what, bitbench computes (so
+// they are not part of run IDs). Each is read here, parsed strictly: a value that is not a whole
+// decimal integer in range is a bb::Error naming the variable and the value.
+//
+// BITBENCH_PQ_FT_CACHE_MB (default 2048, 0..1048576): PQ's layer fine-tuning keeps every
+// calibration image's layer input and teacher output when they fit in this many MiB, else
+// recomputes them per step (the same batches either way).
+int64_t pq_finetune_cache_mb();
+
+// The strict parser: unset or empty -> def; otherwise the whole value must be a decimal integer in
+// [lo, hi].
+int64_t env_int_setting(const char* name, int64_t def, int64_t lo, int64_t hi);
 
 // Name of the BLAS library mapped into this process ("openblas-pthread", "reference", ...).
 std::string blas_in_use();

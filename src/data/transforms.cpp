@@ -18,13 +18,6 @@ Preprocess Preprocess::imagenet() {
 }
 Preprocess Preprocess::mnist() { return Preprocess{"mnist", {0.f}, {1.f}}; }
 
-uint64_t mix_seed(uint64_t seed, uint64_t index) {
-  uint64_t z = seed * 0x9E3779B97F4A7C15ull + index + 0x632BE59BD9B4E019ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
 void resized_size(int w, int h, int size, int* out_w, int* out_h) {
   if (w <= h) {
     *out_w = size;

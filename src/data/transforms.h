@@ -1,6 +1,7 @@
 // Image decoding and preprocessing on OpenCV matrices, reproducing torchvision + PIL bit for bit
 // (tests/test_data.cpp measures it against them).
 #pragma once
+#include "common/hash.h"
 #include "data/dataset.h"
 
 #include <opencv2/core.hpp>
@@ -35,7 +36,6 @@ cv::Rect center_crop_rect(int w, int h, int crop);
 // p.kind, then ToTensor + Normalize ((v / 255 - mean) / std in float32, as torchvision computes it).
 torch::Tensor preprocess_rgb(const cv::Mat& rgb_u8, const Preprocess& p);
 
-// Deterministic per-(seed, index) random generator for augmentation.
-uint64_t mix_seed(uint64_t seed, uint64_t index);
+// Per-(seed, index) generator seeds for augmentation and sampling: mix_seed (common/hash.h).
 
 }  // namespace bb

@@ -39,9 +39,7 @@ class HessianKMeansMethod : public Method {
   std::string name() const override { return "hessian_kmeans"; }
   int algorithm_version() const override { return 1; }
   ParamsBase& params() override { return p_; }
-  bool needs_calibration() const override {
-    return p_.share.weighting == "hessian" || p_.share.finetune.epochs > 0 || p_.share.prune_retrain_epochs > 0;
-  }
+  bool needs_calibration() const override { return p_.share.needs_calibration(); }
   std::vector<LayerRecord> compress(CompressContext& ctx) override {
     return compress_kmeans_sharing(ctx, p_.share, p_.km, name());
   }

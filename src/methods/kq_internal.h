@@ -7,6 +7,7 @@
 #pragma once
 #include "coding/record.h"
 #include "coding/symbols.h"
+#include "common/bits.h"
 #include "data/dataset.h"
 #include "methods/kq.h"
 #include "quant/finetune_shared.h"
@@ -20,7 +21,7 @@ namespace bb {
 namespace kq {
 
 // Index width of a k-entry codebook: ceil(log2 k), 0 for k <= 1.
-inline int index_width(int64_t k) { return k <= 1 ? 0 : (int)std::ceil(std::log2((double)k) - 1e-12); }
+inline int index_width(int64_t k) { return ceil_log2(k <= 1 ? 1 : (uint64_t)k); }  // common/bits.h
 
 // ---- record format (kq_format.cpp) ----
 constexpr uint8_t kFormatVersion = 1;

@@ -5,7 +5,9 @@
 #include "coding/bytes.h"
 #include "coding/symbols.h"
 #include "common/error.h"
+#include "common/hash.h"
 #include "common/log.h"
+#include "common/runtime.h"
 #include "common/timer.h"
 #include "models/registry.h"
 #include "quant/activations.h"
@@ -99,13 +101,6 @@ void PQParams::validate() {
 }
 
 namespace {
-
-uint64_t mix_seed(uint64_t a, uint64_t b) {
-  uint64_t z = a + 0x9E3779B97F4A7C15ull * (b + 1);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
 
 int64_t largest_pow2_at_most(int64_t n) {
   int64_t p = 1;
@@ -315,7 +310,7 @@ double relative_output_error(const torch::Tensor& sub, const torch::Tensor& q, c
 class PQMethod : public Method {
  public:
   std::string name() const override { return "pq"; }
-  int algorithm_version() const override { return 1; }
+  int algorithm_version() const override { return 2; }  // 2: derived seeds from common mix_seed
   ParamsBase& params() override { return p_; }
   bool needs_calibration() const override { return true; }
   std::vector<LayerRecord> compress(CompressContext& ctx) override;
@@ -504,11 +499,9 @@ void PQMethod::finetune_layer_mse(Model& student, Model& teacher, int li, PQLaye
   // The student's input to this layer and the teacher's output of it depend on the image only
   // (earlier layers are final, BN frozen), so they are computed once for all calibration images
   // rather than by two partial forward passes per step (~6x fewer forwards at 100 steps of 64 on
-  // 1,024 images), unless they would take more than BITBENCH_PQ_FT_CACHE_MB (default 2048);
-  // then per step. Both give the same batches.
-  int64_t cache_mb = 2048;
-  if (const char* e = std::getenv("BITBENCH_PQ_FT_CACHE_MB"); e && *e) cache_mb = std::atoll(e);
-  const int64_t kCacheBytes = cache_mb << 20;
+  // 1,024 images), unless they would take more than BITBENCH_PQ_FT_CACHE_MB (default 2048;
+  // common/runtime.h); then per step. Both give the same batches.
+  const int64_t kCacheBytes = pq_finetune_cache_mb() << 20;
   torch::Tensor all_x, all_y;
   {
     torch::NoGradGuard ng;

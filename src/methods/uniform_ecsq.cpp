@@ -44,9 +44,7 @@ class UniformECSQMethod : public Method {
   std::string name() const override { return "uniform_ecsq"; }
   int algorithm_version() const override { return 1; }
   ParamsBase& params() override { return p_; }
-  bool needs_calibration() const override {
-    return p_.share.weighting == "hessian" || p_.share.finetune.epochs > 0 || p_.share.prune_retrain_epochs > 0;
-  }
+  bool needs_calibration() const override { return p_.share.needs_calibration(); }
   std::vector<LayerRecord> compress(CompressContext& ctx) override {
     const SharingParams& share = p_.share;
     SharingProblem prob = prepare_sharing(ctx, share);

@@ -18,6 +18,11 @@ namespace bb {
 struct SharingMethodParams : SharingParams {
   void bind(ParamBinder& b);
   void validate();  // SharingParams::validate() plus the fine-tuning settings
+  // Does compress() read the calibration set? The family's one answer: for the Hessian weighting,
+  // fine-tuning the shared values, or retraining after pruning (Method::needs_calibration).
+  bool needs_calibration() const {
+    return weighting == "hessian" || finetune.epochs > 0 || prune_retrain_epochs > 0;
+  }
 };
 
 // Prunes (the pruned weights of ctx.model are set to 0), retrains if asked, estimates the Hessian,
