@@ -75,6 +75,7 @@ class Fp32Method : public Method {
       }
       FinetuneOptions fo = p_.finetune;
       fo.seed = ctx.seed;
+      torch::AutoGradMode grad(true);  // whatever mode the caller runs compress() in
       const FinetuneStats st = finetune_shared(model, *ctx.calib, sw, fo);
       log_info("fp32: fine-tuned " + std::to_string(sw.leaves.size()) + " weights, " + std::to_string(st.images) +
                " images, loss " + std::to_string(st.first_loss) + " -> " + std::to_string(st.last_loss));
