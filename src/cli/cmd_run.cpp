@@ -104,7 +104,8 @@ int cmd_plan(int argc, char** argv) {
     bool done = std::filesystem::exists(runs_dir(ex) + "/" + id + ".json");
     if (a.has("--json")) {
       out.push_back({{"index", r.index}, {"run_id", id}, {"model", r.model}, {"method", r.method},
-                     {"params", r.params}, {"seed", r.seed}, {"done", done}});
+                     {"params", r.params}, {"seed", r.seed}, {"done", done}, {"label", r.label}});
+      if (r.control >= 0) out.back()["control_run_id"] = run_id(ex.runs[r.control]);
     } else {
       std::printf("%s %d %s %s %s\n", id.c_str(), r.index, r.model.c_str(), r.method.c_str(), done ? "done" : "todo");
     }
