@@ -3,17 +3,13 @@
 #include "common/error.h"
 #include "common/hash.h"
 #include "common/log.h"
-#include "common/timer.h"
 #include "models/weights_io.h"
 #include "quant/finetune_shared.h"
-#include "quant/kmeans1d.h"
 #include "quant/prune.h"
 
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
-#include <map>
-#include <memory>
 #include <sstream>
 
 namespace bb {
@@ -232,102 +228,6 @@ std::vector<LayerRecord> finish_sharing(CompressContext& ctx, const SharingProbl
   os << "; coded " << sharing_bpw(prob, recs) << " bpw";
   log_info(os.str());
   return recs;
-}
-
-// ---------------------------------------------------------------------------------------------
-// k-means weight sharing
-
-void KMeansSharingOptions::bind(ParamBinder& b) {
-  b.field("bits", bits, "k = 2^bits shared values");
-  b.field("clusters", clusters, "number of shared values k (> 0 overrides bits)");
-  b.field("solver", solver, "dp: exact weighted 1-D k-means; lloyd: k-means++ then Lloyd; both: run both, keep dp",
-          {"dp", "lloyd", "both"});
-  b.field("dp_max_bins", dp_max_bins, "DP over at most this many groups of sorted values (0 = exact)");
-  b.field("init", init, "Lloyd seeding", {"kmeans++", "linear"});
-  b.field("max_iter", max_iter, "Lloyd iterations at most");
-  b.field("max_search_k", max_search_k, "largest k tried when searching k for target_bpw");
-}
-
-void KMeansSharingOptions::validate() const {
-  BB_CHECK(bits >= 0 && bits <= 16, "bits must be in [0, 16], got ", bits);
-  BB_CHECK(clusters >= 0 && clusters <= 65536, "clusters must be in [0, 65536], got ", clusters);
-  BB_CHECK(dp_max_bins >= 0, "dp_max_bins must be >= 0");
-  BB_CHECK(max_iter >= 1, "max_iter must be >= 1");
-  BB_CHECK(max_search_k >= 2 && max_search_k <= 65536, "max_search_k must be in [2, 65536]");
-}
-
-std::vector<LayerRecord> compress_kmeans_sharing(CompressContext& ctx, const SharingParams& share,
-                                                 const KMeansSharingOptions& km, const std::string& method) {
-  SharingProblem prob = prepare_sharing(ctx, share);
-  ctx.phase("quantize");
-  double obj_lloyd = 0, obj_dp = 0, sec_lloyd = 0, sec_dp = 0, sec_dp_all = 0;
-  // One DP per quantizer group (the network, or each layer), kept for the whole k search: every
-  // k it tries reuses the sort and the clusters already solved.
-  std::map<const float*, std::unique_ptr<KMeans1DDP>> dps;
-  auto quantizer = [&](int k) -> ScalarQuantizeFn {
-    return [&, k](const float* x, const float* h, int64_t n, std::vector<double>& c, std::vector<int32_t>& a) {
-      ScalarQuantizer q;
-      if (km.solver != "dp") {
-        KMeans1DParams kp;
-        kp.k = k;
-        kp.max_iter = km.max_iter;
-        kp.init = km.init;
-        kp.seed = ctx.seed;
-        double t = now_seconds();
-        q = kmeans1d_lloyd(x, h, n, kp);
-        sec_lloyd += now_seconds() - t;
-        obj_lloyd += q.distortion;
-      }
-      if (km.solver != "lloyd") {
-        double t = now_seconds();
-        auto& dp = dps[x];
-        if (!dp) dp = std::make_unique<KMeans1DDP>(x, h, n, km.dp_max_bins);
-        q = dp->solve(k);
-        sec_dp += now_seconds() - t;
-        sec_dp_all += now_seconds() - t;
-        obj_dp += q.distortion;
-      }
-      c = std::move(q.centers);
-      a = std::move(q.assign);
-    };
-  };
-  int k = km.k();
-  if (share.target_bpw > 0) {
-    // Rate grows with k: double k until the target is passed, then bisect; keep the closest.
-    std::map<int, double> rate;
-    auto bpw_at = [&](int kk) {
-      auto it = rate.find(kk);
-      if (it != rate.end()) return it->second;
-      auto s = solve_sharing(prob, share, quantizer(kk));
-      double r = sharing_bpw(prob, encode_sharing(prob, s, share, method));
-      log_debug(method + ": k=" + std::to_string(kk) + " -> " + std::to_string(r) + " bpw");
-      return rate[kk] = r;
-    };
-    int lo = 1, hi = 2;
-    while (hi < km.max_search_k && bpw_at(hi) < share.target_bpw) {
-      lo = hi;
-      hi = std::min(2 * hi, km.max_search_k);
-    }
-    while (hi - lo > 1) {
-      int mid = (lo + hi) / 2;
-      if (bpw_at(mid) < share.target_bpw) lo = mid;
-      else hi = mid;
-    }
-    k = std::fabs(bpw_at(lo) - share.target_bpw) <= std::fabs(bpw_at(hi) - share.target_bpw) ? lo : hi;
-    log_info(method + ": k=" + std::to_string(k) + " is closest to target_bpw " + std::to_string(share.target_bpw) +
-             " (" + std::to_string(bpw_at(k)) + " bpw)");
-  }
-  obj_lloyd = obj_dp = sec_lloyd = sec_dp = 0;
-  SharingSolution sol = solve_sharing(prob, share, quantizer(k));
-  dps.clear();
-  std::ostringstream os;
-  os << method << ": k=" << k << ", weighted distortion";
-  if (km.solver != "dp") os << " lloyd " << obj_lloyd << " (" << sec_lloyd << " s)";
-  if (km.solver != "lloyd")
-    os << " dp " << obj_dp << " (" << sec_dp << " s; " << sec_dp_all << " s of DP in the whole k search)";
-  if (km.solver == "both") os << ", lloyd/dp - 1 = " << (obj_lloyd / obj_dp - 1);
-  log_info(os.str());
-  return finish_sharing(ctx, prob, std::move(sol), share, method);
 }
 
 }  // namespace bb

@@ -32,25 +32,6 @@ SharingProblem prepare_sharing(CompressContext& ctx, const SharingParams& p);
 // Fine-tunes the shared values (assignments fixed) on ctx.calib; updates sol.centers.
 void finetune_sharing(CompressContext& ctx, const SharingProblem& prob, SharingSolution& sol, const SharingParams& p);
 
-// k-means weight sharing (kmeans and hessian_kmeans): k = 2^bits clusters (or `clusters`),
-// solved by Lloyd (k-means++), the exact DP, or both (objectives of both logged; DP kept).
-// With target_bpw > 0, k is searched instead (the k whose coded rate is closest to the target;
-// k is an integer, so the rate moves in steps).
-struct KMeansSharingOptions {
-  int bits = 4;                    // k = 2^bits
-  int clusters = 0;                // > 0: k itself (overrides bits)
-  std::string solver = "dp";       // dp (global optimum) | lloyd (k-means++ + Lloyd) | both
-  int64_t dp_max_bins = 0;         // DP on at most this many groups of sorted values (0 = exact)
-  std::string init = "kmeans++";   // Lloyd seeding: kmeans++ | linear
-  int max_iter = 300;              // Lloyd iterations
-  int max_search_k = 256;          // largest k tried by the target_bpw search
-  void bind(ParamBinder& b);
-  void validate() const;
-  int k() const { return clusters > 0 ? clusters : 1 << bits; }
-};
-std::vector<LayerRecord> compress_kmeans_sharing(CompressContext& ctx, const SharingParams& share,
-                                                 const KMeansSharingOptions& km, const std::string& method);
-
 // Method glue: compress = prepare, quantize (method-specific; may search a rate), fine-tune,
 // encode; logs what was reached.
 std::vector<LayerRecord> finish_sharing(CompressContext& ctx, const SharingProblem& prob, SharingSolution sol,
