@@ -365,6 +365,14 @@ TEST_CASE("compress: an unreachable target_bpw exits non-zero unless --allow-off
   REQUIRE(j["rate_target"]["requested"] == 100.0);
   REQUIRE(j["rate_target"]["within_2pct"] == false);
   REQUIRE(j["rate_target"]["reached"].get<double>() < 10.0);
+  // The record says why: the k search ran out at its largest k.
+  REQUIRE_THAT(j["rate_target"].value("why", ""), Catch::Contains("max_search_k=256") && Catch::Contains("reaches only"));
+  // KQ says which cap it hit.
+  REQUIRE(cli("compress --method kq --set target_bpw=100 --set alloc_proxy=mse --set alloc_max_bits=4 --model cifar_resnet20 "
+              "--weights " + weights(20) + " --out " + t.dir + "/q.bbz --allow-off-target --json", &out) == 0);
+  j = nlohmann::json::parse(out.substr(out.find('{')));
+  REQUIRE_THAT(j["rate_target"].value("why", ""), Catch::Contains("highest rate these settings reach") &&
+                                                      Catch::Contains("alloc_max_bits=4"));
   // A reachable target exits 0 without the flag.
   REQUIRE(cli("compress --method kmeans --set target_bpw=3 --set coder=huffman --model cifar_resnet20 --weights " + weights(20) + " --out " +
               t.dir + "/k3.bbz") == 0);

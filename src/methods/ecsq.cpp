@@ -248,6 +248,13 @@ class ECSQMethod : public Method {
          << iters << " iterations; target " << share.target_bpw << ", " << search_evals << " search evaluations)";
       log_info(os.str());
     }
+    {
+      std::ostringstream note;
+      note << "ecsq: secant search over the Lagrange multiplier (" << search_evals << " evaluations) chose lambda "
+           << best_lambda << " -> " << bpw << " bpw at tol " << p_.tol
+           << " (the converged rate jumps where a cluster dies)";
+      ctx.rate_note = note.str();
+    }
     // The rate of converged ECSQ jumps where clusters die (a shrinking cluster's -log p grows and
     // drives its last members away at once), and the search ran at a looser tolerance. If the
     // rate is still off, trim a solution above the target instead: ECSQ assignments at fixed
@@ -275,8 +282,11 @@ class ECSQMethod : public Method {
                              [&](double mu) { return bpw_of(trimmed(mu)); });
         log_info("ecsq: trimming the solution at lambda " + std::to_string(from_lambda) +
                  " at fixed probabilities: multiplier " + std::to_string(t.knob) + " -> " + std::to_string(t.bpw) + " bpw");
-        if (std::fabs(t.bpw - share.target_bpw) < std::fabs(bpw - share.target_bpw))
+        if (std::fabs(t.bpw - share.target_bpw) < std::fabs(bpw - share.target_bpw)) {
+          ctx.rate_note += "; then trimmed at fixed centres and probabilities (multiplier " + std::to_string(t.knob) +
+                           ") -> " + std::to_string(t.bpw) + " bpw";
           return finish(trimmed(t.knob));
+        }
       }
     }
     return finish(std::move(sol));

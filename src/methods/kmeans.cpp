@@ -126,6 +126,14 @@ std::vector<LayerRecord> compress_kmeans_sharing(CompressContext& ctx, const Sha
       else hi = mid;
     }
     k = std::fabs(bpw_at(lo) - share.target_bpw) <= std::fabs(bpw_at(hi) - share.target_bpw) ? lo : hi;
+    std::ostringstream note;
+    note << method << ": the rate moves in steps of k (an integer number of shared values): ";
+    if (bpw_at(hi) < share.target_bpw)
+      note << "the largest k searched, max_search_k=" << hi << ", reaches only " << bpw_at(hi) << " bpw";
+    else
+      note << "k=" << lo << " gives " << bpw_at(lo) << " bpw, k=" << hi << " gives " << bpw_at(hi)
+           << " bpw; the closer, k=" << k << ", is kept";
+    ctx.rate_note = note.str();
     log_info(method + ": k=" + std::to_string(k) + " is closest to target_bpw " + std::to_string(share.target_bpw) +
              " (" + std::to_string(bpw_at(k)) + " bpw)");
   }

@@ -66,6 +66,10 @@ class UniformECSQMethod : public Method {
         return sharing_bpw(prob, encode_sharing(prob, at(s), share, name()));
       });
       step = r.knob;
+      ctx.rate_note = "uniform_ecsq: bisection over the quantizer step (" + std::to_string(r.evals) +
+                      " evaluations, rate_tol " + std::to_string(share.rate_tol) + ") ended at step " +
+                      std::to_string(step) + " -> " + std::to_string(r.bpw) +
+                      " bpw (the coded rate jumps where a level appears or empties)";
       log_info("uniform_ecsq: step " + std::to_string(step) + " -> " + std::to_string(r.bpw) + " bpw (target " +
                std::to_string(share.target_bpw) + ", " + std::to_string(r.evals) + " evaluations)");
     }
