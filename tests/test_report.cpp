@@ -217,6 +217,40 @@ std::vector<Box> boxes_of(const PlotLayout& L) {
 
 }  // namespace
 
+TEST_CASE("table: every off-target row says why, in the Markdown and the JSON", "[report]") {
+  TempDir t;
+  const std::string dir = t.path + "/off", runs = dir + "/runs";
+  fs::create_directories(runs);
+  write_record(runs, "a0", "cifar_resnet20", "fp32", "fp32", nlohmann::json::object(), 32, {90, 95});
+  write_record(runs, "k1", "cifar_resnet20", "kmeans", "k-means", {{"target_bpw", "2"}}, 1.9, {80, 85});
+  write_record(runs, "k2", "cifar_resnet20", "kmeans", "k-means", {{"target_bpw", "3"}}, 2.99, {84, 89});
+  write_record(runs, "k3", "cifar_resnet20", "kmeans", "k-means", {{"target_bpw", "4"}}, 3.8, {86, 91});
+  auto patch = [&](const std::string& id, double req, double got, const char* why) {
+    auto r = nlohmann::json::parse(read_file_text(runs + "/" + id + ".json"));
+    r["rate_target"] = {{"requested", req}, {"reached", got}, {"measure", "bpw_core"},
+                        {"relative_error", (got - req) / req}, {"within_2pct", std::fabs(got / req - 1) <= 0.02}};
+    if (why) r["rate_target"]["why"] = why;
+    std::ofstream(runs + "/" + id + ".json") << r.dump();
+  };
+  patch("k1", 2, 1.9, "kmeans: k=6 gives 1.9 bpw, k=7 gives 2.1 bpw; the closer, k=6, is kept");
+  patch("k2", 3, 2.99, "within");
+  patch("k3", 4, 3.8, nullptr);
+  TableOptions opt;
+  opt.published_dir = t.path + "/no-published";
+  const nlohmann::json table = build_table(dir, opt);
+  const std::string md = table_markdown(table);
+  INFO(md);
+  REQUIRE(md.find("Off-target rows") != std::string::npos);
+  REQUIRE(md.find("OFF TARGET: 1.9 for 2: kmeans: k=6 gives 1.9 bpw, k=7 gives 2.1 bpw; the closer, k=6, is kept") !=
+          std::string::npos);
+  REQUIRE(md.find("OFF TARGET: 3.8 for 4: (the record gives no reason") != std::string::npos);
+  REQUIRE(md.find(": within") == std::string::npos);  // a row on target is not listed
+  int with_why = 0;
+  for (auto& row : table["models"]["cifar_resnet20"]["rows"])
+    if (row.contains("rate_target") && row["rate_target"].contains("why")) ++with_why;
+  REQUIRE(with_why == 2);
+}
+
 TEST_CASE("plots: one per model and evaluation set, every legend label whole, no text overlapping another", "[report]") {
   TempDir t;
   const std::string dir = synthetic_results(t.path);

@@ -426,6 +426,16 @@ std::string table_markdown(const nlohmann::json& table) {
                                      (row.contains("dataset") ? " (" + row["dataset"].get<std::string>() + ")" : ""))
          << " |\n";
     }
+    // Equal rates: every row off its target says why (the method's own account of its search).
+    bool any_off = false;
+    for (auto& row : m["rows"]) {
+      if (!row.contains("rate_target") || row["rate_target"].value("within_2pct", true)) continue;
+      if (!any_off) md << "\nOff-target rows (more than 2% from target_bpw), and why:\n\n";
+      any_off = true;
+      md << "- " << row["label"].get<std::string>() << ", " << row["variant"].get<std::string>() << ": "
+         << row["rate_target"].value("why", std::string("(the record gives no reason: computed before reasons were recorded)"))
+         << "\n";
+    }
     const auto& comps = m["comparisons"];
     if (!comps.empty()) {
       md << "\nCurve comparisons on " << datasets[0]
