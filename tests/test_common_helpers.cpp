@@ -7,6 +7,7 @@
 #include "common/error.h"
 #include "common/hash.h"
 #include "common/runtime.h"
+#include "test_data_helpers.h"
 
 #include <cmath>
 #include <cstdlib>
@@ -82,4 +83,26 @@ TEST_CASE("BITBENCH_PQ_FT_CACHE_MB is parsed strictly, with an error naming it",
     REQUIRE_THROWS_WITH(pq_finetune_cache_mb(), Catch::Contains("BITBENCH_PQ_FT_CACHE_MB='" + std::string(bad) + "'") &&
                                                     Catch::Contains("is not an integer in [0, 1048576]"));
   }
+}
+
+// Every integer setting bitbench reads from the environment goes through env_int_setting: a bad
+// value stops the command with the variable named, never a silent 0.
+TEST_CASE("bitbench's integer environment settings are all strict", "[common][runtime][cli]") {
+  const std::string bin = bbtest::sh_quote(bbtest::bitbench_binary());
+  const std::string eval = " eval --model cifar_resnet20 --weights " +
+                           bbtest::sh_quote(data_root("") + "/models/cifar10_resnet20.pt") +
+                           " --dataset cifar10-lossless-1k --limit 4";
+  // compress evaluates through the memoized image cache (BITBENCH_IMAGE_MEMO_MB); eval does not.
+  bbtest::TempDir t;
+  const std::string compress = " compress --method fp16 --model cifar_resnet20 --weights " +
+                               bbtest::sh_quote(data_root("") + "/models/cifar10_resnet20.pt") + " --out " +
+                               bbtest::sh_quote(t / "f.bbz") + " --eval cifar10-lossless-1k --limit 4";
+  for (const char* var : {"BITBENCH_THREADS", "BITBENCH_DECODE_THREADS", "BITBENCH_IMAGE_MEMO_MB"}) {
+    bbtest::Proc p = bbtest::run_cmd(std::string(var) + "=4x " + bin + (std::string(var) == "BITBENCH_IMAGE_MEMO_MB" ? compress : eval));
+    INFO(var << ": " << p.err);
+    CHECK(p.status == 1);
+    CHECK_THAT(p.err, Catch::Contains(std::string(var) + "='4x'") && Catch::Contains("is not an integer"));
+  }
+  bbtest::Proc ok = bbtest::run_cmd("BITBENCH_THREADS=1 BITBENCH_DECODE_THREADS=1 " + bin + eval);
+  CHECK(ok.status == 0);
 }

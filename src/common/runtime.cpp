@@ -20,10 +20,11 @@ namespace fs = std::filesystem;
 
 namespace bb {
 
-static int env_int(const char* name) {
-  const char* v = std::getenv(name);
-  if (!v || !*v) return 0;
-  return std::atoi(v);
+// OMP_NUM_THREADS is OpenMP's own variable (it may hold a list such as "4,2"): its first number,
+// leniently. bitbench's own settings are parsed strictly (env_int_setting).
+static int omp_threads() {
+  const char* v = std::getenv("OMP_NUM_THREADS");
+  return v && *v ? std::atoi(v) : 0;
 }
 
 int64_t env_int_setting(const char* name, int64_t def, int64_t lo, int64_t hi) {
@@ -64,8 +65,8 @@ void init_runtime() {
     set_log_level(v == "quiet" ? LogLevel::quiet : v == "info" ? LogLevel::info : LogLevel::debug);
   }
   if (const char* e = std::getenv("BITBENCH_HUGEPAGES"); !e || std::string(e) != "0") install_hugepage_allocator();
-  int n = env_int("BITBENCH_THREADS");
-  if (n <= 0) n = env_int("OMP_NUM_THREADS");
+  int n = (int)env_int_setting("BITBENCH_THREADS", 0, 0, 4096);
+  if (n <= 0) n = omp_threads();
   if (n <= 0) n = (int)std::thread::hardware_concurrency();
   if (n <= 0) n = 1;
   torch::set_num_threads(n);

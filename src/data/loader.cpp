@@ -1,4 +1,5 @@
 #include "data/loader.h"
+#include "common/runtime.h"
 #include "common/error.h"
 
 #include <atomic>
@@ -44,7 +45,7 @@ void for_each_batch(const Dataset& ds, const std::vector<int64_t>& indices, cons
   if (nb == 0) return;
   int workers = opt.workers;
   if (workers <= 0)
-    if (const char* e = std::getenv("BITBENCH_DECODE_THREADS"); e && *e) workers = std::atoi(e);
+    workers = (int)env_int_setting("BITBENCH_DECODE_THREADS", 0, 0, 1024);
   // Half the cores: decoding is a small share of the work next to inference, and every decode
   // thread that preempts an intra-op thread stalls the whole OpenMP team at its next barrier
   // (measured on 2 cores, ResNet-56 on the JPEG folder: 1 decode thread 325-370 img/s, 2: 230-300).

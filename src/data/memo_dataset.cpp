@@ -1,4 +1,5 @@
 #include "data/memo_dataset.h"
+#include "common/runtime.h"
 
 #include "common/error.h"
 
@@ -12,12 +13,7 @@ namespace {
 
 int64_t memo_budget_bytes() {
   static const int64_t budget = [] {
-    const char* e = std::getenv("BITBENCH_IMAGE_MEMO_MB");
-    if (!e || !*e) return (int64_t)1536 << 20;
-    char* end = nullptr;
-    long long mb = std::strtoll(e, &end, 10);
-    BB_CHECK(end && *end == 0 && mb >= 0, "BITBENCH_IMAGE_MEMO_MB must be a non-negative integer, got '", e, "'");
-    return (int64_t)mb << 20;
+    return env_int_setting("BITBENCH_IMAGE_MEMO_MB", 1536, 0, int64_t(1) << 24) << 20;
   }();
   return budget;
 }

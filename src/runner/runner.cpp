@@ -26,14 +26,7 @@ namespace fs = std::filesystem;
 namespace bb {
 namespace {
 
-int env_int(const char* name, int def) {
-  const char* v = std::getenv(name);
-  if (!v || !*v) return def;
-  char* end = nullptr;
-  long x = std::strtol(v, &end, 10);
-  BB_CHECK(end && *end == 0, "environment variable ", name, " is not an integer: '", v, "'");
-  return (int)x;
-}
+int env_int(const char* name, int def) { return (int)env_int_setting(name, def, 0, INT32_MAX); }
 
 // Hashing a large weights file once per process is enough.
 std::string cached_file_hash(const std::string& path) {
