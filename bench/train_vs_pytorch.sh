@@ -27,7 +27,7 @@
 #     last optimizer step; not imports, model loading, listing the folder.
 # Prints both throughputs and their ratio (> 1: bitbench is faster; the issue-21 goal is >= 1.3),
 # each side's loss over the first and last 10% of steps (similar when both train the same way),
-# and the PyTorch side's split into waiting for data / forward+backward+step. Exits non-zero only
+# and the PyTorch side's split into waiting for data / forward+loss / backward / optimizer step. Exits non-zero only
 # on errors, never on a missed goal.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,15 +80,16 @@ EOF
   [ "$bb_threads" = "$THREADS" ] || { echo "train_vs_pytorch.sh: bitbench ran $bb_threads threads, not $THREADS" >&2; exit 1; }
   out=$($PY scripts/train_pytorch_loop.py --model "$MODEL" --weights "$WEIGHTS" --data "$DATA/cifar10/jpeg/train" \
         --images "$IMAGES" --epochs "$EPOCHS" --batch-size "$BATCH" --threads "$THREADS" --workers "$WORKERS")
-  read -r py_ips py_n py_steps py_s py_wait py_step py_l0 py_l1 <<<"$(echo "$out" | $PY -c "
+  read -r py_ips py_n py_steps py_s py_wait py_fwd py_bwd py_opt py_l0 py_l1 <<<"$(echo "$out" | $PY -c "
 import json, sys
 d = json.loads(sys.stdin.read().strip().splitlines()[-1])
-print(d['images_per_s'], d['images'], d['steps'], d['seconds'], d['data_wait_s'], d['step_s'], d['first_loss'], d['last_loss'])")"
+print(d['images_per_s'], d['images'], d['steps'], d['seconds'], d['data_wait_s'], d['forward_s'], d['backward_s'],
+      d['optimizer_s'], d['first_loss'], d['last_loss'])")"
   [ "$bb_n" = "$py_n" ] || { echo "train_vs_pytorch.sh: bitbench trained $bb_n images, PyTorch $py_n" >&2; exit 1; }
   printf "run %d  bitbench: %d images, %d steps in %.2f s = %.1f img/s (loss %.4f -> %.4f, binary %s)\n" \
     $((r + 1)) "$bb_n" "$bb_steps" "$bb_s" "$bb_ips" "$bb_l0" "$bb_l1" "$bb_commit"
-  printf "run %d  pytorch:  %d images, %d steps in %.2f s = %.1f img/s (loss %.4f -> %.4f; waiting for data %.2f s, forward+backward+step %.2f s)\n" \
-    $((r + 1)) "$py_n" "$py_steps" "$py_s" "$py_ips" "$py_l0" "$py_l1" "$py_wait" "$py_step"
+  printf "run %d  pytorch:  %d images, %d steps in %.2f s = %.1f img/s (loss %.4f -> %.4f; waiting for data %.2f s, forward+loss %.2f s, backward %.2f s, optimizer %.2f s)\n" \
+    $((r + 1)) "$py_n" "$py_steps" "$py_s" "$py_ips" "$py_l0" "$py_l1" "$py_wait" "$py_fwd" "$py_bwd" "$py_opt"
   bbs+=("$bb_ips")
   pys+=("$py_ips")
 done

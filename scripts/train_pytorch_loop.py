@@ -23,7 +23,8 @@ optimizer step, every step included (no warm-up excluded), the way bitbench's `f
 times its loop (its decode threads start inside the phase too). Not timed: imports, model and
 weight loading, listing the folder. Prints one JSON object: {"images", "steps", "seconds",
 "images_per_s", "data_wait_s" (time the loop waited for the DataLoader), "step_s" (forward,
-backward and optimizer step), "first_loss", "last_loss", "threads", "workers", "batch_size"}.
+backward and optimizer step; of which "forward_s" (forward + loss), "backward_s", "optimizer_s"),
+"first_loss", "last_loss", "threads", "workers", "batch_size"}.
 
     train_pytorch_loop.py --model cifar_resnet20 --weights W.pt --data DATA/cifar10/jpeg/train \
         --images 2048 --epochs 1 --batch-size 128 --threads 2 --workers 2
@@ -197,7 +198,7 @@ def main():
 
     losses = []
     done = steps = 0
-    wait = 0.0
+    wait = fwd = bwd = ostep = 0.0
     t0 = time.perf_counter()
     epoch = 0
     while done < total:
@@ -213,11 +214,16 @@ def main():
             wait += time.perf_counter() - tw
             if len(y) > total - done:  # a fractional last epoch ends mid-batch, as bitbench's does
                 x, y = x[: total - done], y[: total - done]
+            t1 = time.perf_counter()
             loss = F.cross_entropy(model(x), y)
+            losses.append(loss.item())
+            t2 = time.perf_counter()
             opt.zero_grad()
             loss.backward()
+            t3 = time.perf_counter()
             opt.step()
-            losses.append(loss.item())
+            t4 = time.perf_counter()
+            fwd, bwd, ostep = fwd + t2 - t1, bwd + t3 - t2, ostep + t4 - t3
             done += len(y)
             steps += 1
             tw = time.perf_counter()
@@ -226,7 +232,7 @@ def main():
     dt = time.perf_counter() - t0
     w = max(1, len(losses) // 10)
     print(json.dumps({"images": done, "steps": steps, "seconds": dt, "images_per_s": done / dt,
-                      "data_wait_s": wait, "step_s": dt - wait,
+                      "data_wait_s": wait, "step_s": dt - wait, "forward_s": fwd, "backward_s": bwd, "optimizer_s": ostep,
                       "first_loss": sum(losses[:w]) / w, "last_loss": sum(losses[-w:]) / w,
                       "threads": a.threads, "workers": a.workers, "batch_size": a.batch_size}))
 
