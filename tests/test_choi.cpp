@@ -7,6 +7,7 @@
 #include "coding/bytes.h"
 #include "coding/symbols.h"
 #include "common/error.h"
+#include "test_data_helpers.h"
 #include "data/loader.h"
 #include "methods/method.h"
 #include "models/registry.h"
@@ -25,6 +26,7 @@
 
 namespace fs = std::filesystem;
 using namespace bb;
+using bbtest::TempDir;
 
 namespace {
 
@@ -54,14 +56,6 @@ std::shared_ptr<Model> seeded_model(const std::string& name, uint64_t seed) {
   return m;
 }
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/bb-choi-XXXXXX";
-    path = mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
 
 // Per-image gradients by brute force: one backward per image (and per label).
 std::vector<torch::Tensor> brute_force_fisher(Model& model, const Dataset& ds, int64_t n, bool exact_gn) {
@@ -212,20 +206,20 @@ TEST_CASE("Hessian cache: a hit gives identical values, a weight change misses",
   p.images = 10;
   p.estimator = "empirical_fisher";
   bool hit = true;
-  auto a = hessian_diag_cached(*model, ds, p, tmp.path, &hit);
+  auto a = hessian_diag_cached(*model, ds, p, tmp.str(), &hit);
   REQUIRE_FALSE(hit);
-  auto b = hessian_diag_cached(*model, ds, p, tmp.path, &hit);
+  auto b = hessian_diag_cached(*model, ds, p, tmp.str(), &hit);
   REQUIRE(hit);
   for (size_t l = 0; l < a.size(); ++l) REQUIRE(a[l].equal(b[l]));
   {
     torch::NoGradGuard ng;
     model->layers()[0].weight()[0][0][0][0] += 0.5f;
   }
-  hessian_diag_cached(*model, ds, p, tmp.path, &hit);
+  hessian_diag_cached(*model, ds, p, tmp.str(), &hit);
   REQUIRE_FALSE(hit);
   // A corrupt cache file is an error naming it, not a silent re-use.
-  for (auto& e : fs::directory_iterator(tmp.path)) fs::resize_file(e.path(), 100);
-  REQUIRE_THROWS_AS(hessian_diag_cached(*model, ds, p, tmp.path), Error);
+  for (auto& e : fs::directory_iterator(tmp.str())) fs::resize_file(e.path(), 100);
+  REQUIRE_THROWS_AS(hessian_diag_cached(*model, ds, p, tmp.str()), Error);
 }
 
 TEST_CASE("adam_sqrt: sqrt of the mean squared minibatch gradient, whole minibatches only", "[choi][hessian]") {

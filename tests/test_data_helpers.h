@@ -36,7 +36,28 @@ struct TempDir {
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
   std::string operator/(const std::string& name) const { return (path / name).string(); }
+  std::string str() const { return path.string(); }
 };
+
+// Writes `text` to dir/name and returns that path.
+inline std::string write_file(const std::string& dir, const std::string& name, const std::string& text) {
+  std::string p = dir + "/" + name;
+  std::ofstream f(p, std::ios::binary);
+  f << text;
+  if (!f) throw bb::Error("cannot write '" + p + "'");
+  return p;
+}
+
+// The message of the bb::Error that f throws ("" when it throws none).
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const bb::Error& e) {
+    return e.what();
+  }
+  return "";
+}
 
 inline std::string slurp(const std::string& path) {
   std::ifstream f(path, std::ios::binary);

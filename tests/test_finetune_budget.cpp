@@ -6,6 +6,7 @@
 
 #include "coding/bbz.h"
 #include "common/error.h"
+#include "test_data_helpers.h"
 #include "common/fs_util.h"
 #include "common/runtime.h"
 #include "methods/method.h"
@@ -22,38 +23,18 @@
 
 namespace fs = std::filesystem;
 using namespace bb;
+using bbtest::TempDir;
+using bbtest::error_of;
+using bbtest::write_file;
 
 namespace {
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/bb-budget-XXXXXX";
-    path = mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
-
-std::string write(const std::string& dir, const std::string& name, const std::string& text) {
-  std::string p = dir + "/" + name;
-  std::ofstream(p) << text;
-  return p;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const bb::Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 }  // namespace
 
 TEST_CASE("finetune budget: one FP control per model and seed, the budget mapped onto each method", "[runner]") {
   TempDir t;
-  auto p = write(t.path, "e.yaml", R"(experiment: budget
+  auto p = write_file(t.str(), "e.yaml", R"(experiment: budget
 models: [cifar_resnet20, cifar_resnet32]
 finetune: {epochs: 2, images: 4096, batch: 64, lr_schedule: constant}
 seeds: [0, 1]
@@ -72,7 +53,7 @@ runs:
     finetune: false
     grid: {bits: [4]}
 )");
-  Experiment ex = load_experiment(p, "", t.path + "/results");
+  Experiment ex = load_experiment(p, "", t.str() + "/results");
   REQUIRE(ex.finetune_budget["epochs"] == 2.0);
   // Declared: fp32 2x2, kq 2x2x2, pq 1x2, ecsq 1x2, uniform 2x2 = 20; controls: 2 models x 2 seeds.
   REQUIRE(ex.runs.size() == 20 + 4);
@@ -128,8 +109,8 @@ runs:
 TEST_CASE("finetune budget: what cannot take it is an error naming the block", "[runner]") {
   TempDir t;
   auto load = [&](const std::string& runs, const std::string& budget = "{epochs: 1}") {
-    auto p = write(t.path, "e.yaml", "models: [cifar_resnet20]\nfinetune: " + budget + "\nruns:\n" + runs);
-    return error_of([&] { load_experiment(p, "", t.path + "/results"); });
+    auto p = write_file(t.str(), "e.yaml", "models: [cifar_resnet20]\nfinetune: " + budget + "\nruns:\n" + runs);
+    return error_of([&] { load_experiment(p, "", t.str() + "/results"); });
   };
   // A method without fine-tuning.
   REQUIRE(load("  - method: uniform\n").find("has no fine-tuning") != std::string::npos);
@@ -152,17 +133,17 @@ TEST_CASE("finetune budget: what cannot take it is an error naming the block", "
   REQUIRE(load("  - method: kq\n", "{epochs: 1, lr_schedule: cosine}").find("lr_schedule") != std::string::npos);
   // `finetune` in a block needs a budget; an fp32 block is the untuned baseline.
   {
-    auto p = write(t.path, "n.yaml", "models: [cifar_resnet20]\nruns:\n  - method: kq\n    finetune: false\n");
-    REQUIRE(error_of([&] { load_experiment(p, "", t.path + "/results"); }).find("needs the experiment's finetune budget") !=
+    auto p = write_file(t.str(), "n.yaml", "models: [cifar_resnet20]\nruns:\n  - method: kq\n    finetune: false\n");
+    REQUIRE(error_of([&] { load_experiment(p, "", t.str() + "/results"); }).find("needs the experiment's finetune budget") !=
             std::string::npos);
   }
   REQUIRE(load("  - method: fp32\n    finetune: true\n").find("untuned FP baseline") != std::string::npos);
   // A budget seed replaces `seeds`, never both.
   {
-    auto p = write(t.path, "s.yaml", "models: [cifar_resnet20]\nseeds: [0]\nfinetune: {epochs: 1, seed: 3}\nruns:\n  - method: kq\n");
-    REQUIRE(error_of([&] { load_experiment(p, "", t.path + "/results"); }).find("not both") != std::string::npos);
-    auto q = write(t.path, "s2.yaml", "models: [cifar_resnet20]\nfinetune: {epochs: 1, seed: 3}\nruns:\n  - method: kq\n");
-    Experiment ex = load_experiment(q, "", t.path + "/results");
+    auto p = write_file(t.str(), "s.yaml", "models: [cifar_resnet20]\nseeds: [0]\nfinetune: {epochs: 1, seed: 3}\nruns:\n  - method: kq\n");
+    REQUIRE(error_of([&] { load_experiment(p, "", t.str() + "/results"); }).find("not both") != std::string::npos);
+    auto q = write_file(t.str(), "s2.yaml", "models: [cifar_resnet20]\nfinetune: {epochs: 1, seed: 3}\nruns:\n  - method: kq\n");
+    Experiment ex = load_experiment(q, "", t.str() + "/results");
     REQUIRE(ex.runs.size() == 2);
     for (auto& r : ex.runs) REQUIRE(r.seed == 3);
   }
@@ -224,7 +205,7 @@ TEST_CASE("fp32 fine-tunes every conv/linear weight only when asked, and reads c
 TEST_CASE("finetune budget: a fine-tuned run's record names its control, the table compares them",
           "[runner][finetune]") {
   TempDir t;
-  auto p = write(t.path, "e.yaml", R"(experiment: budget_run
+  auto p = write_file(t.str(), "e.yaml", R"(experiment: budget_run
 models: [cifar_resnet20]
 eval: [cifar10-lossless-1k]
 eval_limit: 100
@@ -236,7 +217,7 @@ runs:
   - method: kmeans
     grid: {bits: [3]}
 )");
-  Experiment ex = load_experiment(p, "", t.path + "/results");
+  Experiment ex = load_experiment(p, "", t.str() + "/results");
   REQUIRE(ex.runs.size() == 3);
   const RunSpec& km = ex.runs[1];
   REQUIRE(km.method == "kmeans");
@@ -320,7 +301,7 @@ void write_record(const std::string& runs, const std::string& id, const std::str
 
 TEST_CASE("table: a fine-tuned row's drop and McNemar p are against its control, the epochs its budget", "[report]") {
   TempDir t;
-  const std::string dir = t.path + "/synthetic", runs = dir + "/runs";
+  const std::string dir = t.str() + "/synthetic", runs = dir + "/runs";
   fs::create_directories(runs);
   const nlohmann::json budget = {{"epochs", 3.0}, {"images", 0}, {"batch", 128}, {"lr_schedule", "method"}};
   // Untuned FP 80/100; the control (FP + the same fine-tuning) 90/100; a fine-tuned kq run 85/100
@@ -334,7 +315,7 @@ TEST_CASE("table: a fine-tuned row's drop and McNemar p are against its control,
   write_record(runs, "kqlost", "kq", "KQ + ft lost", {{"finetune_epochs", "3"}}, 2, 84,
                {{"finetune_budget", budget}, {"control_run_id", "gone"}});
   TableOptions opt;
-  opt.published_dir = t.path + "/no-published";
+  opt.published_dir = t.str() + "/no-published";
   const nlohmann::json table = build_table(dir, opt);
   const auto& m = table["models"]["cifar_resnet20"];
   REQUIRE(m["baseline"]["top1"][kSet] == 80.0);  // the untuned FP, not the control

@@ -96,7 +96,7 @@ TEST_CASE("hostile: control bytes in names are escaped in every message", "[codi
 }
 
 TEST_CASE("hostile: a corrupt symbol stream names the file and the layer", "[coding][hostile]") {
-  for (const std::string& m : {"uniform", "kmeans", "kq", "pq", "tq", "ecsq"}) {
+  for (const std::string m : {"uniform", "kmeans", "kq", "pq", "tq", "ecsq"}) {
     const BbzFile& good = bbtest::smoke_file(m);
     BbzFile f = good;
     // The biggest indices section of the second record: cut it in half.

@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include "common/fs_util.h"
+#include "test_data_helpers.h"
 #include "common/runtime.h"
 #include "methods/method.h"
 #include "report/plot.h"
@@ -18,17 +19,10 @@
 
 namespace fs = std::filesystem;
 using namespace bb;
+using bbtest::TempDir;
 
 namespace {
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/bb-report-XXXXXX";
-    path = mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
 
 const int kImages = 100;
 const std::vector<std::string> kSets = {"cifar10-jpeg-test", "cifar10-lossless-1k"};
@@ -84,9 +78,9 @@ std::string synthetic_results(const std::string& root) {
 
 TEST_CASE("table: one data structure, writers that only format it", "[report]") {
   TempDir t;
-  const std::string dir = synthetic_results(t.path);
+  const std::string dir = synthetic_results(t.str());
   TableOptions opt;
-  opt.published_dir = t.path + "/no-published";
+  opt.published_dir = t.str() + "/no-published";
   const nlohmann::json table = build_table(dir, opt);
 
   // The data: rows per run, McNemar against fp32 on both evaluation sets, comparisons, baseline.
@@ -219,7 +213,7 @@ std::vector<Box> boxes_of(const PlotLayout& L) {
 
 TEST_CASE("table: every off-target row says why, in the Markdown and the JSON", "[report]") {
   TempDir t;
-  const std::string dir = t.path + "/off", runs = dir + "/runs";
+  const std::string dir = t.str() + "/off", runs = dir + "/runs";
   fs::create_directories(runs);
   write_record(runs, "a0", "cifar_resnet20", "fp32", "fp32", nlohmann::json::object(), 32, {90, 95});
   write_record(runs, "k1", "cifar_resnet20", "kmeans", "k-means", {{"target_bpw", "2"}}, 1.9, {80, 85});
@@ -236,7 +230,7 @@ TEST_CASE("table: every off-target row says why, in the Markdown and the JSON", 
   patch("k2", 3, 2.99, "within");
   patch("k3", 4, 3.8, nullptr);
   TableOptions opt;
-  opt.published_dir = t.path + "/no-published";
+  opt.published_dir = t.str() + "/no-published";
   const nlohmann::json table = build_table(dir, opt);
   const std::string md = table_markdown(table);
   INFO(md);
@@ -253,11 +247,11 @@ TEST_CASE("table: every off-target row says why, in the Markdown and the JSON", 
 
 TEST_CASE("plots: one per model and evaluation set, every legend label whole, no text overlapping another", "[report]") {
   TempDir t;
-  const std::string dir = synthetic_results(t.path);
+  const std::string dir = synthetic_results(t.str());
   fs::create_directories(dir + "/plots");
   std::ofstream(dir + "/plots/cifar_resnet20.png") << "old name";
   TableOptions opt;
-  opt.published_dir = t.path + "/no-published";
+  opt.published_dir = t.str() + "/no-published";
   std::vector<std::string> written;
   const nlohmann::json table = build_table(dir, opt, &written);
 
@@ -327,17 +321,17 @@ TEST_CASE("plots: the canvas grows with long labels and titles instead of cuttin
     s.points = {{1.0 + i * 0.1, 50.0 + i, 45.0 + i, 55.0 + i}, {3.0, 80.0, 78.0, 82.0, true}};
     p.series.push_back(s);
   }
-  write_plot_svg(p, t.path + "/p.svg");
-  write_plot_png(p, t.path + "/p.png");
+  write_plot_svg(p, t.str() + "/p.svg");
+  write_plot_png(p, t.str() + "/p.png");
   double w = 0, h = 0;
-  const auto boxes = svg_text_boxes(read_file_text(t.path + "/p.svg"), w, h);
+  const auto boxes = svg_text_boxes(read_file_text(t.str() + "/p.svg"), w, h);
   REQUIRE(std::count_if(boxes.begin(), boxes.end(), [&](const Box& b) { return b.text == longest; }) == 1);
   REQUIRE(std::count_if(boxes.begin(), boxes.end(), [&](const Box& b) { return b.text == "series <3> & 'quoted'"; }) == 1);
   REQUIRE(w > svg_text_width(longest, 12));
   require_clear(boxes, w, h);
   const PlotLayout png = plot_layout(p, PlotBackend::png);
   require_clear(boxes_of(png), png.width, png.height);
-  require_png_whole(t.path + "/p.png", png);
+  require_png_whole(t.str() + "/p.png", png);
   // The estimate is no narrower than a real sans-serif: rendered by rsvg-convert in DejaVu Sans (the
   // widest common fallback, and what "sans-serif" gives on Debian), "uniform + Huffman (Choi)" at
   // 12 px inks 154.7 px from its start.

@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include "common/error.h"
+#include "test_data_helpers.h"
 #include "common/fs_util.h"
 #include "common/runtime.h"
 #include "methods/method.h"
@@ -19,32 +20,12 @@
 
 namespace fs = std::filesystem;
 using namespace bb;
+using bbtest::TempDir;
+using bbtest::error_of;
+using bbtest::write_file;
 
 namespace {
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/bb-test-XXXXXX";
-    path = mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
-
-std::string write(const std::string& dir, const std::string& name, const std::string& text) {
-  std::string p = dir + "/" + name;
-  std::ofstream(p) << text;
-  return p;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const bb::Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 const char* kSmall = R"(experiment: small
 models: [cifar_resnet20]
@@ -60,7 +41,7 @@ runs:
 
 TEST_CASE("grid and zip expansion", "[runner]") {
   TempDir t;
-  auto p = write(t.path, "e.yaml", R"(models: [cifar_resnet20, cifar_resnet32]
+  auto p = write_file(t.str(), "e.yaml", R"(models: [cifar_resnet20, cifar_resnet32]
 seeds: [0, 1]
 runs:
   - method: uniform
@@ -70,7 +51,7 @@ runs:
     models: [cifar_resnet20]
     zip: {bits: [2, 8], coder: [huffman, fixed]}
 )");
-  Experiment ex = load_experiment(p, "", t.path + "/results");
+  Experiment ex = load_experiment(p, "", t.str() + "/results");
   // 2 models x 6 points x 2 seeds + 1 model x 2 zip rows x 2 seeds
   REQUIRE(ex.runs.size() == 24 + 4);
   std::set<std::string> zipped;
@@ -83,112 +64,112 @@ runs:
 
 TEST_CASE("run IDs are stable under YAML key order", "[runner]") {
   TempDir t;
-  auto a = write(t.path, "a.yaml", "experiment: x\nmodels: [cifar_resnet20]\nruns:\n  - method: uniform\n    params: {bits: 3, coder: huffman}\n");
-  auto b = write(t.path, "b.yaml", "runs:\n  - params: {coder: huffman, bits: 3}\n    method: uniform\nmodels: [cifar_resnet20]\nexperiment: x\n");
-  auto ea = load_experiment(a, "", t.path), eb = load_experiment(b, "", t.path);
+  auto a = write_file(t.str(), "a.yaml", "experiment: x\nmodels: [cifar_resnet20]\nruns:\n  - method: uniform\n    params: {bits: 3, coder: huffman}\n");
+  auto b = write_file(t.str(), "b.yaml", "runs:\n  - params: {coder: huffman, bits: 3}\n    method: uniform\nmodels: [cifar_resnet20]\nexperiment: x\n");
+  auto ea = load_experiment(a, "", t.str()), eb = load_experiment(b, "", t.str());
   REQUIRE(run_id(ea.runs[0]) == run_id(eb.runs[0]));
-  auto c = write(t.path, "c.yaml", "experiment: x\nmodels: [cifar_resnet20]\nruns:\n  - method: uniform\n    params: {bits: 4, coder: huffman}\n");
-  REQUIRE(run_id(load_experiment(c, "", t.path).runs[0]) != run_id(ea.runs[0]));
+  auto c = write_file(t.str(), "c.yaml", "experiment: x\nmodels: [cifar_resnet20]\nruns:\n  - method: uniform\n    params: {bits: 4, coder: huffman}\n");
+  REQUIRE(run_id(load_experiment(c, "", t.str()).runs[0]) != run_id(ea.runs[0]));
 }
 
 TEST_CASE("schema errors name file, line and key", "[runner]") {
   TempDir t;
-  auto p = write(t.path, "bad.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    gird: {bits: [2]}\n");
-  auto e = error_of([&] { load_experiment(p, "", t.path); });
+  auto p = write_file(t.str(), "bad.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    gird: {bits: [2]}\n");
+  auto e = error_of([&] { load_experiment(p, "", t.str()); });
   REQUIRE_THAT(e, Catch::Contains("bad.yaml:4") && Catch::Contains("unknown key 'gird'"));
 
-  p = write(t.path, "m.yaml", "models: [cifar_resnet20]\nruns:\n  - method: nosuch\n");
-  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("m.yaml:3") && Catch::Contains("unknown method 'nosuch'"));
+  p = write_file(t.str(), "m.yaml", "models: [cifar_resnet20]\nruns:\n  - method: nosuch\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.str()); }), Catch::Contains("m.yaml:3") && Catch::Contains("unknown method 'nosuch'"));
 
-  p = write(t.path, "mo.yaml", "models: [resnet99]\nruns:\n  - method: fp32\n");
-  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("unknown model 'resnet99'"));
+  p = write_file(t.str(), "mo.yaml", "models: [resnet99]\nruns:\n  - method: fp32\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.str()); }), Catch::Contains("unknown model 'resnet99'"));
 
-  p = write(t.path, "d.yaml", "models: [cifar_resnet20]\neval: [cifar11]\nruns:\n  - method: fp32\n");
-  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("d.yaml:2") && Catch::Contains("unknown dataset 'cifar11'"));
+  p = write_file(t.str(), "d.yaml", "models: [cifar_resnet20]\neval: [cifar11]\nruns:\n  - method: fp32\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.str()); }), Catch::Contains("d.yaml:2") && Catch::Contains("unknown dataset 'cifar11'"));
 
-  p = write(t.path, "k.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    grid:\n      bitz: [2]\n");
-  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("k.yaml:5") && Catch::Contains("unknown parameter 'bitz'"));
+  p = write_file(t.str(), "k.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    grid:\n      bitz: [2]\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.str()); }), Catch::Contains("k.yaml:5") && Catch::Contains("unknown parameter 'bitz'"));
 
-  p = write(t.path, "v.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    params: {bits: many}\n");
-  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("'bits' expects an integer"));
+  p = write_file(t.str(), "v.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    params: {bits: many}\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.str()); }), Catch::Contains("'bits' expects an integer"));
 
-  p = write(t.path, "y.yaml", "models: [cifar_resnet20\nruns: [\n");
-  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("malformed YAML"));
+  p = write_file(t.str(), "y.yaml", "models: [cifar_resnet20\nruns: [\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.str()); }), Catch::Contains("malformed YAML"));
 
-  p = write(t.path, "z.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    zip: {bits: [2, 3], coder: [fixed]}\n");
-  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("z.yaml:4") && Catch::Contains("zip list"));
+  p = write_file(t.str(), "z.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    zip: {bits: [2, 3], coder: [fixed]}\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.str()); }), Catch::Contains("z.yaml:4") && Catch::Contains("zip list"));
 
   // The experiment name is a folder under the results root: never a path, never empty.
   for (const char* name : {"../../x", "''", "a/b", "..", "."}) {
-    p = write(t.path, "n.yaml", std::string("experiment: ") + name + "\nmodels: [cifar_resnet20]\nruns:\n  - method: fp32\n");
+    p = write_file(t.str(), "n.yaml", std::string("experiment: ") + name + "\nmodels: [cifar_resnet20]\nruns:\n  - method: fp32\n");
     INFO(name);
-    REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("n.yaml:1") && Catch::Contains("plain name"));
+    REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.str()); }), Catch::Contains("n.yaml:1") && Catch::Contains("plain name"));
   }
   // Seeds are non-negative integers; eval_limit is >= 0; numbers are finite.
   for (const char* seeds : {"[-1]", "[1.5]", "[x]"}) {
-    p = write(t.path, "s.yaml", std::string("models: [cifar_resnet20]\nseeds: ") + seeds + "\nruns:\n  - method: fp32\n");
+    p = write_file(t.str(), "s.yaml", std::string("models: [cifar_resnet20]\nseeds: ") + seeds + "\nruns:\n  - method: fp32\n");
     INFO(seeds);
-    REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("s.yaml:2") && Catch::Contains("non-negative integer"));
+    REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.str()); }), Catch::Contains("s.yaml:2") && Catch::Contains("non-negative integer"));
   }
-  p = write(t.path, "l.yaml", "models: [cifar_resnet20]\neval_limit: -5\nruns:\n  - method: fp32\n");
-  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("l.yaml:2") && Catch::Contains("'eval_limit' must be >= 0"));
+  p = write_file(t.str(), "l.yaml", "models: [cifar_resnet20]\neval_limit: -5\nruns:\n  - method: fp32\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.str()); }), Catch::Contains("l.yaml:2") && Catch::Contains("'eval_limit' must be >= 0"));
   for (const char* v : {"nan", ".inf", "inf", "-inf"}) {
-    p = write(t.path, "f.yaml", std::string("models: [cifar_resnet20]\nruns:\n  - method: ecsq\n    params: {target_bpw: ") + v + "}\n");
+    p = write_file(t.str(), "f.yaml", std::string("models: [cifar_resnet20]\nruns:\n  - method: ecsq\n    params: {target_bpw: ") + v + "}\n");
     INFO(v);
-    REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("f.yaml:3") && (Catch::Contains("finite number") || Catch::Contains("expects a number")));
+    REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.str()); }), Catch::Contains("f.yaml:3") && (Catch::Contains("finite number") || Catch::Contains("expects a number")));
   }
 }
 
 TEST_CASE("YAML edge cases: duplicate keys, zero runs, huge grids, bad bits, directories", "[runner]") {
   TempDir t;
   // A repeated key is an error at any level, naming the line of the repeat and of the first.
-  auto p = write(t.path, "d1.yaml", "models: [cifar_resnet20]\nmodels: [cifar_resnet32]\nruns:\n  - method: fp32\n");
-  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }),
+  auto p = write_file(t.str(), "d1.yaml", "models: [cifar_resnet20]\nmodels: [cifar_resnet32]\nruns:\n  - method: fp32\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.str()); }),
                Catch::Contains("d1.yaml:2") && Catch::Contains("duplicate key 'models'") && Catch::Contains("line 1"));
-  p = write(t.path, "d2.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    method: kmeans\n");
-  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("d2.yaml:4") && Catch::Contains("duplicate key 'method'"));
-  p = write(t.path, "d3.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    params:\n      bits: 2\n      bits: 4\n");
-  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("d3.yaml:6") && Catch::Contains("duplicate key 'bits'"));
-  p = write(t.path, "d4.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    grid: {bits: [2], bits: [4]}\n");
-  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("d4.yaml:4") && Catch::Contains("duplicate key 'bits'"));
+  p = write_file(t.str(), "d2.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    method: kmeans\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.str()); }), Catch::Contains("d2.yaml:4") && Catch::Contains("duplicate key 'method'"));
+  p = write_file(t.str(), "d3.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    params:\n      bits: 2\n      bits: 4\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.str()); }), Catch::Contains("d3.yaml:6") && Catch::Contains("duplicate key 'bits'"));
+  p = write_file(t.str(), "d4.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    grid: {bits: [2], bits: [4]}\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.str()); }), Catch::Contains("d4.yaml:4") && Catch::Contains("duplicate key 'bits'"));
 
   // bits 0 / -1 are refused by the method's parameter check, with file:line.
   for (const char* b : {"0", "-1"}) {
-    p = write(t.path, "b.yaml", std::string("models: [cifar_resnet20]\nruns:\n  - method: uniform\n    params: {bits: ") + b + "}\n");
+    p = write_file(t.str(), "b.yaml", std::string("models: [cifar_resnet20]\nruns:\n  - method: uniform\n    params: {bits: ") + b + "}\n");
     INFO(b);
-    const std::string e = error_of([&] { load_experiment(p, "", t.path); });
+    const std::string e = error_of([&] { load_experiment(p, "", t.str()); });
     REQUIRE_THAT(e, Catch::Contains("b.yaml:3") && Catch::Contains("bits"));
   }
 
   // Zero runs: an empty seeds or zip list is an error, not an empty experiment that "succeeds".
-  p = write(t.path, "z1.yaml", "models: [cifar_resnet20]\nseeds: []\nruns:\n  - method: fp32\n");
-  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("zero runs"));
-  p = write(t.path, "z2.yaml", "models: [cifar_resnet20]\nruns:\n  - method: fp32\n  - method: uniform\n    zip: {bits: []}\n");
-  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("z2.yaml:4") && Catch::Contains("zero runs"));
+  p = write_file(t.str(), "z1.yaml", "models: [cifar_resnet20]\nseeds: []\nruns:\n  - method: fp32\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.str()); }), Catch::Contains("zero runs"));
+  p = write_file(t.str(), "z2.yaml", "models: [cifar_resnet20]\nruns:\n  - method: fp32\n  - method: uniform\n    zip: {bits: []}\n");
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.str()); }), Catch::Contains("z2.yaml:4") && Catch::Contains("zero runs"));
 
   // A grid past the limit is refused before expansion: 12 lists of 10 values = 10^12 runs would
   // never finish expanding; the refusal must come at once.
   std::string big = "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    grid:\n";
   for (const char* k : {"bits", "clip_steps", "coder", "scheme", "clip", "a", "b", "c", "d", "e", "f", "g"})
     big += std::string("      ") + k + ": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n";
-  p = write(t.path, "big.yaml", big);
+  p = write_file(t.str(), "big.yaml", big);
   // (Were it expanded first, this call would exhaust memory instead of returning the error.)
-  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }),
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.str()); }),
                Catch::Contains("big.yaml:3") && Catch::Contains("more than 10000 runs") && Catch::Contains("--max-runs"));
   // The limit is the caller's: 3 runs pass a limit of 3 and fail a limit of 2.
-  p = write(t.path, "three.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    grid: {bits: [2, 3, 4]}\n");
-  REQUIRE(load_experiment(p, "", t.path, 3).runs.size() == 3);
-  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path, 2); }), Catch::Contains("more than 2 runs"));
+  p = write_file(t.str(), "three.yaml", "models: [cifar_resnet20]\nruns:\n  - method: uniform\n    grid: {bits: [2, 3, 4]}\n");
+  REQUIRE(load_experiment(p, "", t.str(), 3).runs.size() == 3);
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.str(), 2); }), Catch::Contains("more than 2 runs"));
 
   // A directory instead of a file.
-  fs::create_directories(t.path + "/dir.yaml");
-  REQUIRE_THAT(error_of([&] { load_experiment(t.path + "/dir.yaml", "", t.path); }), Catch::Contains("is a directory"));
+  fs::create_directories(t.str() + "/dir.yaml");
+  REQUIRE_THAT(error_of([&] { load_experiment(t.str() + "/dir.yaml", "", t.str()); }), Catch::Contains("is a directory"));
 }
 
 TEST_CASE("shards partition the runs exactly once", "[runner]") {
   TempDir t;
-  auto p = write(t.path, "e.yaml", "models: [cifar_resnet20, cifar_resnet32, cifar_resnet44]\nruns:\n  - method: uniform\n    grid: {bits: [1, 2, 3, 4, 5, 6, 7]}\n");
-  Experiment ex = load_experiment(p, "", t.path);
+  auto p = write_file(t.str(), "e.yaml", "models: [cifar_resnet20, cifar_resnet32, cifar_resnet44]\nruns:\n  - method: uniform\n    grid: {bits: [1, 2, 3, 4, 5, 6, 7]}\n");
+  Experiment ex = load_experiment(p, "", t.str());
   for (int n : {1, 2, 3, 4, 7, 50}) {
     std::map<int, int> seen;
     for (int i = 0; i < n; ++i) {
@@ -221,9 +202,9 @@ TEST_CASE("shards partition the runs exactly once", "[runner]") {
 TEST_CASE("run IDs key on the resolved parameters, the algorithm version and the calibration set", "[runner]") {
   TempDir t;
   auto exp = [&](const std::string& name, const std::string& calib, const std::string& method, const std::string& params) {
-    return load_experiment(write(t.path, name, "experiment: x\nmodels: [cifar_resnet20]\ncalibration: " + calib +
+    return load_experiment(write_file(t.str(), name, "experiment: x\nmodels: [cifar_resnet20]\ncalibration: " + calib +
                                                    "\nruns:\n  - method: " + method + "\n    params: " + params + "\n"),
-                           "", t.path)
+                           "", t.str())
         .runs.at(0);
   };
   // The same value spelled differently is one run (the method's binder resolves both to 2.0).
@@ -253,21 +234,21 @@ TEST_CASE("two run blocks giving the same run under different labels are an erro
   TempDir t;
   // Two uniform blocks labelled "first" and "second"; the second's parameters vary.
   auto two_blocks = [&](const std::string& name, const std::string& second_params) {
-    return write(t.path, name,
+    return write_file(t.str(), name,
                  "experiment: x\nmodels: [cifar_resnet20]\nruns:\n  - method: uniform\n    label: first\n"
                  "    params: {bits: 4}\n  - method: uniform\n    label: second\n    params: " + second_params + "\n");
   };
   // The same resolved parameters ("coder: fixed" is the default): an error naming both blocks.
-  const std::string err = error_of([&] { load_experiment(two_blocks("dup.yaml", "{bits: 4, coder: fixed}"), "", t.path); });
+  const std::string err = error_of([&] { load_experiment(two_blocks("dup.yaml", "{bits: 4, coder: fixed}"), "", t.str()); });
   REQUIRE_THAT(err, Catch::Contains("dup.yaml:7") && Catch::Contains("dup.yaml:4") && Catch::Contains("'second'"));
   // Different resolved parameters: two runs, both labels kept.
-  REQUIRE(load_experiment(two_blocks("ok.yaml", "{bits: 3}"), "", t.path).runs.size() == 2);
+  REQUIRE(load_experiment(two_blocks("ok.yaml", "{bits: 3}"), "", t.str()).runs.size() == 2);
 }
 
 TEST_CASE("finished runs are cached, --force redoes them, failures leave records", "[runner]") {
   TempDir t;
-  auto p = write(t.path, "small.yaml", kSmall);
-  Experiment ex = load_experiment(p, "", t.path + "/results");
+  auto p = write_file(t.str(), "small.yaml", kSmall);
+  Experiment ex = load_experiment(p, "", t.str() + "/results");
   RunnerOptions opt;
   auto s1 = run_experiment(ex, opt);
   REQUIRE(s1.done == 4);
@@ -316,7 +297,7 @@ TEST_CASE("finished runs are cached, --force redoes them, failures leave records
     REQUIRE(stale == 1);
   }
   // A run that fails writes a failure record and the others go on.
-  auto bad = write(t.path, "bad.yaml", R"(experiment: bad
+  auto bad = write_file(t.str(), "bad.yaml", R"(experiment: bad
 models: [cifar_resnet20]
 eval: [cifar10-lossless-1k]
 eval_limit: 50
@@ -325,8 +306,8 @@ runs:
     params: {bits: 4}
   - method: fp32
 )");
-  Experiment eb = load_experiment(bad, "", t.path + "/results");
-  eb.runs[0].model_cfg.weights = t.path + "/small.yaml";  // not a weights file: fails at load
+  Experiment eb = load_experiment(bad, "", t.str() + "/results");
+  eb.runs[0].model_cfg.weights = t.str() + "/small.yaml";  // not a weights file: fails at load
   auto sb = run_experiment(eb, RunnerOptions{});
   REQUIRE(sb.failed == 1);
   REQUIRE(sb.done == 1);
@@ -343,9 +324,9 @@ runs:
 
 TEST_CASE("a run killed mid-way leaves nothing half-written and resumes", "[runner][slow]") {
   TempDir t;
-  auto p = write(t.path, "small.yaml", kSmall);
+  auto p = write_file(t.str(), "small.yaml", kSmall);
   const std::string bin = binary_dir() + "/bitbench";
-  const std::string results = t.path + "/results";
+  const std::string results = t.str() + "/results";
   const std::string runs = results + "/small/runs";
   pid_t pid = fork();
   if (pid == 0) {
@@ -387,7 +368,7 @@ TEST_CASE("a run killed mid-way leaves nothing half-written and resumes", "[runn
   REQUIRE(count() == 4);
   for (auto& e : fs::directory_iterator(runs)) REQUIRE(e.path().string().find(".tmp.") == std::string::npos);
   // keep_bbz: the finished run's file takes its final name beside its record.
-  auto k = write(t.path, "keep.yaml", "experiment: keep\nmodels: [cifar_resnet20]\neval: [cifar10-lossless-1k]\neval_limit: 20\nkeep_bbz: true\nruns:\n  - method: uniform\n    params: {bits: 4}\n");
+  auto k = write_file(t.str(), "keep.yaml", "experiment: keep\nmodels: [cifar_resnet20]\neval: [cifar10-lossless-1k]\neval_limit: 20\nkeep_bbz: true\nruns:\n  - method: uniform\n    params: {bits: 4}\n");
   Experiment ek = load_experiment(k, "", results);
   REQUIRE(run_experiment(ek, RunnerOptions{}).done == 1);
   REQUIRE(fs::exists(results + "/keep/runs/" + run_id(ek.runs[0]) + ".bbz"));
@@ -433,7 +414,7 @@ TEST_CASE("the shipped experiments parse and expand (a dry run of each)", "[runn
 
 TEST_CASE("tune: spaces, budget and test sets are checked when the experiment loads", "[runner][tune]") {
   TempDir t;
-  auto p = write(t.path, "g.yaml", R"(experiment: g
+  auto p = write_file(t.str(), "g.yaml", R"(experiment: g
 models: [cifar_resnet20]
 eval: [cifar10-lossless-1k]
 tune_budget: 3
@@ -442,9 +423,9 @@ runs:
     tune:
       space: {scheme: [asymmetric, symmetric], clip: [minmax, mse]}
 )");
-  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }),
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.str()); }),
                Catch::Contains("g.yaml:8") && Catch::Contains("4 points, more than tune_budget 3"));
-  p = write(t.path, "r.yaml", R"(experiment: r
+  p = write_file(t.str(), "r.yaml", R"(experiment: r
 models: [cifar_resnet20]
 eval: [cifar10-lossless-1k]
 tune_budget: 3
@@ -454,11 +435,11 @@ runs:
       mode: random
       space: {scheme: [asymmetric, symmetric], clip: [minmax, mse]}
 )");
-  auto ex = load_experiment(p, "", t.path);
+  auto ex = load_experiment(p, "", t.str());
   REQUIRE(ex.runs.size() == 1);
   REQUIRE(ex.runs[0].tune_points.size() == 3);
-  CHECK(load_experiment(p, "", t.path).runs[0].tune_points == ex.runs[0].tune_points);  // reproducible draw
-  p = write(t.path, "v.yaml", R"(experiment: v
+  CHECK(load_experiment(p, "", t.str()).runs[0].tune_points == ex.runs[0].tune_points);  // reproducible draw
+  p = write_file(t.str(), "v.yaml", R"(experiment: v
 models: [cifar_resnet20]
 eval: [cifar10-lossless-1k]
 runs:
@@ -466,15 +447,15 @@ runs:
     tune:
       space: {schem: [asymmetric]}
 )");
-  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("v.yaml:7") && Catch::Contains("schem"));
-  p = write(t.path, "ts.yaml", R"(experiment: ts
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.str()); }), Catch::Contains("v.yaml:7") && Catch::Contains("schem"));
+  p = write_file(t.str(), "ts.yaml", R"(experiment: ts
 models: [cifar_resnet20]
 eval: [cifar10-lossless-1k]
 tune_on: cifar10-jpeg-test
 runs:
   - method: uniform
 )");
-  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.path); }), Catch::Contains("ts.yaml:4") && Catch::Contains("test set"));
+  REQUIRE_THAT(error_of([&] { load_experiment(p, "", t.str()); }), Catch::Contains("ts.yaml:4") && Catch::Contains("test set"));
 }
 
 TEST_CASE("tune: chooses on the validation split without reading any test set; run applies the choice", "[runner][tune]") {
@@ -482,19 +463,19 @@ TEST_CASE("tune: chooses on the validation split without reading any test set; r
   // no test set at all: tuning must succeed there, so it cannot have read one.
   TempDir t;
   const std::string real = data_root();
-  fs::create_directories(t.path + "/data/cifar10/jpeg");
-  fs::create_directory_symlink(real + "/cifar10/jpeg/train", t.path + "/data/cifar10/jpeg/train");
-  fs::create_directory_symlink(real + "/models", t.path + "/data/models");
+  fs::create_directories(t.str() + "/data/cifar10/jpeg");
+  fs::create_directory_symlink(real + "/cifar10/jpeg/train", t.str() + "/data/cifar10/jpeg/train");
+  fs::create_directory_symlink(real + "/models", t.str() + "/data/models");
   const char* prev = std::getenv("BITBENCH_DATA_ROOT");
   const std::string prev_root = prev ? prev : "";
-  setenv("BITBENCH_DATA_ROOT", (t.path + "/data").c_str(), 1);
+  setenv("BITBENCH_DATA_ROOT", (t.str() + "/data").c_str(), 1);
   struct Restore {
     std::string v;
     bool had;
     ~Restore() { had ? setenv("BITBENCH_DATA_ROOT", v.c_str(), 1) : unsetenv("BITBENCH_DATA_ROOT"); }
   } restore{prev_root, prev != nullptr};
 
-  auto p = write(t.path, "tu.yaml", R"(experiment: tu
+  auto p = write_file(t.str(), "tu.yaml", R"(experiment: tu
 models: [cifar_resnet20]
 eval: [cifar10-lossless-1k]
 tune_budget: 2
@@ -506,8 +487,8 @@ runs:
     tune:
       space: {scheme: [symmetric, asymmetric]}
 )");
-  Experiment ex = load_experiment(p, "", t.path + "/results");
-  REQUIRE_FALSE(fs::exists(t.path + "/data/cifar10/test_lossless_1k.bin"));
+  Experiment ex = load_experiment(p, "", t.str() + "/results");
+  REQUIRE_FALSE(fs::exists(t.str() + "/data/cifar10/test_lossless_1k.bin"));
   RunnerOptions opt;
   TuneSummary s = tune_experiment(ex, opt);
   REQUIRE(s.trials.failed == 0);
@@ -528,11 +509,11 @@ runs:
   REQUIRE(i == 2);
   const std::string want = top[1] > top[0] ? "asymmetric" : "symmetric";
   // A second tune finds every trial cached.
-  TuneSummary again = tune_experiment(load_experiment(p, "", t.path + "/results"), opt);
+  TuneSummary again = tune_experiment(load_experiment(p, "", t.str() + "/results"), opt);
   CHECK(again.trials.cached == 2);
   CHECK(again.trials.done == 0);
 
-  Experiment run = load_experiment(p, "", t.path + "/results");
+  Experiment run = load_experiment(p, "", t.str() + "/results");
   const nlohmann::json untuned = run.runs[0].config_json();  // (run_id would identify the test set: absent here)
   REQUIRE(apply_tuned(run) == 1);
   CHECK(run.runs[0].params.at("scheme") == want);

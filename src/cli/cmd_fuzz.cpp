@@ -152,10 +152,10 @@ void reset_hwm() {
 }
 
 // Decodes one file image the way `bitbench decompress` does; true if it decoded.
-bool decode_image(const std::vector<uint8_t>& b) {
+// Parses and decodes one file image; throws what the decoder throws.
+void decode_image(const std::vector<uint8_t>& b) {
   BbzFile f = parse_bbz(b.data(), b.size(), "mutant.bbz");
-  StateDict sd = decode_bbz(f, "mutant.bbz");
-  return !sd.empty() || true;
+  (void)decode_bbz(f, "mutant.bbz");
 }
 
 struct Totals {
