@@ -166,6 +166,31 @@ TEST_CASE("YAML edge cases: duplicate keys, zero runs, huge grids, bad bits, dir
   REQUIRE_THAT(error_of([&] { load_experiment(t.str() + "/dir.yaml", "", t.str()); }), Catch::Contains("is a directory"));
 }
 
+TEST_CASE("--only selects runs by model, method and seed; unknown keys and values are errors", "[runner]") {
+  TempDir t;
+  auto p = write_file(t.str(), "e.yaml",
+                      "models: [cifar_resnet20, cifar_resnet32]\nseeds: [0, 1]\nruns:\n  - method: uniform\n    grid: {bits: [2, 3]}\n"
+                      "  - method: fp32\n");
+  Experiment ex = load_experiment(p, "", t.str());
+  REQUIRE(ex.runs.size() == 12);
+  auto count = [&](const std::string& flag) {
+    RunFilter f = parse_run_filter(flag, ex);
+    int n = 0;
+    for (auto& r : ex.runs) n += in_filter(r, f);
+    return n;
+  };
+  CHECK(count("") == 12);
+  CHECK(count("model=cifar_resnet20") == 6);
+  CHECK(count("model=cifar_resnet20,method=uniform") == 4);
+  CHECK(count("model=cifar_resnet20,model=cifar_resnet32,method=fp32") == 4);
+  CHECK(count("model=cifar_resnet32,seed=1,method=uniform") == 2);
+  CHECK_THAT(error_of([&] { parse_run_filter("model=cifar_resnet99", ex); }),
+             Catch::Contains("no run with model 'cifar_resnet99'") && Catch::Contains("cifar_resnet20, cifar_resnet32"));
+  CHECK_THAT(error_of([&] { parse_run_filter("label=x", ex); }), Catch::Contains("unknown key 'label'"));
+  CHECK_THAT(error_of([&] { parse_run_filter("model", ex); }), Catch::Contains("KEY=VALUE"));
+  CHECK_THAT(error_of([&] { parse_run_filter("model=", ex); }), Catch::Contains("KEY=VALUE"));
+}
+
 TEST_CASE("shards partition the runs exactly once", "[runner]") {
   TempDir t;
   auto p = write_file(t.str(), "e.yaml", "models: [cifar_resnet20, cifar_resnet32, cifar_resnet44]\nruns:\n  - method: uniform\n    grid: {bits: [1, 2, 3, 4, 5, 6, 7]}\n");

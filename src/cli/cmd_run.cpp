@@ -1,4 +1,4 @@
-// bitbench run E.yaml [--dry-run] [--force] [--shard i/N]    execute an experiment
+// bitbench run E.yaml [--dry-run] [--force] [--shard i/N] [--only model=M]    execute an experiment
 // bitbench plan E.yaml                                        print the stable run IDs
 // bitbench tune E.yaml [--dry-run] [--force] [--shard i/N]   choose settings on the validation split
 #include "cli/args.h"
@@ -19,6 +19,8 @@ namespace {
 Args run_args(const std::string& cmd) {
   std::vector<FlagSpec> specs = {
       {"--shard", true, "BITBENCH_SHARD", false, "run the i-th of N disjoint slices (i/N)"},
+      {"--only", true, "BITBENCH_ONLY", false,
+       "only the runs with these values: KEY=VALUE[,KEY=VALUE...], KEY in model, method, seed"},
       {"--results", true, "BITBENCH_RESULTS", false, "results root (default <source>/results)"},
       {"--configs", true, "BITBENCH_CONFIGS", false, "configs folder (default <source>/configs)"},
       {"--data-root", true, "", false, "data root"},
@@ -60,11 +62,13 @@ int cmd_run(int argc, char** argv) {
   opt.force = a.has("--force");
   opt.dry_run = a.has("--dry-run");
   opt.shard_flag = a.get("--shard");
+  opt.only_flag = a.get("--only");
   if (opt.dry_run) {
     Shard s = resolve_shard(opt.shard_flag);
+    const RunFilter only = parse_run_filter(opt.only_flag, ex);
     int n = 0;
     for (auto& r : ex.runs) {
-      if (!in_shard(r, s)) continue;
+      if (!in_shard(r, s) || !in_filter(r, only)) continue;
       ++n;
       nlohmann::json p = r.params;
       std::string w = r.model_cfg.weights.empty() ? "<unset: " + r.model_cfg.weights_spec + ">" : r.model_cfg.weights;
@@ -97,9 +101,10 @@ int cmd_plan(int argc, char** argv) {
     return 0;
   }
   Shard s = resolve_shard(a.get("--shard"));
+  const RunFilter only = parse_run_filter(a.get("--only"), ex);
   nlohmann::json out = nlohmann::json::array();
   for (auto& r : ex.runs) {
-    if (!in_shard(r, s)) continue;
+    if (!in_shard(r, s) || !in_filter(r, only)) continue;
     std::string id = run_id(r);
     bool done = std::filesystem::exists(runs_dir(ex) + "/" + id + ".json");
     if (a.has("--json")) {
@@ -133,6 +138,7 @@ int cmd_tune(int argc, char** argv) {
   opt.force = a.has("--force");
   opt.dry_run = a.has("--dry-run");
   opt.shard_flag = a.get("--shard");
+  opt.only_flag = a.get("--only");
   TuneSummary s = tune_experiment(ex, opt);
   return s.trials.failed > 0 ? 3 : 0;
 }

@@ -104,6 +104,46 @@ Shard resolve_shard(const std::string& flag) {
 
 bool in_shard(const RunSpec& r, const Shard& s) { return r.index % s.count == s.index; }
 
+namespace {
+std::string filter_value(const RunSpec& r, const std::string& key) {
+  if (key == "model") return r.model;
+  if (key == "method") return r.method;
+  return std::to_string(r.seed);  // "seed"
+}
+}  // namespace
+
+RunFilter parse_run_filter(const std::string& flag, const Experiment& ex) {
+  RunFilter f;
+  size_t start = 0;
+  while (start < flag.size()) {
+    size_t comma = flag.find(',', start);
+    if (comma == std::string::npos) comma = flag.size();
+    const std::string item = flag.substr(start, comma - start);
+    start = comma + 1;
+    const size_t eq = item.find('=');
+    BB_CHECK(eq != std::string::npos && eq > 0 && eq + 1 < item.size(), "--only expects KEY=VALUE[,KEY=VALUE...], got '",
+             flag, "'");
+    const std::string key = item.substr(0, eq), value = item.substr(eq + 1);
+    BB_CHECK(key == "model" || key == "method" || key == "seed", "--only: unknown key '", key,
+             "' (known: model, method, seed)");
+    std::set<std::string> known;
+    for (auto& r : ex.runs) known.insert(filter_value(r, key));
+    if (!known.count(value)) {
+      std::string list;
+      for (auto& k : known) list += (list.empty() ? "" : ", ") + k;
+      throw Error("--only: experiment '" + ex.name + "' has no run with " + key + " '" + value + "' (it has: " + list + ")");
+    }
+    f.want[key].insert(value);
+  }
+  return f;
+}
+
+bool in_filter(const RunSpec& r, const RunFilter& f) {
+  for (auto& [key, values] : f.want)
+    if (!values.count(filter_value(r, key))) return false;
+  return true;
+}
+
 // The run's config with the method's parameters as the method resolves them (its ParamBinder:
 // every key, typed, the code's defaults included), so "2" and "2.0" are one run and a default
 // changed in code or in configs/methods gives a new ID; the algorithm's version, so records of an
@@ -147,11 +187,12 @@ std::string cache_dir(const Experiment& ex) { return fs::path(ex.results_dir).pa
 RunnerSummary run_experiment(const Experiment& ex, const RunnerOptions& opt) {
   RunnerSummary sum;
   Shard shard = resolve_shard(opt.shard_flag);
+  const RunFilter only = parse_run_filter(opt.only_flag, ex);
   const std::string dir = ex.results_dir + "/" + opt.runs_subdir;
   std::vector<const RunSpec*> mine;
   for (auto& r : ex.runs) {
     ++sum.total;
-    if (in_shard(r, shard)) mine.push_back(&r);
+    if (in_shard(r, shard) && in_filter(r, only)) mine.push_back(&r);
   }
   sum.in_shard = (int)mine.size();
   log_info("experiment '" + ex.name + "': " + std::to_string(sum.total) + " runs, shard " +

@@ -4,6 +4,8 @@
 #include "runner/experiment.h"
 
 #include <nlohmann/json.hpp>
+#include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -21,6 +23,15 @@ struct Shard {
 Shard resolve_shard(const std::string& flag);
 bool in_shard(const RunSpec& r, const Shard& s);  // round-robin over the stable run index
 
+// "--only KEY=VALUE[,KEY=VALUE...]" with KEY in model, method, seed: the runs matching every key
+// (a key given twice matches either value), e.g. one model's rows of a long grid first. Values
+// must occur in the experiment (a typo is an error naming the known ones). Empty: every run.
+struct RunFilter {
+  std::map<std::string, std::set<std::string>> want;
+};
+RunFilter parse_run_filter(const std::string& flag, const Experiment& ex);
+bool in_filter(const RunSpec& r, const RunFilter& f);
+
 // Run ID: sha256 (first 16 hex) of the resolved config + weights sha256 + dataset identities +
 // bitbench version. Stable under YAML key order (the JSON is canonical: sorted keys).
 std::string run_id(const RunSpec& r);
@@ -28,6 +39,7 @@ nlohmann::json run_identity(const RunSpec& r);
 
 struct RunnerOptions {
   std::string shard_flag;
+  std::string only_flag;  // RunFilter (parse_run_filter)
   bool force = false;
   bool dry_run = false;
   std::string data_root;
