@@ -11,7 +11,9 @@
 namespace bb {
 
 Preprocess Preprocess::cifar() {
-  return Preprocess{"cifar", {0.485f, 0.456f, 0.406f}, {0.229f, 0.224f, 0.225f}};
+  Preprocess p{"cifar", {0.485f, 0.456f, 0.406f}, {0.229f, 0.224f, 0.225f}};
+  p.size = 32;
+  return p;
 }
 Preprocess Preprocess::imagenet() {
   return Preprocess{"imagenet", {0.485f, 0.456f, 0.406f}, {0.229f, 0.224f, 0.225f}, 256, 224};
@@ -190,10 +192,15 @@ torch::Tensor preprocess_rgb(const cv::Mat& u8, const Preprocess& p) {
   BB_CHECK(u8.depth() == CV_8U && !u8.empty(), "preprocessing expects a non-empty 8-bit image");
   cv::Mat img = u8;
   if (p.kind == "imagenet") {
-    int w, h;
-    resized_size(img.cols, img.rows, (int)p.resize, &w, &h);
-    BB_CHECK(w >= p.crop && h >= p.crop, "crop ", p.crop, " is larger than the resized ", w, "x", h, " image");
-    img = pil_resize_bilinear_roi(img, w, h, center_crop_rect(w, h, (int)p.crop));
+    int w = img.cols, h = img.rows;
+    if (p.resize > 0) resized_size(img.cols, img.rows, (int)p.resize, &w, &h);
+    BB_CHECK(w >= p.crop && h >= p.crop, "crop ", p.crop, " is larger than the ", p.resize > 0 ? "resized " : "", w,
+             "x", h, " image");
+    const cv::Rect box = center_crop_rect(w, h, (int)p.crop);
+    img = p.resize > 0 ? pil_resize_bilinear_roi(img, w, h, box) : img(box).clone();
+  } else if (p.kind == "cifar" && p.size > 0) {
+    BB_CHECK(img.rows == p.size && img.cols == p.size, "a ", img.cols, "x", img.rows, " image, but the preprocessing "
+             "takes ", p.size, "x", p.size, " images only");
   } else if (p.kind == "mnist") {
     img = pil_resize_bilinear(img, 32, 32);
   }

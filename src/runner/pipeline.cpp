@@ -16,11 +16,12 @@
 
 namespace bb {
 
+// The registered dataset file marked `default_calibration: true` for the family (configs/datasets).
 std::string default_calibration(const std::string& family) {
-  if (family == "cifar10") return "cifar10-jpeg-train";
-  if (family == "imagenet") return "imagenet-sample";
-  if (family == "mnist") return "mnist-test";
-  BB_THROW("no default calibration set for family '", family, "'");
+  const std::string name = default_calibration_for_family(family);
+  BB_CHECK(!name.empty(), "no default calibration set for family '", family,
+           "' (mark one file of configs/datasets `default_calibration: true`, or pass one)");
+  return name;
 }
 
 nlohmann::json CompressOutcome::to_json() const {
@@ -120,8 +121,7 @@ CompressOutcome compress_model(const CompressRequest& req) {
     calib_name = req.calib_dataset.empty() ? default_calibration(model->input_spec().family) : req.calib_dataset;
     ctx.calib = open_dataset_memoized(calib_name, req.data_root);
     check_model_dataset(*model, *ctx.calib);
-    if (calib_name.find("test") != std::string::npos || calib_name.find("val") != std::string::npos ||
-        calib_name == "imagenet-sample")
+    if (dataset_role(calib_name) != "train")
       log_warn("calibrating on '" + calib_name + "', which is evaluation data: accuracy on it is optimistic");
   }
   log_info("compressing " + req.model + " with " + req.method);

@@ -44,9 +44,9 @@ std::string dataset_identity(const std::string& name) {
   static std::map<std::string, std::string> memo;
   auto it = memo.find(name);
   if (it != memo.end()) return it->second;
-  // Name and image count: stable across machines (the root path is not part of the identity).
-  auto ds = open_dataset(name);
-  return memo[name] = name + ":" + std::to_string(ds->size());
+  // Name and image count: stable across machines (the root path is not part of the identity);
+  // for a dataset file other than the shipped ones, also the hash of its settings.
+  return memo[name] = dataset_run_identity(name);
 }
 
 std::string hex_bits(const std::vector<uint8_t>& hits) {
