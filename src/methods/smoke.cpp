@@ -15,6 +15,7 @@ const std::map<std::string, std::string>& smoke_params(const std::string& method
       {"ecsq", {{"target_bpw", "2"}, {"hessian_images", "20"}, {"hessian_batch", "10"}, {"max_iter", "5"}, {"init_clusters", "64"}}},
       {"kq", {{"target_bpw", "2"}, {"calib_images", "16"}, {"kmeans_iters", "3"}, {"grid_iters", "1"}, {"alloc_max_bits", "6"}}},
       {"pq", {{"em_iters", "2"}, {"calib_images", "16"}, {"patches_per_iter", "512"}}},
+      {"gptq", {{"target_bpw", "2"}, {"calib_images", "8"}, {"steps_per_octave", "1"}}},
       {"tq", {{"target_bpw", "2"}, {"blocks", "1"}, {"calib_images", "2"}, {"batch_size", "2"}, {"step_search", "weight"}}},
   };
   auto it = table.find(method);

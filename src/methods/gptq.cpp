@@ -1,0 +1,397 @@
+// gptq: second-order error-compensating quantization (OBQ: Frantar & Alistarh, "Optimal Brain
+// Compression", NeurIPS 2022; GPTQ: Frantar, Ashkboos, Hoefler, Alistarh, ICLR 2023). See
+// docs/methods/gptq.md.
+//
+//   1. per conv/linear layer, H = X^T X of its im2col'd calibration inputs (float64), from the FP
+//      network (parallel) or from the network whose earlier layers are already quantized
+//      (sequential)
+//   2. per output row, the columns quantized in order (act_order: decreasing diag H), each
+//      column's error propagated through the Cholesky factor of (H + damp*mean(diag H)*I)^-1 with
+//      lazy block updates (quant/gptq.h)
+//   3. grid: bits=B: per-channel asymmetric min-max at B bits, fixed-width levels (the paper);
+//      target_bpw=R (bits=0): one step per layer, zero a level, levels rANS/Huffman coded (coder); the
+//      per-layer steps come from the Lagrangian allocator (quant/rd_alloc.h) over candidate
+//      steps, each with its real record bits and a measured distortion (alloc=lagrangian), or
+//      one rule step = alpha * std(W) for every layer with alpha bisected (alloc=rule)
+#include "common/error.h"
+#include "common/hash.h"
+#include "common/log.h"
+#include "coding/bbz.h"
+#include "coding/symbols.h"
+#include "data/loader.h"
+#include "methods/method.h"
+#include "quant/activations.h"
+#include "quant/gptq.h"
+#include "quant/rd_alloc.h"
+#include "quant/tq_curves.h"
+
+#include <cmath>
+
+namespace bb {
+namespace {
+
+struct GptqParams : ParamsBase {
+  int bits = 0;                 // > 0: per-channel min-max grid at `bits`, fixed-width
+  double target_bpw = 2.0;      // bits = 0: bpw_core target of the entropy-coded variant
+  bool act_order = true;
+  double damp = 0.01;
+  int64_t block_size = 128;
+  int64_t calib_images = 128;
+  int64_t calib_batch = 64;
+  bool sequential = false;
+  std::string coder = "auto";
+  std::string alloc = "lagrangian";
+  std::string alloc_distortion = "bn_output";
+  int steps_per_octave = 4;
+  double step_min = 0.125, step_max = 8;  // candidate steps alpha * std(W), alpha in [min, max]
+  int64_t logits_images = 128;
+
+  void bind(ParamBinder& b) override {
+    b.field("bits", bits, "> 0: per-channel asymmetric min-max grid at this many bits, levels fixed-width (the paper; sets target_bpw to 0); 0: the entropy-coded variant at target_bpw");
+    b.field("target_bpw", target_bpw, "bits = 0: target bpw_core (file bits of the conv/linear weights, all side info) of the entropy-coded variant");
+    b.field("act_order", act_order, "quantize the columns in order of decreasing diag H (else in storage order)");
+    b.field("damp", damp, "dampening: H + damp * mean(diag H) * I before the Cholesky factorisation");
+    b.field("block_size", block_size, "columns per lazy block update (speed only: the codes are those of the unblocked loop)");
+    b.field("calib_images", calib_images, "calibration images for H = X^T X (every im2col row of every image)");
+    b.field("calib_batch", calib_batch, "images per calibration forward pass");
+    b.field("sequential", sequential, "H of each layer from the network whose earlier layers are already quantized (else all from the FP network: parallel)");
+    b.field("coder", coder, "level coding: auto: fixed-width with bits > 0 (the paper), rans with bits = 0; fixed | huffman | rans", {"auto", "fixed", "huffman", "rans"});
+    b.field("alloc", alloc, "bits = 0: lagrangian: per-layer step from the Lagrangian allocator over candidate steps; rule: step = alpha * std(W) in every layer, alpha bisected to hit target_bpw", {"lagrangian", "rule"});
+    b.field("alloc_distortion", alloc_distortion, "alloc=lagrangian: distortion of a candidate: bn_output: the layer's output error scaled by the following BN, per im2col row; output: the same before BN; logits: measured MSE of the network's logits on logits_images calibration images", {"bn_output", "output", "logits"});
+    b.field("steps_per_octave", steps_per_octave, "alloc=lagrangian: candidate steps alpha * std(W), alpha = 2^(k / steps_per_octave)");
+    b.field("step_min", step_min, "alloc=lagrangian: smallest candidate alpha (and the lower end of alloc=rule's bisection)");
+    b.field("step_max", step_max, "alloc=lagrangian: largest candidate alpha (and the upper end of alloc=rule's bisection)");
+    b.field("logits_images", logits_images, "alloc_distortion=logits: calibration images of the logits MSE (the first of the calib_images; at most calib_images)");
+  }
+  void validate() override {
+    if (bits > 0) target_bpw = 0;  // fixed-width at `bits`: not rate-targeted
+    BB_CHECK(bits >= 0 && bits <= 8, "gptq: bits must be in 0..8, got ", bits);
+    BB_CHECK(bits > 0 || (target_bpw > 0 && target_bpw <= 16), "gptq: bits = 0 needs target_bpw in (0, 16], got ",
+             target_bpw);
+    BB_CHECK(damp >= 0 && damp < 10, "gptq: damp must be in [0, 10)");
+    BB_CHECK(block_size >= 1, "gptq: block_size must be >= 1");
+    BB_CHECK(calib_images >= 1 && calib_batch >= 1, "gptq: calib_images and calib_batch must be >= 1");
+    BB_CHECK(steps_per_octave >= 1 && steps_per_octave <= 64, "gptq: steps_per_octave must be in 1..64");
+    BB_CHECK(step_min > 0 && step_max > step_min, "gptq: need 0 < step_min < step_max");
+    BB_CHECK(logits_images >= 1, "gptq: logits_images must be >= 1");
+  }
+};
+
+// Record layout. Section "grid" (side): u8 kind, then
+//   kind 0 (min-max): u8 bits, then per row a GptqRowGrid
+//   kind 1 (step):    one GptqStepGrid
+// Section "levels" (indices): the codes (min-max: q in [0, 2^bits); step: q - qmin) as a symbol
+// stream (quant coders: fixed / huffman / rans).
+struct GptqRowGrid {
+  uint16_t scale_fp16;
+  uint16_t zero;
+};
+static_assert(sizeof(GptqRowGrid) == 4, "GptqRowGrid is stored as 4 bytes");
+struct GptqStepGrid {
+  float step;
+  int32_t qmin;
+  int32_t qmax;
+};
+static_assert(sizeof(GptqStepGrid) == 12, "GptqStepGrid is stored as 12 bytes");
+enum : uint8_t { kGridMinmax = 0, kGridStep = 1 };
+
+LayerRecord encode_layer(const std::string& name, const std::vector<int64_t>& shape, const GptqGrid& g,
+                         const torch::Tensor& codes, int bits, Coder coder) {
+  LayerRecord rec;
+  rec.layer = name;
+  rec.method = "gptq";
+  rec.shape = shape;
+  ByteWriter w;
+  const int64_t rows = codes.size(0);
+  if (bits > 0) {
+    w.u8(kGridMinmax);
+    w.u8((uint8_t)bits);
+    for (int64_t r = 0; r < rows; ++r) {
+      GptqRowGrid rg{float_to_half((float)g.scale[r]), (uint16_t)g.zero[r]};
+      w.raw(&rg, sizeof rg);
+    }
+  } else {
+    w.u8(kGridStep);
+    GptqStepGrid sg{(float)g.scale[0], g.qmin, g.qmax};
+    w.raw(&sg, sizeof sg);
+  }
+  rec.add("grid", Component::side, w.take());
+  auto c = codes.contiguous();
+  const int32_t* cp = c.data_ptr<int32_t>();
+  std::vector<uint32_t> syms(c.numel());
+  for (int64_t i = 0; i < c.numel(); ++i) syms[i] = (uint32_t)(cp[i] - g.qmin);
+  const uint32_t alphabet = (uint32_t)(g.qmax - g.qmin + 1);
+  rec.add("levels", Component::indices, encode_symbols(syms, alphabet, coder));
+  rec.estimate.index_bits = coder == Coder::fixed ? (double)syms.size() * fixed_width_bits(alphabet) : empirical_entropy_bits(syms, alphabet);
+  rec.estimate.fixed_index_bits = (double)syms.size() * fixed_width_bits(alphabet);
+  rec.estimate.side_bits = bits > 0 ? 8.0 + rows * 32.0 : 8.0 + 96.0;
+  return rec;
+}
+
+// Bits of one record as the container counts them for bpw_core (its header included).
+double record_bits(const LayerRecord& rec) {
+  BbzFile f;
+  f.layers = {rec};
+  BbzSizes sizes;
+  serialize_bbz(f, &sizes);
+  return 8.0 * (double)sizes.layers.at(0).total();
+}
+
+// The step grid of a layer at step `step` (rounded to the stored fp32): codes clamped to the
+// range of the layer's weights on that grid.
+GptqGrid step_grid_for(const torch::Tensor& W, double step) {
+  const float s = (float)step;
+  const double lo = W.min().item<double>(), hi = W.max().item<double>();
+  return gptq_step_grid(W.size(0), (double)s, (int32_t)std::min(0.0, std::nearbyint(lo / s)),
+                        (int32_t)std::max(0.0, std::nearbyint(hi / s)));
+}
+
+// Collects every wanted layer's H in one pass of the calibration images (parallel mode).
+struct GramTap : LayerTap {
+  std::vector<GptqGram>* grams;
+  void on_input(int l, const torch::Tensor& x) override { (*grams)[l].add(x); }
+};
+
+struct LayerResult {
+  GptqGrid grid;
+  GptqResult q;
+  LayerRecord rec;
+  double bits = 0, dist = 0;
+};
+
+class GptqMethod : public Method {
+ public:
+  std::string name() const override { return "gptq"; }
+  int algorithm_version() const override { return 1; }
+  ParamsBase& params() override { return p_; }
+  bool needs_calibration() const override { return true; }
+
+  std::vector<LayerRecord> compress(CompressContext& ctx) override {
+    torch::NoGradGuard ng;
+    BB_CHECK(ctx.model, "gptq: no model");
+    BB_CHECK(ctx.calib, "gptq: needs a calibration dataset");
+    Model& model = *ctx.model;
+    const auto& layers = model.layers();
+    const int L = (int)layers.size();
+    ctx.phase("calibration");
+    const torch::Tensor images =
+        load_calibration_images(*ctx.calib, p_.calib_images, /*augment=*/false, mix_seed(ctx.seed, 0x67707471));
+    GptqOptions go;
+    go.damp = p_.damp;
+    go.block_size = p_.block_size;
+    go.act_order = p_.act_order;
+    const Coder coder = p_.coder != "auto" ? parse_coder(p_.coder) : p_.bits > 0 ? Coder::fixed : Coder::rans;
+
+    std::vector<torch::Tensor> W(L);
+    for (int l = 0; l < L; ++l) W[l] = layers[l].weight().detach().clone().reshape({layers[l].weight().size(0), -1});
+    auto quantize_at = [&](int l, const torch::Tensor& H, const GptqGrid& g) {
+      LayerResult r;
+      r.grid = g;
+      r.q = gptq_quantize(W[l], H, g, go);
+      r.rec = encode_layer(layers[l].name, layers[l].weight().sizes().vec(), g, r.q.codes, p_.bits, coder);
+      r.bits = record_bits(r.rec);
+      return r;
+    };
+    auto set_weight = [&](int l, const LayerResult& r) {
+      layers[l].weight().copy_(r.q.Q.to(torch::kFloat32).reshape(layers[l].weight().sizes()));
+    };
+
+    std::vector<torch::Tensor> H(L);
+    if (!p_.sequential || p_.bits == 0) {
+      ctx.phase("hessian");
+      H = parallel_grams(model, images);
+    }
+    std::vector<double> steps(L, 0);  // bits = 0: the step of each layer
+    if (p_.bits == 0) {
+      ctx.phase("allocate");
+      steps = p_.alloc == "rule" ? rule_steps(ctx, model, W, H, quantize_at) : lagrangian_steps(ctx, model, images, W, H, quantize_at);
+    }
+    ctx.phase("quantize");
+    std::vector<LayerRecord> out;
+    double total_bits = 0;
+    for (int l = 0; l < L; ++l) {
+      if (p_.sequential) {
+        GptqGram g(PatchGeometry::of(layers[l]));
+        for_each_layer_input(model, l, images, p_.calib_batch, [&](const torch::Tensor& x, int64_t) { g.add(x); });
+        H[l] = g.H;
+      }
+      const GptqGrid grid = p_.bits > 0 ? gptq_minmax_grid(W[l], p_.bits, /*fp16_scale=*/true) : step_grid_for(W[l], steps[l]);
+      LayerResult r = quantize_at(l, H[l], grid);
+      set_weight(l, r);
+      total_bits += r.bits;
+      out.push_back(std::move(r.rec));
+    }
+    const double bpw = total_bits / (double)model.num_weights();
+    if (p_.bits == 0 && p_.sequential)
+      ctx.rate_note += " Sequential re-quantization at the allocated steps (H from the quantized network) gives " +
+                       std::to_string(bpw) + " bpw_core.";
+    log_info("gptq: " + std::to_string(bpw) + " bpw_core over " + std::to_string(L) + " layers");
+    return out;
+  }
+
+  torch::Tensor decode(const LayerRecord& rec) const override {
+    ByteReader r(rec.section("grid").bytes, "gptq grid of " + rec.layer);
+    int64_t numel = 1;
+    for (int64_t s : rec.shape) {
+      BB_CHECK(s >= 1 && s <= (1ll << 28), "gptq: bad shape in ", rec.layer);
+      numel *= s;
+      BB_CHECK(numel <= (1ll << 30), "gptq: shape too large in ", rec.layer);
+    }
+    BB_CHECK(!rec.shape.empty(), "gptq: empty shape in ", rec.layer);
+    const int64_t rows = rec.shape[0], D = numel / rows;
+    const uint8_t kind = r.u8();
+    std::vector<double> scale(rows);
+    std::vector<int32_t> zero(rows);
+    int32_t qmin = 0;
+    uint32_t alphabet = 0;
+    if (kind == kGridMinmax) {
+      const int bits = r.u8();
+      BB_CHECK(bits >= 1 && bits <= 8, "corrupt gptq grid of ", rec.layer, ": bits ", bits);
+      alphabet = 1u << bits;
+      for (int64_t i = 0; i < rows; ++i) {
+        GptqRowGrid rg;
+        r.raw(&rg, sizeof rg);
+        scale[i] = half_to_float(rg.scale_fp16);
+        zero[i] = rg.zero;
+        BB_CHECK(std::isfinite(scale[i]) && zero[i] < (int32_t)alphabet, "corrupt gptq grid of ", rec.layer);
+      }
+    } else if (kind == kGridStep) {
+      GptqStepGrid sg;
+      r.raw(&sg, sizeof sg);
+      BB_CHECK(std::isfinite(sg.step) && sg.qmin <= 0 && sg.qmax >= 0 && (int64_t)sg.qmax - sg.qmin < (1 << 24),
+               "corrupt gptq grid of ", rec.layer);
+      scale.assign(rows, (double)sg.step);
+      qmin = sg.qmin;
+      alphabet = (uint32_t)(sg.qmax - sg.qmin + 1);
+    } else {
+      BB_THROW("corrupt gptq grid of ", rec.layer, ": kind ", (int)kind);
+    }
+    r.expect_done();
+    const auto& lv = rec.section("levels").bytes;
+    std::vector<uint32_t> syms = decode_symbols(lv, (uint64_t)numel);
+    BB_CHECK((int64_t)syms.size() == numel, "corrupt gptq levels of ", rec.layer, ": ", syms.size(), " for ", numel);
+    auto out = torch::empty({rows, D}, torch::kFloat32);
+    float* op = out.data_ptr<float>();
+    for (int64_t i = 0; i < numel; ++i) {
+      BB_CHECK(syms[i] < alphabet, "corrupt gptq levels of ", rec.layer);
+      const int64_t row = i / D;
+      op[i] = (float)(scale[row] * (double)((int32_t)syms[i] + qmin - zero[row]));
+    }
+    return out.reshape(rec.shape);
+  }
+
+ private:
+  GptqParams p_;
+
+  std::vector<int64_t> grams_rows_;  // im2col rows behind each H of parallel_grams
+
+  std::vector<torch::Tensor> parallel_grams(Model& model, const torch::Tensor& images) {
+    std::vector<GptqGram> grams;
+    for (const auto& l : model.layers()) grams.emplace_back(PatchGeometry::of(l));
+    GramTap tap;
+    tap.grams = &grams;
+    TapScope scope(model, &tap);
+    for (int64_t s = 0; s < images.size(0); s += p_.calib_batch)
+      model.forward(images.slice(0, s, std::min(images.size(0), s + p_.calib_batch)));
+    std::vector<torch::Tensor> H;
+    grams_rows_.clear();
+    for (auto& g : grams) {
+      H.push_back(g.H);
+      grams_rows_.push_back(g.rows);
+    }
+    return H;
+  }
+
+  template <class QuantizeAt>
+  std::vector<double> rule_steps(CompressContext& ctx, Model& model, const std::vector<torch::Tensor>& W,
+                                 const std::vector<torch::Tensor>& H, QuantizeAt& quantize_at) const {
+    const int L = (int)W.size();
+    const double budget = p_.target_bpw * (double)model.num_weights();
+    auto rate = [&](double alpha) {
+      double bits = 0;
+      for (int l = 0; l < L; ++l)
+        bits += quantize_at(l, H[l], step_grid_for(W[l], alpha * W[l].std().item<double>())).bits;
+      return bits;
+    };
+    // The rate falls as alpha grows: bisection in log alpha.
+    double lo = std::log(p_.step_min), hi = std::log(p_.step_max);
+    double best = hi, best_bits = rate(std::exp(hi));
+    int evals = 1;
+    for (int it = 0; it < 40; ++it, ++evals) {
+      const double mid = 0.5 * (lo + hi);
+      const double b = rate(std::exp(mid));
+      if (b <= budget) {
+        hi = mid;
+        best = mid;
+        best_bits = b;
+      } else {
+        lo = mid;
+      }
+      if (std::fabs(b / budget - 1) < 0.002 && b <= budget) break;
+    }
+    const double alpha = std::exp(best);
+    ctx.rate_note = "gptq alloc=rule: step = " + std::to_string(alpha) + " * std(W) in every layer (bisection, " +
+                    std::to_string(evals) + " evaluations) -> " +
+                    std::to_string(best_bits / (double)model.num_weights()) + " bpw_core";
+    log_info(ctx.rate_note);
+    std::vector<double> steps(L);
+    for (int l = 0; l < L; ++l) steps[l] = alpha * W[l].std().item<double>();
+    return steps;
+  }
+
+  template <class QuantizeAt>
+  std::vector<double> lagrangian_steps(CompressContext& ctx, Model& model, const torch::Tensor& images,
+                                       const std::vector<torch::Tensor>& W, const std::vector<torch::Tensor>& H,
+                                       QuantizeAt& quantize_at) {
+    const int L = (int)W.size();
+    const auto& layers = model.layers();
+    const int k0 = (int)std::ceil(std::log2(p_.step_min) * p_.steps_per_octave - 1e-9);
+    const int k1 = (int)std::floor(std::log2(p_.step_max) * p_.steps_per_octave + 1e-9);
+    std::vector<std::vector<RdPoint>> items(L);
+    std::vector<std::vector<double>> cand_steps(L);
+    std::vector<std::pair<int, torch::Tensor>> perts;  // alloc_distortion=logits
+    for (int l = 0; l < L; ++l) {
+      const double sd = W[l].std().item<double>();
+      torch::Tensor bn = p_.alloc_distortion == "bn_output" ? model.bn_scale(l) : torch::Tensor();
+      const double rows = (double)std::max<int64_t>(1, grams_rows_[l]);
+      for (int k = k0; k <= k1; ++k) {
+        const double step = sd * std::pow(2.0, (double)k / p_.steps_per_octave);
+        LayerResult r = quantize_at(l, H[l], step_grid_for(W[l], step));
+        auto dW = r.q.Q - W[l].to(torch::kFloat64);
+        double dist = 0;
+        if (p_.alloc_distortion == "logits")
+          perts.emplace_back(l, dW.to(torch::kFloat32));
+        else
+          dist = gptq_output_error(dW, H[l], bn) / rows;
+        items[l].push_back({r.bits, dist});
+        cand_steps[l].push_back(step);
+      }
+    }
+    if (p_.alloc_distortion == "logits") {
+      auto d = tq_measure_distortions(model, images.slice(0, 0, std::min(p_.logits_images, images.size(0))), p_.calib_batch, perts, true);
+      size_t i = 0;
+      for (int l = 0; l < L; ++l)
+        for (auto& pt : items[l]) pt.dist = d.at(i++);
+    }
+    const double budget = p_.target_bpw * (double)model.num_weights();
+    RdAllocation a = rd_allocate(items, budget);
+    BB_CHECK(a.feasible, "gptq: target_bpw ", p_.target_bpw, " is below the lowest rate of the candidate steps (",
+             a.min_rate / (double)model.num_weights(), " bpw_core at step_max ", p_.step_max, " * std(W))");
+    std::vector<double> steps(L);
+    std::string per_layer;
+    for (int l = 0; l < L; ++l) {
+      steps[l] = cand_steps[l][a.choice[l]];
+      per_layer += (l ? " " : "") + std::to_string(items[l][a.choice[l]].rate / (double)layers[l].weight().numel()).substr(0, 5);
+    }
+    ctx.rate_note = "gptq alloc=lagrangian: " + std::to_string(k1 - k0 + 1) + " candidate steps per layer, " +
+                    std::to_string(a.rate / (double)model.num_weights()) + " bpw_core allocated (budget " +
+                    std::to_string(p_.target_bpw) + "; the next candidate of any layer would exceed it); per-layer bpw: " +
+                    per_layer;
+    log_info(ctx.rate_note);
+    return steps;
+  }
+};
+
+}  // namespace
+BB_REGISTER_METHOD("gptq", GptqMethod);
+}  // namespace bb

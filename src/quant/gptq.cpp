@@ -1,0 +1,226 @@
+#include "quant/gptq.h"
+#include "coding/bytes.h"
+#include "common/error.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+namespace bb {
+
+GptqGrid gptq_minmax_grid(const torch::Tensor& W_in, int bits, bool fp16_scale) {
+  BB_CHECK(bits >= 1 && bits <= 16, "gptq: bits must be in 1..16, got ", bits);
+  auto W = W_in.to(torch::kFloat64).contiguous();
+  const int64_t rows = W.size(0), D = W.numel() / std::max<int64_t>(1, rows);
+  GptqGrid g;
+  g.qmin = 0;
+  g.qmax = (1 << bits) - 1;
+  g.scale.resize(rows);
+  g.zero.resize(rows);
+  const double* p = W.data_ptr<double>();
+  for (int64_t r = 0; r < rows; ++r) {
+    double lo = 0, hi = 0;  // the range always includes 0
+    for (int64_t j = 0; j < D; ++j) {
+      lo = std::min(lo, p[r * D + j]);
+      hi = std::max(hi, p[r * D + j]);
+    }
+    if (lo == 0 && hi == 0) {
+      lo = -1;
+      hi = 1;
+    }
+    double s = (hi - lo) / g.qmax;
+    if (fp16_scale) s = half_to_float(float_to_half((float)s));
+    BB_CHECK(s > 0 && std::isfinite(s), "gptq: row ", r, " has a scale that does not fit fp16 (range ", lo, " .. ", hi,
+             ")");
+    g.scale[r] = s;
+    g.zero[r] = (int32_t)std::min<double>(g.qmax, std::max(0.0, std::nearbyint(-lo / s)));
+  }
+  return g;
+}
+
+GptqGrid gptq_step_grid(int64_t rows, double step, int32_t qmin, int32_t qmax) {
+  BB_CHECK(step > 0 && std::isfinite(step), "gptq: step must be > 0, got ", step);
+  BB_CHECK(qmin <= 0 && qmax >= 0, "gptq: the step grid must include 0");
+  GptqGrid g;
+  g.scale.assign(rows, step);
+  g.zero.assign(rows, 0);
+  g.qmin = qmin;
+  g.qmax = qmax;
+  return g;
+}
+
+std::vector<int64_t> gptq_column_order(const torch::Tensor& H, bool act_order) {
+  const int64_t D = H.size(0);
+  std::vector<int64_t> order(D);
+  std::iota(order.begin(), order.end(), 0);
+  if (!act_order) return order;
+  auto d = H.diagonal().to(torch::kFloat64).contiguous();
+  const double* dp = d.data_ptr<double>();
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return dp[a] > dp[b]; });
+  return order;
+}
+
+namespace {
+
+// The shared preparation of both loops: W (rows x D, float64, columns permuted, dead columns
+// zeroed) and U = upper Cholesky factor of (H + damp)^-1 in the same column order.
+struct Prepared {
+  torch::Tensor W, U;
+  std::vector<int64_t> order;
+  int64_t rows = 0, D = 0;
+};
+
+Prepared prepare(const torch::Tensor& W_in, const torch::Tensor& H_in, const GptqGrid& grid, const GptqOptions& opt) {
+  Prepared p;
+  p.rows = W_in.size(0);
+  p.D = W_in.numel() / std::max<int64_t>(1, p.rows);
+  BB_CHECK(H_in.dim() == 2 && H_in.size(0) == p.D && H_in.size(1) == p.D, "gptq: H must be ", p.D, " x ", p.D,
+           ", got ", H_in.sizes());
+  BB_CHECK((int64_t)grid.scale.size() == p.rows && (int64_t)grid.zero.size() == p.rows, "gptq: grid has ",
+           grid.scale.size(), " rows, W has ", p.rows);
+  BB_CHECK(opt.damp >= 0 && std::isfinite(opt.damp), "gptq: damp must be >= 0");
+  BB_CHECK(opt.block_size >= 1, "gptq: block_size must be >= 1");
+  auto W = W_in.detach().to(torch::kFloat64).reshape({p.rows, p.D}).clone();
+  auto H = H_in.detach().to(torch::kFloat64).clone();
+  auto diag = H.diagonal();
+  auto dead = diag.eq(0);
+  if (dead.any().item<bool>()) {
+    diag.masked_fill_(dead, 1.0);
+    W.index_put_({torch::indexing::Slice(), dead}, 0.0);
+  }
+  p.order = gptq_column_order(H, opt.act_order);
+  auto perm = torch::tensor(p.order, torch::kInt64);
+  W = W.index_select(1, perm).contiguous();
+  H = H.index_select(0, perm).index_select(1, perm);
+  const double damp = opt.damp * H.diagonal().mean().item<double>();
+  H.diagonal().add_(damp);
+  auto chol = torch::linalg_cholesky_ex(H);
+  BB_CHECK(std::get<1>(chol).item<int64_t>() == 0, "gptq: H + damp*I is not positive definite (damp ", opt.damp,
+           "); raise damp");
+  auto Hinv = torch::cholesky_inverse(std::get<0>(chol));
+  auto U = torch::linalg_cholesky_ex(Hinv, /*upper=*/true);
+  BB_CHECK(std::get<1>(U).item<int64_t>() == 0, "gptq: (H + damp*I)^-1 is not positive definite (damp ", opt.damp,
+           "); raise damp");
+  p.W = W;
+  p.U = std::get<0>(U).contiguous();
+  return p;
+}
+
+GptqResult unpermute(const Prepared& p, const torch::Tensor& codes_p, const torch::Tensor& Q_p) {
+  auto inv = torch::empty({p.D}, torch::kInt64);
+  for (int64_t k = 0; k < p.D; ++k) inv[p.order[k]] = k;
+  GptqResult r;
+  r.codes = codes_p.index_select(1, inv).contiguous();
+  r.Q = Q_p.index_select(1, inv).contiguous();
+  return r;
+}
+
+}  // namespace
+
+GptqResult gptq_quantize(const torch::Tensor& W_in, const torch::Tensor& H_in, const GptqGrid& grid,
+                         const GptqOptions& opt) {
+  torch::NoGradGuard ng;
+  Prepared p = prepare(W_in, H_in, grid, opt);
+  const int64_t rows = p.rows, D = p.D, B = opt.block_size;
+  auto codes = torch::empty({rows, D}, torch::kInt32);
+  auto Q = torch::empty({rows, D}, torch::kFloat64);
+  double* W = p.W.data_ptr<double>();
+  const double* U = p.U.data_ptr<double>();
+  int32_t* cp = codes.data_ptr<int32_t>();
+  double* qp = Q.data_ptr<double>();
+  for (int64_t i1 = 0; i1 < D; i1 += B) {
+    const int64_t i2 = std::min(D, i1 + B), nb = i2 - i1;
+    auto Err = torch::empty({rows, nb}, torch::kFloat64);
+    double* ep = Err.data_ptr<double>();
+    // Rows are independent: each row's block is quantized column by column, the error of column i
+    // propagated to the block's later columns at once.
+    at::parallel_for(0, rows, 16, [&](int64_t rb, int64_t re) {
+      for (int64_t r = rb; r < re; ++r) {
+        double* w = W + r * D;
+        for (int64_t i = i1; i < i2; ++i) {
+          const int32_t q = grid.code(r, w[i]);
+          const double v = grid.value(r, q);
+          const double err = (w[i] - v) / U[i * D + i];
+          cp[r * D + i] = q;
+          qp[r * D + i] = v;
+          const double* u = U + i * D;
+          for (int64_t j = i + 1; j < i2; ++j) w[j] -= err * u[j];
+          ep[r * nb + (i - i1)] = err;
+        }
+      }
+    });
+    // Lazy update of the columns after the block: one GEMM per block.
+    if (i2 < D) p.W.slice(1, i2, D).sub_(torch::mm(Err, p.U.slice(0, i1, i2).slice(1, i2, D)));
+  }
+  return unpermute(p, codes, Q);
+}
+
+GptqResult gptq_quantize_ref(const torch::Tensor& W_in, const torch::Tensor& H_in, const GptqGrid& grid,
+                             const GptqOptions& opt) {
+  torch::NoGradGuard ng;
+  Prepared p = prepare(W_in, H_in, grid, opt);
+  const int64_t rows = p.rows, D = p.D;
+  auto codes = torch::empty({rows, D}, torch::kInt32);
+  auto Q = torch::empty({rows, D}, torch::kFloat64);
+  double* W = p.W.data_ptr<double>();
+  const double* U = p.U.data_ptr<double>();
+  int32_t* cp = codes.data_ptr<int32_t>();
+  double* qp = Q.data_ptr<double>();
+  for (int64_t i = 0; i < D; ++i)
+    for (int64_t r = 0; r < rows; ++r) {
+      double* w = W + r * D;
+      const int32_t q = grid.code(r, w[i]);
+      const double v = grid.value(r, q);
+      const double err = (w[i] - v) / U[i * D + i];
+      cp[r * D + i] = q;
+      qp[r * D + i] = v;
+      for (int64_t j = i + 1; j < D; ++j) w[j] -= err * U[i * D + j];
+    }
+  return unpermute(p, codes, Q);
+}
+
+double gptq_output_error(const torch::Tensor& dW_in, const torch::Tensor& H, const torch::Tensor& row_scale) {
+  torch::NoGradGuard ng;
+  auto dW = dW_in.to(torch::kFloat64).reshape({dW_in.size(0), -1});
+  auto per_row = (torch::mm(dW, H.to(torch::kFloat64)) * dW).sum(1);
+  if (row_scale.defined()) per_row = per_row * row_scale.to(torch::kFloat64).pow(2);
+  return per_row.sum().item<double>();
+}
+
+void GptqGram::add(const torch::Tensor& x_in) {
+  torch::NoGradGuard ng;
+  auto x = x_in.to(torch::kFloat32);
+  const int64_t D = geom.row_size();
+  // Images per chunk: the im2col rows of a chunk stay under ~64 MB.
+  int64_t per_image = 1;
+  if (geom.conv) {
+    BB_CHECK(x.dim() == 4 && x.size(1) == geom.in_channels, "gptq: conv input must be N x ", geom.in_channels,
+             " x H x W, got ", x.sizes());
+    per_image = geom.out_h(x.size(2)) * geom.out_w(x.size(3));
+  } else {
+    BB_CHECK(x.size(-1) == D, "gptq: linear input must end in ", D, ", got ", x.sizes());
+    x = x.reshape({-1, D});
+  }
+  const int64_t chunk = std::max<int64_t>(1, (int64_t)(16 << 20) / std::max<int64_t>(1, per_image * D));
+  for (int64_t s = 0; s < x.size(0); s += chunk) {
+    auto xs = x.slice(0, s, std::min(x.size(0), s + chunk));
+    torch::Tensor P;
+    if (geom.conv) {
+      namespace F = torch::nn::functional;
+      auto cols = F::unfold(xs, F::UnfoldFuncOptions({geom.kh, geom.kw})
+                                    .dilation({geom.dh, geom.dw})
+                                    .padding({geom.ph, geom.pw})
+                                    .stride({geom.sh, geom.sw}));  // n x D x positions
+      P = cols.transpose(1, 2).reshape({-1, D});
+    } else {
+      P = xs;
+    }
+    auto g = gram_upper(P.contiguous()).to(torch::kFloat64);
+    H = H.defined() ? H.add_(g) : g;
+    rows += P.size(0);
+  }
+}
+
+}  // namespace bb

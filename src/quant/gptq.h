@@ -1,0 +1,79 @@
+// GPTQ / OBQ numeric core (Frantar & Alistarh, "Optimal Brain Compression", NeurIPS 2022; Frantar,
+// Ashkboos, Hoefler, Alistarh, "GPTQ", ICLR 2023): each row of a layer's weight W (rows x D, the
+// conv weight viewed as C_out x (C_in*kh*kw)) is quantized one column at a time, and the error of
+// column i, scaled by 1/U_ii, is propagated to the columns not yet quantized through row i of U,
+// the upper Cholesky factor of (H + damp*mean(diag H)*I)^-1, H = X^T X the layer input's Gram
+// matrix (float64). This minimises ||X (W - Q)^T||^2 greedily, column by column.
+//
+//   gptq_quantize      lazy block updates (the paper's Algorithm 1): within a block of
+//                      block_size columns the updates are applied column by column, to the columns
+//                      after the block once per block (one GEMM)
+//   gptq_quantize_ref  the plain unblocked loop (every column updates every later column at once);
+//                      the reference the blocked version is tested against (identical codes)
+//
+// The grid is per row: value = scale[r] * (q - zero[r]), q an integer clamped to [qmin, qmax]
+// (per-channel asymmetric min-max at B bits, or one shared step per layer with zero = 0).
+#pragma once
+#include "quant/activations.h"
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace bb {
+
+struct GptqGrid {
+  std::vector<double> scale;  // per row, > 0
+  std::vector<int32_t> zero;  // per row
+  int32_t qmin = 0, qmax = 0;
+  int32_t code(int64_t r, double w) const {
+    const double q = std::nearbyint(w / scale[r]) + zero[r];
+    return (int32_t)std::min<double>(qmax, std::max<double>(qmin, q));
+  }
+  double value(int64_t r, int32_t q) const { return scale[r] * (double)(q - zero[r]); }
+};
+
+// Per-row asymmetric min-max grid at `bits` over the rows of W (rows x D): the range [min, max]
+// of each row, widened to include 0, split into 2^bits - 1 steps; zero = round(-min / scale).
+// fp16_scale: scales rounded through fp16 (as stored). A constant row gets scale 1.
+GptqGrid gptq_minmax_grid(const torch::Tensor& W, int bits, bool fp16_scale);
+
+// One step for every row, zero 0, codes in [qmin, qmax].
+GptqGrid gptq_step_grid(int64_t rows, double step, int32_t qmin, int32_t qmax);
+
+struct GptqOptions {
+  double damp = 0.01;          // H + damp * mean(diag H) * I
+  int64_t block_size = 128;    // columns per lazy block update
+  bool act_order = false;      // columns in order of decreasing diag H
+};
+
+struct GptqResult {
+  torch::Tensor codes;  // int32 rows x D, original column order
+  torch::Tensor Q;      // float64 rows x D: the dequantized weight
+};
+
+// W: rows x D (any float type), H: D x D (float64 preferred). Columns with diag H = 0 (never
+// excited by the calibration data) are quantized from 0 and do not propagate error.
+GptqResult gptq_quantize(const torch::Tensor& W, const torch::Tensor& H, const GptqGrid& grid, const GptqOptions& opt);
+GptqResult gptq_quantize_ref(const torch::Tensor& W, const torch::Tensor& H, const GptqGrid& grid,
+                             const GptqOptions& opt);
+
+// Order of the columns (act_order: decreasing diag H, ties by index; else 0..D-1).
+std::vector<int64_t> gptq_column_order(const torch::Tensor& H, bool act_order);
+
+// Sum over rows r of s_r^2 * dW_r H dW_r^T (s = 1 when row_scale is undefined): the layer-output
+// error on the calibration inputs (row_scale = the following BN's scale: the BN output's error).
+double gptq_output_error(const torch::Tensor& dW, const torch::Tensor& H, const torch::Tensor& row_scale);
+
+// H = X^T X over every im2col row of the inputs seen (every output position of every image),
+// accumulated in float64 (each batch's Gram in float32 via gram_upper, added in float64).
+struct GptqGram {
+  PatchGeometry geom;
+  torch::Tensor H;   // float64 D x D
+  int64_t rows = 0;  // im2col rows accumulated
+  explicit GptqGram(const PatchGeometry& g) : geom(g) {}
+  void add(const torch::Tensor& x);
+};
+
+}  // namespace bb

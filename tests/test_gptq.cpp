@@ -1,0 +1,146 @@
+// GPTQ (src/quant/gptq.h, src/methods/gptq.cpp): the blocked loop against the plain unblocked
+// reference (identical codes), error compensation against round-to-nearest on the same grid, the
+// float64 input Gram against explicit im2col rows, and the method's record round trip. Its output
+// bytes: [golden-methods].
+#include <catch2/catch.hpp>
+
+#include "coding/bbz.h"
+#include "methods/method.h"
+#include "quant/activations.h"
+#include "quant/gptq.h"
+#include "smoke_files.h"
+
+#include <cmath>
+#include <cstring>
+
+using namespace bb;
+
+namespace {
+
+// A random layer (rows x D) and a correlated, non-isotropic H = X^T X (float64), with `dead`
+// columns never excited.
+void random_layer(int64_t rows, int64_t D, int64_t dead, uint64_t seed, torch::Tensor& W, torch::Tensor& H) {
+  torch::manual_seed(seed);
+  W = torch::randn({rows, D}, torch::kFloat64) * 0.1;
+  auto X = torch::mm(torch::randn({4 * D, D}, torch::kFloat64), torch::randn({D, D}, torch::kFloat64) * 0.3 +
+                                                                       torch::eye(D, torch::kFloat64));
+  X = X * torch::rand({1, D}, torch::kFloat64).mul(3).add(0.1);
+  if (dead > 0) X.slice(1, D - dead, D).zero_();
+  H = torch::mm(X.t(), X);
+}
+
+double rtn_error(const torch::Tensor& W, const torch::Tensor& H, const GptqGrid& g) {
+  auto Q = torch::empty_like(W);
+  for (int64_t r = 0; r < W.size(0); ++r)
+    for (int64_t j = 0; j < W.size(1); ++j) Q[r][j] = g.value(r, g.code(r, W[r][j].item<double>()));
+  return gptq_output_error(Q - W, H, torch::Tensor());
+}
+
+}  // namespace
+
+TEST_CASE("gptq: the blocked loop gives the codes of the unblocked reference", "[gptq]") {
+  torch::Tensor W, H;
+  random_layer(24, 200, 3, 11, W, H);
+  for (bool act_order : {false, true})
+    for (int64_t block : {1, 32, 128, 500})
+      for (int grid_kind : {0, 1}) {
+        INFO("act_order " << act_order << " block " << block << " grid " << grid_kind);
+        GptqOptions o;
+        o.act_order = act_order;
+        o.block_size = block;
+        o.damp = 0.01;
+        const GptqGrid g = grid_kind == 0 ? gptq_minmax_grid(W, 3, true) : gptq_step_grid(W.size(0), 0.05, -20, 20);
+        GptqResult a = gptq_quantize(W, H, g, o), b = gptq_quantize_ref(W, H, g, o);
+        REQUIRE(torch::equal(a.codes, b.codes));
+        REQUIRE(torch::allclose(a.Q, b.Q, 0, 0));
+        // The codes are in range and Q is their value on the grid.
+        REQUIRE(a.codes.min().item<int>() >= g.qmin);
+        REQUIRE(a.codes.max().item<int>() <= g.qmax);
+        REQUIRE(a.Q[5][7].item<double>() == g.value(5, a.codes[5][7].item<int>()));
+        // Dead columns (diag H = 0) are quantized from 0.
+        for (int64_t j = 197; j < 200; ++j) REQUIRE(a.Q[3][j].item<double>() == g.value(3, g.code(3, 0.0)));
+      }
+}
+
+TEST_CASE("gptq: error compensation lowers the layer-output error of round-to-nearest", "[gptq]") {
+  torch::Tensor W, H;
+  random_layer(32, 96, 0, 5, W, H);
+  for (int bits : {2, 3, 4}) {
+    const GptqGrid g = gptq_minmax_grid(W, bits, true);
+    GptqOptions o;
+    o.act_order = true;
+    GptqResult r = gptq_quantize(W, H, g, o);
+    const double e_gptq = gptq_output_error(r.Q - W, H, torch::Tensor()), e_rtn = rtn_error(W, H, g);
+    INFO("bits " << bits << ": GPTQ " << e_gptq << ", round-to-nearest " << e_rtn);
+    REQUIRE(e_gptq < 0.8 * e_rtn);
+  }
+  // The row scale weights each row's error by s^2.
+  auto dW = torch::randn({4, 96}, torch::kFloat64);
+  auto s = torch::tensor({1.0, 2.0, 0.0, 0.5}, torch::kFloat64);
+  double want = 0;
+  for (int r = 0; r < 4; ++r)
+    want += s[r].item<double>() * s[r].item<double>() * torch::dot(torch::mv(H, dW[r]), dW[r]).item<double>();
+  REQUIRE(gptq_output_error(dW, H, s) == Approx(want).epsilon(1e-10));
+}
+
+TEST_CASE("gptq: the min-max grid spans each row's range with 0 a level", "[gptq]") {
+  auto W = torch::tensor({{-1.0, 0.5, 2.0}, {0.25, 0.5, 1.0}, {0.0, 0.0, 0.0}}, torch::kFloat64);
+  const GptqGrid g = gptq_minmax_grid(W, 2, false);
+  REQUIRE(g.qmax == 3);
+  REQUIRE(g.scale[0] == Approx(1.0));
+  REQUIRE(g.zero[0] == 1);
+  REQUIRE(g.scale[1] == Approx(1.0 / 3));  // range [0, 1]: 0 included
+  REQUIRE(g.zero[1] == 0);
+  REQUIRE(g.scale[2] == Approx(2.0 / 3));  // constant row: [-1, 1]
+  REQUIRE(g.value(0, g.code(0, 2.0)) == Approx(2.0));
+  REQUIRE(g.value(0, g.code(0, 0.0)) == 0.0);
+  REQUIRE(g.code(0, 100.0) == 3);  // clamped
+}
+
+TEST_CASE("gptq: the input Gram is X^T X of every im2col row, in float64", "[gptq]") {
+  torch::manual_seed(2);
+  PatchGeometry g;
+  g.conv = true;
+  g.in_channels = 3;
+  g.kh = g.kw = 3;
+  g.sh = g.sw = 2;
+  g.ph = g.pw = 1;
+  auto x = torch::randn({5, 3, 9, 7});
+  GptqGram gram(g);
+  gram.add(x.slice(0, 0, 2));
+  gram.add(x.slice(0, 2, 5));
+  // Every output position of every image, through the project's im2col rows.
+  std::vector<int64_t> pos;
+  for (int64_t n = 0; n < 5; ++n)
+    for (int64_t oy = 0; oy < g.out_h(9); ++oy)
+      for (int64_t ox = 0; ox < g.out_w(7); ++ox) pos.insert(pos.end(), {n, oy, ox});
+  auto P = im2col_rows(x, g, torch::tensor(pos, torch::kInt64).view({-1, 3})).to(torch::kFloat64);
+  REQUIRE(gram.rows == P.size(0));
+  REQUIRE(gram.H.scalar_type() == torch::kFloat64);
+  REQUIRE(torch::allclose(gram.H, torch::mm(P.t(), P), 1e-5, 1e-5));
+}
+
+TEST_CASE("gptq: decode rebuilds the weights the method quantized, from the record's bytes", "[gptq]") {
+  const BbzFile& f = bbtest::smoke_file("gptq");
+  auto m = make_method("gptq");
+  REQUIRE(!f.layers.empty());
+  for (const auto& rec : f.layers) {
+    INFO(rec.layer);
+    auto w = m->decode(rec);
+    REQUIRE(w.sizes().vec() == rec.shape);
+    // The smoke settings use the step grid: every value is an integer multiple of the stored step.
+    const auto& grid = rec.section("grid").bytes;
+    REQUIRE(grid.size() == 13);
+    REQUIRE(grid[0] == 1);
+    float step;
+    std::memcpy(&step, grid.data() + 1, 4);
+    REQUIRE(step > 0);
+    auto k = w.to(torch::kFloat64) / step;
+    REQUIRE(torch::allclose(k, k.round(), 0, 1e-4));
+    // Truncated levels are an error, not a crash.
+    LayerRecord bad = rec;
+    for (auto& s : bad.sections)
+      if (s.name == "levels") s.bytes.resize(s.bytes.size() / 2);
+    REQUIRE_THROWS(m->decode(bad));
+  }
+}
