@@ -26,8 +26,11 @@ const FinetuneDecl kFp32Finetune{kFtEpochs | kFtLr | kFtOptimizer | kFtMomentum 
                                  ""};
 
 struct Fp32Params : ParamsBase {
-  // Defaults: full-network retraining as TQ's (SGD, lr 0.001, momentum 0.9), BN in train mode,
-  // cross-entropy on the labels, CIFAR augmentation; constant learning rate.
+  // Defaults: full-network retraining (SGD, momentum 0.9), BN in train mode, cross-entropy on the
+  // labels, CIFAR augmentation, constant learning rate 0.003: the best of 0.0003 / 0.001 / 0.003 /
+  // 0.01 on cifar10-jpeg-val (91.04 / 92.38 / 93.36 / 91.80; cifar_resnet20, 1 epoch over
+  // cifar10-jpeg-train, batch 128; untuned 86.30), so the control is the strongest FP network the
+  // budget buys and a retrained row's drop against it is not flattered.
   FinetuneOptions finetune = default_finetune();
   void bind(ParamBinder& b) override {
     bind_finetune(b, finetune, kFp32Finetune);
@@ -42,7 +45,7 @@ struct Fp32Params : ParamsBase {
   static FinetuneOptions default_finetune() {
     FinetuneOptions o;
     o.epochs = 0;
-    o.lr = 0.001;
+    o.lr = 0.003;
     o.optimizer = "sgd";
     o.momentum = 0.9;
     o.batch_size = 128;
