@@ -377,3 +377,20 @@ TEST_CASE("scripts/cifar10_pickle_to_bin.py: torchvision's pickles to the binary
   CHECK(p.status != 0);
   CHECK_THAT(p.err, Catch::Contains("label 3 is 12"));
 }
+
+TEST_CASE("the example dataset files in docs/examples are well formed", "[dataset-yaml]") {
+  int n = 0;
+  for (auto& e : fs::directory_iterator(source_path("docs/examples"))) {
+    const std::string f = e.path().filename().string();
+    if (f.rfind("dataset-", 0) != 0 || e.path().extension() != ".yaml") continue;
+    INFO(f);
+    CHECK_NOTHROW(bb::load_dataset_spec(e.path().string()));
+    ++n;
+  }
+  CHECK(n >= 3);
+  // The one the docs run: the JPEG test folder under another name.
+  auto mine = bb::open_dataset(source_path("docs/examples/dataset-cifar10-jpeg-test-copy.yaml"));
+  auto test = bb::open_dataset("cifar10-jpeg-test");
+  REQUIRE(mine->size() == test->size());
+  CHECK(listing_hash(*mine) == listing_hash(*test));
+}

@@ -1,4 +1,4 @@
-// bitbench eval --model NAME --weights FILE --dataset NAME [--data-root DIR] [--limit N] [--json]
+// bitbench eval --model NAME --weights FILE --dataset NAME-or-FILE.yaml [--data-root DIR] [--limit N] [--json]
 #include "cli/args.h"
 #include "common/error.h"
 #include "common/runtime.h"
@@ -15,7 +15,7 @@ namespace {
 int cmd_eval(int argc, char** argv) {
   Args a("eval", {{"--model", true, "BITBENCH_MODEL", false, "network name (e.g. cifar_resnet20)"},
                   {"--weights", true, "BITBENCH_WEIGHTS", false, "weights file (torch.save'd plain dict)"},
-                  {"--dataset", true, "BITBENCH_DATASET", false, "dataset name"},
+                  {"--dataset", true, "BITBENCH_DATASET", false, "dataset name, or the path of a dataset YAML file (datasets/README.md)"},
                   {"--data-root", true, "", false, "data root (default $BITBENCH_DATA_ROOT or ../shared/data; for imagenet-val: the val folder)"},
                   {"--limit", true, "", false, "evaluate the first N images only"},
                   {"--batch-size", true, "", false, "batch size"},
