@@ -18,6 +18,7 @@
 #include "common/error.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "methods/external.h"
 #include "methods/method.h"
 #include "runner/pipeline.h"
 
@@ -228,6 +229,18 @@ int cmd_fuzz_bbz(int argc, char** argv) {
   } else {
     for (const auto& p : a.positional()) sources.push_back({fs::path(p).filename().string(), read_all(p)});
   }
+
+  // A file of the external method runs the decode command stored in it: mutants may run only the
+  // valid sources' commands, so a mutated command string is refused, never executed.
+  std::vector<std::string> commands;
+  for (const auto& s : sources) {
+    try {
+      const std::string c = external_decode_command(parse_bbz(s.bytes.data(), s.bytes.size(), s.name).provenance);
+      if (!c.empty()) commands.push_back(c);
+    } catch (const Error&) {
+    }
+  }
+  restrict_external_commands(commands);
 
   auto* sh = static_cast<Shared*>(mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
   BB_CHECK(sh != MAP_FAILED, "fuzz-bbz: mmap failed");

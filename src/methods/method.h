@@ -15,6 +15,8 @@
 #include "methods/params.h"
 #include "models/model.h"
 
+#include <nlohmann/json.hpp>
+
 #include <functional>
 #include <memory>
 #include <string>
@@ -51,6 +53,17 @@ class Method {
   virtual bool needs_calibration() const { return false; }
   virtual std::vector<LayerRecord> compress(CompressContext& ctx) = 0;
   virtual torch::Tensor decode(const LayerRecord& rec) const = 0;
+  // A method whose records share one payload (external: the files of one command) decodes all of
+  // its records of a file at once: decode_bbz and the pipeline then call decode_together with
+  // them (file order) and the file's provenance, instead of decode() per record. It returns one
+  // weight per record, in that order.
+  virtual bool decodes_together() const { return false; }
+  virtual std::vector<torch::Tensor> decode_together(const std::vector<const LayerRecord*>& recs,
+                                                     const nlohmann::json& provenance) const {
+    (void)recs;
+    (void)provenance;
+    return {};
+  }
 };
 
 using MethodFactory = std::function<std::unique_ptr<Method>()>;

@@ -17,6 +17,11 @@ const std::map<std::string, std::string>& smoke_params(const std::string& method
       {"pq", {{"em_iters", "2"}, {"calib_images", "16"}, {"patches_per_iter", "512"}}},
       {"gptq", {{"target_bpw", "2"}, {"calib_images", "8"}, {"steps_per_octave", "1"}}},
       {"tq", {{"target_bpw", "2"}, {"blocks", "1"}, {"calib_images", "2"}, {"batch_size", "2"}, {"step_search", "weight"}}},
+      // Lossless and shell-only (no Python): the payload is the layers' weights and their checksum.
+      {"external",
+       {{"encode", "cp {layer_weights} {out}/w.pt && cksum < {out}/w.pt > {out}/w.sum"},
+        {"decode", "test \"$(cksum < {payload}/w.pt)\" = \"$(cat {payload}/w.sum)\" && cp {payload}/w.pt {out} || "
+                   "{ echo 'payload checksum mismatch' >&2; exit 1; }"}}},
   };
   auto it = table.find(method);
   BB_CHECK(it != table.end(), "method '", method, "' has no smoke settings: add them in src/methods/smoke.cpp");

@@ -47,6 +47,16 @@ StateDict decode_bbz(const BbzFile& f, const std::string& what) {
   BB_CHECK(has_model(f.model), what, ": unknown model '", printable(f.model), "'");
   auto arch = make_model(f.model);
   std::set<std::string> seen;
+  // The decoded weight of a record, checked against the record's shape.
+  auto put = [&](const LayerRecord& rec, const torch::Tensor& w) {
+    const std::string layer = printable(rec.layer);
+    BB_CHECK(w.defined(), what, ": layer '", layer, "': method '", rec.method, "' decoded no weight");
+    std::vector<int64_t> got(w.sizes().begin(), w.sizes().end());
+    BB_CHECK(got == rec.shape, what, ": layer '", layer, "': method '", rec.method, "' decoded shape ", w.sizes(),
+             " but the record says ", c10::IntArrayRef(rec.shape));
+    sd[rec.layer + ".weight"] = w.to(torch::kFloat32).contiguous();
+  };
+  std::map<std::string, std::vector<const LayerRecord*>> together;  // method -> its records (decodes_together)
   for (const auto& rec : f.layers) {
     const std::string layer = printable(rec.layer);
     const int li = arch->layer_index(rec.layer);
@@ -56,16 +66,31 @@ StateDict decode_bbz(const BbzFile& f, const std::string& what) {
     BB_CHECK(rec.shape == want, what, ": layer '", layer, "': the record's shape ", c10::IntArrayRef(rec.shape),
              " is not the model's ", c10::IntArrayRef(want));
     BB_CHECK(has_method(rec.method), what, ": layer '", layer, "': unknown method '", printable(rec.method), "'");
+    auto method = make_method(rec.method);
+    if (method->decodes_together()) {
+      together[rec.method].push_back(&rec);
+      continue;
+    }
     torch::Tensor w;
     try {
-      w = make_method(rec.method)->decode(rec);
+      w = method->decode(rec);
     } catch (const Error& e) {
       BB_THROW(what, ": layer '", layer, "' (method '", rec.method, "'): ", e.what());
     }
-    std::vector<int64_t> got(w.sizes().begin(), w.sizes().end());
-    BB_CHECK(got == rec.shape, what, ": layer '", layer, "': method '", rec.method, "' decoded shape ", w.sizes(),
-             " but the record says ", c10::IntArrayRef(rec.shape));
-    sd[rec.layer + ".weight"] = w.to(torch::kFloat32).contiguous();
+    put(rec, w);
+  }
+  for (const auto& kv : together) {
+    std::vector<torch::Tensor> ws;
+    try {
+      ws = make_method(kv.first)->decode_together(kv.second, f.provenance);
+    } catch (const Error& e) {
+      BB_THROW(what, ": layer '", printable(kv.second.front()->layer), "' (method '", kv.first, "', decoded with ",
+               kv.second.size() == 1 ? std::string("no other record") : std::to_string(kv.second.size() - 1) + " more records",
+               "): ", e.what());
+    }
+    BB_CHECK(ws.size() == kv.second.size(), what, ": method '", kv.first, "' decoded ", ws.size(), " weights for ",
+             kv.second.size(), " records");
+    for (size_t i = 0; i < ws.size(); ++i) put(*kv.second[i], ws[i]);
   }
   for (const auto& t : f.tensors) {
     BB_CHECK(!sd.count(t.name), what, ": tensor '", printable(t.name), "' is stored twice in the file");
@@ -146,12 +171,24 @@ CompressOutcome compress_model(const CompressRequest& req) {
                     {"rest_dtype", req.rest_dtype}};
   f.provenance = out.provenance;
   std::map<std::string, torch::Tensor> in_memory;
+  std::vector<const LayerRecord*> together;  // a method that decodes its records at once
   for (auto& rec : records) {
     BB_CHECK(model->layer_index(rec.layer) >= 0, "method '", req.method, "' returned a record for unknown layer '",
              rec.layer, "'");
     BB_CHECK(!in_memory.count(rec.layer), "method '", req.method, "' returned layer '", rec.layer, "' twice");
     rec.method = rec.method.empty() ? req.method : rec.method;
-    in_memory[rec.layer] = method->decode(rec);
+    if (method->decodes_together()) {
+      in_memory[rec.layer] = torch::Tensor();
+      together.push_back(&rec);
+    } else {
+      in_memory[rec.layer] = method->decode(rec);
+    }
+  }
+  if (!together.empty()) {
+    std::vector<torch::Tensor> ws = method->decode_together(together, out.provenance);
+    BB_CHECK(ws.size() == together.size(), "method '", req.method, "' decoded ", ws.size(), " weights for ",
+             together.size(), " records");
+    for (size_t i = 0; i < ws.size(); ++i) in_memory[together[i]->layer] = ws[i];
   }
   f.layers = records;
   for (auto& kv : model->state()) {
@@ -170,13 +207,22 @@ CompressOutcome compress_model(const CompressRequest& req) {
   lap("write");
 
   // Everything evaluated comes from the file.
+  // A file that does not decode to the method's weights is not left behind.
   BbzSizes rsizes;
-  BbzFile back = read_bbz(req.out_path, &rsizes);
-  StateDict sd = decode_bbz(back, req.out_path);
-  for (auto& kv : in_memory) {
-    const auto& got = sd.at(kv.first + ".weight");
-    BB_CHECK(got.sizes() == kv.second.sizes() && torch::equal(got, kv.second.to(torch::kFloat32)), "layer '",
-             kv.first, "': weights decoded from the file differ from the method's in-memory result");
+  BbzFile back;
+  StateDict sd;
+  try {
+    back = read_bbz(req.out_path, &rsizes);
+    sd = decode_bbz(back, req.out_path);
+    for (auto& kv : in_memory) {
+      const auto& got = sd.at(kv.first + ".weight");
+      BB_CHECK(got.sizes() == kv.second.sizes() && torch::equal(got, kv.second.to(torch::kFloat32)), "layer '",
+               kv.first, "': weights decoded from the file differ from the method's in-memory result");
+    }
+  } catch (...) {
+    std::error_code ec;
+    std::filesystem::remove(req.out_path, ec);
+    throw;
   }
   load_state_dict(*model, sd, "compressed file '" + req.out_path + "'");
   lap("decode");
