@@ -206,6 +206,22 @@ TEST_CASE("custom dataset files give the built-ins' images, labels and predictio
     expect_same_images(*two, range(995, 1010), *lossless, {995, 996, 997, 998, 999, 100, 101, 102, 103, 104, 105,
                                                             106, 107, 108, 109});
   }
+  SECTION("a relative path from ${env:...} is read from the current directory, others from the data root") {
+    const std::string bin = slurp(root + "/cifar10/test_lossless_1k.bin");
+    write_text(tmp / "few.bin", bin.substr(0, 5 * 3073));
+    const std::string rel = fs::relative(tmp.path / "few.bin", fs::current_path()).string();
+    REQUIRE(rel.front() != '/');
+    setenv("BB_TEST_DATASET_FILE", rel.c_str(), 1);
+    const std::string y = write_file(tmp.str(), "env.yaml",
+                                     "name: env-file\nformat: cifar-binary\npath: ${env:BB_TEST_DATASET_FILE}\n"
+                                     "preprocess: cifar\n");
+    auto mine = bb::open_dataset(y);
+    unsetenv("BB_TEST_DATASET_FILE");
+    REQUIRE(mine->size() == 5);
+    expect_same_images(*mine, range(0, 5), *bb::open_dataset("cifar10-lossless-1k"), range(0, 5));
+    CHECK_THAT(error_of([&] { bb::open_dataset(y); }),
+               Catch::Contains("env.yaml:3") && Catch::Contains("BB_TEST_DATASET_FILE"));
+  }
   SECTION("the validation hold-out rule in a file of one's own picks the same images in the same order") {
     const std::string y = write_file(tmp.str(), "val.yaml",
                                      "name: my-val\nformat: imagefolder\npath: cifar10/jpeg/train\npreprocess: cifar\n"

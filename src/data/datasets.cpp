@@ -383,7 +383,7 @@ bool shipped_as_is(const DatasetSpec& s) {
 std::string spec_hash(const DatasetSpec& s) { return sha256_hex(s.canonical()).substr(0, 16); }
 
 // Values of a dataset file turned into paths: ${data} (the data root) and ${env:NAME} expanded, a
-// relative path read from the data root.
+// relative path read from the data root (one that starts with ${env:...}: from the current directory).
 class Resolver {
  public:
   Resolver(const DatasetSpec& s, std::string root_override) : s_(s), root_(std::move(root_override)) {}
@@ -429,7 +429,10 @@ class Resolver {
       if (unset) *unset = u;
       return "";
     }
-    return x.front() == '/' ? x : data() + "/" + x;
+    // A relative path from the environment is taken as the environment gives it (relative to the
+    // current directory), as BITBENCH_IMAGENET_VAL and its kin always were.
+    if (x.front() == '/' || v.text.rfind("${env:", 0) == 0) return x;
+    return data() + "/" + x;
   }
   // A value that must name an existing file or folder.
   std::string existing(const SpecValue& v, const std::string& key) const {
