@@ -20,7 +20,7 @@ const std::map<std::string, std::string>& smoke_params(const std::string& method
       // Lossless and shell-only (no Python): the payload is the layers' weights and their checksum.
       {"external",
        {{"encode", "cp {layer_weights} {out}/w.pt && cksum < {out}/w.pt > {out}/w.sum"},
-        {"decode", "test \"$(cksum < {payload}/w.pt)\" = \"$(cat {payload}/w.sum)\" && cp {payload}/w.pt {out} || "
+        {"decode", "cksum < {payload}/w.pt | cmp -s - {payload}/w.sum && cp {payload}/w.pt {out} || "
                    "{ echo 'payload checksum mismatch' >&2; exit 1; }"}}},
   };
   auto it = table.find(method);
