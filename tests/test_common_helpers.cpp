@@ -1,5 +1,6 @@
 // The one-of-each helpers in src/common (issue 23): ceil_log2 (common/bits.h), mix_seed
-// (common/hash.h) and strictly parsed runtime settings (common/runtime.h).
+// (common/hash.h), strictly parsed runtime settings (common/runtime.h) and the one YAML reader
+// (common/yaml_util.h).
 #include <catch2/catch.hpp>
 
 #include "coding/symbols.h"
@@ -7,6 +8,7 @@
 #include "common/error.h"
 #include "common/hash.h"
 #include "common/runtime.h"
+#include "common/yaml_util.h"
 #include "test_data_helpers.h"
 
 #include <cmath>
@@ -105,4 +107,28 @@ TEST_CASE("bitbench's integer environment settings are all strict", "[common][ru
   }
   bbtest::Proc ok = bbtest::run_cmd("BITBENCH_THREADS=1 BITBENCH_DECODE_THREADS=1 " + bin + eval);
   CHECK(ok.status == 0);
+}
+
+TEST_CASE("yaml_util: one reader for every YAML file, errors with file:line", "[common]") {
+  bbtest::TempDir t;
+  auto err = [](auto&& f) { return bbtest::error_of(f); };
+  const std::string ok = bbtest::write_file(t.str(), "ok.yaml", "a: 1\nb: {c: [1, 2]}\n");
+  YAML::Node n = yaml_load_map(ok, "thing file");
+  CHECK(n["b"]["c"].size() == 2);
+  CHECK(yaml_at(ok, n["b"]) == ok + ":2");
+  CHECK(err([&] { yaml_check_keys(ok, n, {"a", "b"}, "a thing"); }).empty());
+  CHECK_THAT(err([&] { yaml_check_keys(ok, n, {"a"}, "a thing"); }),
+             Catch::Contains("ok.yaml:2") && Catch::Contains("unknown key 'b' in a thing (allowed: a)"));
+  CHECK_THAT(err([&] { yaml_check_keys(ok, n["a"], {"a"}, "a thing"); }), Catch::Contains("a thing must be a mapping"));
+  // A key repeated at any depth names both lines.
+  const std::string dup = bbtest::write_file(t.str(), "dup.yaml", "a: 1\nb:\n  - {x: 1}\n  - x: 1\n    x: 2\n");
+  CHECK_THAT(err([&] { yaml_load_map(dup, "thing file"); }),
+             Catch::Contains("dup.yaml:5") && Catch::Contains("duplicate key 'x' (first at line 4)"));
+  CHECK_THAT(err([&] { yaml_load_map(bbtest::write_file(t.str(), "bad.yaml", "a: [1, 2\n"), "thing file"); }),
+             Catch::Contains("bad.yaml:") && Catch::Contains("malformed YAML"));
+  CHECK_THAT(err([&] { yaml_load_map(bbtest::write_file(t.str(), "list.yaml", "- 1\n"), "thing file"); }),
+             Catch::Contains("top level must be a mapping"));
+  CHECK_THAT(err([&] { yaml_load_map(t.str() + "/none.yaml", "thing file"); }),
+             Catch::Contains("thing file '") && Catch::Contains("does not exist"));
+  CHECK_THAT(err([&] { yaml_load_map(t.str(), "thing file"); }), Catch::Contains("is a directory"));
 }

@@ -3,6 +3,7 @@
 #include "common/error.h"
 #include "common/hash.h"
 #include "common/runtime.h"
+#include "common/yaml_util.h"
 
 #include <yaml-cpp/yaml.h>
 
@@ -43,41 +44,8 @@ std::string HoldOut::describe() const {
 
 namespace {
 
-std::string at(const std::string& file, const YAML::Node& n) {
-  if (!n.IsDefined() || n.Mark().line < 0) return file;
-  return file + ":" + std::to_string(n.Mark().line + 1);
-}
-
-// yaml-cpp keeps both entries of a repeated key and node[key] returns the first: refuse them.
-void check_unique_keys(const std::string& file, const YAML::Node& n) {
-  if (n.IsSequence()) {
-    for (const auto& e : n) check_unique_keys(file, e);
-  } else if (n.IsMap()) {
-    std::map<std::string, YAML::Mark> seen;
-    for (auto it = n.begin(); it != n.end(); ++it) {
-      if (it->first.IsScalar()) {
-        auto [prev, fresh] = seen.emplace(it->first.Scalar(), it->first.Mark());
-        BB_CHECK(fresh, at(file, it->first), ": duplicate key '", it->first.Scalar(), "' (first at line ",
-                 prev->second.line + 1, ")");
-      }
-      check_unique_keys(file, it->second);
-    }
-  }
-}
-
-void check_keys(const std::string& file, const YAML::Node& map, const std::vector<std::string>& allowed,
-                const std::string& ctx) {
-  for (auto it = map.begin(); it != map.end(); ++it) {
-    BB_CHECK(it->first.IsScalar(), at(file, it->first), ": keys of ", ctx, " must be plain names");
-    const std::string k = it->first.Scalar();
-    bool ok = false;
-    for (auto& a : allowed) ok = ok || a == k;
-    if (ok) continue;
-    std::string list;
-    for (auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
-    BB_THROW(at(file, it->first), ": unknown key '", k, "' in ", ctx, " (allowed: ", list, ")");
-  }
-}
+// "file:line" of a node.
+std::string at(const std::string& file, const YAML::Node& n) { return yaml_at(file, n); }
 
 std::string scalar(const std::string& file, const YAML::Node& n, const std::string& key) {
   BB_CHECK(n.IsScalar(), at(file, n), ": '", key, "' must be a single value");
@@ -170,7 +138,7 @@ void parse_preprocess(const std::string& file, const YAML::Node& n, DatasetSpec&
   }
   BB_CHECK(n.IsMap(), at(file, n), ": 'preprocess' must be cifar, imagenet, mnist or a mapping of resize, crop, "
                                    "size, mean, std");
-  check_keys(file, n, {"resize", "crop", "size", "mean", "std"}, "preprocess");
+  yaml_check_keys(file, n, {"resize", "crop", "size", "mean", "std"}, "preprocess");
   s.preset = false;
   Preprocess p;
   p.resize = n["resize"] ? as_int(file, n["resize"], "resize", 1) : 0;
@@ -226,19 +194,8 @@ std::string dataset_spec_file(const std::string& arg) {
 }
 
 DatasetSpec load_dataset_spec(const std::string& file) {
-  BB_CHECK(fs::exists(file), "dataset file '", file, "' does not exist");
-  BB_CHECK(fs::is_regular_file(file), "dataset file '", file, "' is not a regular file");
-  YAML::Node n;
-  try {
-    n = YAML::LoadFile(file);
-  } catch (const YAML::ParserException& e) {
-    BB_THROW(file, ":", e.mark.line + 1, ":", e.mark.column + 1, ": malformed YAML: ", e.msg);
-  } catch (const YAML::BadFile&) {
-    BB_THROW("cannot read dataset file '", file, "'");
-  }
-  BB_CHECK(n.IsMap(), file, ": a dataset file must be a mapping of keys (name, format, path, preprocess, ...)");
-  check_unique_keys(file, n);
-  check_keys(file, n,
+  YAML::Node n = yaml_load_map(file, "dataset file");
+  yaml_check_keys(file, n,
              {"name", "description", "format", "path", "preprocess", "family", "role", "default_calibration",
               "classes", "labels", "limit", "subset"},
              "a dataset file");
@@ -286,7 +243,7 @@ DatasetSpec load_dataset_spec(const std::string& file) {
     const YAML::Node& sub = n["subset"];
     s.where_subset = at(file, sub);
     BB_CHECK(sub.IsMap(), s.where_subset, ": 'subset' must be a mapping {part: held | rest, per_class: N, seed: S}");
-    check_keys(file, sub, {"part", "per_class", "seed"}, "subset");
+    yaml_check_keys(file, sub, {"part", "per_class", "seed"}, "subset");
     for (const char* k : {"part", "per_class", "seed"}) BB_CHECK(sub[k], s.where_subset, ": subset needs '", k, "'");
     s.subset.part = one_of(file, sub["part"], "part", {"held", "rest"}) == "held" ? HoldOut::Part::held
                                                                                   : HoldOut::Part::rest;

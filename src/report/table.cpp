@@ -1,5 +1,6 @@
 #include "report/table.h"
 #include "common/error.h"
+#include "common/yaml_util.h"
 #include "common/fs_util.h"
 #include "common/log.h"
 #include "common/runtime.h"
@@ -88,12 +89,7 @@ nlohmann::json load_published(const std::string& dir) {
     if (e.path().extension() == ".yaml") files.push_back(e.path());
   std::sort(files.begin(), files.end());
   for (auto& f : files) {
-    YAML::Node n;
-    try {
-      n = YAML::LoadFile(f.string());
-    } catch (const YAML::Exception& e) {
-      BB_THROW(f.string(), ": malformed YAML: ", e.what());
-    }
+    YAML::Node n = yaml_load_map(f.string(), "published figures file");
     BB_CHECK(n["citation"] && n["models"], f.string(), ": needs 'citation' and 'models'");
     const std::string cite = n["citation"].as<std::string>();
     for (auto it = n["models"].begin(); it != n["models"].end(); ++it) {

@@ -1,8 +1,8 @@
 #include "runner/experiment.h"
 
-#include <random>
 #include "common/error.h"
 #include "common/runtime.h"
+#include "common/yaml_util.h"
 #include "data/dataset.h"
 #include "methods/method.h"
 #include "models/registry.h"
@@ -22,56 +22,8 @@ namespace fs = std::filesystem;
 namespace bb {
 namespace {
 
-// "file:line" of a node (yaml-cpp marks are 0-based).
-std::string at(const std::string& file, const YAML::Node& n) {
-  if (!n.IsDefined() || n.Mark().line < 0) return file;
-  return file + ":" + std::to_string(n.Mark().line + 1);
-}
-
-// yaml-cpp keeps both entries of a repeated key and `node[key]` silently returns the first:
-// a repeated key anywhere (top level, run block, params, grid) is an error naming both lines.
-void check_unique_keys(const std::string& file, const YAML::Node& n) {
-  if (n.IsSequence()) {
-    for (const auto& e : n) check_unique_keys(file, e);
-  } else if (n.IsMap()) {
-    std::map<std::string, YAML::Mark> seen;
-    for (auto it = n.begin(); it != n.end(); ++it) {
-      if (it->first.IsScalar()) {
-        auto [prev, fresh] = seen.emplace(it->first.Scalar(), it->first.Mark());
-        BB_CHECK(fresh, at(file, it->first), ": duplicate key '", it->first.Scalar(), "' (first at line ",
-                 prev->second.line + 1, ")");
-      }
-      check_unique_keys(file, it->second);
-    }
-  }
-}
-
-YAML::Node load_yaml(const std::string& path) {
-  BB_CHECK(fs::exists(path), "config file '", path, "' does not exist");
-  BB_CHECK(!fs::is_directory(path), "'", path, "' is a directory; give a YAML file");
-  try {
-    YAML::Node n = YAML::LoadFile(path);
-    BB_CHECK(n.IsMap(), path, ": top level must be a mapping");
-    check_unique_keys(path, n);
-    return n;
-  } catch (const YAML::ParserException& e) {
-    BB_THROW(path, ":", e.mark.line + 1, ":", e.mark.column + 1, ": malformed YAML: ", e.msg);
-  } catch (const YAML::BadFile&) {
-    BB_THROW("cannot read config file '", path, "'");
-  }
-}
-
-void check_keys(const std::string& file, const YAML::Node& map, const std::set<std::string>& allowed,
-                const std::string& ctx) {
-  BB_CHECK(map.IsMap(), at(file, map), ": ", ctx, " must be a mapping");
-  for (auto it = map.begin(); it != map.end(); ++it) {
-    const std::string k = it->first.as<std::string>();
-    if (allowed.count(k)) continue;
-    std::string list;
-    for (auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
-    BB_THROW(at(file, it->first), ": unknown key '", k, "' in ", ctx, " (allowed: ", list, ")");
-  }
-}
+// "file:line" of a node.
+std::string at(const std::string& file, const YAML::Node& n) { return yaml_at(file, n); }
 
 std::string scalar(const std::string& file, const YAML::Node& n, const std::string& key) {
   BB_CHECK(n.IsScalar(), at(file, n), ": '", key, "' must be a scalar value");
@@ -105,8 +57,8 @@ ModelConfig load_model_config(const std::string& configs, const std::string& nam
   BB_CHECK(has_model(name), where, ": unknown model '", name, "'");
   const std::string path = configs + "/models/" + name + ".yaml";
   BB_CHECK(fs::exists(path), where, ": model '", name, "' has no config file '", path, "'");
-  YAML::Node n = load_yaml(path);
-  check_keys(path, n, {"model", "weights", "calibration", "eval", "description"}, "a model config");
+  YAML::Node n = yaml_load_map(path, "config file");
+  yaml_check_keys(path, n, {"model", "weights", "calibration", "eval", "description"}, "a model config");
   ModelConfig m;
   m.name = name;
   BB_CHECK(n["model"] && scalar(path, n["model"], "model") == name, path, ": 'model' must be '", name, "'");
@@ -126,8 +78,8 @@ std::map<std::string, std::string> load_method_defaults(const std::string& confi
   std::map<std::string, std::string> out;
   const std::string path = configs + "/methods/" + method + ".yaml";
   if (!fs::exists(path)) return out;
-  YAML::Node n = load_yaml(path);
-  check_keys(path, n, {"method", "params", "description"}, "a method config");
+  YAML::Node n = yaml_load_map(path, "config file");
+  yaml_check_keys(path, n, {"method", "params", "description"}, "a method config");
   BB_CHECK(n["method"] && scalar(path, n["method"], "method") == method, path, ": 'method' must be '", method, "'");
   if (n["params"] && !n["params"].IsNull()) {
     BB_CHECK(n["params"].IsMap(), at(path, n["params"]), ": 'params' must be a mapping");
@@ -276,8 +228,8 @@ static int64_t block_run_count(const YAML::Node& rb, int64_t n_models, int64_t n
 Experiment load_experiment(const std::string& path, const std::string& configs_dir, const std::string& results_root,
                            int64_t max_runs) {
   const std::string configs = configs_dir.empty() ? source_dir() + "/configs" : configs_dir;
-  YAML::Node n = load_yaml(path);
-  check_keys(path, n,
+  YAML::Node n = yaml_load_map(path, "config file");
+  yaml_check_keys(path, n,
              {"experiment", "description", "models", "eval", "eval_limit", "calibration", "seeds", "keep_bbz", "runs",
               "tune_on", "tune_budget", "tune_eval_limit", "finetune"},
              "an experiment");
@@ -318,7 +270,7 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
   FinetuneBudget budget;
   if (n["finetune"]) {
     const YAML::Node& f = n["finetune"];
-    check_keys(path, f, {"epochs", "images", "batch", "lr_schedule", "seed"}, "the finetune budget");
+    yaml_check_keys(path, f, {"epochs", "images", "batch", "lr_schedule", "seed"}, "the finetune budget");
     BB_CHECK(f["epochs"], at(path, f), ": the finetune budget needs 'epochs'");
     {
       const std::string e = scalar(path, f["epochs"], "epochs");
@@ -388,7 +340,7 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
   for (const auto& rb : n["runs"]) {
     const std::string where = at(path, rb);
     const size_t runs_before = ex.runs.size();
-    check_keys(path, rb, {"method", "label", "models", "params", "grid", "zip", "tune", "finetune"}, "a run block");
+    yaml_check_keys(path, rb, {"method", "label", "models", "params", "grid", "zip", "tune", "finetune"}, "a run block");
     BB_CHECK(rb["method"], where, ": run block without 'method'");
     const std::string method = scalar(path, rb["method"], "method");
     BB_CHECK(has_method(method), at(path, rb["method"]), ": unknown method '", method, "' (see `bitbench methods`)");
@@ -436,7 +388,7 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
       const YAML::Node& t = rb["tune"];
       tune_where = at(path, t);
       BB_CHECK(t.IsMap(), tune_where, ": 'tune' must be a mapping with 'space' (and 'mode')");
-      check_keys(path, t, {"mode", "space"}, "a tune block");
+      yaml_check_keys(path, t, {"mode", "space"}, "a tune block");
       const std::string mode = t["mode"] ? scalar(path, t["mode"], "mode") : "grid";
       BB_CHECK(mode == "grid" || mode == "random", at(path, t["mode"]), ": tune mode must be grid or random, got '",
                mode, "'");

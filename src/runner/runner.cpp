@@ -1,5 +1,6 @@
 #include "runner/runner.h"
 #include "common/error.h"
+#include "common/yaml_util.h"
 #include "common/fs_util.h"
 #include "common/hash.h"
 #include "common/log.h"
@@ -426,13 +427,8 @@ TuneSummary tune_experiment(const Experiment& ex, const RunnerOptions& opt) {
 int apply_tuned(Experiment& ex) {
   const std::string p = tuned_path(ex);
   if (!fs::exists(p)) return 0;
-  YAML::Node n;
-  try {
-    n = YAML::LoadFile(p);
-  } catch (const YAML::Exception& e) {
-    BB_THROW(p, ": ", e.what());
-  }
-  BB_CHECK(n.IsMap() && n["runs"] && n["runs"].IsMap(), p, ": expected a mapping with 'runs' (written by bitbench tune)");
+  YAML::Node n = yaml_load_map(p, "tuned settings file");
+  BB_CHECK(n["runs"] && n["runs"].IsMap(), p, ": expected a mapping with 'runs' (written by bitbench tune)");
   const int budget = n["tune_budget"] ? n["tune_budget"].as<int>() : 0;
   int applied = 0;
   for (RunSpec& r : ex.runs) {
