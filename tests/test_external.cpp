@@ -352,6 +352,16 @@ TEST_CASE("external: the Python examples match the built-in methods they re-impl
                  ext.o.accounting.bpw_core, ref.o.accounting.bpw_core, ext.o.evals.at(0).top1, ref.o.evals.at(0).top1,
                  (long long)ext.o.evals.at(0).n);
     CHECK(ext.o.accounting.bpw_core < ref.o.accounting.bpw_core);
+    // The independent check (scripts/oracle/external_demo_check.py): Python parses the .bbz, runs
+    // the stored decode command itself, evaluates in the akamaster ResNet, compares with the record.
+    nlohmann::json rec = ext.o.to_json();
+    bbtest::write_text(t / "ext.json", rec.dump());
+    bbtest::Proc p = bbtest::run_python("scripts/oracle/external_demo_check.py",
+                                        bbtest::sh_quote(t / "ext.bbz") + " --limit 200 --data " +
+                                            bbtest::sh_quote(data_root("") + "/cifar10/test_lossless_1k.bin"));
+    INFO(p.out << p.err);
+    CHECK(p.status == 0);
+    CHECK_THAT(p.out, Catch::Contains("\"python_top1_lossless_1k\": " + std::to_string(ext.o.evals.at(0).top1).substr(0, 4)));
   }
   SECTION("kmeans_pack.py at 3 bits ~ kmeans bits=3 init=linear scope=layer") {
     Row ext = compress_row("external",

@@ -11,7 +11,7 @@
      akamaster-layout CIFAR ResNet of scripts/eval_pytorch_loop.py on CIFAR-10's lossless 1k
      binary, and prints its top-1 beside the run record's.
 
-    external_demo_check.py F.bbz [--record RUN.json] [--data ../shared/data/cifar10/test_lossless_1k.bin]
+    external_demo_check.py F.bbz [--record RUN.json] [--data ../shared/data/cifar10/test_lossless_1k.bin] [--limit N]
 Prints one JSON object per file. Exit 1 when the bytes do not add up or the top-1 differs by more
 than --tol points (default 0.1, one image of 1,000).
 """
@@ -102,6 +102,7 @@ def main():
     ap.add_argument("--record", help="the run record (.json) beside the .bbz (default: same name)")
     ap.add_argument("--data", default=os.path.join(HERE, "../../../shared/data/cifar10/test_lossless_1k.bin"))
     ap.add_argument("--tol", type=float, default=0.1)
+    ap.add_argument("--limit", type=int, default=0, help="evaluate the first N images only (as bitbench --limit)")
     a = ap.parse_args()
     rec_path = a.record or a.bbz[: -len(".bbz")] + ".json"
     run = json.load(open(rec_path))
@@ -141,6 +142,8 @@ def main():
     net.eval()
     from torchvision import transforms as T
     ds = ev.CifarBinary(a.data, T.Compose([T.ToTensor(), T.Normalize(ev.MEAN, ev.STD)]))
+    if a.limit:
+        ds = torch.utils.data.Subset(ds, range(min(a.limit, len(ds))))
     loader = torch.utils.data.DataLoader(ds, batch_size=100, shuffle=False)
     c1 = n = 0
     with torch.no_grad():
