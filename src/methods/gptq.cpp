@@ -41,10 +41,12 @@ struct GptqParams : ParamsBase {
   bool sequential = false;
   std::string coder = "auto";
   std::string alloc = "lagrangian";
-  std::string alloc_distortion = "bn_output";
+  std::string alloc_distortion = "logits";
   int steps_per_octave = 4;
   double step_min = 0.125, step_max = 8;  // candidate steps alpha * std(W), alpha in [min, max]
   int64_t logits_images = 128;
+  double clamp_range = 2.0;
+  double deadzone = 0;
 
   void bind(ParamBinder& b) override {
     b.field("bits", bits, "> 0: per-channel asymmetric min-max grid at this many bits, levels fixed-width (the paper; sets target_bpw to 0); 0: the entropy-coded variant at target_bpw");
@@ -61,6 +63,8 @@ struct GptqParams : ParamsBase {
     b.field("steps_per_octave", steps_per_octave, "alloc=lagrangian: candidate steps alpha * std(W), alpha = 2^(k / steps_per_octave)");
     b.field("step_min", step_min, "alloc=lagrangian: smallest candidate alpha (and the lower end of alloc=rule's bisection)");
     b.field("step_max", step_max, "alloc=lagrangian: largest candidate alpha (and the upper end of alloc=rule's bisection)");
+    b.field("clamp_range", clamp_range, "bits = 0: codes clamped to clamp_range x the layer's [min, max] on the step grid (1: GPTQ's min-max clamp; the coded alphabet is the range of the codes used)");
+    b.field("deadzone", deadzone, "bits = 0: |w| < (0.5 + deadzone) * step rounds to 0 (a dead zone, in steps; 0 = plain rounding; not in the papers)");
     b.field("logits_images", logits_images, "alloc_distortion=logits: calibration images of the logits MSE (the first of the calib_images; at most calib_images)");
   }
   void validate() override {
@@ -73,6 +77,8 @@ struct GptqParams : ParamsBase {
     BB_CHECK(calib_images >= 1 && calib_batch >= 1, "gptq: calib_images and calib_batch must be >= 1");
     BB_CHECK(steps_per_octave >= 1 && steps_per_octave <= 64, "gptq: steps_per_octave must be in 1..64");
     BB_CHECK(step_min > 0 && step_max > step_min, "gptq: need 0 < step_min < step_max");
+    BB_CHECK(clamp_range >= 1 && clamp_range <= 64, "gptq: clamp_range must be in [1, 64]");
+    BB_CHECK(deadzone >= 0 && deadzone <= 2, "gptq: deadzone must be in [0, 2]");
     BB_CHECK(logits_images >= 1, "gptq: logits_images must be >= 1");
   }
 };
@@ -103,6 +109,12 @@ LayerRecord encode_layer(const std::string& name, const std::vector<int64_t>& sh
   rec.shape = shape;
   ByteWriter w;
   const int64_t rows = codes.size(0);
+  // Step grid: the alphabet is the range of the codes used (0 included), not the grid's clamp.
+  int32_t qmin = g.qmin, qmax = g.qmax;
+  if (bits == 0) {
+    qmin = std::min(0, codes.min().item<int32_t>());
+    qmax = std::max(0, codes.max().item<int32_t>());
+  }
   if (bits > 0) {
     w.u8(kGridMinmax);
     w.u8((uint8_t)bits);
@@ -112,15 +124,15 @@ LayerRecord encode_layer(const std::string& name, const std::vector<int64_t>& sh
     }
   } else {
     w.u8(kGridStep);
-    GptqStepGrid sg{(float)g.scale[0], g.qmin, g.qmax};
+    GptqStepGrid sg{(float)g.scale[0], qmin, qmax};
     w.raw(&sg, sizeof sg);
   }
   rec.add("grid", Component::side, w.take());
   auto c = codes.contiguous();
   const int32_t* cp = c.data_ptr<int32_t>();
   std::vector<uint32_t> syms(c.numel());
-  for (int64_t i = 0; i < c.numel(); ++i) syms[i] = (uint32_t)(cp[i] - g.qmin);
-  const uint32_t alphabet = (uint32_t)(g.qmax - g.qmin + 1);
+  for (int64_t i = 0; i < c.numel(); ++i) syms[i] = (uint32_t)(cp[i] - qmin);
+  const uint32_t alphabet = (uint32_t)(qmax - qmin + 1);
   rec.add("levels", Component::indices, encode_symbols(syms, alphabet, coder));
   rec.estimate.index_bits = coder == Coder::fixed ? (double)syms.size() * fixed_width_bits(alphabet) : empirical_entropy_bits(syms, alphabet);
   rec.estimate.fixed_index_bits = (double)syms.size() * fixed_width_bits(alphabet);
@@ -137,13 +149,16 @@ double record_bits(const LayerRecord& rec) {
   return 8.0 * (double)sizes.layers.at(0).total();
 }
 
-// The step grid of a layer at step `step` (rounded to the stored fp32): codes clamped to the
-// range of the layer's weights on that grid.
-GptqGrid step_grid_for(const torch::Tensor& W, double step) {
+// The step grid of a layer at step `step` (rounded to the stored fp32). Codes are clamped to
+// range_factor times the range of the layer's weights on that grid (1: the min-max range, as
+// GPTQ's grids; larger: room for the error-compensated weights that leave it).
+GptqGrid step_grid_for(const torch::Tensor& W, double step, double range_factor, double deadzone) {
   const float s = (float)step;
   const double lo = W.min().item<double>(), hi = W.max().item<double>();
-  return gptq_step_grid(W.size(0), (double)s, (int32_t)std::min(0.0, std::nearbyint(lo / s)),
-                        (int32_t)std::max(0.0, std::nearbyint(hi / s)));
+  GptqGrid g = gptq_step_grid(W.size(0), (double)s, (int32_t)std::min(0.0, std::floor(range_factor * lo / s + 0.5)),
+                              (int32_t)std::max(0.0, std::floor(range_factor * hi / s + 0.5)));
+  g.deadzone = deadzone;
+  return g;
 }
 
 // Collects every wanted layer's H in one pass of the calibration images (parallel mode).
@@ -184,10 +199,10 @@ class GptqMethod : public Method {
 
     std::vector<torch::Tensor> W(L);
     for (int l = 0; l < L; ++l) W[l] = layers[l].weight().detach().clone().reshape({layers[l].weight().size(0), -1});
-    auto quantize_at = [&](int l, const torch::Tensor& H, const GptqGrid& g) {
+    auto quantize_at = [&](int l, const GptqFactor& f, const GptqGrid& g) {
       LayerResult r;
       r.grid = g;
-      r.q = gptq_quantize(W[l], H, g, go);
+      r.q = gptq_quantize(W[l], f, g, go);
       r.rec = encode_layer(layers[l].name, layers[l].weight().sizes().vec(), g, r.q.codes, p_.bits, coder);
       r.bits = record_bits(r.rec);
       return r;
@@ -197,14 +212,17 @@ class GptqMethod : public Method {
     };
 
     std::vector<torch::Tensor> H(L);
+    std::vector<GptqFactor> F(L);
     if (!p_.sequential || p_.bits == 0) {
       ctx.phase("hessian");
       H = parallel_grams(model, images);
+      for (int l = 0; l < L; ++l) F[l] = gptq_factor(H[l], go);
     }
     std::vector<double> steps(L, 0);  // bits = 0: the step of each layer
     if (p_.bits == 0) {
       ctx.phase("allocate");
-      steps = p_.alloc == "rule" ? rule_steps(ctx, model, W, H, quantize_at) : lagrangian_steps(ctx, model, images, W, H, quantize_at);
+      steps = p_.alloc == "rule" ? rule_steps(ctx, model, W, F, quantize_at)
+                                  : lagrangian_steps(ctx, model, images, W, H, F, quantize_at);
     }
     ctx.phase("quantize");
     std::vector<LayerRecord> out;
@@ -214,9 +232,10 @@ class GptqMethod : public Method {
         GptqGram g(PatchGeometry::of(layers[l]));
         for_each_layer_input(model, l, images, p_.calib_batch, [&](const torch::Tensor& x, int64_t) { g.add(x); });
         H[l] = g.H;
+        F[l] = gptq_factor(H[l], go);
       }
-      const GptqGrid grid = p_.bits > 0 ? gptq_minmax_grid(W[l], p_.bits, /*fp16_scale=*/true) : step_grid_for(W[l], steps[l]);
-      LayerResult r = quantize_at(l, H[l], grid);
+      const GptqGrid grid = p_.bits > 0 ? gptq_minmax_grid(W[l], p_.bits, /*fp16_scale=*/true) : step_grid_for(W[l], steps[l], p_.clamp_range, p_.deadzone);
+      LayerResult r = quantize_at(l, F[l], grid);
       set_weight(l, r);
       total_bits += r.bits;
       out.push_back(std::move(r.rec));
@@ -304,13 +323,13 @@ class GptqMethod : public Method {
 
   template <class QuantizeAt>
   std::vector<double> rule_steps(CompressContext& ctx, Model& model, const std::vector<torch::Tensor>& W,
-                                 const std::vector<torch::Tensor>& H, QuantizeAt& quantize_at) const {
+                                 const std::vector<GptqFactor>& F, QuantizeAt& quantize_at) const {
     const int L = (int)W.size();
     const double budget = p_.target_bpw * (double)model.num_weights();
     auto rate = [&](double alpha) {
       double bits = 0;
       for (int l = 0; l < L; ++l)
-        bits += quantize_at(l, H[l], step_grid_for(W[l], alpha * W[l].std().item<double>())).bits;
+        bits += quantize_at(l, F[l], step_grid_for(W[l], alpha * W[l].std().item<double>(), p_.clamp_range, p_.deadzone)).bits;
       return bits;
     };
     // The rate falls as alpha grows: bisection in log alpha.
@@ -342,7 +361,7 @@ class GptqMethod : public Method {
   template <class QuantizeAt>
   std::vector<double> lagrangian_steps(CompressContext& ctx, Model& model, const torch::Tensor& images,
                                        const std::vector<torch::Tensor>& W, const std::vector<torch::Tensor>& H,
-                                       QuantizeAt& quantize_at) {
+                                       const std::vector<GptqFactor>& F, QuantizeAt& quantize_at) {
     const int L = (int)W.size();
     const auto& layers = model.layers();
     const int k0 = (int)std::ceil(std::log2(p_.step_min) * p_.steps_per_octave - 1e-9);
@@ -356,7 +375,7 @@ class GptqMethod : public Method {
       const double rows = (double)std::max<int64_t>(1, grams_rows_[l]);
       for (int k = k0; k <= k1; ++k) {
         const double step = sd * std::pow(2.0, (double)k / p_.steps_per_octave);
-        LayerResult r = quantize_at(l, H[l], step_grid_for(W[l], step));
+        LayerResult r = quantize_at(l, F[l], step_grid_for(W[l], step, p_.clamp_range, p_.deadzone));
         auto dW = r.q.Q - W[l].to(torch::kFloat64);
         double dist = 0;
         if (p_.alloc_distortion == "logits")

@@ -64,35 +64,41 @@ std::vector<int64_t> gptq_column_order(const torch::Tensor& H, bool act_order) {
 
 namespace {
 
-// The shared preparation of both loops: W (rows x D, float64, columns permuted, dead columns
-// zeroed) and U = upper Cholesky factor of (H + damp)^-1 in the same column order.
+// The shared preparation of both loops: W (rows x D, float64, dead columns zeroed, columns in
+// the factor's order).
 struct Prepared {
-  torch::Tensor W, U;
-  std::vector<int64_t> order;
+  torch::Tensor W;
+  const GptqFactor* f = nullptr;
   int64_t rows = 0, D = 0;
 };
 
-Prepared prepare(const torch::Tensor& W_in, const torch::Tensor& H_in, const GptqGrid& grid, const GptqOptions& opt) {
+Prepared prepare(const torch::Tensor& W_in, const GptqFactor& f, const GptqGrid& grid) {
   Prepared p;
+  p.f = &f;
   p.rows = W_in.size(0);
   p.D = W_in.numel() / std::max<int64_t>(1, p.rows);
-  BB_CHECK(H_in.dim() == 2 && H_in.size(0) == p.D && H_in.size(1) == p.D, "gptq: H must be ", p.D, " x ", p.D,
-           ", got ", H_in.sizes());
+  BB_CHECK((int64_t)f.order.size() == p.D, "gptq: the factor is for ", f.order.size(), " columns, W has ", p.D);
   BB_CHECK((int64_t)grid.scale.size() == p.rows && (int64_t)grid.zero.size() == p.rows, "gptq: grid has ",
            grid.scale.size(), " rows, W has ", p.rows);
-  BB_CHECK(opt.damp >= 0 && std::isfinite(opt.damp), "gptq: damp must be >= 0");
-  BB_CHECK(opt.block_size >= 1, "gptq: block_size must be >= 1");
   auto W = W_in.detach().to(torch::kFloat64).reshape({p.rows, p.D}).clone();
+  W.index_put_({torch::indexing::Slice(), f.dead}, 0.0);
+  p.W = W.index_select(1, torch::tensor(f.order, torch::kInt64)).contiguous();
+  return p;
+}
+
+}  // namespace
+
+GptqFactor gptq_factor(const torch::Tensor& H_in, const GptqOptions& opt) {
+  torch::NoGradGuard ng;
+  BB_CHECK(H_in.dim() == 2 && H_in.size(0) == H_in.size(1), "gptq: H must be square, got ", H_in.sizes());
+  BB_CHECK(opt.damp >= 0 && std::isfinite(opt.damp), "gptq: damp must be >= 0");
+  GptqFactor f;
   auto H = H_in.detach().to(torch::kFloat64).clone();
   auto diag = H.diagonal();
-  auto dead = diag.eq(0);
-  if (dead.any().item<bool>()) {
-    diag.masked_fill_(dead, 1.0);
-    W.index_put_({torch::indexing::Slice(), dead}, 0.0);
-  }
-  p.order = gptq_column_order(H, opt.act_order);
-  auto perm = torch::tensor(p.order, torch::kInt64);
-  W = W.index_select(1, perm).contiguous();
+  f.dead = diag.eq(0);
+  diag.masked_fill_(f.dead, 1.0);
+  f.order = gptq_column_order(H, opt.act_order);
+  auto perm = torch::tensor(f.order, torch::kInt64);
   H = H.index_select(0, perm).index_select(1, perm);
   const double damp = opt.damp * H.diagonal().mean().item<double>();
   H.diagonal().add_(damp);
@@ -103,14 +109,15 @@ Prepared prepare(const torch::Tensor& W_in, const torch::Tensor& H_in, const Gpt
   auto U = torch::linalg_cholesky_ex(Hinv, /*upper=*/true);
   BB_CHECK(std::get<1>(U).item<int64_t>() == 0, "gptq: (H + damp*I)^-1 is not positive definite (damp ", opt.damp,
            "); raise damp");
-  p.W = W;
-  p.U = std::get<0>(U).contiguous();
-  return p;
+  f.U = std::get<0>(U).contiguous();
+  return f;
 }
+
+namespace {
 
 GptqResult unpermute(const Prepared& p, const torch::Tensor& codes_p, const torch::Tensor& Q_p) {
   auto inv = torch::empty({p.D}, torch::kInt64);
-  for (int64_t k = 0; k < p.D; ++k) inv[p.order[k]] = k;
+  for (int64_t k = 0; k < p.D; ++k) inv[p.f->order[k]] = k;
   GptqResult r;
   r.codes = codes_p.index_select(1, inv).contiguous();
   r.Q = Q_p.index_select(1, inv).contiguous();
@@ -119,15 +126,16 @@ GptqResult unpermute(const Prepared& p, const torch::Tensor& codes_p, const torc
 
 }  // namespace
 
-GptqResult gptq_quantize(const torch::Tensor& W_in, const torch::Tensor& H_in, const GptqGrid& grid,
+GptqResult gptq_quantize(const torch::Tensor& W_in, const GptqFactor& f, const GptqGrid& grid,
                          const GptqOptions& opt) {
   torch::NoGradGuard ng;
-  Prepared p = prepare(W_in, H_in, grid, opt);
+  BB_CHECK(opt.block_size >= 1, "gptq: block_size must be >= 1");
+  Prepared p = prepare(W_in, f, grid);
   const int64_t rows = p.rows, D = p.D, B = opt.block_size;
   auto codes = torch::empty({rows, D}, torch::kInt32);
   auto Q = torch::empty({rows, D}, torch::kFloat64);
   double* W = p.W.data_ptr<double>();
-  const double* U = p.U.data_ptr<double>();
+  const double* U = f.U.data_ptr<double>();
   int32_t* cp = codes.data_ptr<int32_t>();
   double* qp = Q.data_ptr<double>();
   for (int64_t i1 = 0; i1 < D; i1 += B) {
@@ -152,20 +160,19 @@ GptqResult gptq_quantize(const torch::Tensor& W_in, const torch::Tensor& H_in, c
       }
     });
     // Lazy update of the columns after the block: one GEMM per block.
-    if (i2 < D) p.W.slice(1, i2, D).sub_(torch::mm(Err, p.U.slice(0, i1, i2).slice(1, i2, D)));
+    if (i2 < D) p.W.slice(1, i2, D).sub_(torch::mm(Err, f.U.slice(0, i1, i2).slice(1, i2, D)));
   }
   return unpermute(p, codes, Q);
 }
 
-GptqResult gptq_quantize_ref(const torch::Tensor& W_in, const torch::Tensor& H_in, const GptqGrid& grid,
-                             const GptqOptions& opt) {
+GptqResult gptq_quantize_ref(const torch::Tensor& W_in, const GptqFactor& f, const GptqGrid& grid) {
   torch::NoGradGuard ng;
-  Prepared p = prepare(W_in, H_in, grid, opt);
+  Prepared p = prepare(W_in, f, grid);
   const int64_t rows = p.rows, D = p.D;
   auto codes = torch::empty({rows, D}, torch::kInt32);
   auto Q = torch::empty({rows, D}, torch::kFloat64);
   double* W = p.W.data_ptr<double>();
-  const double* U = p.U.data_ptr<double>();
+  const double* U = f.U.data_ptr<double>();
   int32_t* cp = codes.data_ptr<int32_t>();
   double* qp = Q.data_ptr<double>();
   for (int64_t i = 0; i < D; ++i)

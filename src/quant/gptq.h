@@ -27,8 +27,13 @@ struct GptqGrid {
   std::vector<double> scale;  // per row, > 0
   std::vector<int32_t> zero;  // per row
   int32_t qmin = 0, qmax = 0;
+  // Dead zone (in steps): |w / scale| < 0.5 + deadzone rounds to level 0 (value 0 when zero = 0;
+  // 0 = plain rounding). Widens the most frequent level of an entropy-coded grid; the error is
+  // compensated by the columns after it like any other.
+  double deadzone = 0;
   int32_t code(int64_t r, double w) const {
-    const double q = std::nearbyint(w / scale[r]) + zero[r];
+    const double u = w / scale[r];
+    const double q = (deadzone > 0 && std::fabs(u) < 0.5 + deadzone ? 0.0 : std::nearbyint(u)) + zero[r];
     return (int32_t)std::min<double>(qmax, std::max<double>(qmin, q));
   }
   double value(int64_t r, int32_t q) const { return scale[r] * (double)(q - zero[r]); }
@@ -53,11 +58,29 @@ struct GptqResult {
   torch::Tensor Q;      // float64 rows x D: the dequantized weight
 };
 
-// W: rows x D (any float type), H: D x D (float64 preferred). Columns with diag H = 0 (never
-// excited by the calibration data) are quantized from 0 and do not propagate error.
-GptqResult gptq_quantize(const torch::Tensor& W, const torch::Tensor& H, const GptqGrid& grid, const GptqOptions& opt);
-GptqResult gptq_quantize_ref(const torch::Tensor& W, const torch::Tensor& H, const GptqGrid& grid,
-                             const GptqOptions& opt);
+// What the loops need of H (depends on H, damp and act_order only, so one factor serves every
+// grid tried on a layer): the column order, the dead columns (diag H = 0: never excited by the
+// calibration data; quantized from 0, they propagate no error) and U, the upper Cholesky factor
+// of (H + damp * mean(diag H) * I)^-1 in that order (float64). Throws bb::Error if H + damp*I
+// is not positive definite.
+struct GptqFactor {
+  std::vector<int64_t> order;
+  torch::Tensor dead;  // bool, D (original order)
+  torch::Tensor U;     // float64 D x D, permuted
+};
+GptqFactor gptq_factor(const torch::Tensor& H, const GptqOptions& opt);
+
+// W: rows x D (any float type), H: D x D (float64 preferred).
+GptqResult gptq_quantize(const torch::Tensor& W, const GptqFactor& f, const GptqGrid& grid, const GptqOptions& opt);
+GptqResult gptq_quantize_ref(const torch::Tensor& W, const GptqFactor& f, const GptqGrid& grid);
+inline GptqResult gptq_quantize(const torch::Tensor& W, const torch::Tensor& H, const GptqGrid& grid,
+                                const GptqOptions& opt) {
+  return gptq_quantize(W, gptq_factor(H, opt), grid, opt);
+}
+inline GptqResult gptq_quantize_ref(const torch::Tensor& W, const torch::Tensor& H, const GptqGrid& grid,
+                                    const GptqOptions& opt) {
+  return gptq_quantize_ref(W, gptq_factor(H, opt), grid);
+}
 
 // Order of the columns (act_order: decreasing diag H, ties by index; else 0..D-1).
 std::vector<int64_t> gptq_column_order(const torch::Tensor& H, bool act_order);
