@@ -92,6 +92,69 @@ TEST_CASE("kq: Lloyd on the grid does not increase the error", "[kq]") {
   REQUIRE(e5 <= e0);
 }
 
+namespace {
+// A layer of `rows` x `groups` kernels of dimension d with a random metric per input group
+// (correlated, of different scales, one group never excited) and random row weights.
+kq::QuantOptions metric_options(int64_t rows, int64_t groups, int64_t d, uint64_t seed) {
+  torch::manual_seed(seed);
+  kq::QuantOptions o;
+  auto A = torch::randn({groups, 4 * d, d}, torch::kFloat64) * torch::rand({groups, 1, 1}, torch::kFloat64) * 3;
+  o.metric = torch::matmul(A.transpose(1, 2), A);
+  o.metric[1].zero_();  // a dead input channel
+  o.row_weight = torch::rand({rows}, torch::kFloat64) * 4 + 0.05;
+  return o;
+}
+}  // namespace
+
+TEST_CASE("kq: the metric assignment is the nearest codeword under each kernel's own metric", "[kq]") {
+  const int64_t rows = 24, groups = 10, d = 9;
+  kq::QuantOptions o = metric_options(rows, groups, d, 21);
+  auto x = torch::randn({rows * groups, d}) * 0.1;
+  auto cb = torch::randn({37, d}) * 0.1;
+  auto fast = kq::metric_nearest(x, cb, o);
+  auto ref = kq::metric_nearest_ref(x, cb, o);
+  // The metric distance of the fast choice equals the reference's minimum (ties up to float rounding).
+  int64_t differ = 0;
+  for (int64_t i = 0; i < x.size(0); ++i) {
+    auto dist = [&](int64_t j) {
+      auto e = (x[i] - cb[j]).to(torch::kFloat64);
+      return torch::dot(e, torch::mv(o.metric[i % groups], e)).item<double>();
+    };
+    const double a = dist(fast[i].item<int64_t>()), b = dist(ref[i].item<int64_t>());
+    if (i % groups == 1) continue;  // the dead group: every codeword costs 0 (fast: Euclidean tie-break)
+    if (fast[i].item<int64_t>() != ref[i].item<int64_t>()) ++differ;
+    REQUIRE(a <= b * (1 + 1e-4) + 1e-12);
+  }
+  REQUIRE(differ <= 2);
+  // Not the Euclidean nearest: the metric matters.
+  REQUIRE(!fast.equal(kq::metric_nearest(x, cb, kq::QuantOptions())));
+  // Without a metric both are the Euclidean nearest.
+  REQUIRE(kq::metric_nearest(x, cb, kq::QuantOptions()).equal(std::get<1>(all_dist(x, cb).min(1))));
+}
+
+TEST_CASE("kq: clustering under the output metric lowers the metric error, float and on the grid", "[kq]") {
+  const int64_t rows = 64, groups = 16, d = 9;
+  kq::QuantOptions o = metric_options(rows, groups, d, 22);
+  auto x = torch::randn({rows * groups, d}) * 0.1;
+  for (int cb_bits : {32, 6}) {
+    kq::QuantOptions eu;
+    eu.k = o.k = 64;
+    eu.codebook_bits = o.codebook_bits = cb_bits;
+    auto ce = kq::quantize_vectors(x, eu);
+    auto cm = kq::quantize_vectors(x, o);
+    const double e_eu = kq::metric_error(x, kq::reconstruct(ce), o), e_m = kq::metric_error(x, kq::reconstruct(cm), o);
+    INFO("bits " << cb_bits << ": metric error, Euclidean clustering " << e_eu << ", metric clustering " << e_m);
+    REQUIRE(e_m < 0.9 * e_eu);
+    // Every kernel sits at its metric-nearest codeword of the final codebook.
+    auto near = kq::metric_nearest(x, cm.codebook(), o);
+    REQUIRE(near.equal(cm.idx));
+    if (cb_bits == 6) REQUIRE(cm.codebook().equal(cm.codebook_q.to(torch::kFloat32) * cm.scale));
+  }
+  // metric_error without a metric is the squared error.
+  auto r = torch::zeros_like(x);
+  REQUIRE(kq::metric_error(x, r, kq::QuantOptions()) == Approx(x.to(torch::kFloat64).pow(2).sum().item<double>()));
+}
+
 TEST_CASE("kq: codebook size is capped at the number of kernels", "[kq]") {
   auto x = torch::randn({40, 9});
   kq::QuantOptions o;
@@ -252,6 +315,17 @@ TEST_CASE("kq: bad parameters and corrupt records are clear errors", "[kq]") {
   REQUIRE_THROWS_AS(kq_method({{"alloc_min_bits", "6"}, {"alloc_max_bits", "4"}}), Error);
   REQUIRE_THROWS_AS(kq_method({{"finetune_epochs", "-1"}}), Error);
   REQUIRE_THROWS_AS(kq_method({{"finetune_mode", "mse"}}), Error);
+  REQUIRE_THROWS_AS(kq_method({{"kmeans_metric", "cosine"}}), Error);
+  REQUIRE_THROWS_AS(kq_method({{"kmeans_metric", "output"}, {"kernel_mode", "gain_shape"}}), Error);
+  {
+    // The output metric needs calibration images: a clear error without them.
+    auto model = random_model("cifar_resnet20", 4);
+    auto m = kq_method({{"kmeans_metric", "output"}, {"index_bits", "4"}});
+    REQUIRE(m->needs_calibration());
+    CompressContext ctx;
+    ctx.model = model.get();
+    REQUIRE_THROWS_AS(m->compress(ctx), Error);
+  }
 
   auto model = random_model("cifar_resnet20", 4);
   auto m = kq_method({{"index_bits", "4"}, {"kmeans_iters", "3"}});

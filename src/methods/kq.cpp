@@ -50,6 +50,11 @@ void KqParams::bind(ParamBinder& b) {
   b.field("kmeans_iters", kmeans_iters, "Lloyd iterations of the float k-means");
   b.field("max_points_per_centroid", max_points_per_centroid, "k-means trains on at most k*this vectors (all are assigned)");
   b.field("grid_iters", grid_iters, "Lloyd iterations on the quantized codebook grid");
+  b.field("kmeans_metric", kmeans_metric,
+          "clustering distance: weight = Euclidean (plain k-means); output = each kernel's layer-output error after "
+          "the following BN on calibration inputs, s^2 (w-c)^T H_c (w-c), Lloyd iterations from the Euclidean "
+          "solution (plain kernel_mode only)",
+          {"weight", "output"});
   b.field("coder", coder, "index stream coder", {"fixed", "huffman", "rans"});
   b.field("target_bpw", target_bpw, "if > 0: choose per-layer index widths by Lagrangian allocation to hit this rate");
   b.field("target_scope", target_scope, "what target_bpw counts: all conv+linear weights, or conv weights only",
@@ -81,6 +86,8 @@ void KqParams::validate() {
   BB_CHECK(alloc_min_bits >= 1 && alloc_min_bits <= alloc_max_bits && alloc_max_bits <= 16, where,
            "need 1 <= alloc_min_bits <= alloc_max_bits <= 16, got ", alloc_min_bits, "..", alloc_max_bits);
   BB_CHECK(calib_images >= 1, where, "calib_images must be >= 1");
+  BB_CHECK(kmeans_metric == "weight" || kernel_mode == "plain", where,
+           "kmeans_metric=output needs kernel_mode=plain (gain_shape clusters unit-norm shapes)");
   validate_finetune(finetune, kKqFinetune, where);
 }
 
@@ -183,7 +190,97 @@ ClusteringResult float_kmeans(const torch::Tensor& x, int64_t k, const QuantOpti
   return kmeans(train, k, cp);
 }
 
+// ---- output-aware clustering (QuantOptions::metric) ----
+
+struct MetricShape {
+  int64_t groups = 0, rows = 0, d = 0;
+};
+
+MetricShape metric_shape(const torch::Tensor& x, const QuantOptions& o) {
+  MetricShape m;
+  m.d = x.size(1);
+  m.groups = o.metric.size(0);
+  BB_CHECK(o.metric.dim() == 3 && o.metric.size(1) == m.d && o.metric.size(2) == m.d, "kq: metric must be groups x ",
+           m.d, " x ", m.d, ", got ", o.metric.sizes());
+  BB_CHECK(m.groups > 0 && x.size(0) % m.groups == 0, "kq: ", x.size(0), " vectors are not rows x ", m.groups, " groups");
+  m.rows = x.size(0) / m.groups;
+  BB_CHECK(o.row_weight.defined() && o.row_weight.numel() == m.rows, "kq: row_weight must have ", m.rows, " entries");
+  return m;
+}
+
+// Per-group lower factor L_c (float32) with metric[c] + eps I = L_c L_c^T, so e^T M_c e = |e^T L_c|^2.
+// eps (1e-6 of the mean diagonal over all groups) keeps groups the calibration inputs never excite
+// (M_c = 0) positive definite; their vectors then go to the Euclidean-nearest codeword.
+torch::Tensor metric_factors(const torch::Tensor& M) {
+  const int64_t d = M.size(1);
+  const double eps = std::max(M.diagonal(0, 1, 2).mean().item<double>(), 1e-30) * 1e-6;
+  auto res = torch::linalg_cholesky_ex(M.to(torch::kFloat64) + eps * torch::eye(d, torch::kFloat64));
+  BB_CHECK(std::get<1>(res).max().item<int64_t>() == 0, "kq: a metric block is not positive semi-definite");
+  return std::get<0>(res).to(torch::kFloat32).contiguous();
+}
+
+// The metric-weighted centre of each codeword's members, argmin_c sum_i r_o(i) (w_i - c)^T M_c(i) (w_i - c)
+// = (sum r M)^-1 (sum r M w); a small ridge towards `prev` keeps the directions no member's metric sees.
+std::pair<torch::Tensor, torch::Tensor> metric_means(const torch::Tensor& x, const torch::Tensor& assign, int64_t k,
+                                                     const QuantOptions& o, const torch::Tensor& prev) {
+  const MetricShape s = metric_shape(x, o);
+  auto M = o.metric.to(torch::kFloat64);
+  auto r = o.row_weight.to(torch::kFloat64);
+  auto X = x.to(torch::kFloat64).reshape({s.rows, s.groups, 1, s.d});
+  auto Y = torch::matmul(X, M).reshape({-1, s.d}) * r.repeat_interleave(s.groups).unsqueeze(1);  // r M w per vector
+  auto num = torch::zeros({k, s.d}, torch::kFloat64).index_add_(0, assign, Y);
+  auto group = torch::arange(s.groups, torch::kInt64).repeat({s.rows});
+  auto wkc = torch::zeros({k * s.groups}, torch::kFloat64)
+                 .index_add_(0, assign * s.groups + group, r.repeat_interleave(s.groups))
+                 .reshape({k, s.groups});
+  auto den = torch::mm(wkc, M.reshape({s.groups, s.d * s.d})).reshape({k, s.d, s.d});  // sum r M per codeword
+  auto nonempty = torch::bincount(assign, {}, k) > 0;
+  auto lam = den.diagonal(0, 1, 2).mean(1) * 1e-9 + 1e-200;  // k
+  auto eye = torch::eye(s.d, torch::kFloat64);
+  auto A = den + lam.view({k, 1, 1}) * eye;
+  auto b = num + lam.unsqueeze(1) * prev.to(torch::kFloat64);
+  auto c = torch::linalg_solve(A, b.unsqueeze(2)).squeeze(2);
+  return {c.to(torch::kFloat32), nonempty};
+}
+
+void quantize_plain_metric(const torch::Tensor& x, const QuantOptions& o, LayerCode& c) {
+  auto cb = float_kmeans(x, c.k, o).centroids.contiguous();
+  torch::Tensor a = metric_nearest(x, cb, o);
+  for (int it = 0; it < o.kmeans_iters; ++it) {
+    auto [mean, nonempty] = metric_means(x, a, c.k, o, cb);
+    cb = torch::where(nonempty.unsqueeze(1), mean, cb);
+    auto a2 = metric_nearest(x, cb, o);
+    const bool same = a2.equal(a);
+    a = a2;
+    if (same) break;
+  }
+  if (o.codebook_bits == 32) {
+    c.codebook_f = cb;
+    c.idx = a;
+    return;
+  }
+  c.scale = grid_scale(cb, torch::bincount(a, {}, c.k), o.codebook_bits);
+  c.codebook_q = to_grid(cb, c.scale, o.codebook_bits);
+  // Lloyd on the grid under the metric: the rounded metric centre is not always the best grid
+  // point, so an iteration is kept only when it lowers the metric error.
+  a = metric_nearest(x, c.codebook(), o);
+  double err = metric_error(x, c.codebook().index_select(0, a), o);
+  for (int it = 0; it < o.grid_iters; ++it) {
+    auto [mean, nonempty] = metric_means(x, a, c.k, o, c.codebook());
+    auto q2 = torch::where(nonempty.unsqueeze(1), to_grid(mean, c.scale, o.codebook_bits), c.codebook_q);
+    auto cb2 = from_grid(q2, c.scale);
+    auto a2 = metric_nearest(x, cb2, o);
+    const double e2 = metric_error(x, cb2.index_select(0, a2), o);
+    if (!(e2 < err)) break;
+    c.codebook_q = q2;
+    a = a2;
+    err = e2;
+  }
+  c.idx = a;
+}
+
 void quantize_plain(const torch::Tensor& x, const QuantOptions& o, LayerCode& c) {
+  if (o.metric.defined()) return quantize_plain_metric(x, o, c);
   auto km = float_kmeans(x, c.k, o);
   if (o.codebook_bits == 32) {
     c.codebook_f = km.centroids.contiguous();
@@ -285,6 +382,68 @@ void quantize_gain_shape(const torch::Tensor& x, const QuantOptions& o, LayerCod
 }
 
 }  // namespace
+
+double metric_error(const torch::Tensor& x, const torch::Tensor& rec, const QuantOptions& o) {
+  torch::NoGradGuard ng;
+  auto e = (x.to(torch::kFloat64) - rec.to(torch::kFloat64));
+  if (!o.metric.defined()) return e.pow(2).sum().item<double>();
+  const MetricShape s = metric_shape(x, o);
+  auto E = e.reshape({s.rows, s.groups, 1, s.d});
+  auto q = (torch::matmul(E, o.metric.to(torch::kFloat64)) * E).sum({2, 3});  // rows x groups
+  return (q * o.row_weight.to(torch::kFloat64).unsqueeze(1)).sum().item<double>();
+}
+
+torch::Tensor metric_nearest_ref(const torch::Tensor& x_in, const torch::Tensor& cb_in, const QuantOptions& o) {
+  torch::NoGradGuard ng;
+  auto x = x_in.to(torch::kFloat64).contiguous(), cb = cb_in.to(torch::kFloat64).contiguous();
+  const int64_t n = x.size(0), d = x.size(1), k = cb.size(0);
+  const int64_t groups = o.metric.defined() ? metric_shape(x_in, o).groups : 1;
+  auto M = o.metric.defined() ? o.metric.to(torch::kFloat64).contiguous() : torch::eye(d, torch::kFloat64).unsqueeze(0);
+  auto out = torch::empty({n}, torch::kInt64);
+  const double* xp = x.data_ptr<double>();
+  const double* cp = cb.data_ptr<double>();
+  const double* mp = M.data_ptr<double>();
+  std::vector<double> e(d);
+  for (int64_t i = 0; i < n; ++i) {
+    const double* m = mp + (o.metric.defined() ? (i % groups) : 0) * d * d;
+    double best = 1e300;
+    int64_t arg = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      for (int64_t a = 0; a < d; ++a) e[a] = xp[i * d + a] - cp[j * d + a];
+      double v = 0;
+      for (int64_t a = 0; a < d; ++a)
+        for (int64_t b = 0; b < d; ++b) v += e[a] * m[a * d + b] * e[b];
+      if (v < best) {
+        best = v;
+        arg = j;
+      }
+    }
+    out[i] = arg;
+  }
+  return out;
+}
+
+torch::Tensor metric_nearest(const torch::Tensor& x, const torch::Tensor& cb, const QuantOptions& o) {
+  torch::NoGradGuard ng;
+  // Without a metric, or for scalars (a positive weight does not move the nearest scalar): Euclidean.
+  if (!o.metric.defined() || x.size(1) == 1) return nearest(x, cb);
+  const MetricShape s = metric_shape(x, o);
+  const int64_t k = cb.size(0);
+  auto L = metric_factors(o.metric);
+  auto P = x.to(torch::kFloat32).reshape({s.rows, s.groups, s.d}).transpose(0, 1);  // groups x rows x d
+  auto out = torch::empty({s.rows, s.groups}, torch::kInt64);
+  const int64_t chunk = std::max<int64_t>(1, (int64_t)(8 << 20) / std::max<int64_t>(1, s.rows * k));
+  auto cb3 = cb.to(torch::kFloat32).unsqueeze(0);
+  for (int64_t g0 = 0; g0 < s.groups; g0 += chunk) {
+    const int64_t g1 = std::min(s.groups, g0 + chunk);
+    auto Lg = L.slice(0, g0, g1);
+    auto T = torch::bmm(P.slice(0, g0, g1), Lg);  // transformed vectors, g x rows x d
+    auto C = torch::matmul(cb3, Lg);              // transformed codewords, g x k x d
+    auto dist = C.pow(2).sum(2).unsqueeze(1) - 2.0f * torch::bmm(T, C.transpose(1, 2));  // + |T|^2, constant
+    out.slice(1, g0, g1).copy_(std::get<1>(dist.min(2)).t());
+  }
+  return out.reshape({-1});
+}
 
 LayerCode quantize_vectors(const torch::Tensor& x_in, const QuantOptions& o) {
   torch::NoGradGuard ng;
@@ -393,7 +552,7 @@ class KqMethod : public Method {
   int algorithm_version() const override { return 1; }
   ParamsBase& params() override { return p_; }
   bool needs_calibration() const override {
-    return (p_.target_bpw > 0 && p_.alloc_proxy != "mse") || p_.finetune.epochs > 0;
+    return (p_.target_bpw > 0 && p_.alloc_proxy != "mse") || p_.kmeans_metric == "output" || p_.finetune.epochs > 0;
   }
 
   std::vector<LayerRecord> compress(CompressContext& ctx) override;
@@ -405,7 +564,25 @@ class KqMethod : public Method {
  private:
   KqParams p_;
 
-  Candidate make_candidate(const Layer& l, kq::LayerRole role, int bits, uint64_t seed) const {
+  // kmeans_metric=output: layer i's metric (the diagonal d x d blocks of its input Gram H, one per
+  // input channel) and row weights (the following BN's scale squared; 1 without a BN).
+  void set_metric(const Model& model, int i, kq::LayerRole role, const torch::Tensor& H, kq::QuantOptions& o) const {
+    if (p_.kmeans_metric != "output") return;
+    const Layer& l = model.layers()[i];
+    BB_CHECK(H.defined(), "kq: no calibration statistics for layer '", l.name, "' (kmeans_metric=output)");
+    const int64_t d = role == kq::LayerRole::kernel ? l.kernel_h() * l.kernel_w() : 1;
+    const int64_t D = H.size(0), G = D / d;
+    BB_CHECK(G * d == D && G * d * l.out_features() == l.weight().numel(), "kq: layer '", l.name,
+             "': input Gram of size ", D, " does not match its weight");
+    o.metric = H.to(torch::kFloat64).reshape({G, d, G, d}).diagonal(0, 0, 2).permute({2, 0, 1}).contiguous();
+    auto s = model.bn_scale(i);
+    o.row_weight = s.defined() ? s.to(torch::kFloat64).pow(2).contiguous()
+                               : torch::ones({l.out_features()}, torch::kFloat64);
+  }
+
+  Candidate make_candidate(const Model& model, int i, kq::LayerRole role, int bits, uint64_t seed,
+                           const torch::Tensor& H = {}) const {
+    const Layer& l = model.layers()[i];
     auto W = l.weight().detach().to(torch::kFloat32);
     auto shape = W.sizes().vec();
     const int64_t d = role == kq::LayerRole::kernel ? shape[2] * shape[3] : 1;
@@ -418,6 +595,7 @@ class KqMethod : public Method {
     o.max_points_per_centroid = p_.max_points_per_centroid;
     o.grid_iters = p_.grid_iters;
     o.seed = layer_seed(seed, l.name, bits);
+    set_metric(model, i, role, H, o);
     Candidate c;
     c.bits = bits;
     c.code = kq::quantize_vectors(W.reshape({-1, d}), o);
@@ -471,11 +649,20 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
 void KqMethod::choose_fixed(CompressContext& ctx, const std::vector<kq::LayerRole>& roles,
                             std::vector<Candidate>& chosen) const {
   const auto& layers = ctx.model->layers();
+  kq::InputGrams grams;
+  grams.H.resize(layers.size());
+  if (p_.kmeans_metric == "output") {
+    BB_CHECK(ctx.calib, "kq: kmeans_metric=output needs a calibration set (--calib)");
+    ctx.phase("calibration");
+    std::vector<bool> wanted(layers.size());
+    for (size_t i = 0; i < layers.size(); ++i) wanted[i] = is_quantized(roles[i]);
+    grams = kq::collect_input_grams(*ctx.model, *ctx.calib, wanted, p_.calib_images, ctx.seed ^ 0xca11b);
+  }
   ctx.phase("kmeans");
   for (int i = 0; i < (int)layers.size(); ++i) {
     if (!is_quantized(roles[i])) continue;
     double t0 = now_seconds();
-    chosen[i] = make_candidate(layers[i], roles[i], kq::fixed_bits_for(roles[i], p_), ctx.seed);
+    chosen[i] = make_candidate(*ctx.model, i, roles[i], kq::fixed_bits_for(roles[i], p_), ctx.seed, grams.H[i]);
     log_debug("kq: " + layers[i].name + " k=" + std::to_string(chosen[i].code.k) + " in " +
               std::to_string(now_seconds() - t0) + " s");
   }
@@ -504,7 +691,7 @@ std::vector<Candidate> KqMethod::layer_candidates(Model& model, int i, kq::Layer
   }
   std::vector<Candidate> out;
   for (int b = lo; b <= hi; ++b) {
-    Candidate c = make_candidate(l, role, b, seed);
+    Candidate c = make_candidate(model, i, role, b, seed, H);
     auto dW = kq::reconstruct(c.code).reshape(W.sizes()) - W;
     if (row_scale.defined()) dW = dW * row_scale.abs().unsqueeze(1);
     if (output_proxy) {
@@ -530,11 +717,14 @@ void KqMethod::choose_for_target(CompressContext& ctx, const std::vector<kq::Lay
   kq::InputGrams grams;
   grams.H.resize(L);
   grams.rows.assign(L, 0);
-  if (p_.alloc_proxy != "mse") {
-    BB_CHECK(ctx.calib, "kq: target_bpw with alloc_proxy=", p_.alloc_proxy,
-             " needs a calibration set (--calib), or use alloc_proxy=mse");
+  if (p_.alloc_proxy != "mse" || p_.kmeans_metric == "output") {
+    BB_CHECK(ctx.calib, "kq: target_bpw with alloc_proxy=", p_.alloc_proxy, " kmeans_metric=", p_.kmeans_metric,
+             " needs a calibration set (--calib), or use alloc_proxy=mse kmeans_metric=weight");
     ctx.phase("calibration");
-    grams = kq::collect_input_grams(model, *ctx.calib, alloc, p_.calib_images, ctx.seed ^ 0xca11b);
+    std::vector<bool> wanted = alloc;  // the metric also needs the quantized layers outside the scope
+    if (p_.kmeans_metric == "output")
+      for (int i = 0; i < L; ++i) wanted[i] = is_quantized(roles[i]);
+    grams = kq::collect_input_grams(model, *ctx.calib, wanted, p_.calib_images, ctx.seed ^ 0xca11b);
   }
   ctx.phase("candidates");
   double fixed_bits = 0;
@@ -548,7 +738,7 @@ void KqMethod::choose_for_target(CompressContext& ctx, const std::vector<kq::Lay
     scope_weights += l.weight().numel();
     if (!alloc[i]) {
       if (is_quantized(roles[i])) {  // not reachable today (scope covers every quantized layer it counts)
-        chosen[i] = make_candidate(l, roles[i], kq::fixed_bits_for(roles[i], p_), ctx.seed);
+        chosen[i] = make_candidate(model, i, roles[i], kq::fixed_bits_for(roles[i], p_), ctx.seed, grams.H[i]);
         fixed_bits += 8.0 * kq::record_file_bytes(chosen[i].rec);
       } else {
         fixed_bits += 8.0 * kq::kept_file_bytes(l);
@@ -579,7 +769,7 @@ void KqMethod::choose_for_target(CompressContext& ctx, const std::vector<kq::Lay
   // Out-of-scope quantized layers (linear layers under target_scope=conv) use their fixed width.
   for (int i = 0; i < L; ++i)
     if (is_quantized(roles[i]) && !in_scope(i))
-      chosen[i] = make_candidate(layers[i], roles[i], kq::fixed_bits_for(roles[i], p_), ctx.seed);
+      chosen[i] = make_candidate(model, i, roles[i], kq::fixed_bits_for(roles[i], p_), ctx.seed, grams.H[i]);
   double achieved = (ar.rate + fixed_bits) / (double)scope_weights;
   double max_bits = fixed_bits;
   for (const auto& pts : points) {

@@ -32,6 +32,11 @@ struct KqParams : ParamsBase {
   int kmeans_iters = 25;              // Lloyd iterations of the float k-means
   int max_points_per_centroid = 256;  // train k-means on at most k*this kernels (all are assigned)
   int grid_iters = 5;                 // Lloyd iterations on the quantized grid after codebook quantization
+  // Clustering distance. weight: Euclidean in weight space (plain k-means). output: each kernel's
+  // contribution to the layer-output error after the following BN, s_o^2 (w-c)^T H_c (w-c) with
+  // H_c the Gram matrix of its input channel's patches on calibration images (cross-channel
+  // terms dropped): k-means under that metric, started from the Euclidean solution.
+  std::string kmeans_metric = "weight";
   // --- storage ---
   std::string coder = "fixed";  // index streams: fixed (paper) | huffman | rans
   // --- rate target (replaces index_bits / pointwise_bits / fc_bits per layer) ---
@@ -88,12 +93,27 @@ struct QuantOptions {
   int max_points_per_centroid = 256;
   int grid_iters = 5;
   uint64_t seed = 1;
+  // Output-aware clustering (kmeans_metric=output; plain mode only). The n vectors are the rows
+  // of a (rows x groups x d) weight: vector i belongs to row o = i / groups and input group
+  // c = i % groups, and its error e costs row_weight[o] * e^T metric[c] e. Undefined: Euclidean.
+  torch::Tensor metric;      // groups x d x d float64, symmetric positive semi-definite
+  torch::Tensor row_weight;  // rows float64, > 0
 };
 
 // x: n x d float32 (one row per kernel). Float k-means (k-means++ init, subsampled training),
 // codebook quantization to the grid, then Lloyd on the grid: every vector assigned to its nearest
 // quantized codeword (jointly with the gain in gain_shape mode), codewords re-estimated and rounded.
+// With o.metric: after the Euclidean k-means, Lloyd iterations under the metric (assignment by
+// the metric distance, codeword = the metric-weighted least-squares centre of its members).
 LayerCode quantize_vectors(const torch::Tensor& x, const QuantOptions& o);
+
+// The metric error sum_i row_weight[o(i)] * e_i^T metric[c(i)] e_i of reconstructing x by rec
+// (both n x d); the Euclidean squared error without a metric.
+double metric_error(const torch::Tensor& x, const torch::Tensor& rec, const QuantOptions& o);
+// Nearest codeword of every vector under o's metric (Euclidean without one); plain loop over
+// vectors and codewords, the reference the fast path is tested against.
+torch::Tensor metric_nearest_ref(const torch::Tensor& x, const torch::Tensor& cb, const QuantOptions& o);
+torch::Tensor metric_nearest(const torch::Tensor& x, const torch::Tensor& cb, const QuantOptions& o);
 
 // n x d float32 reconstruction; the one function both compress() and decode() use.
 torch::Tensor reconstruct(const LayerCode& c);
