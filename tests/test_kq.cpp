@@ -169,7 +169,7 @@ TEST_CASE("kq: compress is deterministic and decode(parse(serialize)) equals the
     for (std::string coder : {"fixed", "rans"}) {
       auto run = [&](std::vector<uint8_t>* bytes, std::map<std::string, torch::Tensor>* weights) {
         auto model = random_model("cifar_resnet20", 1);
-        auto m = kq_method({{"index_bits", "5"}, {"kernel_mode", mode}, {"coder", coder}, {"first_conv", "kq"},
+        auto m = kq_method({{"index_bits", "5"}, {"kernel_mode", mode}, {"kmeans_metric", "weight"}, {"coder", coder}, {"first_conv", "kq"},
                             {"kmeans_iters", "8"}});
         CompressContext ctx;
         ctx.model = model.get();
@@ -198,7 +198,7 @@ TEST_CASE("kq: compress is deterministic and decode(parse(serialize)) equals the
 
 TEST_CASE("kq: nominal estimate matches the serialised bytes", "[kq]") {
   auto model = random_model("cifar_resnet20", 2);
-  auto m = kq_method({{"index_bits", "6"}, {"first_conv", "kq"}, {"kmeans_iters", "5"}});
+  auto m = kq_method({{"index_bits", "6"}, {"first_conv", "kq"}, {"kmeans_iters", "5"}, {"kmeans_metric", "weight"}});
   CompressContext ctx;
   ctx.model = model.get();
   BbzFile f;
@@ -251,7 +251,7 @@ TEST_CASE("kq: target_bpw lands within 2% of the target on real bytes", "[kq]") 
   auto model = random_model("cifar_resnet20", 3);
   const int64_t nweights = model->num_weights();
   for (double target : {0.8, 1.2, 1.8}) {
-    auto m = kq_method({{"target_bpw", std::to_string(target)}, {"alloc_proxy", "mse"}, {"kmeans_iters", "6"},
+    auto m = kq_method({{"target_bpw", std::to_string(target)}, {"alloc_proxy", "mse"}, {"kmeans_metric", "weight"}, {"kmeans_iters", "6"},
                         {"first_conv", "kq"}, {"alloc_max_bits", "8"}});
     auto mm = random_model("cifar_resnet20", 3);
     CompressContext ctx;
@@ -286,7 +286,7 @@ TEST_CASE("kq: the output proxy weighs a layer's error by the following BN's sca
       for (auto& kv : mm->named_parameters())
         if (kv.key() == "layer2.2.bn2.weight") kv.value().fill_(gamma);
     }
-    auto m = kq_method({{"target_bpw", "1.2"}, {"alloc_proxy", proxy}, {"kmeans_iters", "6"}, {"calib_images", "64"},
+    auto m = kq_method({{"target_bpw", "1.2"}, {"alloc_proxy", proxy}, {"kmeans_metric", "weight"}, {"kmeans_iters", "6"}, {"calib_images", "64"},
                         {"alloc_max_bits", "8"}});
     CompressContext ctx;
     ctx.model = mm.get();
@@ -328,7 +328,7 @@ TEST_CASE("kq: bad parameters and corrupt records are clear errors", "[kq]") {
   }
 
   auto model = random_model("cifar_resnet20", 4);
-  auto m = kq_method({{"index_bits", "4"}, {"kmeans_iters", "3"}});
+  auto m = kq_method({{"index_bits", "4"}, {"kmeans_iters", "3"}, {"kmeans_metric", "weight"}});
   CompressContext ctx;
   ctx.model = model.get();
   auto recs = m->compress(ctx);
@@ -349,7 +349,7 @@ TEST_CASE("kq: bad parameters and corrupt records are clear errors", "[kq]") {
     REQUIRE_THROWS_AS(m->decode(bad), Error);
   }
   SECTION("target below the reachable rate") {
-    auto t = kq_method({{"target_bpw", "0.01"}, {"alloc_proxy", "mse"}, {"kmeans_iters", "2"}, {"alloc_max_bits", "2"}});
+    auto t = kq_method({{"target_bpw", "0.01"}, {"alloc_proxy", "mse"}, {"kmeans_metric", "weight"}, {"kmeans_iters", "2"}, {"alloc_max_bits", "2"}});
     auto mm = random_model("cifar_resnet20", 4);
     CompressContext c2;
     c2.model = mm.get();

@@ -8,6 +8,7 @@
 #include "report/table.h"
 #include "runner/experiment.h"
 #include "runner/runner.h"
+#include "data/dataset.h"
 
 #include <csignal>
 #include <fcntl.h>
@@ -70,6 +71,23 @@ TEST_CASE("run IDs are stable under YAML key order", "[runner]") {
   REQUIRE(run_id(ea.runs[0]) == run_id(eb.runs[0]));
   auto c = write_file(t.str(), "c.yaml", "experiment: x\nmodels: [cifar_resnet20]\nruns:\n  - method: uniform\n    params: {bits: 4, coder: huffman}\n");
   REQUIRE(run_id(load_experiment(c, "", t.str()).runs[0]) != run_id(ea.runs[0]));
+}
+
+TEST_CASE("a run's identity names its calibration data exactly when its parameters make it read them", "[runner]") {
+  // fp32 reads training images only when it fine-tunes: the identity must then name them, so a
+  // changed training set cannot reuse the cached record (the method's default does not).
+  TempDir t;
+  auto p = write_file(t.str(), "e.yaml",
+                      "experiment: x\nmodels: [cifar_resnet20]\ncalibration: cifar10-jpeg-train\nruns:\n"
+                      "  - method: fp32\n  - method: fp32\n    params: {finetune_epochs: 1}\n"
+                      "  - method: kq\n    params: {kmeans_metric: weight, alloc_proxy: mse, target_bpw: 2}\n"
+                      "  - method: kq\n    params: {kmeans_metric: weight, alloc_proxy: output, target_bpw: 2}\n");
+  auto ex = load_experiment(p, "", t.str());
+  REQUIRE(ex.runs.size() == 4);
+  CHECK(run_identity(ex.runs[0])["calibration"].is_null());
+  CHECK(run_identity(ex.runs[1])["calibration"] == dataset_run_identity("cifar10-jpeg-train"));
+  CHECK(run_identity(ex.runs[2])["calibration"].is_null());
+  CHECK(run_identity(ex.runs[3])["calibration"] == dataset_run_identity("cifar10-jpeg-train"));
 }
 
 TEST_CASE("schema errors name file, line and key", "[runner]") {

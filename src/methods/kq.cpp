@@ -60,8 +60,8 @@ void KqParams::bind(ParamBinder& b) {
   b.field("target_scope", target_scope, "what target_bpw counts: all conv+linear weights, or conv weights only",
           {"all", "conv"});
   b.field("alloc_proxy", alloc_proxy,
-          "allocation distortion: output = layer-output error on calibration inputs after the following BN's "
-          "scale |gamma|/sigma; output_prebn = the same before the BN; mse = weight MSE",
+          "allocation distortion: mse = weight MSE; output = layer-output error on calibration inputs after the "
+          "following BN's scale |gamma|/sigma; output_prebn = the same before the BN",
           {"output", "output_prebn", "mse"});
   b.field("alloc_min_bits", alloc_min_bits, "smallest candidate index width in the allocation");
   b.field("alloc_max_bits", alloc_max_bits, "largest candidate index width in the allocation");

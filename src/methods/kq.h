@@ -36,16 +36,16 @@ struct KqParams : ParamsBase {
   // contribution to the layer-output error after the following BN, s_o^2 (w-c)^T H_c (w-c) with
   // H_c the Gram matrix of its input channel's patches on calibration images (cross-channel
   // terms dropped): k-means under that metric, started from the Euclidean solution.
-  std::string kmeans_metric = "weight";
+  std::string kmeans_metric = "output";
   // --- storage ---
   std::string coder = "fixed";  // index streams: fixed (paper) | huffman | rans
   // --- rate target (replaces index_bits / pointwise_bits / fc_bits per layer) ---
   double target_bpw = 0;             // > 0: choose each layer's index width by Lagrangian allocation
   std::string target_scope = "all";  // all: bits per conv+linear weight | conv: per conv weight (bpw_yu_conv)
-  // Allocation distortion. output: the layer's output error on calibration inputs after the
-  // following BN's scale |gamma|/sigma (the error the next layer sees); output_prebn: the same
-  // before the BN (under-weights layers whose BN amplifies); mse: weight MSE.
-  std::string alloc_proxy = "output";
+  // Allocation distortion. mse: weight MSE (default, chosen on the validation split with
+  // kmeans_metric=output: docs/methods/kq.md); output: the layer's output error on calibration
+  // inputs after the following BN's scale |gamma|/sigma; output_prebn: the same before the BN.
+  std::string alloc_proxy = "mse";
   int alloc_min_bits = 1;            // candidate index widths per layer: [min, max]
   int alloc_max_bits = 10;
   int calib_images = 256;            // calibration images for the output proxy and statistics

@@ -156,6 +156,9 @@ nlohmann::json resolved_config(const RunSpec& r) {
   auto method = make_method(r.method);
   j["params"] = r.resolved_params();
   j["algorithm_version"] = method->algorithm_version();
+  // Whether the run reads calibration data depends on its parameters (fine-tuning, a data-aware
+  // proxy): ask the method with the run's parameters applied, as the pipeline does.
+  ParamBinder::apply(method->params(), r.params, r.where.empty() ? "method '" + r.method + "'" : r.where);
   if (method->needs_calibration()) {
     const std::string calib =
         r.calibration.empty() ? default_calibration(make_model(r.model)->input_spec().family) : r.calibration;
