@@ -6,11 +6,16 @@
 //   BM_gptq_loop/blocked/<D>    the column loop alone (factor included) on one 512 x D layer
 //                               with a given H, for the ResNet-18 row sizes D = 576 .. 4608
 //   BM_gptq_loop/reference/<D>  the unblocked reference loop on the same layer
+//   BM_gptq_factor/<D>          gptq_factor alone (the upper Cholesky factor of H^-1), D x D
+//   BM_gptq_gram/<kind>/<D>/<b> one chunk's float32 Gram P^T P (P: 16M / D x D, the chunk size of
+//                               GptqGram): kind dnnl = gptq_gram_f32 with column blocks of b,
+//                               blas = gram_upper (OpenBLAS)
 #include <benchmark/benchmark.h>
 
 #include "data/dataset.h"
 #include "methods/method.h"
 #include "models/registry.h"
+#include "quant/activations.h"
 #include "quant/gptq.h"
 
 #include <map>
@@ -75,5 +80,25 @@ void BM_gptq_loop(benchmark::State& st, bool ref) {
 }
 BENCHMARK_CAPTURE(BM_gptq_loop, blocked, false)->Arg(576)->Arg(1152)->Arg(2304)->Arg(4608)->Unit(benchmark::kMillisecond)->Iterations(1);
 BENCHMARK_CAPTURE(BM_gptq_loop, reference, true)->Arg(576)->Arg(2304)->Unit(benchmark::kMillisecond)->Iterations(1);
+
+void BM_gptq_factor(benchmark::State& st) {
+  torch::Tensor W, H;
+  layer_and_hessian(st.range(0), W, H);
+  bb::GptqOptions o;
+  o.act_order = true;
+  for (auto _ : st) benchmark::DoNotOptimize(bb::gptq_factor(H, o).U.data_ptr());
+  st.counters["gflop"] = 2.0 / 3.0 * std::pow((double)st.range(0), 3) * 1e-9;
+}
+BENCHMARK(BM_gptq_factor)->Arg(1152)->Arg(2304)->Arg(4608)->Unit(benchmark::kMillisecond)->Iterations(1);
+
+void BM_gptq_gram(benchmark::State& st, bool dnnl) {
+  const int64_t D = st.range(0), n = (16 << 20) / D;
+  torch::manual_seed(3);
+  auto P = torch::randn({n, D});
+  for (auto _ : st) benchmark::DoNotOptimize((dnnl ? bb::gptq_gram_f32(P, st.range(1)) : bb::gram_upper(P)).data_ptr());
+  st.counters["GFLOP/s"] = benchmark::Counter(2.0 * (double)n * D * D * 1e-9, benchmark::Counter::kIsRate);
+}
+BENCHMARK_CAPTURE(BM_gptq_gram, dnnl, true)->ArgsProduct({{576, 1152, 4608}, {384, 768}})->Unit(benchmark::kMillisecond)->Iterations(2)->UseRealTime();
+BENCHMARK_CAPTURE(BM_gptq_gram, blas, false)->Args({576, 0})->Args({1152, 0})->Args({4608, 0})->Unit(benchmark::kMillisecond)->Iterations(2)->UseRealTime();
 
 }  // namespace

@@ -62,6 +62,39 @@ TEST_CASE("gptq: the blocked loop gives the codes of the unblocked reference", "
       }
 }
 
+TEST_CASE("gptq: the factor is the upper Cholesky factor of (H + damp*I)^-1", "[gptq]") {
+  // gptq_factor takes one Cholesky factorisation and a triangular inverse; the construction it
+  // replaced (GPTQ's reference code: Cholesky, cholesky_inverse, Cholesky) must give the same U.
+  torch::Tensor W, H;
+  random_layer(4, 300, 2, 17, W, H);
+  for (bool act_order : {false, true}) {
+    INFO("act_order " << act_order);
+    GptqOptions o;
+    o.act_order = act_order;
+    o.damp = 0.01;
+    const GptqFactor f = gptq_factor(H, o);
+    // The old construction, on the same permuted, dead-patched, damped H.
+    auto Hd = H.clone();
+    Hd.diagonal().masked_fill_(Hd.diagonal().eq(0), 1.0);
+    auto perm = torch::tensor(f.order, torch::kInt64);
+    Hd = Hd.index_select(0, perm).index_select(1, perm);
+    Hd.diagonal().add_(o.damp * Hd.diagonal().mean().item<double>());
+    auto U_old = torch::linalg_cholesky(torch::cholesky_inverse(torch::linalg_cholesky(Hd)), /*upper=*/true);
+    REQUIRE(f.U.scalar_type() == torch::kFloat64);
+    REQUIRE(torch::equal(f.U, f.U.triu()));
+    REQUIRE(f.U.diagonal().min().item<double>() > 0);
+    const double rel = (f.U - U_old).abs().max().item<double>() / U_old.abs().max().item<double>();
+    INFO("max |U - U_old| / max |U_old| = " << rel);
+    REQUIRE(rel < 1e-10);
+    // U^T U is the inverse of the damped H.
+    REQUIRE(torch::allclose(torch::mm(torch::mm(f.U.t(), f.U), Hd), torch::eye(300, torch::kFloat64), 0, 1e-8));
+  }
+  // A damped H that is not positive definite is an error.
+  GptqOptions o;
+  o.damp = 0;
+  REQUIRE_THROWS(gptq_factor(-H, o));
+}
+
 TEST_CASE("gptq: error compensation lowers the layer-output error of round-to-nearest", "[gptq]") {
   torch::Tensor W, H;
   random_layer(32, 96, 0, 5, W, H);

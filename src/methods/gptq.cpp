@@ -16,6 +16,7 @@
 #include "common/error.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "common/timer.h"
 #include "coding/bbz.h"
 #include "coding/symbols.h"
 #include "data/loader.h"
@@ -164,7 +165,12 @@ GptqGrid step_grid_for(const torch::Tensor& W, double step, double range_factor,
 // Collects every wanted layer's H in one pass of the calibration images (parallel mode).
 struct GramTap : LayerTap {
   std::vector<GptqGram>* grams;
-  void on_input(int l, const torch::Tensor& x) override { (*grams)[l].add(x); }
+  double seconds = 0;  // spent in the Gram products (the rest of a pass is the forward pass)
+  void on_input(int l, const torch::Tensor& x) override {
+    const double t0 = now_seconds();
+    (*grams)[l].add(x);
+    seconds += now_seconds() - t0;
+  }
 };
 
 struct LayerResult {
@@ -177,12 +183,14 @@ struct LayerResult {
 class GptqMethod : public Method {
  public:
   std::string name() const override { return "gptq"; }
-  int algorithm_version() const override { return 1; }
+  int algorithm_version() const override { return 2; }  // 2: H via oneDNN, U via one Cholesky + dtrtri
   ParamsBase& params() override { return p_; }
   bool needs_calibration() const override { return true; }
 
   std::vector<LayerRecord> compress(CompressContext& ctx) override {
     torch::NoGradGuard ng;
+    t_ = Timing{};
+    const double t_start = now_seconds();
     BB_CHECK(ctx.model, "gptq: no model");
     BB_CHECK(ctx.calib, "gptq: needs a calibration dataset");
     Model& model = *ctx.model;
@@ -202,9 +210,13 @@ class GptqMethod : public Method {
     auto quantize_at = [&](int l, const GptqFactor& f, const GptqGrid& g) {
       LayerResult r;
       r.grid = g;
+      const double t0 = now_seconds();
       r.q = gptq_quantize(W[l], f, g, go);
+      const double t1 = now_seconds();
       r.rec = encode_layer(layers[l].name, layers[l].weight().sizes().vec(), g, r.q.codes, p_.bits, coder);
       r.bits = record_bits(r.rec);
+      t_.loop += t1 - t0;
+      t_.encode += now_seconds() - t1;
       return r;
     };
     auto set_weight = [&](int l, const LayerResult& r) {
@@ -216,7 +228,7 @@ class GptqMethod : public Method {
     if (!p_.sequential || p_.bits == 0) {
       ctx.phase("hessian");
       H = parallel_grams(model, images);
-      for (int l = 0; l < L; ++l) F[l] = gptq_factor(H[l], go);
+      for (int l = 0; l < L; ++l) F[l] = timed_factor(H[l], go);
     }
     std::vector<double> steps(L, 0);  // bits = 0: the step of each layer
     if (p_.bits == 0) {
@@ -230,9 +242,17 @@ class GptqMethod : public Method {
     for (int l = 0; l < L; ++l) {
       if (p_.sequential) {
         GptqGram g(PatchGeometry::of(layers[l]));
-        for_each_layer_input(model, l, images, p_.calib_batch, [&](const torch::Tensor& x, int64_t) { g.add(x); });
+        const double t0 = now_seconds();
+        double tg = 0;
+        for_each_layer_input(model, l, images, p_.calib_batch, [&](const torch::Tensor& x, int64_t) {
+          const double a = now_seconds();
+          g.add(x);
+          tg += now_seconds() - a;
+        });
+        t_.gram += tg;
+        t_.forward += now_seconds() - t0 - tg;
         H[l] = g.H;
-        F[l] = gptq_factor(H[l], go);
+        F[l] = timed_factor(H[l], go);
       }
       const GptqGrid grid = p_.bits > 0 ? gptq_minmax_grid(W[l], p_.bits, /*fp16_scale=*/true) : step_grid_for(W[l], steps[l], p_.clamp_range, p_.deadzone);
       LayerResult r = quantize_at(l, F[l], grid);
@@ -245,6 +265,11 @@ class GptqMethod : public Method {
       ctx.rate_note += " Sequential re-quantization at the allocated steps (H from the quantized network) gives " +
                        std::to_string(bpw) + " bpw_core.";
     log_info("gptq: " + std::to_string(bpw) + " bpw_core over " + std::to_string(L) + " layers");
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "gptq time: %.1f s (forward passes %.1f, H %.1f, factor %.1f, column loop %.1f, encode %.1f)",
+                  now_seconds() - t_start, t_.forward, t_.gram, t_.factor, t_.loop, t_.encode);
+    log_info(buf);
     return out;
   }
 
@@ -301,6 +326,17 @@ class GptqMethod : public Method {
 
  private:
   GptqParams p_;
+  // Wall seconds of compress()'s parts (logged at its end: where the time goes).
+  struct Timing {
+    double forward = 0, gram = 0, factor = 0, loop = 0, encode = 0;
+  } t_;
+
+  GptqFactor timed_factor(const torch::Tensor& H, const GptqOptions& go) {
+    const double t0 = now_seconds();
+    GptqFactor f = gptq_factor(H, go);
+    t_.factor += now_seconds() - t0;
+    return f;
+  }
 
   std::vector<int64_t> grams_rows_;  // im2col rows behind each H of parallel_grams
 
@@ -310,8 +346,11 @@ class GptqMethod : public Method {
     GramTap tap;
     tap.grams = &grams;
     TapScope scope(model, &tap);
+    const double t0 = now_seconds();
     for (int64_t s = 0; s < images.size(0); s += p_.calib_batch)
       model.forward(images.slice(0, s, std::min(images.size(0), s + p_.calib_batch)));
+    t_.gram += tap.seconds;
+    t_.forward += now_seconds() - t0 - tap.seconds;
     std::vector<torch::Tensor> H;
     grams_rows_.clear();
     for (auto& g : grams) {

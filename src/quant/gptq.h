@@ -89,8 +89,12 @@ std::vector<int64_t> gptq_column_order(const torch::Tensor& H, bool act_order);
 // error on the calibration inputs (row_scale = the following BN's scale: the BN output's error).
 double gptq_output_error(const torch::Tensor& dW, const torch::Tensor& H, const torch::Tensor& row_scale);
 
+// P^T P of an n x D float32 matrix (float32, symmetric bit for bit): oneDNN's GEMM where libtorch
+// has it, else gram_upper (quant/activations.h).
+torch::Tensor gptq_gram_f32(const torch::Tensor& P, int64_t block = 384);
+
 // H = X^T X over every im2col row of the inputs seen (every output position of every image),
-// accumulated in float64 (each batch's Gram in float32 via gram_upper, added in float64).
+// accumulated in float64 (each chunk's Gram in float32 via gptq_gram_f32, added in float64).
 struct GptqGram {
   PatchGeometry geom;
   torch::Tensor H;   // float64 D x D
