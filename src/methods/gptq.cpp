@@ -183,7 +183,7 @@ struct LayerResult {
 class GptqMethod : public Method {
  public:
   std::string name() const override { return "gptq"; }
-  int algorithm_version() const override { return 2; }  // 2: H via oneDNN, U via one Cholesky + dtrtri
+  int algorithm_version() const override { return 3; }  // 2: H via oneDNN, U via one Cholesky + dtrtri; 3: H independent of the thread count
   ParamsBase& params() override { return p_; }
   bool needs_calibration() const override { return true; }
 

@@ -5,6 +5,12 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/mkldnn_linear_backward_weights.h>
 #include <dlfcn.h>
+#include <omp.h>
+
+#include <atomic>
+#include <functional>
+#include <mutex>
+#include <thread>
 
 #include <algorithm>
 #include <cmath>
@@ -222,6 +228,37 @@ double gptq_output_error(const torch::Tensor& dW_in, const torch::Tensor& H, con
   return per_row.sum().item<double>();
 }
 
+namespace {
+
+// Runs fn(0 .. T-1) on at::get_num_threads() worker threads, each with an OpenMP team size of 1:
+// oneDNN plans its work (and splits its sums) by the OpenMP threads it sees, so every task gets
+// the same single-threaded plan whatever the thread count. (oneDNN called from inside an
+// at::parallel_for region hung with 2 threads here.)
+void run_single_threaded_tasks(int64_t T, const std::function<void(int64_t)>& fn) {
+  const int64_t nw = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), T));
+  std::atomic<int64_t> next{0};
+  std::mutex m;
+  std::exception_ptr err;
+  auto work = [&] {
+    omp_set_num_threads(1);
+    torch::NoGradGuard ng;
+    for (int64_t t; (t = next++) < T;) {
+      try {
+        fn(t);
+      } catch (...) {
+        std::lock_guard<std::mutex> l(m);
+        if (!err) err = std::current_exception();
+      }
+    }
+  };
+  std::vector<std::thread> th;
+  for (int64_t i = 0; i < nw; ++i) th.emplace_back(work);
+  for (auto& x : th) x.join();
+  if (err) std::rethrow_exception(err);
+}
+
+}  // namespace
+
 torch::Tensor gptq_gram_f32(const torch::Tensor& P_in, int64_t block) {
   torch::NoGradGuard ng;
   BB_CHECK(P_in.dim() == 2 && P_in.scalar_type() == torch::kFloat32, "gptq_gram_f32: expects an n x D float32 matrix, got ",
@@ -230,20 +267,37 @@ torch::Tensor gptq_gram_f32(const torch::Tensor& P_in, int64_t block) {
   if (!at::hasMKLDNN() || n == 0 || D == 0) return gram_upper(P_in);
   // oneDNN's inner-product weight gradient dY^T X (its JIT GEMM picks its kernels from the CPU's
   // features, where OpenBLAS may fall back to generic SSE3 kernels on a CPU it does not know),
-  // on column blocks of ~384: the blocks on and above the diagonal only, (nb + 1) / (2 nb) of the
-  // full product's flops. The upper triangle is mirrored, so G is symmetric bit for bit.
+  // on column blocks of ~`block`: the blocks on and above the diagonal only, (nb + 1) / (2 nb) of
+  // the full product's flops. The result must not depend on the thread count (oneDNN splits its
+  // sums by the threads it has): the rows are cut into fixed slabs, every (block pair, slab)
+  // product is one single-threaded task (run_single_threaded_tasks), and the
+  // slabs' products are summed in slab order. The upper triangle is mirrored, so G is symmetric
+  // bit for bit.
   BB_CHECK(block >= 1, "gptq_gram_f32: block must be >= 1");
-  const int64_t nb = std::max<int64_t>(1, D / block);
+  const int64_t nb = std::max<int64_t>(1, D / block), slab = 8192, ns = (n + slab - 1) / slab;
   std::vector<int64_t> edge(nb + 1);
   for (int64_t a = 0; a <= nb; ++a) edge[a] = a * D / nb;
-  std::vector<torch::Tensor> blk(nb);
-  for (int64_t a = 0; a < nb; ++a) blk[a] = P_in.slice(1, edge[a], edge[a + 1]).contiguous().to_mkldnn();
-  auto G = torch::empty({D, D}, torch::kFloat32);
+  std::vector<std::pair<int64_t, int64_t>> pairs;
   for (int64_t a = 0; a < nb; ++a)
-    for (int64_t b = a; b < nb; ++b)
-      G.slice(0, edge[a], edge[a + 1])
-          .slice(1, edge[b], edge[b + 1])
-          .copy_(std::get<0>(at::mkldnn_linear_backward_weights(blk[a], blk[b], P_in, /*bias_defined=*/false)));
+    for (int64_t b = a; b < nb; ++b) pairs.emplace_back(a, b);
+  const int64_t np = (int64_t)pairs.size();
+  std::vector<torch::Tensor> op(ns * nb);    // slab s, block a at s * nb + a (mkldnn layout)
+  std::vector<torch::Tensor> part(np * ns);  // pair p, slab s at p * ns + s
+  run_single_threaded_tasks(ns * nb, [&](int64_t t) {
+    const int64_t s = t / nb, a = t % nb;
+    op[t] = P_in.slice(0, s * slab, std::min(n, (s + 1) * slab)).slice(1, edge[a], edge[a + 1]).contiguous().to_mkldnn();
+  });
+  run_single_threaded_tasks(np * ns, [&](int64_t t) {
+    const auto [a, b] = pairs[t / ns];
+    const int64_t s = t % ns;
+    part[t] = std::get<0>(at::mkldnn_linear_backward_weights(op[s * nb + a], op[s * nb + b], P_in, /*bias_defined=*/false));
+  });
+  auto G = torch::empty({D, D}, torch::kFloat32);
+  for (int64_t p = 0; p < np; ++p) {
+    auto acc = part[p * ns];
+    for (int64_t s = 1; s < ns; ++s) acc = acc + part[p * ns + s];
+    G.slice(0, edge[pairs[p].first], edge[pairs[p].first + 1]).slice(1, edge[pairs[p].second], edge[pairs[p].second + 1]).copy_(acc);
+  }
   auto upper = G.triu();
   return upper + upper.triu(1).t();
 }
