@@ -153,6 +153,23 @@ TEST_CASE("gptq: the input Gram is X^T X of every im2col row, in float64", "[gpt
   REQUIRE(torch::allclose(gram.H, torch::mm(P.t(), P), 1e-5, 1e-5));
 }
 
+TEST_CASE("gptq: the float32 Gram is P^T P, symmetric, and the same with any thread count", "[gptq]") {
+  torch::manual_seed(4);
+  auto P = torch::randn({20000, 800});  // > 1 row slab (8192), > 1 column block (384)
+  const int threads = at::get_num_threads();
+  at::set_num_threads(1);
+  auto G1 = gptq_gram_f32(P);
+  at::set_num_threads(3);
+  auto G3 = gptq_gram_f32(P);
+  at::set_num_threads(threads);
+  auto G = gptq_gram_f32(P);
+  REQUIRE(torch::equal(G1, G3));
+  REQUIRE(torch::equal(G1, G));
+  REQUIRE(torch::equal(G, G.t()));
+  auto P64 = P.to(torch::kFloat64);
+  REQUIRE(torch::allclose(G.to(torch::kFloat64), torch::mm(P64.t(), P64), 1e-4, 1e-2));
+}
+
 TEST_CASE("gptq: decode rebuilds the weights the method quantized, from the record's bytes", "[gptq]") {
   const BbzFile& f = bbtest::smoke_file("gptq");
   auto m = make_method("gptq");
