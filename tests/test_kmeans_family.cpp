@@ -37,10 +37,12 @@ TEST_CASE("kmeans and hessian_kmeans: two names with the same parameters and the
   CHECK(jh["coder"] == "huffman");
   CHECK(jh["hessian_gn_max_classes"] == 0);
   CHECK(jk["hessian_gn_max_classes"] != 0);
+  CHECK(jk["init"] == "linear");  // Han et al.'s initialisation, validated (docs/methods/choi.md)
+  CHECK(jh["init"] == "kmeans++");
   // Everything else is the same default.
   int differ = 0;
   for (const auto& k : keys_k) differ += jk[k] != jh[k];
-  CHECK(differ == 5);
+  CHECK(differ == 6);
   // The calibration need follows from the defaults: the Hessian needs data, plain k-means not.
   CHECK(!km->needs_calibration());
   CHECK(hk->needs_calibration());
