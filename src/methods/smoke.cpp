@@ -9,7 +9,7 @@ const std::map<std::string, std::string>& smoke_params(const std::string& method
       {"fp32", {}},
       {"fp16", {}},
       {"uniform", {{"bits", "3"}}},
-      {"kmeans", {{"bits", "2"}, {"max_iter", "10"}}},
+      {"kmeans", {{"bits", "2"}, {"max_iter", "10"}, {"init", "linear"}}},
       {"hessian_kmeans", {{"bits", "2"}, {"max_iter", "10"}, {"target_bpw", "0"}, {"hessian_images", "20"}, {"hessian_batch", "10"}}},
       {"uniform_ecsq", {{"target_bpw", "2"}, {"hessian_images", "20"}, {"hessian_batch", "10"}}},
       {"ecsq", {{"target_bpw", "2"}, {"hessian_images", "20"}, {"hessian_batch", "10"}, {"max_iter", "5"}, {"init_clusters", "64"}}},
