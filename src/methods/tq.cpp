@@ -34,7 +34,7 @@ const FinetuneDecl kTqFinetune{kFtEpochs | kFtLr | kFtMomentum | kFtBatch,
                                "(SGD, cosine decay)"};
 
 struct TqParams : ParamsBase {
-  std::string transform = "klt";      // klt | elt
+  std::string transform = "elt";      // elt (default, chosen on validation: results/tq_ablation) | klt
   std::string transform_side = "row"; // row (basis across input channels, the paper's Table 2) | column
   double target_bpw = 2.0;            // bpw_core (file bits of the conv+FC weights, all side info included)
   std::string target_rate = "core";   // core | young: what target_bpw counts
@@ -51,7 +51,7 @@ struct TqParams : ParamsBase {
   bool transform_inference = false;   // also run the calibration images as y = S (T x) and report
 
   void bind(ParamBinder& b) override {
-    b.field("transform", transform, "klt: eigenvectors of the weight covariance; elt: also whitens the logits' gradient (generalised eigenproblem)", {"klt", "elt"});
+    b.field("transform", transform, "elt (default): also whitens the logits' gradient (generalised eigenproblem; row-ELT of the paper's Table 2); klt: eigenvectors of the weight covariance", {"klt", "elt"});
     b.field("transform_side", transform_side, "row: basis across the input channels, T = Theta U (the paper's Table 2); column: across the output channels, T = U^T Theta", {"row", "column"});
     b.field("target_bpw", target_bpw, "target rate in bits per conv+FC weight (see target_rate)");
     b.field("target_rate", target_rate, "core: target_bpw is bpw_core, the file's bits for the weights (levels, bases, step sizes, headers); young: the paper's rate (T and S levels at their bit depths only)", {"core", "young"});
@@ -341,7 +341,7 @@ class TqMethod : public Method {
     double budget = target;
     std::vector<TqLayerCode> best;
     double best_bits = -1, prev_bits = -1;
-    int rounds = 0;
+    int rounds = 0, stalled = 0;
     for (; rounds < 12; ++rounds) {
       bool feasible = true;
       auto codes = allocate(curves, budget, /*side_info=*/true, &feasible);
@@ -352,9 +352,19 @@ class TqMethod : public Method {
         best_bits = bits;
         best = codes;
       }
-      if (best_bits >= 0.998 * target || bits == prev_bits) break;
+      if (best_bits >= 0.998 * target) break;
+      if (bits == prev_bits) {
+        // The allocation did not change. At or under the target, or with a round at or under it
+        // already kept, stop (as before). Above it with none kept (coarse hulls: e.g. one block
+        // per layer) the correction was smaller than the next hull step down, so it is doubled
+        // each round until the allocation moves.
+        if (bits <= target || best_bits >= 0) break;
+        ++stalled;
+      } else {
+        stalled = 0;
+      }
       prev_bits = bits;
-      budget -= bits - target;
+      budget -= (bits - target) * (bits > target ? std::ldexp(1.0, stalled) : 1.0);
       if (budget <= 0) break;
     }
     if (best_bits < 0)
