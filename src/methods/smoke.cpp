@@ -17,7 +17,7 @@ const std::map<std::string, std::string>& smoke_params(const std::string& method
               {"kmeans_metric", "output"}, {"alloc_proxy", "mse"}}},
       {"pq", {{"em_iters", "2"}, {"calib_images", "16"}, {"patches_per_iter", "512"}}},
       {"gptq", {{"target_bpw", "2"}, {"calib_images", "8"}, {"steps_per_octave", "1"}}},
-      {"tq", {{"target_bpw", "2"}, {"blocks", "1"}, {"calib_images", "2"}, {"batch_size", "2"}, {"step_search", "weight"}}},
+      {"tq", {{"target_bpw", "2"}, {"blocks", "1"}, {"calib_images", "2"}, {"batch_size", "2"}, {"step_search", "weight"}, {"transform", "elt"}}},
       // Lossless and shell-only (no Python): the payload is the layers' weights and their checksum.
       {"external",
        {{"encode", "cp {layer_weights} {out}/w.pt && cksum < {out}/w.pt > {out}/w.sum"},
