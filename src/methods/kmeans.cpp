@@ -2,8 +2,8 @@
 //
 // kmeans: the Deep Compression weight-sharing baseline (Han et al. 2016). Every conv/linear layer
 // gets its own k = 2^bits shared values by (unweighted) scalar k-means with the paper's linear
-// initialisation (or k-means++ seeding) and Lloyd iterations; per-weight indices are stored fixed-width (default), Huffman or rANS coded;
-// the codebook is fp32 (or fp16).
+// initialisation (or k-means++ seeding) and Lloyd iterations; per-weight indices are stored
+// fixed-width (default), Huffman or rANS coded; the codebook is fp32 (or fp16).
 //
 // hessian_kmeans: Hessian-weighted k-means weight sharing (Choi et al., "Towards the Limit of
 // Network Quantization", ICLR 2017). One codebook of k = 2^bits values for the whole network
