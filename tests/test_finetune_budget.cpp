@@ -104,6 +104,49 @@ runs:
   REQUIRE(tq == std::map<std::string, std::string>{{"finetune_epochs", "1"}, {"finetune_batch", "128"}});
   b.epochs = 0.5;
   REQUIRE(finetune_budget_params("kmeans", b, "here").at("finetune_epochs") == "0.5");
+  REQUIRE(finetune_budget_params("kmeans", b, "here").count("prune_retrain_epochs") == 0);
+  // Choi et al.'s pipeline prunes: half the epochs retrain the kept weights, half fine-tune the values.
+  auto pruned = finetune_budget_params("ecsq", b, "here", true);
+  REQUIRE(pruned.at("finetune_epochs") == "0.25");
+  REQUIRE(pruned.at("prune_retrain_epochs") == "0.25");
+  REQUIRE(finetune_budget_params("kq", b, "here", true).count("prune_retrain_epochs") == 0);
+}
+
+TEST_CASE("finetune budget: a Choi block that prunes splits the epochs; one that does not keeps them", "[runner]") {
+  TempDir t;
+  auto p = write_file(t.str(), "e.yaml", R"(experiment: prune
+models: [cifar_resnet20]
+finetune: {epochs: 1}
+runs:
+  - method: ecsq
+    grid: {target_bpw: [1.5], prune_keep: [0.2, 1]}
+)");
+  Experiment ex = load_experiment(p, "", t.str() + "/results");
+  REQUIRE(ex.runs.size() == 2 + 1);
+  int seen = 0;
+  for (const RunSpec& r : ex.runs) {
+    if (r.method != "ecsq") continue;
+    ++seen;
+    if (r.params.at("prune_keep") == "0.2") {
+      REQUIRE(r.params.at("prune_retrain_epochs") == "0.5");
+      REQUIRE(r.params.at("finetune_epochs") == "0.5");
+      REQUIRE(r.finetune_budget["params"]["prune_retrain_epochs"] == "0.5");
+    } else {
+      REQUIRE(r.params.at("prune_retrain_epochs") == "0");  // the method's default, untouched
+      REQUIRE(r.params.at("finetune_epochs") == "1");
+      REQUIRE(r.finetune_budget["params"].count("prune_retrain_epochs") == 0);
+    }
+  }
+  REQUIRE(seen == 2);
+  // prune_keep decides the split, so it cannot be a tuning dimension under a budget.
+  auto q = write_file(t.str(), "q.yaml", R"(models: [cifar_resnet20]
+finetune: {epochs: 1}
+runs:
+  - method: ecsq
+    tune: {space: {prune_keep: [0.2, 1]}}
+)");
+  REQUIRE(error_of([&] { load_experiment(q, "", t.str() + "/results"); }).find("prune_keep cannot be tuned") !=
+          std::string::npos);
 }
 
 TEST_CASE("finetune budget: what cannot take it is an error naming the block", "[runner]") {

@@ -144,8 +144,10 @@ nlohmann::json FinetuneBudget::to_json() const {
 // and batch through its own finetune_* parameters; what differs is which stage they drive and
 // which settings its mechanism lacks:
 //   kmeans, hessian_kmeans, ecsq, uniform_ecsq (Choi et al.): the shared-value fine-tuning
-//       (assignments fixed); pruning + retraining before quantization is not part of the budget
-//       (a block with prune_retrain_epochs > 0 is refused: it would train beyond the budget).
+//       (assignments fixed). A block that prunes (prune_keep < 1, the paper's pipeline) splits
+//       the epochs: half retrain the kept weights with the mask fixed before quantization
+//       (prune_retrain_epochs), half fine-tune the shared values. A block never sets
+//       prune_retrain_epochs itself (it would train beyond the budget).
 //   kq (Yu et al.): codebook fine-tuning, indices fixed.
 //   pq (Stock et al.): the global stage (all codebooks, distillation, BN updating, as the
 //       official code); the per-layer stage (layer_finetune_iters) stays as the block sets it.
@@ -156,7 +158,7 @@ nlohmann::json FinetuneBudget::to_json() const {
 //   uniform, fp16 and any other method: no fine-tuning -> an error (run its block with
 //       `finetune: false`).
 std::map<std::string, std::string> finetune_budget_params(const std::string& method, const FinetuneBudget& b,
-                                                          const std::string& where) {
+                                                          const std::string& where, bool pruned) {
   auto num = [](double v) {
     char buf[64];
     std::snprintf(buf, sizeof buf, "%.17g", v);
@@ -165,6 +167,10 @@ std::map<std::string, std::string> finetune_budget_params(const std::string& met
   static const std::set<std::string> sharing = {"kmeans", "hessian_kmeans", "ecsq", "uniform_ecsq"};
   std::map<std::string, std::string> out = {{"finetune_epochs", num(b.epochs)},
                                             {"finetune_batch", std::to_string(b.batch)}};
+  if (sharing.count(method) && pruned) {
+    out["finetune_epochs"] = num(b.epochs / 2);
+    out["prune_retrain_epochs"] = num(b.epochs / 2);
+  }
   if (sharing.count(method) || method == "kq" || method == "pq" || method == "fp32") {
     out["finetune_max_images"] = std::to_string(b.images);
     if (b.lr_schedule == "constant") {
@@ -439,11 +445,22 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
         auto params = base;
         for (auto& kv : fixed) params[kv.first] = kv.second;
         for (auto& kv : pt) params[kv.first] = kv.second;
-        for (auto& kv : budget_params) params[kv.first] = kv.second;
-        if (apply_budget && params.count("prune_retrain_epochs"))
-          BB_CHECK(std::strtod(params.at("prune_retrain_epochs").c_str(), nullptr) == 0, where,
-                   ": prune_retrain_epochs > 0 would retrain beyond the experiment's finetune budget (its epochs "
-                   "are the shared-value fine-tuning); set it to 0 or give the block `finetune: false`");
+        std::map<std::string, std::string> point_budget;
+        if (apply_budget) {
+          if (params.count("prune_retrain_epochs"))
+            BB_CHECK(std::strtod(params.at("prune_retrain_epochs").c_str(), nullptr) == 0, where,
+                     ": prune_retrain_epochs > 0 would retrain beyond the experiment's finetune budget (a block "
+                     "that prunes gets half the budget's epochs for it); remove it or give the block "
+                     "`finetune: false`");
+          // Pruning (Choi et al.'s pipeline) takes half of the budget for the masked retraining.
+          const bool pruned = params.count("prune_keep") && std::strtod(params.at("prune_keep").c_str(), nullptr) < 1;
+          for (auto& tp : tune_points)
+            BB_CHECK(!tp.count("prune_keep"), tune_where, ": prune_keep cannot be tuned under the experiment's "
+                     "finetune budget (it decides how the budget is split); give it in params or grid");
+          point_budget = finetune_budget_params(method, budget, where + " (method '" + method + "', budget at " +
+                                                                    budget_where + ")", pruned);
+        }
+        for (auto& kv : point_budget) params[kv.first] = kv.second;
         // Validate now (unknown key / bad value -> file:line), before any work.
         auto inst = make_method(method);
         std::string pwhere = where;
@@ -473,7 +490,7 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
           r.tune_points = tune_points;
           if (apply_budget) {
             r.finetune_budget = budget.to_json();
-            r.finetune_budget["params"] = budget_params;
+            r.finetune_budget["params"] = point_budget;
           }
           BB_CHECK(!r.eval.empty(), where, ": no evaluation dataset for model '", m, "' (set 'eval')");
           ex.runs.push_back(r);

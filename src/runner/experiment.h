@@ -65,9 +65,10 @@ struct FinetuneBudget {
 
 // The parameters a budget sets for `method` (as text, e.g. finetune_epochs=1). Throws, naming
 // `where`, for a method that cannot take the budget in its paper's form (no fine-tuning; a
-// setting its mechanism does not have).
+// setting its mechanism does not have). `pruned`: a Choi-family run that prunes (prune_keep < 1);
+// its budget is split between the masked retraining and the shared-value fine-tuning.
 std::map<std::string, std::string> finetune_budget_params(const std::string& method, const FinetuneBudget& b,
-                                                          const std::string& where);
+                                                          const std::string& where, bool pruned = false);
 
 // The label of the expanded FP controls.
 inline constexpr const char* kFpControlLabel = "FP32 + same fine-tuning";
