@@ -435,6 +435,9 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
           BB_CHECK(!m.count(kv.first), where, ": the run block sets '", kv.first, "', which the experiment's finetune "
                    "budget (", budget_where, ") sets for every run; remove it from the block, or give the block "
                    "`finetune: false`");
+      for (auto& tp : tune_points)
+        BB_CHECK(!tp.count("prune_keep"), tune_where, ": prune_keep cannot be tuned under the experiment's "
+                 "finetune budget (it decides how the budget is split); give it in params or grid");
     }
     auto block_models = rb["models"] ? scalar_list(path, rb["models"], "models") : models;
     for (auto& m : block_models)
@@ -454,9 +457,6 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
                      "`finetune: false`");
           // Pruning (Choi et al.'s pipeline) takes half of the budget for the masked retraining.
           const bool pruned = params.count("prune_keep") && std::strtod(params.at("prune_keep").c_str(), nullptr) < 1;
-          for (auto& tp : tune_points)
-            BB_CHECK(!tp.count("prune_keep"), tune_where, ": prune_keep cannot be tuned under the experiment's "
-                     "finetune budget (it decides how the budget is split); give it in params or grid");
           point_budget = finetune_budget_params(method, budget, where + " (method '" + method + "', budget at " +
                                                                     budget_where + ")", pruned);
         }
