@@ -47,6 +47,30 @@ TEST_CASE("params: a renamed parameter is rejected with a hint naming the new on
   CHECK_THAT(error_of(t, {{"n_calibration", "3"}}, "t"), Catch::Contains("unknown parameter 'n_calibration'"));
 }
 
+namespace {
+struct Grown : ParamsBase {
+  int k = 8;
+  std::string mode = "old";
+  void bind(ParamBinder& b) override {
+    b.field("k", k, "k");
+    b.field("mode", mode, "added later; old = what the method did before", {"old", "new"});
+    b.identity_neutral("mode", "old");
+  }
+};
+}  // namespace
+
+TEST_CASE("params: a parameter added at its neutral value leaves the identity as it was", "[params]") {
+  Grown g;
+  // Records list every parameter; the identity omits the added one while it does what the
+  // method did before it existed, so cached runs keep their IDs.
+  CHECK(ParamBinder::to_json(g) == nlohmann::json{{"k", 8}, {"mode", "old"}});
+  CHECK(ParamBinder::identity_json(g) == nlohmann::json{{"k", 8}});
+  ParamBinder::apply(g, {{"mode", "new"}}, "g");
+  CHECK(ParamBinder::identity_json(g) == nlohmann::json{{"k", 8}, {"mode", "new"}});
+  ParamBinder::apply(g, {{"mode", "old"}, {"k", "9"}}, "g");
+  CHECK(ParamBinder::identity_json(g) == nlohmann::json{{"k", 9}});
+}
+
 TEST_CASE("params: every method's old fine-tuning, calibration and coder names are rejected with the new name",
           "[params]") {
   struct Old {

@@ -241,6 +241,57 @@ TEST_CASE("pq layer plans: block sizes, k cap, first conv", "[pq]") {
   REQUIRE(pq_plan_layer(*m, conv1, p).k == 8);  // 48 sub-vectors -> 12 -> 8
 }
 
+TEST_CASE("pq em_sampling=official: kill-the-bits' per-layer sample sizes; init=random", "[pq]") {
+  auto m = make_model("cifar_resnet20");
+  PQParams p;
+  p.validate();
+  const int l1 = m->layer_index("layer1.0.conv1"), l2 = m->layer_index("layer2.0.conv1"),
+            l2b = m->layer_index("layer2.1.conv1"), l3 = m->layer_index("layer3.2.conv2"),
+            fc = m->layer_index("linear");
+  REQUIRE(pq_plan_layer(*m, l3, p).patches_per_iter == 8192);  // fixed: the same on every layer
+  p.em_sampling = "official";
+  p.validate();
+  // n_samples // C_out patch rows, each unrolled into C_in*kh*kw / d sub-patches.
+  REQUIRE(pq_plan_layer(*m, l1, p).patches_per_iter == 1000 / 16 * 16);   // 62 rows x 16 blocks = 992
+  REQUIRE(pq_plan_layer(*m, l2, p).patches_per_iter == 1000 / 32 * 16);   // 31 x 16 (C_in 16) = 496
+  REQUIRE(pq_plan_layer(*m, l2b, p).patches_per_iter == 1000 / 32 * 32);  // 31 x 32 = 992
+  REQUIRE(pq_plan_layer(*m, l3, p).patches_per_iter == 25000 / 64 * 64);  // 390 x 64 = 24,960
+  REQUIRE(pq_plan_layer(*m, fc, p).patches_per_iter == 5000 / 10 * 16);   // 500 x 16 = 8,000
+  // A layer the official rule has no size for is an error naming it, not a silent default.
+  auto vgg = make_model("lenet5");
+  const int v = 1;  // its second conv (the first is kept)
+  REQUIRE(vgg->layers()[v].is_conv());
+  try {
+    pq_plan_layer(*vgg, v, p);
+    FAIL("expected an error");
+  } catch (const Error& e) {
+    CHECK_THAT(std::string(e.what()), Catch::Contains(vgg->layers()[v].name));
+    CHECK_THAT(std::string(e.what()), Catch::Contains("em_sampling=fixed"));
+  }
+  PQParams bad = p;
+  bad.init = "first";
+  REQUIRE_THROWS_AS(bad.validate(), Error);
+  bad = p;
+  bad.em_sampling = "all";
+  REQUIRE_THROWS_AS(bad.validate(), Error);
+
+  // pq_cluster: the sample size is the caller's (-1 = patches_per_iter), and init=random seeds
+  // with sub-vectors themselves: with k = n_sub and no EM iteration every sub-vector is a centroid.
+  auto X = make_patches(3000, 9, 3);
+  torch::manual_seed(4);
+  auto sub = torch::randn({64, 9});
+  PQParams c;
+  c.em_iters = 0;
+  c.init = "random";
+  auto r = pq_cluster(sub, X, 64, c, 5);
+  auto sorted = [](const torch::Tensor& t) { return std::get<0>(t.sum(1).sort()); };
+  REQUIRE(sorted(r.centroids).equal(sorted(sub)));
+  c.em_iters = 10;
+  auto a = pq_cluster(sub, X, 8, c, 5, 100), b = pq_cluster(sub, X, 8, c, 5, 100), w = pq_cluster(sub, X, 8, c, 5, 0);
+  REQUIRE(a.centroids.equal(b.centroids));     // deterministic per seed with resampling
+  REQUIRE(!a.centroids.equal(w.centroids));    // 100 patches per iteration, not the whole pool
+}
+
 TEST_CASE("pq k cap: largest power of two strictly below n_sub / threshold", "[pq]") {
   // The official rule: powers = 2^0..2^15, k = min(k, powers[bisect_left(powers, n / t) - 1]),
   // bisect_left giving the first power >= n / t (real division).

@@ -99,6 +99,12 @@ void ParamBinder::renamed(const std::string& old_key, const std::string& hint) {
   BB_THROW(where_, ": parameter '", old_key, "' was renamed: ", hint);
 }
 
+void ParamBinder::identity_neutral(const std::string& key, const nlohmann::json& neutral) {
+  if (mode_ != Mode::to_json) return;
+  BB_CHECK(json_.contains(key), "identity_neutral('", key, "') must follow the field's declaration");
+  neutral_[key] = neutral;
+}
+
 void ParamBinder::apply(ParamsBase& p, const std::map<std::string, std::string>& values, const std::string& where) {
   ParamBinder b;
   b.mode_ = Mode::apply;
@@ -125,6 +131,16 @@ nlohmann::json ParamBinder::to_json(ParamsBase& p) {
   b.mode_ = Mode::to_json;
   b.json_ = nlohmann::json::object();
   p.bind(b);
+  return b.json_;
+}
+
+nlohmann::json ParamBinder::identity_json(ParamsBase& p) {
+  ParamBinder b;
+  b.mode_ = Mode::to_json;
+  b.json_ = nlohmann::json::object();
+  p.bind(b);
+  for (auto& kv : b.neutral_)
+    if (b.json_.at(kv.first) == kv.second) b.json_.erase(kv.first);
   return b.json_;
 }
 

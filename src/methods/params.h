@@ -34,11 +34,19 @@ class ParamBinder {
   // parameter (`hint`, e.g. "use finetune_mode=labels|distill (ce -> labels, kd -> distill)").
   // Declared in bind() beside the fields; not a parameter itself (not in to_json or describe).
   void renamed(const std::string& old_key, const std::string& hint);
+  // A parameter added after run records existed: while it holds `neutral` (the value that does
+  // what the method did before the parameter existed) it is left out of identity_json, so the
+  // cached runs and tuned choices made before it was added keep their IDs. Declared in bind()
+  // after the field itself. to_json and describe still list it.
+  void identity_neutral(const std::string& key, const nlohmann::json& neutral);
 
   // Applies `values` (key -> textual value) to p, then p.validate(). `where` prefixes errors
   // (e.g. "method 'kq'" or "experiments/x.yaml:12").
   static void apply(ParamsBase& p, const std::map<std::string, std::string>& values, const std::string& where);
   static nlohmann::json to_json(ParamsBase& p);
+  // to_json without the identity_neutral parameters that hold their neutral value: what run IDs,
+  // tune keys and duplicate checks hash.
+  static nlohmann::json identity_json(ParamsBase& p);
   static std::string describe(ParamsBase& p);  // one line per key: name, default, doc
 
  private:
@@ -47,6 +55,7 @@ class ParamBinder {
   std::map<std::string, bool> used_;
   std::string where_;
   nlohmann::json json_;
+  std::map<std::string, nlohmann::json> neutral_;
   std::string text_;
   template <typename T>
   void handle(const std::string& key, T& v, const std::string& doc, const std::vector<std::string>& choices);

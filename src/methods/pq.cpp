@@ -45,7 +45,16 @@ void PQParams::bind(ParamBinder& b) {
   b.field("calib_images", calib_images, "calibration images (training augmentation)");
   b.field("rows_per_image", rows_per_image, "im2col rows sampled per calibration image into the patch pool");
   b.field("max_pool_mb", max_pool_mb, "cap on a layer's patch pool in MB (fewer rows per image if needed)");
-  b.field("patches_per_iter", patches_per_iter, "sub-patches resampled per EM iteration for G (0 = whole pool)");
+  b.field("patches_per_iter", patches_per_iter,
+          "em_sampling=fixed: sub-patches resampled per EM iteration for G (0 = whole pool)");
+  b.field("em_sampling", em_sampling,
+          "sub-patches per EM iteration: fixed = patches_per_iter; official = (n_samples // C_out) patch rows "
+          "unrolled into blocks, n_samples 1000 (layer1/2), 25000 (layer3/4), 5000 (linear), as kill-the-bits",
+          {"fixed", "official"});
+  b.field("init", init, "EM seeding: kmeans++ (D^2 sampling in the activation metric) or random sub-vectors (official)",
+          {"kmeans++", "random"});
+  b.identity_neutral("em_sampling", "fixed");
+  b.identity_neutral("init", "kmeans++");
   b.field("gram_ridge", gram_ridge, "ridge on G normalised to mean eigenvalue 1");
   b.field("max_splits", max_splits, "empty-cluster repairs per EM iteration (-1 = k)");
   b.field("coder", coder, "index coding", {"fixed", "huffman", "rans"});
@@ -88,6 +97,9 @@ void PQParams::validate() {
            "pq: finetune_lr_step_epochs must be > 0");
   BB_CHECK(first_conv == "keep" || first_conv == "quantize", "pq: first_conv must be keep or quantize");
   BB_CHECK(em_iters >= 0, "pq: em_iters must be >= 0, got ", em_iters);
+  BB_CHECK(em_sampling == "fixed" || em_sampling == "official", "pq: em_sampling must be fixed or official, got '",
+           em_sampling, "'");
+  BB_CHECK(init == "kmeans++" || init == "random", "pq: init must be kmeans++ or random, got '", init, "'");
   BB_CHECK(calib_images >= 1, "pq: calib_images must be >= 1, got ", calib_images);
   BB_CHECK(rows_per_image >= 1, "pq: rows_per_image must be >= 1, got ", rows_per_image);
   BB_CHECK(max_pool_mb >= 1, "pq: max_pool_mb must be >= 1, got ", max_pool_mb);
@@ -145,7 +157,19 @@ PQLayerPlan pq_plan_layer(const Model& m, int li, const PQParams& p) {
   plan.n_sub = l.weight().numel() / d;
   // Few sub-vectors per centroid overfit the codebook and make empty clusters (CIFAR layers).
   plan.k = pq_capped_k(k, plan.n_sub, p.min_per_centroid, p.k_cap, p.k_pow2);
+  plan.patches_per_iter = p.em_sampling == "official"
+                              ? pq_official_n_samples(l) / l.weight().size(0) * (row / d)
+                              : p.patches_per_iter;
   return plan;
+}
+
+int64_t pq_official_n_samples(const Layer& l) {
+  const auto has = [&](const char* s) { return l.name.find(s) != std::string::npos; };
+  if (has("layer1") || has("layer2")) return 1000;
+  if (has("layer3") || has("layer4")) return 25000;
+  if (!l.is_conv()) return 5000;
+  throw Error("pq: em_sampling=official has no sample size for layer '" + l.name +
+              "' (the official rule knows ResNet stages layer1-layer4 and linear layers); use em_sampling=fixed");
 }
 
 int64_t pq_capped_k(int64_t k, int64_t n_sub, int64_t threshold, const std::string& rule, bool pow2) {
@@ -201,7 +225,7 @@ torch::Tensor pq_assign(const torch::Tensor& sub, const torch::Tensor& centroids
 }
 
 ClusteringResult pq_cluster(const torch::Tensor& sub, const torch::Tensor& patches, int64_t k, const PQParams& p,
-                            uint64_t seed) {
+                            uint64_t seed, int64_t patches_per_iter) {
   torch::NoGradGuard ng;
   BB_CHECK(sub.dim() == 2 && patches.dim() == 2 && sub.size(1) == patches.size(1), "pq_cluster: sub-vectors ",
            sub.sizes(), " and patches ", patches.sizes(), " must both be n x d");
@@ -209,18 +233,20 @@ ClusteringResult pq_cluster(const torch::Tensor& sub, const torch::Tensor& patch
   const int64_t P = patches.size(0);
   const auto pool = patches.to(torch::kFloat32).contiguous();
   const auto full = pq_gram_factor(pool, p.gram_ridge);
-  const bool resample = p.patches_per_iter > 0 && p.patches_per_iter < P;
+  if (patches_per_iter < 0) patches_per_iter = p.patches_per_iter;
+  const bool resample = patches_per_iter > 0 && patches_per_iter < P;
   ClusteringMetric metric = [&](int it) -> torch::Tensor {
     if (!resample || it >= p.em_iters) return full;
     std::mt19937_64 rng(mix_seed(seed, (uint64_t)it));
-    auto idx = torch::empty({p.patches_per_iter}, torch::kInt64);
+    auto idx = torch::empty({patches_per_iter}, torch::kInt64);
     auto* ip = idx.data_ptr<int64_t>();
-    for (int64_t i = 0; i < p.patches_per_iter; ++i) ip[i] = (int64_t)(rng() % (uint64_t)P);
+    for (int64_t i = 0; i < patches_per_iter; ++i) ip[i] = (int64_t)(rng() % (uint64_t)P);
     return pq_gram_factor(pool.index_select(0, idx), p.gram_ridge);
   };
   ClusteringParams cp;
   cp.niter = p.em_iters;
   cp.seed = seed;
+  cp.init = p.init;
   cp.max_splits_per_iter = p.max_splits;
   return kmeans(sub, k, cp, {}, metric);
 }
@@ -378,7 +404,7 @@ std::vector<LayerRecord> PQMethod::compress(CompressContext& ctx) {
 
     ctx.phase("em");
     const auto sub = pq_subvectors(fp_weights[li], plan.d);
-    ClusteringResult r = pq_cluster(sub, pool, plan.k, p_, mix_seed(seed, 2000 + li));
+    ClusteringResult r = pq_cluster(sub, pool, plan.k, p_, mix_seed(seed, 2000 + li), plan.patches_per_iter);
     PQLayer q;
     q.layer = li;
     q.plan = plan;
@@ -396,6 +422,7 @@ std::vector<LayerRecord> PQMethod::compress(CompressContext& ctx) {
     std::ostringstream msg;
     msg.precision(4);
     msg << "pq: " << l.name << " d=" << plan.d << " k=" << plan.k << " n_sub=" << plan.n_sub << " pool=" << pool.size(0)
+        << " em_sample=" << (plan.patches_per_iter > 0 ? std::min<int64_t>(plan.patches_per_iter, pool.size(0)) : pool.size(0))
         << " rel_out_err=" << out_err << " rel_w_err=" << w_err << " splits=" << r.total_splits << " "
         << (now_seconds() - t0) << " s";
     log_info(msg.str());

@@ -45,6 +45,16 @@ struct PQParams : ParamsBase {
   int64_t rows_per_image = 16;      // im2col rows sampled per calibration image into the patch pool
   int64_t max_pool_mb = 256;        // cap on the patch pool per layer (fewer rows per image if needed)
   int64_t patches_per_iter = 8192;  // sub-patches resampled from the pool to estimate G each iteration (0 = whole pool)
+  // How many sub-patches each EM iteration draws for G. fixed: patches_per_iter on every layer.
+  // official (kill-the-bits' dynamic_sampling): n_samples // C_out patch rows, each unrolled into
+  // its row_size / d sub-patches, with n_samples = 1,000 for layers named layer1/layer2, 25,000
+  // for layer3/layer4, 5,000 for linear layers (ResNet-20: 992 on layer1/2, 24,960 on layer3);
+  // other layer names are an error (the official code has no rule for them).
+  std::string em_sampling = "fixed";
+  // EM seeding. kmeans++: D^2 sampling in the first iteration's metric. random (the official
+  // code's): k random sub-vectors (distinct ones here; the official code draws with replacement
+  // and then splits the duplicates' empty clusters).
+  std::string init = "kmeans++";
   double gram_ridge = 1e-4;         // ridge added to G normalised to mean eigenvalue 1 (Cholesky needs G > 0)
   int max_splits = -1;              // empty-cluster repairs per EM iteration (-1 = k); bounded, never loops
   std::string coder = "fixed";      // index coding: fixed (bytes for k = 256) | huffman | rans
@@ -95,6 +105,7 @@ struct PQParams : ParamsBase {
 struct PQLayerPlan {
   bool quantize = false;
   int64_t d = 0, k = 0, n_sub = 0;
+  int64_t patches_per_iter = 0;  // sub-patches per EM iteration for G (0 = the whole pool), from em_sampling
   std::string skip_reason;  // when !quantize
 };
 // Throws bb::Error naming the layer when d does not divide the layer's row size.
@@ -122,11 +133,17 @@ torch::Tensor pq_gram_factor(const torch::Tensor& patches, double ridge);
 torch::Tensor pq_assign(const torch::Tensor& sub, const torch::Tensor& centroids, const torch::Tensor& patches,
                         double ridge);
 
+// The official code's activation sample size for a layer (dynamic_sampling): 1,000 for names
+// containing layer1/layer2, 25,000 for layer3/layer4, 5,000 for linear layers; bb::Error naming
+// the layer otherwise.
+int64_t pq_official_n_samples(const Layer& l);
+
 // EM of one layer: sub (n_sub x d) against a pool of sub-patches (P x d). Each iteration's G comes
-// from p.patches_per_iter pool rows drawn afresh (seeded by seed and the iteration); the final
-// assignment uses the whole pool. k-means++ seeding in the first iteration's metric.
+// from patches_per_iter pool rows drawn afresh with replacement (seeded by seed and the
+// iteration; 0 or >= P = the whole pool; -1 = p.patches_per_iter); the final assignment uses the whole pool. Seeding by
+// p.init (k-means++ in the first iteration's metric, or random sub-vectors).
 ClusteringResult pq_cluster(const torch::Tensor& sub, const torch::Tensor& patches, int64_t k, const PQParams& p,
-                            uint64_t seed);
+                            uint64_t seed, int64_t patches_per_iter = -1);
 
 // Per-layer fine-tuning with layer_loss=kl (the official code's): only layer `layer`'s codewords
 // train, its weight being centroids[assign] (k x d, n_sub); loss KL(teacher softmax || student

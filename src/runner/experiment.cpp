@@ -126,7 +126,7 @@ std::string expand_vars(const std::string& s, std::string* missing) {
 nlohmann::json RunSpec::resolved_params() const {
   auto inst = make_method(method);
   ParamBinder::apply(inst->params(), params, where.empty() ? "method '" + method + "'" : where);
-  return ParamBinder::to_json(inst->params());
+  return ParamBinder::identity_json(inst->params());
 }
 
 nlohmann::json RunSpec::config_json() const {

@@ -45,8 +45,9 @@ struct RunSpec {
   nlohmann::json finetune_budget;
   int control = -1;
   nlohmann::json config_json() const;         // what the run ID hashes (with weights/dataset identity)
-  // The parameters as the method's ParamBinder resolves them (every key, typed, code defaults
-  // included); throws naming `where` on an unknown key or a bad value.
+  // The parameters as the method's ParamBinder resolves them for the run's identity (every key,
+  // typed, code defaults included, except identity_neutral keys at their neutral value); throws
+  // naming `where` on an unknown key or a bad value.
   nlohmann::json resolved_params() const;
 };
 
