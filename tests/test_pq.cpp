@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <map>
+#include <set>
 
 using namespace bb;
 
@@ -276,16 +277,27 @@ TEST_CASE("pq em_sampling=official: kill-the-bits' per-layer sample sizes; init=
   REQUIRE_THROWS_AS(bad.validate(), Error);
 
   // pq_cluster: the sample size is the caller's (-1 = patches_per_iter), and init=random seeds
-  // with sub-vectors themselves: with k = n_sub and no EM iteration every sub-vector is a centroid.
+  // with k distinct sub-vectors, other ones than k-means++ picks from the same seed (no EM
+  // iteration: the centroids are the seeds).
   auto X = make_patches(3000, 9, 3);
   torch::manual_seed(4);
   auto sub = torch::randn({64, 9});
   PQParams c;
   c.em_iters = 0;
   c.init = "random";
-  auto r = pq_cluster(sub, X, 64, c, 5);
-  auto sorted = [](const torch::Tensor& t) { return std::get<0>(t.sum(1).sort()); };
-  REQUIRE(sorted(r.centroids).equal(sorted(sub)));
+  auto r = pq_cluster(sub, X, 8, c, 5);
+  std::set<int64_t> rows;
+  for (int64_t j = 0; j < 8; ++j) {
+    int64_t hit = -1;
+    for (int64_t i = 0; i < 64; ++i)
+      if (r.centroids[j].equal(sub[i])) hit = i;
+    REQUIRE(hit >= 0);  // a sub-vector itself
+    rows.insert(hit);
+  }
+  REQUIRE(rows.size() == 8);  // distinct
+  PQParams pp = c;
+  pp.init = "kmeans++";
+  REQUIRE(!pq_cluster(sub, X, 8, pp, 5).centroids.equal(r.centroids));
   c.em_iters = 10;
   auto a = pq_cluster(sub, X, 8, c, 5, 100), b = pq_cluster(sub, X, 8, c, 5, 100), w = pq_cluster(sub, X, 8, c, 5, 0);
   REQUIRE(a.centroids.equal(b.centroids));     // deterministic per seed with resampling

@@ -126,19 +126,18 @@ void ParamBinder::apply(ParamsBase& p, const std::map<std::string, std::string>&
   }
 }
 
-nlohmann::json ParamBinder::to_json(ParamsBase& p) {
+ParamBinder ParamBinder::bound_json(ParamsBase& p) {
   ParamBinder b;
   b.mode_ = Mode::to_json;
   b.json_ = nlohmann::json::object();
   p.bind(b);
-  return b.json_;
+  return b;
 }
 
+nlohmann::json ParamBinder::to_json(ParamsBase& p) { return bound_json(p).json_; }
+
 nlohmann::json ParamBinder::identity_json(ParamsBase& p) {
-  ParamBinder b;
-  b.mode_ = Mode::to_json;
-  b.json_ = nlohmann::json::object();
-  p.bind(b);
+  ParamBinder b = bound_json(p);
   for (auto& kv : b.neutral_)
     if (b.json_.at(kv.first) == kv.second) b.json_.erase(kv.first);
   return b.json_;

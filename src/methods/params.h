@@ -57,6 +57,7 @@ class ParamBinder {
   nlohmann::json json_;
   std::map<std::string, nlohmann::json> neutral_;
   std::string text_;
+  static ParamBinder bound_json(ParamsBase& p);  // p bound in to_json mode (json_ and neutral_ filled)
   template <typename T>
   void handle(const std::string& key, T& v, const std::string& doc, const std::vector<std::string>& choices);
 };

@@ -158,7 +158,7 @@ PQLayerPlan pq_plan_layer(const Model& m, int li, const PQParams& p) {
   // Few sub-vectors per centroid overfit the codebook and make empty clusters (CIFAR layers).
   plan.k = pq_capped_k(k, plan.n_sub, p.min_per_centroid, p.k_cap, p.k_pow2);
   plan.patches_per_iter = p.em_sampling == "official"
-                              ? pq_official_n_samples(l) / l.weight().size(0) * (row / d)
+                              ? std::max<int64_t>(1, pq_official_n_samples(l) / l.weight().size(0)) * (row / d)
                               : p.patches_per_iter;
   return plan;
 }

@@ -48,7 +48,8 @@ struct PQParams : ParamsBase {
   // How many sub-patches each EM iteration draws for G. fixed: patches_per_iter on every layer.
   // official (kill-the-bits' dynamic_sampling): n_samples // C_out patch rows, each unrolled into
   // its row_size / d sub-patches, with n_samples = 1,000 for layers named layer1/layer2, 25,000
-  // for layer3/layer4, 5,000 for linear layers (ResNet-20: 992 on layer1/2, 24,960 on layer3);
+  // for layer3/layer4, 5,000 for linear layers (ResNet-20: 992 on layer1/2, 24,960 on layer3;
+  // at least one row where C_out exceeds n_samples, where the official code would draw none);
   // other layer names are an error (the official code has no rule for them).
   std::string em_sampling = "fixed";
   // EM seeding. kmeans++: D^2 sampling in the first iteration's metric. random (the official
