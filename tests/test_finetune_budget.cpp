@@ -110,6 +110,12 @@ runs:
   REQUIRE(pruned.at("finetune_epochs") == "0.25");
   REQUIRE(pruned.at("prune_retrain_epochs") == "0.25");
   REQUIRE(finetune_budget_params("kq", b, "here", true).count("prune_retrain_epochs") == 0);
+  // Another split: 3/4 retrains the pruned network, 1/4 the shared values.
+  auto share = finetune_budget_params("uniform_ecsq", b, "here", true, 0.75);
+  REQUIRE(share.at("prune_retrain_epochs") == "0.375");
+  REQUIRE(share.at("finetune_epochs") == "0.125");
+  REQUIRE(error_of([&] { finetune_budget_params("ecsq", b, "here", true, 1.0); }).find("strictly between") !=
+          std::string::npos);
 }
 
 TEST_CASE("finetune budget: a Choi block that prunes splits the epochs; one that does not keeps them", "[runner]") {
@@ -147,6 +153,48 @@ runs:
 )");
   REQUIRE(error_of([&] { load_experiment(q, "", t.str() + "/results"); }).find("prune_keep cannot be tuned") !=
           std::string::npos);
+
+  // prune_retrain_share moves the split; it is not a method parameter, so a run carries only the
+  // epochs it maps to, and the default share's run is the run without the key (same ID).
+  auto s = write_file(t.str(), "s.yaml", R"(experiment: share
+models: [cifar_resnet20]
+finetune: {epochs: 1}
+runs:
+  - method: uniform_ecsq
+    params: {prune_keep: 0.2, target_bpw: 1.5}
+    grid: {prune_retrain_share: [0.5, 0.75]}
+  - method: uniform_ecsq
+    params: {prune_keep: 0.2, target_bpw: 1.5}
+)");
+  Experiment se = load_experiment(s, "", t.str() + "/results");
+  REQUIRE(se.runs.size() == 3 + 1);
+  std::map<std::string, int> by_epochs;
+  std::set<std::string> ids;
+  for (const RunSpec& r : se.runs) {
+    if (r.method != "uniform_ecsq") continue;
+    REQUIRE(r.params.count("prune_retrain_share") == 0);
+    REQUIRE(std::stod(r.params.at("prune_retrain_epochs")) + std::stod(r.params.at("finetune_epochs")) == 1.0);
+    ++by_epochs[r.params.at("prune_retrain_epochs")];
+    ids.insert(run_id(r));
+  }
+  REQUIRE(by_epochs == std::map<std::string, int>{{"0.5", 2}, {"0.75", 1}});
+  REQUIRE(ids.size() == 2);
+  // It is refused where it splits nothing, out of (0, 1), or as a tuning dimension.
+  auto refused = [&](const std::string& runs, const std::string& budget = "finetune: {epochs: 1}\n") {
+    auto p = write_file(t.str(), "r.yaml", "models: [cifar_resnet20]\n" + budget + "runs:\n" + runs);
+    return error_of([&] { load_experiment(p, "", t.str() + "/results"); });
+  };
+  REQUIRE(refused("  - method: kq\n    params: {prune_retrain_share: 0.75}\n").find("not of the Choi family") != std::string::npos);
+  REQUIRE(refused("  - method: ecsq\n    params: {prune_retrain_share: 0.75}\n").find("prune_keep < 1") !=
+          std::string::npos);
+  REQUIRE(refused("  - method: ecsq\n    params: {prune_keep: 0.2, prune_retrain_share: 0.75}\n", "")
+              .find("needs the budget") != std::string::npos);
+  REQUIRE(refused("  - method: ecsq\n    params: {prune_keep: 0.2}\n    grid: {prune_retrain_share: [0.5, 1]}\n")
+              .find("strictly between") != std::string::npos);
+  REQUIRE(refused("  - method: ecsq\n    params: {prune_keep: 0.2}\n    grid: {prune_retrain_share: [half]}\n")
+              .find("r.yaml:6") != std::string::npos);
+  REQUIRE(refused("  - method: ecsq\n    params: {prune_keep: 0.2}\n    tune: {space: {prune_retrain_share: [0.5, 0.75]}}\n")
+              .find("prune_retrain_share cannot be tuned") != std::string::npos);
 }
 
 TEST_CASE("finetune budget: what cannot take it is an error naming the block", "[runner]") {

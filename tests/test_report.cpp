@@ -337,3 +337,19 @@ TEST_CASE("plots: the canvas grows with long labels and titles instead of cuttin
   // 12 px inks 154.7 px from its start.
   REQUIRE(svg_text_width("uniform + Huffman (Choi)", 12) >= 155);
 }
+
+TEST_CASE("context: names the CPU model the results were measured on", "[report]") {
+  // oneDNN picks kernels by CPU, so a run's floats can differ between CPU models: the context says
+  // which one produced them, read from /proc/cpuinfo (the same first processor's lines).
+  std::ifstream in("/proc/cpuinfo");
+  std::string line, name;
+  while (std::getline(in, line) && !line.empty())
+    if (line.rfind("model name", 0) == 0) name = line.substr(line.find_first_not_of(" \t", line.find(':') + 1));
+  const std::string cpu = bb::context_json().at("cpu").get<std::string>();
+  if (name.empty()) {
+    REQUIRE(cpu.empty());
+  } else {
+    REQUIRE(cpu.rfind(name, 0) == 0);
+    REQUIRE(cpu.find(" (family ") != std::string::npos);
+  }
+}

@@ -13,6 +13,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <thread>
 #include <unistd.h>
 
@@ -138,7 +139,28 @@ long peak_rss_bytes() {
   return 0;
 }
 
+// "<model name> (family F model M)" from /proc/cpuinfo, "" where it is unreadable: oneDNN picks
+// its kernels by CPU, so float results (and a run's top-1) can differ between CPU models.
+static std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  std::map<std::string, std::string> kv;  // the first processor's "key : value" lines
+  while (std::getline(in, line) && !line.empty()) {
+    const size_t c = line.find(':');
+    if (c == std::string::npos) continue;
+    const size_t ke = line.find_last_not_of(" \t", c == 0 ? 0 : c - 1);
+    const size_t vb = line.find_first_not_of(" \t", c + 1);
+    if (ke == std::string::npos || c == 0) continue;
+    kv.emplace(line.substr(0, ke + 1), vb == std::string::npos ? "" : line.substr(vb));
+  }
+  if (!kv.count("model name")) return "";
+  std::string out = kv["model name"];
+  if (kv.count("cpu family") && kv.count("model")) out += " (family " + kv["cpu family"] + " model " + kv["model"] + ")";
+  return out;
+}
+
 nlohmann::json context_json() {
+  static const std::string cpu = cpu_model();
   char host[256] = {0};
   gethostname(host, sizeof host - 1);
   std::time_t t = std::time(nullptr);
@@ -150,6 +172,7 @@ nlohmann::json context_json() {
           {"git_dirty", BITBENCH_GIT_DIRTY},  // tracked files differed from the commit at build time
           {"build_type", BITBENCH_BUILD_TYPE},
           {"host", host},
+          {"cpu", cpu},
           {"date", date},
           {"num_threads", torch::get_num_threads()},
           {"blas", blas_in_use()},

@@ -46,7 +46,7 @@ std::string binary_dir();
 std::string bitbench_version();
 std::string git_commit();
 
-// {"bitbench_version", "git_commit", "build_type", "host", "date", "num_threads", "blas", "torch_version"}
+// {"bitbench_version", "git_commit", "build_type", "host", "cpu", "date", "num_threads", "blas", "torch_version"}
 nlohmann::json context_json();
 
 }  // namespace bb

@@ -145,9 +145,10 @@ nlohmann::json FinetuneBudget::to_json() const {
 // which settings its mechanism lacks:
 //   kmeans, hessian_kmeans, ecsq, uniform_ecsq (Choi et al.): the shared-value fine-tuning
 //       (assignments fixed). A block that prunes (prune_keep < 1, the paper's pipeline) splits
-//       the epochs: half retrain the kept weights with the mask fixed before quantization
-//       (prune_retrain_epochs), half fine-tune the shared values. A block never sets
-//       prune_retrain_epochs itself (it would train beyond the budget).
+//       the epochs: a share (half unless the block gives prune_retrain_share) retrains the kept
+//       weights with the mask fixed before quantization (prune_retrain_epochs), the rest
+//       fine-tunes the shared values. A block never sets prune_retrain_epochs itself (it would
+//       train beyond the budget).
 //   kq (Yu et al.): codebook fine-tuning, indices fixed.
 //   pq (Stock et al.): the global stage (all codebooks, distillation, BN updating, as the
 //       official code); the per-layer stage (layer_finetune_iters) stays as the block sets it.
@@ -157,21 +158,30 @@ nlohmann::json FinetuneBudget::to_json() const {
 //   fp32: the FP control, every conv/linear weight (constant lr by default).
 //   uniform, fp16 and any other method: no fine-tuning -> an error (run its block with
 //       `finetune: false`).
+// The Choi family: weight sharing whose fine-tuning trains the shared values.
+static bool finetune_sharing_method(const std::string& method) {
+  static const std::set<std::string> sharing = {"kmeans", "hessian_kmeans", "ecsq", "uniform_ecsq"};
+  return sharing.count(method) > 0;
+}
+
 std::map<std::string, std::string> finetune_budget_params(const std::string& method, const FinetuneBudget& b,
-                                                          const std::string& where, bool pruned) {
+                                                          const std::string& where, bool pruned,
+                                                          double retrain_share) {
   auto num = [](double v) {
     char buf[64];
     std::snprintf(buf, sizeof buf, "%.17g", v);
     return std::string(buf);
   };
-  static const std::set<std::string> sharing = {"kmeans", "hessian_kmeans", "ecsq", "uniform_ecsq"};
+  const bool sharing = finetune_sharing_method(method);
   std::map<std::string, std::string> out = {{"finetune_epochs", num(b.epochs)},
                                             {"finetune_batch", std::to_string(b.batch)}};
-  if (sharing.count(method) && pruned) {
-    out["finetune_epochs"] = num(b.epochs / 2);
-    out["prune_retrain_epochs"] = num(b.epochs / 2);
+  BB_CHECK(retrain_share > 0 && retrain_share < 1, where, ": prune_retrain_share = ", retrain_share,
+           " must lie strictly between 0 and 1 (the fraction of the budget's epochs that retrains the pruned network)");
+  if (sharing && pruned) {
+    out["prune_retrain_epochs"] = num(b.epochs * retrain_share);
+    out["finetune_epochs"] = num(b.epochs * (1 - retrain_share));
   }
-  if (sharing.count(method) || method == "kq" || method == "pq" || method == "fp32") {
+  if (sharing || method == "kq" || method == "pq" || method == "fp32") {
     out["finetune_max_images"] = std::to_string(b.images);
     if (b.lr_schedule == "constant") {
       if (method == "pq") out["finetune_lr_schedule"] = "constant";
@@ -436,8 +446,9 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
                    "budget (", budget_where, ") sets for every run; remove it from the block, or give the block "
                    "`finetune: false`");
       for (auto& tp : tune_points)
-        BB_CHECK(!tp.count("prune_keep"), tune_where, ": prune_keep cannot be tuned under the experiment's "
-                 "finetune budget (it decides how the budget is split); give it in params or grid");
+        for (const char* k : {"prune_keep", "prune_retrain_share"})
+          BB_CHECK(!tp.count(k), tune_where, ": ", k, " cannot be tuned under the experiment's finetune budget (it "
+                   "decides how the budget is split); give it in params or grid");
     }
     auto block_models = rb["models"] ? scalar_list(path, rb["models"], "models") : models;
     for (auto& m : block_models)
@@ -449,16 +460,37 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
         for (auto& kv : fixed) params[kv.first] = kv.second;
         for (auto& kv : pt) params[kv.first] = kv.second;
         std::map<std::string, std::string> point_budget;
+        // prune_retrain_share is not a method parameter: it says how the budget is split, and
+        // leaves the run as the prune_retrain_epochs / finetune_epochs it maps to.
+        double retrain_share = kDefaultPruneRetrainShare;
+        const bool has_share = params.count("prune_retrain_share") > 0;
+        if (has_share) {
+          const std::string swhere = pt.count("prune_retrain_share") ? key_where["prune_retrain_share"] : where;
+          const std::string& text = params.at("prune_retrain_share");
+          char* end = nullptr;
+          retrain_share = std::strtod(text.c_str(), &end);
+          BB_CHECK(!text.empty() && end && *end == '\0', swhere, ": prune_retrain_share '", text, "' is not a number");
+          params.erase("prune_retrain_share");
+        }
+        const bool pruned = params.count("prune_keep") && std::strtod(params.at("prune_keep").c_str(), nullptr) < 1;
+        if (has_share) {
+          const std::string what = ": prune_retrain_share splits the experiment's finetune budget between Choi's "
+                                   "masked retraining and the shared-value fine-tuning; ";
+          BB_CHECK(finetune_sharing_method(method), where, what, "method '", method,
+                   "' is not of the Choi family (kmeans, hessian_kmeans, ecsq, uniform_ecsq)");
+          BB_CHECK(apply_budget, where, what, "it needs the budget (the experiment's `finetune` block, and not "
+                   "`finetune: false`)");
+          BB_CHECK(pruned, where, what, "without pruning (prune_keep < 1) there is no masked retraining to split off");
+        }
         if (apply_budget) {
           if (params.count("prune_retrain_epochs"))
             BB_CHECK(std::strtod(params.at("prune_retrain_epochs").c_str(), nullptr) == 0, where,
                      ": prune_retrain_epochs > 0 would retrain beyond the experiment's finetune budget (a block "
-                     "that prunes gets half the budget's epochs for it); remove it or give the block "
-                     "`finetune: false`");
-          // Pruning (Choi et al.'s pipeline) takes half of the budget for the masked retraining.
-          const bool pruned = params.count("prune_keep") && std::strtod(params.at("prune_keep").c_str(), nullptr) < 1;
+                     "that prunes gets a share of the budget's epochs for it, prune_retrain_share); remove it or "
+                     "give the block `finetune: false`");
+          // Pruning (Choi et al.'s pipeline) takes a share of the budget for the masked retraining.
           point_budget = finetune_budget_params(method, budget, where + " (method '" + method + "', budget at " +
-                                                                    budget_where + ")", pruned);
+                                                                    budget_where + ")", pruned, retrain_share);
         }
         for (auto& kv : point_budget) params[kv.first] = kv.second;
         // Validate now (unknown key / bad value -> file:line), before any work.

@@ -67,9 +67,12 @@ struct FinetuneBudget {
 // The parameters a budget sets for `method` (as text, e.g. finetune_epochs=1). Throws, naming
 // `where`, for a method that cannot take the budget in its paper's form (no fine-tuning; a
 // setting its mechanism does not have). `pruned`: a Choi-family run that prunes (prune_keep < 1);
-// its budget is split between the masked retraining and the shared-value fine-tuning.
+// its budget is split between the masked retraining (the fraction `retrain_share`, in (0, 1);
+// a run block sets it with the key prune_retrain_share) and the shared-value fine-tuning.
+inline constexpr double kDefaultPruneRetrainShare = 0.5;
 std::map<std::string, std::string> finetune_budget_params(const std::string& method, const FinetuneBudget& b,
-                                                          const std::string& where, bool pruned = false);
+                                                          const std::string& where, bool pruned = false,
+                                                          double retrain_share = kDefaultPruneRetrainShare);
 
 // The label of the expanded FP controls.
 inline constexpr const char* kFpControlLabel = "FP32 + same fine-tuning";
