@@ -48,6 +48,7 @@ void write_record(const std::string& runs, const std::string& id, const std::str
                       {"size_mb_stock", 0.1},  {"bpw_young", bpw},          {"bpw_yu_conv", bpw},
                       {"file_bytes", 1000},    {"wall_seconds", 1.5},       {"seed", 0}};
   r["identity"]["algorithm_version"] = make_method(method)->algorithm_version();
+  r["context"]["cpu"] = method == "fp32" ? "Test CPU B (family 6 model 2)" : "Test CPU A (family 6 model 1)";
   for (size_t k = 0; k < kSets.size(); ++k) {
     const double t = correct[k];
     r["eval"][kSets[k]] = {{"dataset", kSets[k]}, {"n", kImages}, {"top1", t}, {"top5", std::min(100.0, t + 5)},
@@ -106,6 +107,10 @@ TEST_CASE("table: one data structure, writers that only format it", "[report]") 
   REQUIRE(with_p == 5);
   REQUIRE(m["comparisons"].size() == 1);
   REQUIRE(m["comparisons"][0]["dataset"] == kSets[0]);
+  // What the runs cost, summed from the records, and the CPUs they ran on.
+  REQUIRE(m["runs"] == 6);
+  REQUIRE(m["wall_seconds"].get<double>() == 6 * 1.5);
+  REQUIRE(m["cpus"] == nlohmann::json({"Test CPU A (family 6 model 1)", "Test CPU B (family 6 model 2)"}));
 
   // Each file is its writer's output, and the writers need nothing but the data: formatting the
   // table read back from table.json gives the same bytes.
@@ -123,6 +128,8 @@ TEST_CASE("table: one data structure, writers that only format it", "[report]") 
   const std::string md = table_markdown(table);
   REQUIRE(md.find("| uniform | bits=3 | 0 | 10.6× | 3.010 | 80.00 (74.0–86.0) | 85.00 | 88.00 (82.0–94.0) | 93.00 |") !=
           std::string::npos);
+  REQUIRE(md.find("Wall time of the 6 runs above: 0.1") != std::string::npos);
+  REQUIRE(md.find("; CPU: Test CPU A (family 6 model 1), Test CPU B (family 6 model 2).\n") != std::string::npos);
 
   // The data does not depend on the writers: collecting again gives the same table (context aside).
   auto again = collect_table(dir, opt);

@@ -339,6 +339,17 @@ nlohmann::json model_table(const std::string& model, const std::vector<nlohmann:
       comps.push_back(g);
     }
   nlohmann::json m = {{"datasets", datasets}, {"rows", rows}, {"comparisons", comps}};
+  // What the model's runs cost, as each ran (their records' wall times), and on which CPUs.
+  double wall = 0;
+  std::set<std::string> cpus;
+  for (auto* r : mine) {
+    wall += r->value("wall_seconds", 0.0);
+    if (r->contains("context") && (*r)["context"].contains("cpu") && !(*r)["context"]["cpu"].get<std::string>().empty())
+      cpus.insert((*r)["context"]["cpu"].get<std::string>());
+  }
+  m["runs"] = mine.size();
+  m["wall_seconds"] = wall;
+  m["cpus"] = cpus;
   if (fp)
     for (auto& d : datasets) {
       m["baseline"]["top1"][d] = (*fp)["eval"][d]["top1"];
@@ -431,6 +442,14 @@ std::string table_markdown(const nlohmann::json& table) {
       md << "- " << row["label"].get<std::string>() << ", " << row["variant"].get<std::string>() << ": "
          << row["rate_target"].value("why", std::string("(the record gives no reason: computed before reasons were recorded)"))
          << "\n";
+    }
+    if (m.contains("wall_seconds")) {
+      md << "\nWall time of the " << m["runs"].get<size_t>() << " runs above: "
+         << fmt(m["wall_seconds"].get<double>() / 60, 1)
+         << " min (their records' wall times summed, each as it ran; a cached run keeps its first time)";
+      const auto& cpus = m["cpus"];
+      for (size_t i = 0; i < cpus.size(); ++i) md << (i ? ", " : "; CPU: ") << cpus[i].get<std::string>();
+      md << ".\n";
     }
     const auto& comps = m["comparisons"];
     if (!comps.empty()) {
