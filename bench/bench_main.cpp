@@ -8,11 +8,13 @@
 #include <torch/torch.h>
 
 int main(int argc, char** argv) {
+  bb::pin_blas_kernels(argv);  // first: it may re-execute the program
   bb::init_runtime();
   benchmark::AddCustomContext("bitbench_version", bb::bitbench_version());
   benchmark::AddCustomContext("git_commit", bb::git_commit());
   benchmark::AddCustomContext("torch_threads", std::to_string(torch::get_num_threads()));
   benchmark::AddCustomContext("blas", bb::blas_in_use());
+  benchmark::AddCustomContext("blas_kernels", bb::blas_kernels());
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

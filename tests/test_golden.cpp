@@ -100,6 +100,16 @@ TEST_CASE("golden: each method's output bytes are pinned to its algorithm versio
   // (calibration, search, coding) still runs.
   std::string weights_path = data_root("") + "/models/cifar10_resnet20.pt";
   REQUIRE(fs::exists(weights_path));
+  // The bytes are pinned for OpenBLAS's canonical kernels (pin_blas_kernels: every CPU with
+  // AVX-512 runs them); other kernels give other floats, so elsewhere the hashes are not compared
+  // (and never written), and the test says so.
+  const std::string kernels = blas_kernels();
+  const bool canonical = kernels == kCanonicalBlasKernels;
+  if (!canonical)
+    WARN("OpenBLAS runs its '" << kernels << "' kernels, not the canonical '" << kCanonicalBlasKernels
+                               << "' the golden bytes were computed with (this CPU lacks AVX-512, or "
+                                  "OPENBLAS_CORETYPE was set): the hashes are not compared here");
+  REQUIRE((canonical || !update));
   bool changed_file = false;
   for (const std::string& m : method_names()) {
     if (m.rfind("test_", 0) == 0) continue;  // probes registered by other tests
@@ -122,7 +132,7 @@ TEST_CASE("golden: each method's output bytes are pinned to its algorithm versio
                             << ": bump it in src/methods/" << m << ".cpp (old records become stale), then "
                             << "BITBENCH_UPDATE_GOLDEN=1 build/bitbench_tests \"[golden-methods]\"; golden "
                             << golden[m].dump() << ", now " << want.dump());
-      CHECK(golden[m]["sha256"] == sha);
+      if (canonical) CHECK(golden[m]["sha256"] == sha);
     } else if (update) {
       golden[m] = want;
       changed_file = true;

@@ -360,3 +360,30 @@ TEST_CASE("context: names the CPU model the results were measured on", "[report]
     REQUIRE(cpu.find(" (family ") != std::string::npos);
   }
 }
+
+TEST_CASE("context: OpenBLAS runs the kernels bitbench pinned, whatever the CPU model", "[report]") {
+  // tests/main.cpp pins like bitbench's main: the variable is set and OpenBLAS runs what it names.
+  const char* pinned = std::getenv("OPENBLAS_CORETYPE");
+  REQUIRE(pinned != nullptr);
+  const std::string kernels = bb::context_json().at("blas_kernels").get<std::string>();
+  auto lower = [](std::string s) {
+    for (auto& c : s) c = (char)std::tolower((unsigned char)c);
+    return s;
+  };
+  REQUIRE(lower(kernels) == lower(pinned));
+  // A bitbench started without the variable re-executes itself with it: OpenBLAS reports the
+  // same kernels as in this process (OPENBLAS_VERBOSE=2 prints "Core: <name>" as it loads; twice
+  // here, once per execution, the second being the pinned one).
+  const std::string cmd = "env -u OPENBLAS_CORETYPE OPENBLAS_VERBOSE=2 " + bb::binary_dir() + "/bitbench --version 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[256];
+  while (fgets(buf, sizeof buf, p)) out += buf;
+  REQUIRE(pclose(p) == 0);
+  INFO(out);
+  const size_t last = out.rfind("Core: ");
+  REQUIRE(last != std::string::npos);
+  REQUIRE(lower(out.substr(last + 6, out.find('\n', last) - last - 6)) == lower(kernels));
+  REQUIRE(out.find("bitbench ") != std::string::npos);
+}

@@ -9,12 +9,15 @@
 
 #include <cctype>
 #include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <thread>
+#include <dlfcn.h>
 #include <unistd.h>
 
 namespace fs = std::filesystem;
@@ -52,6 +55,34 @@ std::string blas_in_use() {
     if (line.find("libblis") != std::string::npos) return "blis";
   }
   return found;
+}
+
+void pin_blas_kernels(char** argv) {
+  if (std::getenv("OPENBLAS_CORETYPE")) return;  // set by the user, or by the first execution
+  __builtin_cpu_init();
+  const char* core = "Prescott";
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+    core = "SkylakeX";
+  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    core = "Haswell";
+  if (setenv("OPENBLAS_CORETYPE", core, 1) != 0) return;
+  execv("/proc/self/exe", argv);
+  // Only on failure (no /proc): carry on with the kernels OpenBLAS chose; blas_kernels() and the
+  // run identity say which.
+  std::fprintf(stderr, "bitbench: warning: could not re-execute to pin OpenBLAS's kernels (%s); running with %s\n",
+               std::strerror(errno), blas_kernels().c_str());
+}
+
+std::string blas_kernels() {
+  using CoreName = char* (*)();
+  auto f = reinterpret_cast<CoreName>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  if (!f) return "";
+  const char* name = f();
+  if (!name) return "";
+  std::string s = name;
+  while (!s.empty() && std::isspace((unsigned char)s.back())) s.pop_back();
+  return s;
 }
 
 void init_runtime() {
@@ -176,6 +207,7 @@ nlohmann::json context_json() {
           {"date", date},
           {"num_threads", torch::get_num_threads()},
           {"blas", blas_in_use()},
+          {"blas_kernels", blas_kernels()},
           {"torch_version", TORCH_VERSION}};
 }
 

@@ -30,6 +30,20 @@ int64_t env_int_setting(const char* name, int64_t def, int64_t lo, int64_t hi);
 // Name of the BLAS library mapped into this process ("openblas-pthread", "reference", ...).
 std::string blas_in_use();
 
+// OpenBLAS picks its kernels by CPU model when it loads, so one program gives other float results
+// (other bytes, another top-1) on another CPU, and OpenBLAS 0.3.21 falls back to generic SSE3
+// kernels on CPUs it does not know. pin_blas_kernels() makes the choice bitbench's, by features
+// rather than model: unless OPENBLAS_CORETYPE is already set, it sets it ("SkylakeX" where the CPU
+// and OS have AVX-512 F/CD/BW/DQ/VL, else "Haswell" where AVX2 and FMA, else "Prescott") and
+// re-executes the program once (/proc/self/exe, same arguments), so that OpenBLAS loads with it.
+// Call it first thing in main(). kCanonicalBlasKernels: the kernels of the golden bytes and of
+// every committed run record whose identity has no "blas_kernels".
+void pin_blas_kernels(char** argv);
+inline constexpr const char* kCanonicalBlasKernels = "SkylakeX";
+// The kernels OpenBLAS runs (openblas_get_corename(): "SkylakeX", "Haswell", "Prescott", ...);
+// "" where OpenBLAS is not loaded.
+std::string blas_kernels();
+
 // Data root: explicit value if non-empty, else $BITBENCH_DATA_ROOT, else ../shared/data
 // relative to the source tree. Errors if the directory does not exist.
 std::string data_root(const std::string& explicit_root = "");
@@ -46,7 +60,8 @@ std::string binary_dir();
 std::string bitbench_version();
 std::string git_commit();
 
-// {"bitbench_version", "git_commit", "build_type", "host", "cpu", "date", "num_threads", "blas", "torch_version"}
+// {"bitbench_version", "git_commit", "build_type", "host", "cpu", "date", "num_threads", "blas", "blas_kernels",
+// "torch_version"}
 nlohmann::json context_json();
 
 }  // namespace bb
