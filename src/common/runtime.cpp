@@ -170,8 +170,8 @@ long peak_rss_bytes() {
   return 0;
 }
 
-// "<model name> (family F model M)" from /proc/cpuinfo, "" where it is unreadable: oneDNN picks
-// its kernels by CPU, so float results (and a run's top-1) can differ between CPU models.
+// "<model name> (family F model M)" from /proc/cpuinfo, "" where it is unreadable: libraries pick
+// kernels by CPU (OpenBLAS unless pinned, oneDNN), so float results can differ between CPU models.
 static std::string cpu_model() {
   std::ifstream in("/proc/cpuinfo");
   std::string line;

@@ -158,6 +158,13 @@ nlohmann::json FinetuneBudget::to_json() const {
 //   fp32: the FP control, every conv/linear weight (constant lr by default).
 //   uniform, fp16 and any other method: no fine-tuning -> an error (run its block with
 //       `finetune: false`).
+// The whole of `text` as a finite number (strtod, nothing left over).
+static bool parse_finite(const std::string& text, double* out) {
+  char* end = nullptr;
+  *out = std::strtod(text.c_str(), &end);
+  return !text.empty() && end && *end == '\0' && std::isfinite(*out);
+}
+
 // The Choi family: weight sharing whose fine-tuning trains the shared values.
 static bool finetune_sharing_method(const std::string& method) {
   static const std::set<std::string> sharing = {"kmeans", "hessian_kmeans", "ecsq", "uniform_ecsq"};
@@ -290,9 +297,7 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
     BB_CHECK(f["epochs"], at(path, f), ": the finetune budget needs 'epochs'");
     {
       const std::string e = scalar(path, f["epochs"], "epochs");
-      char* end = nullptr;
-      budget.epochs = std::strtod(e.c_str(), &end);
-      BB_CHECK(!e.empty() && end && *end == 0 && std::isfinite(budget.epochs) && budget.epochs > 0, at(path, f["epochs"]),
+      BB_CHECK(parse_finite(e, &budget.epochs) && budget.epochs > 0, at(path, f["epochs"]),
                ": finetune 'epochs' must be a number > 0, got '", e, "'");
     }
     if (f["images"]) {
@@ -467,9 +472,7 @@ Experiment load_experiment(const std::string& path, const std::string& configs_d
         if (has_share) {
           const std::string swhere = pt.count("prune_retrain_share") ? key_where["prune_retrain_share"] : where;
           const std::string& text = params.at("prune_retrain_share");
-          char* end = nullptr;
-          retrain_share = std::strtod(text.c_str(), &end);
-          BB_CHECK(!text.empty() && end && *end == '\0', swhere, ": prune_retrain_share '", text, "' is not a number");
+          BB_CHECK(parse_finite(text, &retrain_share), swhere, ": prune_retrain_share '", text, "' is not a number");
           params.erase("prune_retrain_share");
         }
         const bool pruned = params.count("prune_keep") && std::strtod(params.at("prune_keep").c_str(), nullptr) < 1;
