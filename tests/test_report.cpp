@@ -47,6 +47,7 @@ void write_record(const std::string& runs, const std::string& id, const std::str
                       {"bpw_core", bpw},       {"bpw_total", bpw + 0.25},   {"bpw_choi", bpw + 0.1},
                       {"size_mb_stock", 0.1},  {"bpw_young", bpw},          {"bpw_yu_conv", bpw},
                       {"file_bytes", 1000},    {"wall_seconds", 1.5},       {"seed", 0}};
+  if (method != "fp32") r["cpu_seconds"] = 2.5;  // the FP row stands for a record from before CPU time was kept
   r["identity"]["algorithm_version"] = make_method(method)->algorithm_version();
   r["context"]["cpu"] = method == "fp32" ? "Test CPU B (family 6 model 2)" : "Test CPU A (family 6 model 1)";
   for (size_t k = 0; k < kSets.size(); ++k) {
@@ -110,6 +111,8 @@ TEST_CASE("table: one data structure, writers that only format it", "[report]") 
   // What the runs cost, summed from the records, and the CPUs they ran on.
   REQUIRE(m["runs"] == 6);
   REQUIRE(m["wall_seconds"].get<double>() == 6 * 1.5);
+  REQUIRE(m["cpu_seconds"].get<double>() == 5 * 2.5);
+  REQUIRE(m["runs_with_cpu_seconds"] == 5);
   REQUIRE(m["cpus"] == nlohmann::json({"Test CPU A (family 6 model 1)", "Test CPU B (family 6 model 2)"}));
 
   // Each file is its writer's output, and the writers need nothing but the data: formatting the
@@ -129,7 +132,8 @@ TEST_CASE("table: one data structure, writers that only format it", "[report]") 
   REQUIRE(md.find("| uniform | bits=3 | 0 | 10.6× | 3.010 | 80.00 (74.0–86.0) | 85.00 | 88.00 (82.0–94.0) | 93.00 |") !=
           std::string::npos);
   REQUIRE(md.find("Wall time of the 6 runs above: 0.1") != std::string::npos);
-  REQUIRE(md.find("; CPU: Test CPU A (family 6 model 1), Test CPU B (family 6 model 2).\n") != std::string::npos);
+  REQUIRE(md.find("; CPU: Test CPU A (family 6 model 1), Test CPU B (family 6 model 2). CPU time of the 5 of them "
+                  "that record it: 0.2 min") != std::string::npos);
 
   // The data does not depend on the writers: collecting again gives the same table (context aside).
   auto again = collect_table(dir, opt);

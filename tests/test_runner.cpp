@@ -305,6 +305,9 @@ TEST_CASE("finished runs are cached, --force redoes them, failures leave records
     REQUIRE(run_experiment(relabelled, opt).cached == 4);
     auto rec = nlohmann::json::parse(read_file_text(ex.results_dir + "/runs/" + run_id(ex.runs[0]) + ".json"));
     REQUIRE(rec["label"] == "renamed");
+    // The run's CPU time is kept beside its wall time (both positive: the run computed something).
+    REQUIRE(rec["cpu_seconds"].get<double>() > 0);
+    REQUIRE(rec["wall_seconds"].get<double>() > 0);
     REQUIRE(run_experiment(ex, opt).cached == 4);  // and back
   }
   opt.force = true;

@@ -340,15 +340,24 @@ nlohmann::json model_table(const std::string& model, const std::vector<nlohmann:
     }
   nlohmann::json m = {{"datasets", datasets}, {"rows", rows}, {"comparisons", comps}};
   // What the model's runs cost, as each ran (their records' wall times), and on which CPUs.
-  double wall = 0;
+  // CPU time (user + system, all threads) is summed over the records that carry it (those computed
+  // before it was recorded do not): unlike wall time it is not inflated by a paused or shared machine.
+  double wall = 0, cpu = 0;
+  size_t with_cpu = 0;
   std::set<std::string> cpus;
   for (auto* r : mine) {
     wall += r->value("wall_seconds", 0.0);
+    if (r->contains("cpu_seconds")) {
+      cpu += (*r)["cpu_seconds"].get<double>();
+      ++with_cpu;
+    }
     if (r->contains("context") && (*r)["context"].contains("cpu") && !(*r)["context"]["cpu"].get<std::string>().empty())
       cpus.insert((*r)["context"]["cpu"].get<std::string>());
   }
   m["runs"] = mine.size();
   m["wall_seconds"] = wall;
+  m["cpu_seconds"] = cpu;
+  m["runs_with_cpu_seconds"] = with_cpu;
   m["cpus"] = cpus;
   if (fp)
     for (auto& d : datasets) {
@@ -449,7 +458,14 @@ std::string table_markdown(const nlohmann::json& table) {
          << " min (their records' wall times summed, each as it ran; a cached run keeps its first time)";
       const auto& cpus = m["cpus"];
       for (size_t i = 0; i < cpus.size(); ++i) md << (i ? ", " : "; CPU: ") << cpus[i].get<std::string>();
-      md << ".\n";
+      md << ".";
+      const size_t with_cpu = m.value("runs_with_cpu_seconds", (size_t)0);
+      if (with_cpu > 0)
+        md << (with_cpu == m["runs"].get<size_t>() ? " CPU time of all " : " CPU time of the ") << with_cpu
+           << (with_cpu == m["runs"].get<size_t>() ? "" : " of them that record it") << ": "
+           << fmt(m["cpu_seconds"].get<double>() / 60, 1)
+           << " min (user + system, all threads; not inflated by a paused or shared machine).";
+      md << "\n";
     }
     const auto& comps = m["comparisons"];
     if (!comps.empty()) {

@@ -250,7 +250,7 @@ RunnerSummary run_experiment(const Experiment& ex, const RunnerOptions& opt) {
     }
     log_info("[" + std::to_string(k) + "/" + std::to_string(mine.size()) + "] run " + id + " " + desc);
     if (opt.dry_run) continue;
-    const double t0 = now_seconds();
+    const double t0 = now_seconds(), cpu0 = process_cpu_seconds();
     CompressRequest req;
     req.model = r->model;
     req.weights = r->model_cfg.weights;
@@ -285,6 +285,7 @@ RunnerSummary run_experiment(const Experiment& ex, const RunnerOptions& opt) {
       if (!r->finetune_budget.is_null()) rec["finetune_budget"] = r->finetune_budget;
       if (!control_id.empty()) rec["control_run_id"] = control_id;
       rec["wall_seconds"] = now_seconds() - t0;
+      rec["cpu_seconds"] = process_cpu_seconds() - cpu0;
       rec["peak_rss_bytes"] = peak_rss_bytes();
       rec["context"] = context_json();
       nlohmann::json hits = nlohmann::json::object();
