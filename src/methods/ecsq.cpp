@@ -36,14 +36,7 @@ struct ECSQMethodParams : ParamsBase {
   // ResNet-20/32 on cifar10-jpeg-val at 2 bpw 69.1/77.6 top-1 where both gives 34.9/30.8)
   std::string hessian_use = "centres";
   ECSQMethodParams() {
-    share.scope = "network";
-    share.weighting = "hessian";
-    share.coder = "huffman";
-    share.target_bpw = 2.0;
-    // Sampled labels (one per image), validated: on cifar10-jpeg-val at 2 bpw the exact class sum
-    // gives the same top-1 (ResNet-20 ecsq 69.30 vs 69.14, uniform_ecsq 76.04 vs 76.06) at 10x
-    // the cost (1,523 s vs ~150 s on 2 busy cores).
-    share.hessian.gn_max_classes = 0;
+    share.set_entropy_constrained_defaults();
   }
   void bind(ParamBinder& b) override {
     b.field("lambda", lambda, "Lagrange multiplier, weighted distortion per bit (0 = bisection for target_bpw)");

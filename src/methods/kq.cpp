@@ -156,23 +156,6 @@ torch::Tensor nearest(const torch::Tensor& x, const torch::Tensor& cb) {
   return order.index_select(0, pos);
 }
 
-// Members' (weighted) mean per codeword; rows of empty codewords are NaN-free garbage (masked).
-std::pair<torch::Tensor, torch::Tensor> cluster_means(const torch::Tensor& x, const torch::Tensor& assign, int64_t k,
-                                                      const torch::Tensor& w = {}) {
-  auto x64 = x.to(torch::kFloat64);
-  auto sums = torch::zeros({k, x.size(1)}, torch::kFloat64);
-  auto cnt = torch::zeros({k}, torch::kFloat64);
-  if (w.defined()) {
-    auto w64 = w.to(torch::kFloat64);
-    sums.index_add_(0, assign, x64 * w64.unsqueeze(1));
-    cnt.index_add_(0, assign, w64);
-  } else {
-    sums.index_add_(0, assign, x64);
-    cnt.index_add_(0, assign, torch::ones({x.size(0)}, torch::kFloat64));
-  }
-  return {(sums / cnt.clamp_min(1e-300).unsqueeze(1)).to(torch::kFloat32), cnt > 0};
-}
-
 // Deterministic training subset of at most m rows.
 torch::Tensor subsample(const torch::Tensor& x, int64_t m, uint64_t seed) {
   const int64_t n = x.size(0);

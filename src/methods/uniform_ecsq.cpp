@@ -19,14 +19,7 @@ struct UniformECSQParams : ParamsBase {
   SharingMethodParams share;
   double step = 0;  // quantizer step; 0 = search it for target_bpw
   UniformECSQParams() {
-    share.scope = "network";
-    share.weighting = "hessian";
-    share.coder = "huffman";
-    share.target_bpw = 2.0;
-    // Sampled labels (one per image), validated: on cifar10-jpeg-val at 2 bpw the exact class sum
-    // gives the same top-1 (ResNet-20 ecsq 69.30 vs 69.14, uniform_ecsq 76.04 vs 76.06) at 10x
-    // the cost (1,523 s vs ~150 s on 2 busy cores).
-    share.hessian.gn_max_classes = 0;
+    share.set_entropy_constrained_defaults();
   }
   void bind(ParamBinder& b) override {
     b.field("step", step, "quantizer step size (0 = chosen by bisection to hit target_bpw)");

@@ -322,20 +322,8 @@ ClusteringResult kmeans(const torch::Tensor& x_in, int64_t k, const ClusteringPa
     r.assign = assign;
     double obj = (w.defined() ? (dist * w).sum() : dist.sum()).item<double>();
     // M-step: (weighted) means of the members.
-    auto sums = torch::zeros({k, d}, torch::kFloat64);
-    auto cnt = torch::zeros({k}, torch::kFloat64);
-    auto x64 = x.to(torch::kFloat64);
-    if (w.defined()) {
-      auto w64 = w.to(torch::kFloat64);
-      sums.index_add_(0, assign, x64 * w64.unsqueeze(1));
-      cnt.index_add_(0, assign, w64);
-    } else {
-      sums.index_add_(0, assign, x64);
-      cnt.index_add_(0, assign, torch::ones({n}, torch::kFloat64));
-    }
+    auto [newc, nonempty] = cluster_means(x, assign, k, w);
     auto members = torch::bincount(assign, {}, k);
-    auto nonempty = cnt > 0;
-    auto newc = (sums / cnt.clamp_min(1e-300).unsqueeze(1)).to(torch::kFloat32);
     r.centroids = torch::where(nonempty.unsqueeze(1), newc, r.centroids);
     // Empty clusters: split the most populated cluster in two, perturbing both copies.
     int64_t splits = 0;
@@ -365,6 +353,22 @@ ClusteringResult kmeans(const torch::Tensor& x_in, int64_t k, const ClusteringPa
   r.assign = assign;
   r.objective = (w.defined() ? (dist * w).sum() : dist.sum()).item<double>();
   return r;
+}
+
+std::pair<torch::Tensor, torch::Tensor> cluster_means(const torch::Tensor& x, const torch::Tensor& assign, int64_t k,
+                                                      const torch::Tensor& w) {
+  auto x64 = x.to(torch::kFloat64);
+  auto sums = torch::zeros({k, x.size(1)}, torch::kFloat64);
+  auto cnt = torch::zeros({k}, torch::kFloat64);
+  if (w.defined()) {
+    auto w64 = w.to(torch::kFloat64);
+    sums.index_add_(0, assign, x64 * w64.unsqueeze(1));
+    cnt.index_add_(0, assign, w64);
+  } else {
+    sums.index_add_(0, assign, x64);
+    cnt.index_add_(0, assign, torch::ones({x.size(0)}, torch::kFloat64));
+  }
+  return {(sums / cnt.clamp_min(1e-300).unsqueeze(1)).to(torch::kFloat32), cnt > 0};
 }
 
 }  // namespace bb

@@ -76,6 +76,11 @@ std::pair<torch::Tensor, torch::Tensor> assign_nearest_gemm(const torch::Tensor&
 std::pair<torch::Tensor, torch::Tensor> assign_nearest_small_d(const torch::Tensor& x, const torch::Tensor& centroids,
                                                                bool reference = false);
 
+// Members' (weighted by w, when given) mean per cluster, summed in float64, returned as float32
+// (rows of empty clusters are finite garbage), and which clusters have members (total weight > 0).
+std::pair<torch::Tensor, torch::Tensor> cluster_means(const torch::Tensor& x, const torch::Tensor& assign, int64_t k,
+                                                      const torch::Tensor& w = {});
+
 // Plain loop reference for tests: nearest centroid by brute force.
 torch::Tensor assign_nearest_ref(const torch::Tensor& x, const torch::Tensor& centroids);
 
