@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# How idle OpenMP threads wait, quiet and beside another job (docs/PERFORMANCE.md, "Waiting threads").
-# Interleaved runs of libgomp's default (GOMP_SPINCOUNT=300000, its default spin count, with the
-# policy unset: bitbench then leaves the policy alone),
-# OMP_WAIT_POLICY=PASSIVE (bitbench's default) and GOMP_SPINCOUNT=10000 on two workloads:
-# fine-tuning (the `finetune` phase of an fp32 compress) and evaluation (wall of `bitbench eval`).
-# "loaded": a loop of default-policy `bitbench eval` runs beside them. Env: REPS (2), IMAGES (768).
+# How idle OpenMP threads wait, on a quiet machine and beside another job (docs/PERFORMANCE.md,
+# "Waiting threads"). Interleaved runs of libgomp's default (nothing set), GOMP_SPINCOUNT=30000
+# and OMP_WAIT_POLICY=PASSIVE on two workloads: fine-tuning (the `finetune` phase of an fp32
+# compress) and evaluation (wall of `bitbench eval --limit 5000`). "loaded": a loop of
+# default-policy `bitbench eval` runs beside them. Env: REPS (2), IMAGES (768).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BB=${BB:-build/bitbench}
@@ -13,8 +12,10 @@ W=$D/models/cifar10_resnet20.pt
 REPS=${REPS:-2}
 IMAGES=${IMAGES:-768}
 TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"; [ -n "${LP:-}" ] && kill "$LP" 2>/dev/null || true' EXIT
-one() {  # label, env assignments...
+LP=
+stop_load() { if [ -n "$LP" ]; then kill "$LP" 2>/dev/null || true; wait "$LP" 2>/dev/null || true; LP=; fi; }
+trap 'stop_load; rm -rf "$TMP"' EXIT
+one() {  # label, then env arguments
   local lab=$1; shift
   local ft t1 t2
   ft=$(env "$@" "$BB" compress --method fp32 --set finetune_epochs=1 --set finetune_max_images="$IMAGES" \
@@ -23,18 +24,19 @@ one() {  # label, env assignments...
   t1=$(date +%s.%N)
   env "$@" "$BB" eval --model cifar_resnet20 --weights "$W" --dataset cifar10-jpeg-test --limit 5000 >/dev/null 2>&1
   t2=$(date +%s.%N)
-  python3 -c "print('%-6s %-14s finetune_s %6.2f  eval5000_s %6.2f' % ('$MODE', '$lab', $ft, $t2 - $t1))"
+  python3 -c "print('%-6s %-8s finetune_s %6.2f  eval5000_s %6.2f' % ('$MODE', '$lab', $ft, $t2 - $t1))"
 }
 for MODE in quiet loaded; do
   if [ "$MODE" = loaded ]; then
-    (while true; do env -u OMP_WAIT_POLICY GOMP_SPINCOUNT=300000 "$BB" eval --model cifar_resnet20 --weights "$W" --dataset cifar10-jpeg-test \
-       --limit 2000 >/dev/null 2>&1; done) &
+    # the loop's own eval finishes within seconds of the kill; its subshell stops at once
+    (while true; do env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT "$BB" eval --model cifar_resnet20 --weights "$W" \
+       --dataset cifar10-jpeg-test --limit 2000 >/dev/null 2>&1; done) &
     LP=$!
     sleep 2
   fi
   for _ in $(seq "$REPS"); do
-    one default -u OMP_WAIT_POLICY GOMP_SPINCOUNT=300000
+    one default -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT
+    one spin30k -u OMP_WAIT_POLICY GOMP_SPINCOUNT=30000
     one PASSIVE -u GOMP_SPINCOUNT OMP_WAIT_POLICY=PASSIVE
-    one spin10k -u OMP_WAIT_POLICY GOMP_SPINCOUNT=10000
   done
 done

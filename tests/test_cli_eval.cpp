@@ -86,23 +86,18 @@ TEST_CASE("eval: --limit, --data-root and the text output", "[cli]") {
   CHECK_THAT(p.out, Catch::Contains("top-1") && Catch::Contains("n=50"));
 }
 
-TEST_CASE("eval: idle threads wait passively unless the user sets OMP_WAIT_POLICY; the context says which", "[cli]") {
-  // tests/main.cpp sets the environment as bitbench's main does.
-  const char* here = std::getenv("OMP_WAIT_POLICY");
-  REQUIRE(here != nullptr);
-  REQUIRE(bb::context_json().at("omp_wait_policy") == std::string(here));
+TEST_CASE("eval: the context says how idle threads waited (OMP_WAIT_POLICY, GOMP_SPINCOUNT as set)", "[cli]") {
   const std::string args = "--model cifar_resnet20 --weights " + sh_quote(models_dir() + "cifar10_resnet20.pt") +
                            " --dataset cifar10-lossless-1k --limit 8 --json";
   struct Case {
     std::string env, policy, spincount;
   };
-  for (const Case& c : std::vector<Case>{{"env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT ", "PASSIVE", ""},
-                                         {"env -u GOMP_SPINCOUNT OMP_WAIT_POLICY=ACTIVE ", "ACTIVE", ""},
-                                         {"env -u OMP_WAIT_POLICY GOMP_SPINCOUNT=300000 ", "", "300000"}}) {
+  for (const Case& c : std::vector<Case>{{"env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT ", "", ""},
+                                         {"env -u GOMP_SPINCOUNT OMP_WAIT_POLICY=PASSIVE ", "PASSIVE", ""},
+                                         {"env -u OMP_WAIT_POLICY GOMP_SPINCOUNT=30000 ", "", "30000"}}) {
     Proc p = run_cmd(c.env + sh_quote(bitbench_binary()) + " eval " + args);
     INFO(c.env << "\n" << p.err);
     REQUIRE(p.status == 0);
-    CHECK(p.err.find("libgomp") == std::string::npos);  // no complaint about the values
     const auto ctx = nlohmann::json::parse(p.out)["context"];
     CHECK(ctx["omp_wait_policy"] == c.policy);
     CHECK(ctx["gomp_spincount"] == c.spincount);

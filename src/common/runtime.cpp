@@ -57,26 +57,19 @@ std::string blas_in_use() {
   return found;
 }
 
-void pin_runtime_environment(char** argv) {
-  bool changed = false;
-  if (!std::getenv("OPENBLAS_CORETYPE")) {  // else set by the user, or by the first execution
-    __builtin_cpu_init();
-    const char* core = "Prescott";
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
-      core = "SkylakeX";
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      core = "Haswell";
-    changed |= setenv("OPENBLAS_CORETYPE", core, 1) == 0;
-  }
-  // Waiting threads: passive unless the user chose (a policy, or libgomp's spin count, which it
-  // reads only while OMP_WAIT_POLICY is unset: GOMP_SPINCOUNT=300000 is its default).
-  if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("GOMP_SPINCOUNT"))
-    changed |= setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0;
-  if (!changed) return;
+void pin_blas_kernels(char** argv) {
+  if (std::getenv("OPENBLAS_CORETYPE")) return;  // set by the user, or by the first execution
+  __builtin_cpu_init();
+  const char* core = "Prescott";
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+    core = "SkylakeX";
+  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    core = "Haswell";
+  if (setenv("OPENBLAS_CORETYPE", core, 1) != 0) return;
   execv("/proc/self/exe", argv);
-  // Only on failure (no /proc): carry on with the kernels OpenBLAS chose and libgomp's waiting;
-  // blas_kernels(), the run identity and the context say which.
+  // Only on failure (no /proc): carry on with the kernels OpenBLAS chose; blas_kernels() and the
+  // run identity say which.
   std::fprintf(stderr, "bitbench: warning: could not re-execute to pin OpenBLAS's kernels (%s); running with %s\n",
                std::strerror(errno), blas_kernels().c_str());
 }
@@ -215,7 +208,8 @@ nlohmann::json context_json() {
           {"num_threads", torch::get_num_threads()},
           {"blas", blas_in_use()},
           {"blas_kernels", blas_kernels()},
-          // how idle threads waited, as libgomp read it at start-up ("" = unset)
+          // how idle threads waited, as libgomp read it at start-up ("" = unset: libgomp's default;
+          // docs/PERFORMANCE.md, "Waiting threads")
           {"omp_wait_policy", std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : ""},
           {"gomp_spincount", std::getenv("GOMP_SPINCOUNT") ? std::getenv("GOMP_SPINCOUNT") : ""},
           {"torch_version", TORCH_VERSION}};

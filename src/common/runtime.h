@@ -32,17 +32,13 @@ std::string blas_in_use();
 
 // OpenBLAS picks its kernels by CPU model when it loads, so one program gives other float results
 // (other bytes, another top-1) on another CPU, and OpenBLAS 0.3.21 falls back to generic SSE3
-// kernels on CPUs it does not know. pin_runtime_environment() makes the choice bitbench's, by features
+// kernels on CPUs it does not know. pin_blas_kernels() makes the choice bitbench's, by features
 // rather than model: unless OPENBLAS_CORETYPE is already set, it sets it ("SkylakeX" where the CPU
 // and OS have AVX-512 F/CD/BW/DQ/VL, else "Haswell" where AVX2 and FMA, else "Prescott") and
 // re-executes the program once (/proc/self/exe, same arguments), so that OpenBLAS loads with it.
-// In the same step, unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set, it sets OMP_WAIT_POLICY to
-// PASSIVE: libgomp's default
-// spin-waiting makes a job 2.5-4x slower on a machine shared with another (docs/PERFORMANCE.md,
-// "Waiting threads"), for 0-5% on a quiet one; the wait policy does not move any float.
 // Call it first thing in main(). kCanonicalBlasKernels: the kernels of the golden bytes and of
 // every committed run record whose identity has no "blas_kernels".
-void pin_runtime_environment(char** argv);
+void pin_blas_kernels(char** argv);
 inline constexpr const char* kCanonicalBlasKernels = "SkylakeX";
 // The kernels OpenBLAS runs (openblas_get_corename(): "SkylakeX", "Haswell", "Prescott", ...);
 // "" where OpenBLAS is not loaded.
