@@ -8,7 +8,8 @@ inline double now_seconds() {
   return duration<double>(steady_clock::now().time_since_epoch()).count();
 }
 // CPU time this process has used so far (user + system, all its threads). Unlike wall time it does
-// not grow while the process is stopped (SIGSTOP) or waiting for a core another job holds.
+// not grow while the process is stopped (SIGSTOP) or waiting for a core another job holds; OpenMP
+// threads spin-waiting beside another job do add to it (docs/PERFORMANCE.md, "Waiting threads").
 inline double process_cpu_seconds() {
   timespec ts{};
   if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0) return 0;

@@ -341,7 +341,8 @@ nlohmann::json model_table(const std::string& model, const std::vector<nlohmann:
   nlohmann::json m = {{"datasets", datasets}, {"rows", rows}, {"comparisons", comps}};
   // What the model's runs cost, as each ran (their records' wall times), and on which CPUs.
   // CPU time (user + system, all threads) is summed over the records that carry it (those computed
-  // before it was recorded do not): unlike wall time it is not inflated by a paused or shared machine.
+  // before it was recorded do not): unlike wall time it does not count pauses (SIGSTOP) or time
+  // spent waiting for a core, though threads spinning on a shared machine still add to it.
   double wall = 0, cpu = 0;
   size_t with_cpu = 0;
   std::set<std::string> cpus;
@@ -464,7 +465,7 @@ std::string table_markdown(const nlohmann::json& table) {
         md << (with_cpu == m["runs"].get<size_t>() ? " CPU time of all " : " CPU time of the ") << with_cpu
            << (with_cpu == m["runs"].get<size_t>() ? "" : " of them that record it") << ": "
            << fmt(m["cpu_seconds"].get<double>() / 60, 1)
-           << " min (user + system, all threads; not inflated by a paused or shared machine).";
+           << " min (user + system, all threads; pauses do not count, threads spinning beside other jobs do).";
       md << "\n";
     }
     const auto& comps = m["comparisons"];
