@@ -78,6 +78,21 @@ std::string synthetic_results(const std::string& root) {
 
 }  // namespace
 
+TEST_CASE("table: a model's cost line counts its runs and the CPU time of those that record it", "[report]") {
+  TempDir t;
+  const std::string dir = t.str() + "/one", runs = dir + "/runs";
+  fs::create_directories(runs);
+  write_record(runs, "u0", "cifar_resnet20", "uniform", "uniform", {{"bits", "4"}}, 4.01, {88, 93});
+  TableOptions opt;
+  opt.published_dir = t.str() + "/no-published";
+  const std::string md = table_markdown(build_table(dir, opt));
+  INFO(md);
+  // One run, and it records its CPU time (2.5 s): no "of them".
+  REQUIRE(md.find("Wall time of the run above: 0.0 min") != std::string::npos);
+  REQUIRE(md.find("(family 6 model 1). CPU time: 0.0 min (user + system") != std::string::npos);
+  REQUIRE(md.find("of them that record it") == std::string::npos);
+}
+
 TEST_CASE("table: one data structure, writers that only format it", "[report]") {
   TempDir t;
   const std::string dir = synthetic_results(t.str());

@@ -454,17 +454,17 @@ std::string table_markdown(const nlohmann::json& table) {
          << "\n";
     }
     if (m.contains("wall_seconds")) {
-      md << "\nWall time of the " << m["runs"].get<size_t>() << " runs above: "
-         << fmt(m["wall_seconds"].get<double>() / 60, 1)
+      const size_t runs = m["runs"].get<size_t>();
+      md << "\nWall time of " << (runs == 1 ? std::string("the run") : "the " + std::to_string(runs) + " runs")
+         << " above: " << fmt(m["wall_seconds"].get<double>() / 60, 1)
          << " min (their records' wall times summed, each as it ran; a cached run keeps its first time)";
       const auto& cpus = m["cpus"];
       for (size_t i = 0; i < cpus.size(); ++i) md << (i ? ", " : "; CPU: ") << cpus[i].get<std::string>();
       md << ".";
       const size_t with_cpu = m.value("runs_with_cpu_seconds", (size_t)0);
       if (with_cpu > 0)
-        md << (with_cpu == m["runs"].get<size_t>() ? " CPU time of all " : " CPU time of the ") << with_cpu
-           << (with_cpu == m["runs"].get<size_t>() ? "" : " of them that record it") << ": "
-           << fmt(m["cpu_seconds"].get<double>() / 60, 1)
+        md << (with_cpu == runs ? " CPU time" : " CPU time of the " + std::to_string(with_cpu) + " of them that record it")
+           << ": " << fmt(m["cpu_seconds"].get<double>() / 60, 1)
            << " min (user + system, all threads; pauses do not count, threads spinning beside other jobs do).";
       md << "\n";
     }
