@@ -83,13 +83,19 @@ TEST_CASE("table: a model's cost line counts its runs and the CPU time of those 
   const std::string dir = t.str() + "/one", runs = dir + "/runs";
   fs::create_directories(runs);
   write_record(runs, "u0", "cifar_resnet20", "uniform", "uniform", {{"bits", "4"}}, 4.01, {88, 93});
+  {  // 90 s of wall time and 150 s of CPU time (2 threads), so the minutes show
+    auto r = nlohmann::json::parse(read_file_text(runs + "/u0.json"));
+    r["wall_seconds"] = 90.0;
+    r["cpu_seconds"] = 150.0;
+    std::ofstream(runs + "/u0.json") << r.dump();
+  }
   TableOptions opt;
   opt.published_dir = t.str() + "/no-published";
   const std::string md = table_markdown(build_table(dir, opt));
   INFO(md);
-  // One run, and it records its CPU time (2.5 s): no "of them".
-  REQUIRE(md.find("Wall time of the run above: 0.0 min") != std::string::npos);
-  REQUIRE(md.find("(family 6 model 1). CPU time: 0.0 min (user + system") != std::string::npos);
+  // One run, and it records its CPU time: no "of them".
+  REQUIRE(md.find("Wall time of the run above: 1.5 min") != std::string::npos);
+  REQUIRE(md.find("(family 6 model 1). CPU time: 2.5 min (user + system") != std::string::npos);
   REQUIRE(md.find("of them that record it") == std::string::npos);
 }
 

@@ -191,6 +191,7 @@ static std::string cpu_model() {
 }
 
 nlohmann::json context_json() {
+  auto env = [](const char* name) { const char* v = std::getenv(name); return std::string(v ? v : ""); };
   static const std::string cpu = cpu_model();
   char host[256] = {0};
   gethostname(host, sizeof host - 1);
@@ -210,8 +211,8 @@ nlohmann::json context_json() {
           {"blas_kernels", blas_kernels()},
           // how idle threads waited, as libgomp read it at start-up ("" = unset: libgomp's default;
           // docs/PERFORMANCE.md, "Waiting threads")
-          {"omp_wait_policy", std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : ""},
-          {"gomp_spincount", std::getenv("GOMP_SPINCOUNT") ? std::getenv("GOMP_SPINCOUNT") : ""},
+          {"omp_wait_policy", env("OMP_WAIT_POLICY")},
+          {"gomp_spincount", env("GOMP_SPINCOUNT")},
           {"torch_version", TORCH_VERSION}};
 }
 

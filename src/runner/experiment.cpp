@@ -140,6 +140,13 @@ nlohmann::json FinetuneBudget::to_json() const {
   return j;
 }
 
+// The whole of `text` as a finite number (strtod, nothing left over).
+static bool parse_finite(const std::string& text, double* out) {
+  char* end = nullptr;
+  *out = std::strtod(text.c_str(), &end);
+  return !text.empty() && end && *end == '\0' && std::isfinite(*out);
+}
+
 // The one place a budget meets the methods. Every method that fine-tunes takes epochs, images
 // and batch through its own finetune_* parameters; what differs is which stage they drive and
 // which settings its mechanism lacks:
@@ -158,13 +165,6 @@ nlohmann::json FinetuneBudget::to_json() const {
 //   fp32: the FP control, every conv/linear weight (constant lr by default).
 //   uniform, fp16 and any other method: no fine-tuning -> an error (run its block with
 //       `finetune: false`).
-// The whole of `text` as a finite number (strtod, nothing left over).
-static bool parse_finite(const std::string& text, double* out) {
-  char* end = nullptr;
-  *out = std::strtod(text.c_str(), &end);
-  return !text.empty() && end && *end == '\0' && std::isfinite(*out);
-}
-
 // The Choi family: weight sharing whose fine-tuning trains the shared values.
 static bool finetune_sharing_method(const std::string& method) {
   static const std::set<std::string> sharing = {"kmeans", "hessian_kmeans", "ecsq", "uniform_ecsq"};
