@@ -27,11 +27,6 @@ using bbtest::TempDir;
 using bbtest::error_of;
 using bbtest::write_file;
 
-namespace {
-
-
-}  // namespace
-
 TEST_CASE("finetune budget: one FP control per model and seed, the budget mapped onto each method", "[runner]") {
   TempDir t;
   auto p = write_file(t.str(), "e.yaml", R"(experiment: budget

@@ -27,7 +27,6 @@ using bbtest::write_file;
 
 namespace {
 
-
 const char* kSmall = R"(experiment: small
 models: [cifar_resnet20]
 eval: [cifar10-lossless-1k]
