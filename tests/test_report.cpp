@@ -59,6 +59,15 @@ void write_record(const std::string& runs, const std::string& id, const std::str
   std::ofstream(runs + "/" + id + ".json") << r.dump();
 }
 
+// Gives record `id` the rate_target block a target_bpw run records (requested vs reached bpw_core).
+void set_rate_target(const std::string& runs, const std::string& id, double req, double got, const char* why) {
+  auto r = nlohmann::json::parse(read_file_text(runs + "/" + id + ".json"));
+  r["rate_target"] = {{"requested", req}, {"reached", got}, {"measure", "bpw_core"},
+                      {"relative_error", (got - req) / req}, {"within_2pct", std::fabs(got / req - 1) <= 0.02}};
+  if (why) r["rate_target"]["why"] = why;
+  std::ofstream(runs + "/" + id + ".json") << r.dump();
+}
+
 // fp32, a short label at three rates, a long label (the kind a fixed legend box cut) at two.
 std::string synthetic_results(const std::string& root) {
   const std::string dir = root + "/synthetic", runs = dir + "/runs";
@@ -251,16 +260,9 @@ TEST_CASE("table: every off-target row says why, in the Markdown and the JSON", 
   write_record(runs, "k1", "cifar_resnet20", "kmeans", "k-means", {{"target_bpw", "2"}}, 1.9, {80, 85});
   write_record(runs, "k2", "cifar_resnet20", "kmeans", "k-means", {{"target_bpw", "3"}}, 2.99, {84, 89});
   write_record(runs, "k3", "cifar_resnet20", "kmeans", "k-means", {{"target_bpw", "4"}}, 3.8, {86, 91});
-  auto patch = [&](const std::string& id, double req, double got, const char* why) {
-    auto r = nlohmann::json::parse(read_file_text(runs + "/" + id + ".json"));
-    r["rate_target"] = {{"requested", req}, {"reached", got}, {"measure", "bpw_core"},
-                        {"relative_error", (got - req) / req}, {"within_2pct", std::fabs(got / req - 1) <= 0.02}};
-    if (why) r["rate_target"]["why"] = why;
-    std::ofstream(runs + "/" + id + ".json") << r.dump();
-  };
-  patch("k1", 2, 1.9, "kmeans: k=6 gives 1.9 bpw, k=7 gives 2.1 bpw; the closer, k=6, is kept");
-  patch("k2", 3, 2.99, "within");
-  patch("k3", 4, 3.8, nullptr);
+  set_rate_target(runs, "k1", 2, 1.9, "kmeans: k=6 gives 1.9 bpw, k=7 gives 2.1 bpw; the closer, k=6, is kept");
+  set_rate_target(runs, "k2", 3, 2.99, "within");
+  set_rate_target(runs, "k3", 4, 3.8, nullptr);
   TableOptions opt;
   opt.published_dir = t.str() + "/no-published";
   const nlohmann::json table = build_table(dir, opt);
@@ -275,6 +277,46 @@ TEST_CASE("table: every off-target row says why, in the Markdown and the JSON", 
   for (auto& row : table["models"]["cifar_resnet20"]["rows"])
     if (row.contains("rate_target") && row["rate_target"].contains("why")) ++with_why;
   REQUIRE(with_why == 2);
+}
+
+TEST_CASE("table: the best row per rate target counts only rows on target, by drop, ties to fewer bits", "[report]") {
+  TempDir t;
+  const std::string dir = t.str() + "/best", runs = dir + "/runs";
+  fs::create_directories(runs);
+  write_record(runs, "a0", "cifar_resnet20", "fp32", "fp32", nlohmann::json::object(), 32, {90, 95});
+  // Target 2: an off-target row with the highest top-1 (not a candidate), two rows tied at 85 on
+  // the first evaluation set (the one with fewer bits wins), one lower.
+  write_record(runs, "k1", "cifar_resnet20", "kmeans", "k-means", {{"target_bpw", "2"}}, 2.2, {89, 94});
+  write_record(runs, "u1", "cifar_resnet20", "uniform_ecsq", "uniform + Huffman", {{"target_bpw", "2"}}, 2.01, {85, 80});
+  write_record(runs, "e1", "cifar_resnet20", "ecsq", "ECSQ", {{"target_bpw", "2"}}, 1.99, {85, 70});
+  write_record(runs, "q1", "cifar_resnet20", "kq", "KQ", {{"target_bpw", "2"}}, 1.995, {80, 93});
+  // Target 1.5: one row; a fixed-width row without a target never counts.
+  write_record(runs, "q2", "cifar_resnet20", "kq", "KQ", {{"target_bpw", "1.5"}}, 1.49, {70, 75});
+  write_record(runs, "x1", "cifar_resnet20", "uniform", "uniform", {{"bits", "2"}}, 2.0, {88, 90});
+  set_rate_target(runs, "k1", 2, 2.2, "why");
+  set_rate_target(runs, "u1", 2, 2.01, nullptr);
+  set_rate_target(runs, "e1", 2, 1.99, nullptr);
+  set_rate_target(runs, "q1", 2, 1.995, nullptr);
+  set_rate_target(runs, "q2", 1.5, 1.49, nullptr);
+  TableOptions opt;
+  opt.published_dir = t.str() + "/no-published";
+  const nlohmann::json table = build_table(dir, opt);
+  const auto& best = table["models"]["cifar_resnet20"]["best_per_target"];
+  INFO(best.dump(1));
+  REQUIRE(best.size() == 2);
+  REQUIRE(best[0]["target_bpw"] == 1.5);
+  REQUIRE(best[0]["label"] == "KQ");
+  REQUIRE(best[0]["candidates"] == 1);
+  REQUIRE(best[1]["target_bpw"] == 2.0);
+  REQUIRE(best[1]["label"] == "ECSQ");  // 85 at 1.99 beats 85 at 2.01; 89 at 2.2 is off target
+  REQUIRE(best[1]["candidates"] == 3);
+  REQUIRE(best[1]["ranked_by"] == "drop");
+  REQUIRE(best[1]["drop"].get<double>() == Approx(5.0));
+  const std::string md = table_markdown(table);
+  INFO(md);
+  REQUIRE(md.find("Best row per rate target on cifar10-jpeg-test") != std::string::npos);
+  REQUIRE(md.find("| 2 | ECSQ |  | 1.990 | 85.00 | 5.00 | FP | 3 |") != std::string::npos);
+  REQUIRE(md.find("| 1.5 | KQ | target_bpw=1.5 | 1.490 | 70.00 | 20.00 | FP | 1 |") != std::string::npos);
 }
 
 TEST_CASE("plots: one per model and evaluation set, every legend label whole, no text overlapping another", "[report]") {

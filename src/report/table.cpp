@@ -282,6 +282,42 @@ std::map<std::string, std::vector<size_t>> curve_rows(const nlohmann::json& rows
 
 // One model's section of the table: rows (measured, then published), curve comparisons on the
 // first evaluation set, the FP baseline.
+// Per rate target, the best measured row on `dataset`: among the rows that asked for that
+// target_bpw, landed within 2% of it and are not stale, the smallest drop against the row's own
+// reference (its fine-tuning control, else the FP run), or the highest top-1 where a row has no
+// reference; ties go to fewer bits, then to the earlier row. Sorted by target.
+nlohmann::json best_per_target(const nlohmann::json& rows, const std::string& dataset) {
+  std::map<double, std::vector<size_t>> at;  // requested target -> candidate rows
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const auto& row = rows[i];
+    if (row["kind"] != "measured" || !row.contains("rate_target") || row.value("stale", false)) continue;
+    const auto& rt = row["rate_target"];
+    if (!rt.value("within_2pct", false) || !rt.contains("requested")) continue;
+    at[rt["requested"].get<double>()].push_back(i);
+  }
+  nlohmann::json out = nlohmann::json::array();
+  for (auto& [target, idx] : at) {
+    bool all_drops = true;
+    for (size_t i : idx) all_drops = all_drops && rows[i].contains("drop");
+    // Higher is better.
+    auto score = [&](size_t i) {
+      return all_drops ? -rows[i]["drop"][dataset].get<double>() : rows[i]["top1"][dataset].get<double>();
+    };
+    size_t b = idx.front();
+    for (size_t i : idx)
+      if (score(i) > score(b) || (score(i) == score(b) && rows[i]["bits"].get<double>() < rows[b]["bits"].get<double>()))
+        b = i;
+    const auto& row = rows[b];
+    nlohmann::json e = {{"target_bpw", target}, {"row", b},        {"label", row["label"]},
+                        {"variant", row["variant"]}, {"bits", row["bits"]}, {"top1", row["top1"][dataset]},
+                        {"candidates", idx.size()}, {"ranked_by", all_drops ? "drop" : "top1"}};
+    if (row.contains("drop")) e["drop"] = row["drop"][dataset];
+    if (row.contains("reference")) e["reference"] = row["reference"];
+    out.push_back(e);
+  }
+  return out;
+}
+
 nlohmann::json model_table(const std::string& model, const std::vector<nlohmann::json>& recs, const nlohmann::json& published) {
   std::vector<const nlohmann::json*> mine;
   for (auto& r : recs)
@@ -338,7 +374,7 @@ nlohmann::json model_table(const std::string& model, const std::vector<nlohmann:
       g["dataset"] = datasets[0];
       comps.push_back(g);
     }
-  nlohmann::json m = {{"datasets", datasets}, {"rows", rows}, {"comparisons", comps}};
+  nlohmann::json m = {{"datasets", datasets}, {"rows", rows}, {"comparisons", comps}, {"best_per_target", best_per_target(rows, datasets[0])}};
   // What the model's runs cost, as each ran (their records' wall times), and on which CPUs.
   // CPU time (user + system, all threads) is summed over the records that carry it (those computed
   // before it was recorded do not): unlike wall time it does not count pauses (SIGSTOP) or time
@@ -467,6 +503,25 @@ std::string table_markdown(const nlohmann::json& table) {
            << ": " << fmt(m["cpu_seconds"].get<double>() / 60, 1)
            << " min (user + system, all threads; pauses do not count, threads spinning beside other jobs do).";
       md << "\n";
+    }
+    const auto& best = m.value("best_per_target", nlohmann::json::array());
+    if (!best.empty()) {
+      md << "\nBest row per rate target on " << datasets[0]
+         << " (rows that asked for the target_bpw and landed within 2% of it; the smallest drop against the row's "
+            "reference, or the highest top-1 where a row has none; ties to fewer bits):\n\n| target | Method | Variant | Bits | Top-1 | Drop | vs | rows |\n"
+            "|---|---|---|---|---|---|---|---|\n";
+      for (auto& e : best) {
+        std::string vs;
+        if (e.contains("reference"))
+          vs = e["reference"]["kind"] == "control" ? "control " + e["reference"]["run_id"].get<std::string>().substr(0, 8)
+                                                   : "FP";
+        char target[32];
+        std::snprintf(target, sizeof target, "%g", e["target_bpw"].get<double>());
+        md << "| " << target << " | " << e["label"].get<std::string>() << " | "
+           << e["variant"].get<std::string>() << " | " << fmt(e["bits"].get<double>(), 3) << " | "
+           << fmt(e["top1"].get<double>()) << " | " << (e.contains("drop") ? fmt(e["drop"].get<double>()) : "") << " | "
+           << vs << " | " << e["candidates"].get<size_t>() << " |\n";
+      }
     }
     const auto& comps = m["comparisons"];
     if (!comps.empty()) {
