@@ -292,12 +292,14 @@ TEST_CASE("table: the best row per rate target counts only rows on target, by dr
   write_record(runs, "q1", "cifar_resnet20", "kq", "KQ", {{"target_bpw", "2"}}, 1.995, {80, 93});
   // Target 1.5: one row; a fixed-width row without a target never counts.
   write_record(runs, "q2", "cifar_resnet20", "kq", "KQ", {{"target_bpw", "1.5"}}, 1.49, {70, 75});
+  write_record(runs, "u2", "cifar_resnet20", "uniform_ecsq", "uniform + Huffman", {{"target_bpw", "1.5"}}, 1.51, {60, 65});
   write_record(runs, "x1", "cifar_resnet20", "uniform", "uniform", {{"bits", "2"}}, 2.0, {88, 90});
   set_rate_target(runs, "k1", 2, 2.2, "why");
   set_rate_target(runs, "u1", 2, 2.01, nullptr);
   set_rate_target(runs, "e1", 2, 1.99, nullptr);
   set_rate_target(runs, "q1", 2, 1.995, nullptr);
   set_rate_target(runs, "q2", 1.5, 1.49, nullptr);
+  set_rate_target(runs, "u2", 1.5, 1.51, nullptr);
   TableOptions opt;
   opt.published_dir = t.str() + "/no-published";
   const nlohmann::json table = build_table(dir, opt);
@@ -306,7 +308,7 @@ TEST_CASE("table: the best row per rate target counts only rows on target, by dr
   REQUIRE(best.size() == 2);
   REQUIRE(best[0]["target_bpw"] == 1.5);
   REQUIRE(best[0]["label"] == "KQ");
-  REQUIRE(best[0]["candidates"] == 1);
+  REQUIRE(best[0]["candidates"] == 2);
   REQUIRE(best[1]["target_bpw"] == 2.0);
   REQUIRE(best[1]["label"] == "ECSQ");  // 85 at 1.99 beats 85 at 2.01; 89 at 2.2 is off target
   REQUIRE(best[1]["candidates"] == 3);
@@ -316,7 +318,20 @@ TEST_CASE("table: the best row per rate target counts only rows on target, by dr
   INFO(md);
   REQUIRE(md.find("Best row per rate target on cifar10-jpeg-test") != std::string::npos);
   REQUIRE(md.find("| 2 | ECSQ |  | 1.990 | 85.00 | 5.00 | FP | 3 |") != std::string::npos);
-  REQUIRE(md.find("| 1.5 | KQ | target_bpw=1.5 | 1.490 | 70.00 | 20.00 | FP | 1 |") != std::string::npos);
+  REQUIRE(md.find("| 1.5 | KQ | target_bpw=1.5 | 1.490 | 70.00 | 20.00 | FP | 2 |") != std::string::npos);
+
+  // Curve comparisons: the Markdown lists the pairs that share a range and counts the others.
+  size_t listed = 0, empty = 0;
+  for (auto& c : table["models"]["cifar_resnet20"]["comparisons"]) {
+    const bool none = c["mean_top1_gap"].is_null() && c["mean_bit_saving"].is_null();
+    const std::string line = "| " + c["a"].get<std::string>() + " | " + c["b"].get<std::string>() + " |";
+    REQUIRE((md.find(line) != std::string::npos) == !none);
+    (none ? empty : listed) += 1;
+  }
+  REQUIRE(listed >= 1);
+  REQUIRE(empty >= 1);
+  REQUIRE(md.find(std::to_string(empty) + " of the " + std::to_string(listed + empty) +
+                  " pairs share neither range and are not listed") != std::string::npos);
 }
 
 TEST_CASE("plots: one per model and evaluation set, every legend label whole, no text overlapping another", "[report]") {

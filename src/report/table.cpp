@@ -523,18 +523,26 @@ std::string table_markdown(const nlohmann::json& table) {
            << vs << " | " << e["candidates"].get<size_t>() << " |\n";
       }
     }
+    // Pairs whose curves share neither a bit range nor a top-1 range have nothing to compare: the
+    // JSON keeps them (all null), the Markdown counts them.
     const auto& comps = m["comparisons"];
-    if (!comps.empty()) {
+    auto nothing_shared = [](const nlohmann::json& c) { return c["mean_top1_gap"].is_null() && c["mean_bit_saving"].is_null(); };
+    size_t empty = 0;
+    for (auto& c : comps) empty += nothing_shared(c);
+    if (comps.size() > empty) {
       md << "\nCurve comparisons on " << datasets[0]
-         << " (Bjøntegaard-style: mean top-1 gap A−B over the shared bit range; mean bits saved by A at equal top-1):\n\n"
-            "| A | B | mean top-1 gap | bits saved by A | shared bits |\n|---|---|---|---|---|\n";
-      for (auto& c : comps)
+         << " (Bjøntegaard-style: mean top-1 gap A−B over the shared bit range; mean bits saved by A at equal top-1";
+      if (empty > 0) md << "; " << empty << " of the " << comps.size() << " pairs share neither range and are not listed";
+      md << "):\n\n| A | B | mean top-1 gap | bits saved by A | shared bits |\n|---|---|---|---|---|\n";
+      for (auto& c : comps) {
+        if (nothing_shared(c)) continue;
         md << "| " << c["a"].get<std::string>() << " | " << c["b"].get<std::string>() << " | "
            << (c["mean_top1_gap"].is_null() ? "–" : fmt(c["mean_top1_gap"].get<double>())) << " | "
            << (c["mean_bit_saving"].is_null() ? "–" : fmt(c["mean_bit_saving"].get<double>(), 3)) << " | "
            << (c["overlap_bpw"].is_null() ? "–"
                                            : fmt(c["overlap_bpw"][0].get<double>()) + "–" + fmt(c["overlap_bpw"][1].get<double>()))
            << " |\n";
+      }
     }
     md << "\n";
   }
