@@ -398,6 +398,47 @@ TEST_CASE("plots: one per model and evaluation set, every legend label whole, no
   }
 }
 
+TEST_CASE("table --reformat: table.{json,md,csv} rewritten from table.json alone, derived parts recomputed", "[report]") {
+  TempDir t;
+  const std::string dir = synthetic_results(t.str());
+  set_rate_target(dir + "/runs", "h3", 1.5, 1.5, nullptr);
+  set_rate_target(dir + "/runs", "h4", 2.5, 2.5, nullptr);
+  TableOptions opt;
+  opt.published_dir = t.str() + "/no-published";
+  const nlohmann::json table = build_table(dir, opt);
+  const std::string md = read_file_text(dir + "/table.md"), csv = read_file_text(dir + "/table.csv"),
+                    json = read_file_text(dir + "/table.json");
+  REQUIRE(md.find("Best row per rate target") != std::string::npos);
+  // A table written before best_per_target existed and before rows had a reference (drop and p
+  // against it), its records gone: the same files come back.
+  auto old = table;
+  int upgraded = 0;
+  for (auto mt = old["models"].begin(); mt != old["models"].end(); ++mt) {
+    mt.value().erase("best_per_target");
+    for (auto& row : mt.value()["rows"]) {
+      upgraded += row.contains("reference");
+      for (const char* k : {"reference", "drop", "mcnemar_p_vs_ref"}) row.erase(k);
+    }
+  }
+  REQUIRE(upgraded == 5);
+  write_file_atomic(dir + "/table.json", table_json_text(old));
+  fs::remove(dir + "/table.md");
+  fs::remove_all(dir + "/runs");
+  const std::string cmd = binary_dir() + "/bitbench table --reformat --quiet " + dir + " > /dev/null";
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  REQUIRE(read_file_text(dir + "/table.md") == md);
+  REQUIRE(read_file_text(dir + "/table.csv") == csv);
+  REQUIRE(read_file_text(dir + "/table.json") == json);
+  // Bad input: no table.json, or one that is not a table, fails with a message and leaves nothing.
+  const std::string empty = t.str() + "/empty";
+  fs::create_directories(empty);
+  REQUIRE(std::system((binary_dir() + "/bitbench table --reformat " + empty + " > /dev/null 2>&1").c_str()) != 0);
+  REQUIRE_FALSE(fs::exists(empty + "/table.md"));
+  std::ofstream(empty + "/table.json") << "{\"experiment\": \"x\"}";
+  REQUIRE(std::system((binary_dir() + "/bitbench table --reformat " + empty + " > /dev/null 2>&1").c_str()) != 0);
+  REQUIRE_FALSE(fs::exists(empty + "/table.md"));
+}
+
 TEST_CASE("plots: the canvas grows with long labels and titles instead of cutting them", "[report]") {
   TempDir t;
   PlotSpec p;

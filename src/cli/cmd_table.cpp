@@ -15,6 +15,9 @@ int cmd_table(int argc, char** argv) {
                    {"--no-plots", false, "", false, "skip the plots"},
                    {"--replot", false, "", false,
                     "only redraw the plots, from RESULTS_DIR/table.json (no run records needed; tables untouched)"},
+                   {"--reformat", false, "", false,
+                    "rewrite table.{json,md,csv} from RESULTS_DIR/table.json with this build's writers (no run "
+                    "records needed; the rows stay as they were, what derives from them is recomputed)"},
                    {"--quiet", false, "", false, "do not print table.md"},
                    {"--help", false, "", false, "this help"}});
   a.parse(argc, argv);
@@ -27,6 +30,7 @@ int cmd_table(int argc, char** argv) {
   opt.published_dir = a.get("--published");
   opt.plots = !a.has("--no-plots");
   const std::string dir = a.positional()[0];
+  BB_CHECK(!(a.has("--replot") && a.has("--reformat")), "--reformat and --replot exclude each other (run one, then the other)");
   if (a.has("--replot")) {
     BB_CHECK(!a.has("--no-plots"), "--replot and --no-plots exclude each other");
     nlohmann::json t;
@@ -36,6 +40,12 @@ int cmd_table(int argc, char** argv) {
       BB_THROW("'", dir, "/table.json' is not valid JSON: ", e.what());
     }
     for (auto& p : write_table_plots(t, dir)) std::printf("plot: %s\n", p.c_str());
+    return 0;
+  }
+  if (a.has("--reformat")) {
+    const nlohmann::json t = reformat_table(dir);
+    if (!a.has("--quiet")) std::fputs(table_markdown(t).c_str(), stdout);
+    std::printf("\ntable: %s/table.json, %s/table.md, %s/table.csv (from table.json)\n", dir.c_str(), dir.c_str(), dir.c_str());
     return 0;
   }
   std::vector<std::string> plots;

@@ -280,8 +280,6 @@ std::map<std::string, std::vector<size_t>> curve_rows(const nlohmann::json& rows
   return out;
 }
 
-// One model's section of the table: rows (measured, then published), curve comparisons on the
-// first evaluation set, the FP baseline.
 // Per rate target, the best measured row on `dataset`: among the rows that asked for that
 // target_bpw, landed within 2% of it and are not stale, the smallest drop against the row's own
 // reference (its fine-tuning control, else the FP run), or the highest top-1 where a row has no
@@ -318,6 +316,8 @@ nlohmann::json best_per_target(const nlohmann::json& rows, const std::string& da
   return out;
 }
 
+// One model's section of the table: rows (measured, then published), curve comparisons on the
+// first evaluation set, the FP baseline.
 nlohmann::json model_table(const std::string& model, const std::vector<nlohmann::json>& recs, const nlohmann::json& published) {
   std::vector<const nlohmann::json*> mine;
   for (auto& r : recs)
@@ -639,15 +639,56 @@ std::vector<std::string> write_table_plots(const nlohmann::json& table, const st
   return written;
 }
 
+namespace {
+void write_table_files(const nlohmann::json& table, const std::string& results_dir) {
+  write_file_atomic(results_dir + "/table.json", table_json_text(table));
+  write_file_atomic(results_dir + "/table.md", table_markdown(table));
+  write_file_atomic(results_dir + "/table.csv", table_csv(table));
+}
+}  // namespace
+
 nlohmann::json build_table(const std::string& results_dir, const TableOptions& opt, std::vector<std::string>* plots_written) {
   nlohmann::json table = collect_table(results_dir, opt);
   if (opt.plots) {
     auto written = write_table_plots(table, results_dir);
     if (plots_written) *plots_written = written;
   }
-  write_file_atomic(results_dir + "/table.json", table_json_text(table));
-  write_file_atomic(results_dir + "/table.md", table_markdown(table));
-  write_file_atomic(results_dir + "/table.csv", table_csv(table));
+  write_table_files(table, results_dir);
+  return table;
+}
+
+nlohmann::json reformat_table(const std::string& results_dir) {
+  const std::string path = results_dir + "/table.json";
+  BB_CHECK(fs::exists(path), "'", path, "' does not exist (bitbench table RESULTS_DIR writes it from run records)");
+  nlohmann::json table;
+  try {
+    table = nlohmann::json::parse(read_file_text(path));
+  } catch (const nlohmann::json::exception& e) {
+    BB_THROW("'", path, "' is not valid JSON: ", e.what());
+  }
+  BB_CHECK(table.contains("models") && table["models"].is_object(), "'", path, "' has no \"models\" object");
+  for (auto mt = table["models"].begin(); mt != table["models"].end(); ++mt) {
+    auto& m = mt.value();
+    BB_CHECK(m.contains("rows") && m.contains("datasets") && !m["datasets"].empty(), "'", path, "': model '", mt.key(),
+             "' has no rows or datasets");
+    // Tables written before rows had a reference (issue 21) compared every row with the FP run:
+    // give such rows that reference, as collect_table would for records without a control.
+    const nlohmann::json* fp = nullptr;
+    for (auto& row : m["rows"])
+      if (row["kind"] == "measured" && row["method"] == "fp32" && row.value("epochs", 0.0) == 0) fp = &row;
+    if (fp && m.contains("baseline"))
+      for (auto& row : m["rows"]) {
+        if (row["kind"] != "measured" || &row == fp || row.contains("reference")) continue;
+        row["reference"] = {{"kind", "fp"}, {"run_id", (*fp)["run_id"]}};
+        for (auto& d : datasets_of(m)) {
+          row["drop"][d] = m["baseline"]["top1"][d].get<double>() - row["top1"][d].get<double>();
+          if (row.contains("mcnemar_p_vs_fp") && row["mcnemar_p_vs_fp"].contains(d))
+            row["mcnemar_p_vs_ref"][d] = row["mcnemar_p_vs_fp"][d];
+        }
+      }
+    m["best_per_target"] = best_per_target(m["rows"], datasets_of(m)[0]);
+  }
+  write_table_files(table, results_dir);
   return table;
 }
 

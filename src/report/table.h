@@ -43,6 +43,13 @@ std::vector<std::string> write_table_plots(const nlohmann::json& table, const st
 nlohmann::json build_table(const std::string& results_dir, const TableOptions& opt = {},
                            std::vector<std::string>* plots_written = nullptr);
 
+// For a committed table whose run records are not at hand: reads <results_dir>/table.json,
+// recomputes with this build what derives from its rows alone (best_per_target; for a table
+// written before rows had a reference, each row's reference = the FP run, its drop and p against
+// it), and rewrites table.{json,md,csv}; the measured figures, comparisons and context stay as
+// they were. Returns the table.
+nlohmann::json reformat_table(const std::string& results_dir);
+
 // Bjontegaard-style gaps between two rate-accuracy curves (points: bpw, top1), each reduced to its
 // upper envelope. Returns {"mean_top1_gap": A-B over the overlapping log2(bpw) range,
 // "mean_bit_saving": bits_B - bits_A over the overlapping top-1 range, "overlap_bpw": [lo, hi]};
