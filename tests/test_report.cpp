@@ -68,6 +68,16 @@ void set_rate_target(const std::string& runs, const std::string& id, double req,
   std::ofstream(runs + "/" + id + ".json") << r.dump();
 }
 
+// A run that asked for target_bpw = `target` and landed at `bpw` (its rate_target says so).
+void write_target_record(const std::string& runs, const std::string& id, const std::string& method,
+                         const std::string& label, double target, double bpw, std::vector<int> correct,
+                         const char* why = nullptr) {
+  char t[32];
+  std::snprintf(t, sizeof t, "%g", target);
+  write_record(runs, id, "cifar_resnet20", method, label, {{"target_bpw", t}}, bpw, std::move(correct));
+  set_rate_target(runs, id, target, bpw, why);
+}
+
 // fp32, a short label at three rates, a long label (the kind a fixed legend box cut) at two.
 std::string synthetic_results(const std::string& root) {
   const std::string dir = root + "/synthetic", runs = dir + "/runs";
@@ -257,12 +267,10 @@ TEST_CASE("table: every off-target row says why, in the Markdown and the JSON", 
   const std::string dir = t.str() + "/off", runs = dir + "/runs";
   fs::create_directories(runs);
   write_record(runs, "a0", "cifar_resnet20", "fp32", "fp32", nlohmann::json::object(), 32, {90, 95});
-  write_record(runs, "k1", "cifar_resnet20", "kmeans", "k-means", {{"target_bpw", "2"}}, 1.9, {80, 85});
-  write_record(runs, "k2", "cifar_resnet20", "kmeans", "k-means", {{"target_bpw", "3"}}, 2.99, {84, 89});
-  write_record(runs, "k3", "cifar_resnet20", "kmeans", "k-means", {{"target_bpw", "4"}}, 3.8, {86, 91});
-  set_rate_target(runs, "k1", 2, 1.9, "kmeans: k=6 gives 1.9 bpw, k=7 gives 2.1 bpw; the closer, k=6, is kept");
-  set_rate_target(runs, "k2", 3, 2.99, "within");
-  set_rate_target(runs, "k3", 4, 3.8, nullptr);
+  write_target_record(runs, "k1", "kmeans", "k-means", 2, 1.9, {80, 85},
+                      "kmeans: k=6 gives 1.9 bpw, k=7 gives 2.1 bpw; the closer, k=6, is kept");
+  write_target_record(runs, "k2", "kmeans", "k-means", 3, 2.99, {84, 89}, "within");
+  write_target_record(runs, "k3", "kmeans", "k-means", 4, 3.8, {86, 91});
   TableOptions opt;
   opt.published_dir = t.str() + "/no-published";
   const nlohmann::json table = build_table(dir, opt);
@@ -286,20 +294,14 @@ TEST_CASE("table: the best row per rate target counts only rows on target, by dr
   write_record(runs, "a0", "cifar_resnet20", "fp32", "fp32", nlohmann::json::object(), 32, {90, 95});
   // Target 2: an off-target row with the highest top-1 (not a candidate), two rows tied at 85 on
   // the first evaluation set (the one with fewer bits wins), one lower.
-  write_record(runs, "k1", "cifar_resnet20", "kmeans", "k-means", {{"target_bpw", "2"}}, 2.2, {89, 94});
-  write_record(runs, "u1", "cifar_resnet20", "uniform_ecsq", "uniform + Huffman", {{"target_bpw", "2"}}, 2.01, {85, 80});
-  write_record(runs, "e1", "cifar_resnet20", "ecsq", "ECSQ", {{"target_bpw", "2"}}, 1.99, {85, 70});
-  write_record(runs, "q1", "cifar_resnet20", "kq", "KQ", {{"target_bpw", "2"}}, 1.995, {80, 93});
-  // Target 1.5: one row; a fixed-width row without a target never counts.
-  write_record(runs, "q2", "cifar_resnet20", "kq", "KQ", {{"target_bpw", "1.5"}}, 1.49, {70, 75});
-  write_record(runs, "u2", "cifar_resnet20", "uniform_ecsq", "uniform + Huffman", {{"target_bpw", "1.5"}}, 1.51, {60, 65});
+  write_target_record(runs, "k1", "kmeans", "k-means", 2, 2.2, {89, 94}, "why");
+  write_target_record(runs, "u1", "uniform_ecsq", "uniform + Huffman", 2, 2.01, {85, 80});
+  write_target_record(runs, "e1", "ecsq", "ECSQ", 2, 1.99, {85, 70});
+  write_target_record(runs, "q1", "kq", "KQ", 2, 1.995, {80, 93});
+  // Target 1.5: a lower row beside; a fixed-width row without a target never counts.
+  write_target_record(runs, "q2", "kq", "KQ", 1.5, 1.49, {70, 75});
+  write_target_record(runs, "u2", "uniform_ecsq", "uniform + Huffman", 1.5, 1.51, {60, 65});
   write_record(runs, "x1", "cifar_resnet20", "uniform", "uniform", {{"bits", "2"}}, 2.0, {88, 90});
-  set_rate_target(runs, "k1", 2, 2.2, "why");
-  set_rate_target(runs, "u1", 2, 2.01, nullptr);
-  set_rate_target(runs, "e1", 2, 1.99, nullptr);
-  set_rate_target(runs, "q1", 2, 1.995, nullptr);
-  set_rate_target(runs, "q2", 1.5, 1.49, nullptr);
-  set_rate_target(runs, "u2", 1.5, 1.51, nullptr);
   TableOptions opt;
   opt.published_dir = t.str() + "/no-published";
   const nlohmann::json table = build_table(dir, opt);

@@ -280,6 +280,17 @@ std::map<std::string, std::vector<size_t>> curve_rows(const nlohmann::json& rows
   return out;
 }
 
+// The FP baseline among a model's runs: the untuned fp32 run (an fp32 run that fine-tuned is a
+// control: the reference of the runs that name it). Records and table rows alike.
+bool is_fp_baseline(const nlohmann::json& method, double epochs) { return method == "fp32" && epochs == 0; }
+
+// What a row's drop and p are measured against, as the Markdown's "vs" column names it.
+std::string reference_text(const nlohmann::json& rf) {
+  if (rf["kind"] == "control") return "control " + rf["run_id"].get<std::string>().substr(0, 8);
+  return rf.contains("missing_control") ? "FP (control " + rf["missing_control"].get<std::string>().substr(0, 8) + " missing)"
+                                        : "FP";
+}
+
 // Per rate target, the best measured row on `dataset`: among the rows that asked for that
 // target_bpw, landed within 2% of it and are not stale, the smallest drop against the row's own
 // reference (its fine-tuning control, else the FP run), or the highest top-1 where a row has no
@@ -324,13 +335,11 @@ nlohmann::json model_table(const std::string& model, const std::vector<nlohmann:
     if (r["model"] == model) mine.push_back(&r);
   std::vector<std::string> datasets;
   for (auto it = mine.front()->at("eval").begin(); it != mine.front()->at("eval").end(); ++it) datasets.push_back(it.key());
-  // FP baseline: the untuned fp32 run, if the experiment has one (an fp32 run that fine-tuned is
-  // a control: the reference of the runs that name it).
-  const nlohmann::json* fp = nullptr;
+  const nlohmann::json* fp = nullptr;  // the FP baseline, if the experiment has one
   std::map<std::string, const nlohmann::json*> by_id;
   for (auto* r : mine) {
     by_id[(*r)["run_id"].get<std::string>()] = r;
-    if ((*r)["method"] == "fp32" && epochs_of(*r) == 0) fp = r;
+    if (is_fp_baseline((*r)["method"], epochs_of(*r))) fp = r;
   }
   auto reference_of = [&](const nlohmann::json& r, nlohmann::json& reference) -> const nlohmann::json* {
     if (r.contains("control_run_id")) {
@@ -465,15 +474,7 @@ std::string table_markdown(const nlohmann::json& table) {
       std::string drop, p, vs;
       if (meas && row.contains("drop")) drop = fmt(row["drop"][datasets[0]].get<double>());
       if (meas && row.contains("mcnemar_p_vs_ref")) p = fmt(row["mcnemar_p_vs_ref"][datasets[0]].get<double>(), 3);
-      if (meas && row.contains("reference")) {
-        const auto& rf = row["reference"];
-        if (rf["kind"] == "control")
-          vs = "control " + rf["run_id"].get<std::string>().substr(0, 8);
-        else
-          vs = rf.contains("missing_control")
-                   ? "FP (control " + rf["missing_control"].get<std::string>().substr(0, 8) + " missing)"
-                   : "FP";
-      }
+      if (meas && row.contains("reference")) vs = reference_text(row["reference"]);
       md << " " << drop << " | " << p << " | " << vs << " | "
          << (meas ? "measured" : "published: " + row["citation"].get<std::string>() +
                                      (row.contains("dataset") ? " (" + row["dataset"].get<std::string>() + ")" : ""))
@@ -511,10 +512,7 @@ std::string table_markdown(const nlohmann::json& table) {
             "reference, or the highest top-1 where a row has none; ties to fewer bits):\n\n| target | Method | Variant | Bits | Top-1 | Drop | vs | rows |\n"
             "|---|---|---|---|---|---|---|---|\n";
       for (auto& e : best) {
-        std::string vs;
-        if (e.contains("reference"))
-          vs = e["reference"]["kind"] == "control" ? "control " + e["reference"]["run_id"].get<std::string>().substr(0, 8)
-                                                   : "FP";
+        const std::string vs = e.contains("reference") ? reference_text(e["reference"]) : "";
         char target[32];
         std::snprintf(target, sizeof target, "%g", e["target_bpw"].get<double>());
         md << "| " << target << " | " << e["label"].get<std::string>() << " | "
@@ -675,7 +673,7 @@ nlohmann::json reformat_table(const std::string& results_dir) {
     // give such rows that reference, as collect_table would for records without a control.
     const nlohmann::json* fp = nullptr;
     for (auto& row : m["rows"])
-      if (row["kind"] == "measured" && row["method"] == "fp32" && row.value("epochs", 0.0) == 0) fp = &row;
+      if (row["kind"] == "measured" && is_fp_baseline(row["method"], row.value("epochs", 0.0))) fp = &row;
     if (fp && m.contains("baseline"))
       for (auto& row : m["rows"]) {
         if (row["kind"] != "measured" || &row == fp || row.contains("reference")) continue;
