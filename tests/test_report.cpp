@@ -400,6 +400,56 @@ TEST_CASE("plots: one per model and evaluation set, every legend label whole, no
   }
 }
 
+TEST_CASE("plots: a fine-tuning control is drawn as its own reference line beside the FP baseline", "[report]") {
+  TempDir t;
+  const std::string dir = t.str() + "/retrain", runs = dir + "/runs";
+  fs::create_directories(runs);
+  write_record(runs, "a0", "cifar_resnet20", "fp32", "fp32", nlohmann::json::object(), 32, {80, 95});
+  write_record(runs, "c0", "cifar_resnet20", "fp32", "FP32 + same fine-tuning", {{"finetune_epochs", "1"}}, 32, {88, 93});
+  for (auto [id, bpw, c1, c2] : std::vector<std::tuple<std::string, double, int, int>>{{"k1", 1.0, 84, 90}, {"k2", 2.0, 86, 91}}) {
+    write_record(runs, id, "cifar_resnet20", "kq", "KQ + fine-tune", {{"finetune_epochs", "1"}}, bpw, {c1, c2});
+    auto r = nlohmann::json::parse(read_file_text(runs + "/" + id + ".json"));
+    r["control_run_id"] = "c0";
+    std::ofstream(runs + "/" + id + ".json") << r.dump();
+  }
+  TableOptions opt;
+  opt.published_dir = t.str() + "/no-published";
+  std::vector<std::string> written;
+  const nlohmann::json table = build_table(dir, opt, &written);
+  const auto plots = table_plots(table);
+  REQUIRE(plots.size() == 2);
+  for (size_t k = 0; k < plots.size(); ++k) {
+    const PlotSpec& spec = plots[k].spec;
+    REQUIRE(spec.baseline == (k == 0 ? 80.0 : 95.0));
+    REQUIRE(spec.references.size() == 1);
+    REQUIRE(spec.references[0].name == "FP32 + same fine-tuning");
+    REQUIRE(spec.references[0].top1 == (k == 0 ? 88.0 : 93.0));
+    REQUIRE(spec.series.size() == 1);  // neither fp32 run is a curve
+    const std::string svg = read_file_text(dir + "/plots/cifar_resnet20." + kSets[k] + ".svg");
+    double w = 0, h = 0;
+    const auto boxes = svg_text_boxes(svg, w, h);
+    for (const std::string label : {"FP baseline", "FP32 + same fine-tuning", "KQ + fine-tune"}) {
+      INFO(label);
+      REQUIRE(std::count_if(boxes.begin(), boxes.end(), [&](const Box& b) { return b.text == label; }) == 1);
+    }
+    require_clear(boxes, w, h);
+    // The reference line and its legend swatch dash-dotted, the FP line and its swatch dashed.
+    auto count = [&](const std::string& s) {
+      size_t n = 0;
+      for (size_t at = svg.find(s); at != std::string::npos; at = svg.find(s, at + 1)) ++n;
+      return n;
+    };
+    REQUIRE(count("stroke-dasharray='10,3,2,3'") == 2);
+    REQUIRE(count("stroke-dasharray='6,4'") == 2);
+    const PlotLayout png = plot_layout(spec, PlotBackend::png);
+    require_clear(boxes_of(png), png.width, png.height);
+    require_png_whole(dir + "/plots/cifar_resnet20." + kSets[k] + ".png", png);
+  }
+  // A table without a control draws no reference line.
+  const std::string plain = synthetic_results(t.str());
+  for (const auto& p : table_plots(build_table(plain, opt))) REQUIRE(p.spec.references.empty());
+}
+
 TEST_CASE("table --reformat: table.{json,md,csv} rewritten from table.json alone, derived parts recomputed", "[report]") {
   TempDir t;
   const std::string dir = synthetic_results(t.str());

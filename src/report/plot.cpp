@@ -52,6 +52,10 @@ Frame frame_of(const PlotSpec& p) {
     y0 = std::min(y0, p.baseline);
     y1 = std::max(y1, p.baseline);
   }
+  for (auto& r : p.references) {
+    y0 = std::min(y0, r.top1);
+    y1 = std::max(y1, r.top1);
+  }
   if (x0 > x1) x0 = 0, x1 = 1, y0 = 0, y1 = 100;
   x0 = std::max(0.0, std::floor(x0 - 0.25));
   x1 = std::ceil(x1 + 0.25);
@@ -125,13 +129,14 @@ Extent png_measure(const std::string& t, double px) {
 
 struct Entry {
   std::string name;
-  enum Kind { baseline, series, pareto, interval } kind;
+  enum Kind { baseline, reference, series, pareto, interval } kind;
   int color = 0;
 };
 
 std::vector<Entry> legend_entries(const PlotSpec& p) {
   std::vector<Entry> out;
   if (p.baseline >= 0) out.push_back({"FP baseline", Entry::baseline});
+  for (auto& r : p.references) out.push_back({r.name, Entry::reference});
   for (size_t i = 0; i < p.series.size(); ++i) out.push_back({p.series[i].name, Entry::series, (int)i});
   out.push_back({"Pareto front", Entry::pareto});
   out.push_back({"95% interval", Entry::interval});
@@ -206,24 +211,33 @@ PlotLayout layout_with(const PlotSpec& p, const Measure& measure, Frame& f) {
   return L;
 }
 
+// Line styles: the FP baseline dashed, other reference lines dash-dotted.
+enum class Dash { solid, dashed, dashdot };
+// Dash patterns (on, off, on, off, ... in pixels), shared by the SVG and PNG writers.
+const std::vector<double>& dash_pattern(Dash d) {
+  static const std::vector<double> none, dashed = {6, 4}, dashdot = {10, 3, 2, 3};
+  return d == Dash::dashed ? dashed : d == Dash::dashdot ? dashdot : none;
+}
+
 // Everything but the texts, drawn through a small set of primitives shared by both writers.
 struct Painter {
-  std::function<void(double, double, double, double, int color, double width, bool dashed)> line;  // color -1 = black, -2 = grid
+  std::function<void(double, double, double, double, int color, double width, Dash dash)> line;  // color -1 = black, -2 = grid
   std::function<void(double, double, double r, int color, bool open)> circle;
   std::function<void(double, double, double, double)> frame;
 };
 
 void paint(const PlotSpec& p, const PlotLayout& L, const Frame& f, const Painter& d) {
-  for (auto& t : ticks(f.x0, f.x1, nice_step(f.x1 - f.x0, 8))) d.line(f.px(t.first), L.top, f.px(t.first), L.top + L.plot_h, -2, 1, false);
-  for (auto& t : ticks(f.y0, f.y1, nice_step(f.y1 - f.y0, 8))) d.line(L.left, f.py(t.first), L.left + L.plot_w, f.py(t.first), -2, 1, false);
+  for (auto& t : ticks(f.x0, f.x1, nice_step(f.x1 - f.x0, 8))) d.line(f.px(t.first), L.top, f.px(t.first), L.top + L.plot_h, -2, 1, Dash::solid);
+  for (auto& t : ticks(f.y0, f.y1, nice_step(f.y1 - f.y0, 8))) d.line(L.left, f.py(t.first), L.left + L.plot_w, f.py(t.first), -2, 1, Dash::solid);
   d.frame(L.left, L.top, L.plot_w, L.plot_h);
-  if (p.baseline >= 0) d.line(L.left, f.py(p.baseline), L.left + L.plot_w, f.py(p.baseline), -1, 1, true);
+  if (p.baseline >= 0) d.line(L.left, f.py(p.baseline), L.left + L.plot_w, f.py(p.baseline), -1, 1, Dash::dashed);
+  for (auto& r : p.references) d.line(L.left, f.py(r.top1), L.left + L.plot_w, f.py(r.top1), -1, 1, Dash::dashdot);
   for (size_t i = 0; i < p.series.size(); ++i) {
     const auto& se = p.series[i];
     for (size_t j = 1; j < se.points.size(); ++j)
-      d.line(f.px(se.points[j - 1].bpw), f.py(se.points[j - 1].top1), f.px(se.points[j].bpw), f.py(se.points[j].top1), (int)i, 2, false);
+      d.line(f.px(se.points[j - 1].bpw), f.py(se.points[j - 1].top1), f.px(se.points[j].bpw), f.py(se.points[j].top1), (int)i, 2, Dash::solid);
     for (auto& q : se.points) {
-      d.line(f.px(q.bpw), f.py(q.lo), f.px(q.bpw), f.py(q.hi), (int)i, 1, false);
+      d.line(f.px(q.bpw), f.py(q.lo), f.px(q.bpw), f.py(q.hi), (int)i, 1, Dash::solid);
       d.circle(f.px(q.bpw), f.py(q.top1), q.pareto ? 6 : 3.5, (int)i, q.pareto);
     }
   }
@@ -231,14 +245,15 @@ void paint(const PlotSpec& p, const PlotLayout& L, const Frame& f, const Painter
   for (size_t i = 0; i < entries.size(); ++i) {
     const double yc = L.legend_y + kRow * (i + 0.5), x0 = L.legend_x, x1 = L.legend_x + kSwatch, xm = (x0 + x1) / 2;
     switch (entries[i].kind) {
-      case Entry::baseline: d.line(x0, yc, x1, yc, -1, 1, true); break;
+      case Entry::baseline: d.line(x0, yc, x1, yc, -1, 1, Dash::dashed); break;
+      case Entry::reference: d.line(x0, yc, x1, yc, -1, 1, Dash::dashdot); break;
       case Entry::series:
-        d.line(x0, yc, x1, yc, entries[i].color, 2, false);
+        d.line(x0, yc, x1, yc, entries[i].color, 2, Dash::solid);
         d.circle(xm, yc, 3.5, entries[i].color, false);
         break;
       case Entry::pareto: d.circle(xm, yc, 6, -1, true); break;
       case Entry::interval:
-        d.line(xm, yc - 8, xm, yc + 8, -1, 1, false);
+        d.line(xm, yc - 8, xm, yc + 8, -1, 1, Dash::solid);
         d.circle(xm, yc, 3.5, -1, false);
         break;
     }
@@ -271,10 +286,12 @@ void write_plot_svg(const PlotSpec& p, const std::string& path) {
   s << "<rect width='100%' height='100%' fill='white'/>\n";
   auto color = [](int c) { return c == -1 ? std::string("black") : c == -2 ? std::string("#e8e8e8") : rgb(c); };
   Painter d;
-  d.line = [&](double x0, double y0, double x1, double y1, int c, double w, bool dashed) {
+  d.line = [&](double x0, double y0, double x1, double y1, int c, double w, Dash dash) {
     s << "<line x1='" << num(x0) << "' y1='" << num(y0) << "' x2='" << num(x1) << "' y2='" << num(y1) << "' stroke='"
-      << color(c) << "'" << (w != 1 ? " stroke-width='" + num(w) + "'" : "") << (dashed ? " stroke-dasharray='6,4'" : "")
-      << "/>\n";
+      << color(c) << "'" << (w != 1 ? " stroke-width='" + num(w) + "'" : "");
+    const auto& pat = dash_pattern(dash);
+    for (size_t k = 0; k < pat.size(); ++k) s << (k ? "," : " stroke-dasharray='") << pat[k];
+    s << (pat.empty() ? "" : "'") << "/>\n";
   };
   d.circle = [&](double x, double y, double r, int c, bool open) {
     s << "<circle cx='" << num(x) << "' cy='" << num(y) << "' r='" << num(r) << "' fill='" << (open ? "white" : color(c))
@@ -307,14 +324,16 @@ void write_plot_png(const PlotSpec& p, const std::string& path) {
     return cv::Scalar(c[2], c[1], c[0]);
   };
   Painter d;
-  d.line = [&](double x0, double y0, double x1, double y1, int c, double w, bool dashed) {
-    if (!dashed) {
+  d.line = [&](double x0, double y0, double x1, double y1, int c, double w, Dash dash) {
+    const auto& pat = dash_pattern(dash);
+    if (pat.empty()) {
       cv::line(img, P(x0, y0), P(x1, y1), col(c), (int)w, c >= 0 ? cv::LINE_AA : cv::LINE_8);
       return;
     }
     const double len = std::hypot(x1 - x0, y1 - y0);
-    for (double a = 0; a < len; a += 10) {
-      const double b = std::min(len, a + 6);
+    size_t k = 0;
+    for (double a = 0; a < len; a += pat[k] + pat[k + 1], k = (k + 2) % pat.size()) {
+      const double b = std::min(len, a + pat[k]);
       cv::line(img, P(x0 + (x1 - x0) * a / len, y0 + (y1 - y0) * a / len), P(x0 + (x1 - x0) * b / len, y0 + (y1 - y0) * b / len),
                col(c), (int)w);
     }

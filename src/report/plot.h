@@ -1,5 +1,6 @@
-// Top-1 vs bits-per-weight plots: a curve per method, the FP baseline as a line, 95% confidence
-// bars, the Pareto front marked. Written as SVG (by hand) and PNG (OpenCV) from one layout: the
+// Top-1 vs bits-per-weight plots: a curve per method, the FP baseline as a dashed line, other
+// reference levels (a fine-tuning control: the FP network given the rows' fine-tuning) as
+// dash-dotted lines, 95% confidence bars, the Pareto front marked. Written as SVG (by hand) and PNG (OpenCV) from one layout: the
 // canvas is sized from the measured text, the legend sits right of the plot area with every label
 // whole, and no two texts (title, axis titles, tick labels, legend) overlap.
 #pragma once
@@ -16,10 +17,15 @@ struct PlotSeries {
   std::string name;
   std::vector<PlotPoint> points;  // sorted by bpw
 };
+struct PlotReference {
+  std::string name;  // legend label
+  double top1;
+};
 struct PlotSpec {
   std::string title, xlabel = "bits per weight (bpw_core)", ylabel = "top-1 (%)";
   std::vector<PlotSeries> series;
-  double baseline = -1;  // FP top-1, < 0 = none
+  double baseline = -1;                    // FP top-1, < 0 = none
+  std::vector<PlotReference> references;  // further horizontal reference lines, in legend order
 };
 
 // A text as laid out: anchor point (x, y) on the baseline, its extent [x0, x1] x [y0, y1] in

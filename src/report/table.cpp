@@ -595,6 +595,13 @@ std::vector<TablePlot> table_plots(const nlohmann::json& table) {
       PlotSpec& ps = tp.spec;
       ps.title = model + " on " + d;
       if (m.contains("baseline")) ps.baseline = m["baseline"]["top1"][d].get<double>();
+      // Fine-tuning controls (fp32 runs that fine-tuned): the level their rows' drops are measured
+      // from, drawn beside the untuned FP line (one epoch on the JPEG training images lifts the FP
+      // network on the JPEG test by about 5 points: against the FP line alone a retrained row
+      // would look that much better than it is).
+      for (const auto& row : rows)
+        if (row["kind"] == "measured" && row["method"] == "fp32" && !is_fp_baseline(row["method"], row.value("epochs", 0.0)))
+          ps.references.push_back({row["label"].get<std::string>(), row["top1"][d].get<double>()});
       std::vector<std::pair<double, double>> all;
       std::vector<std::pair<size_t, size_t>> where;  // (series, point) of each entry of `all`
       for (auto& [label, idx] : curves) {
