@@ -260,6 +260,23 @@ std::vector<Box> boxes_of(const PlotLayout& L) {
   return out;
 }
 
+// The plot written at `stem`.{svg,png} from `spec`: each of `labels` one whole SVG text element,
+// no two texts overlapping in either file's layout, the PNG whole. Returns the SVG.
+std::string require_plot_whole(const std::string& stem, const PlotSpec& spec, const std::vector<std::string>& labels) {
+  const std::string svg = read_file_text(stem + ".svg");
+  double w = 0, h = 0;
+  const auto boxes = svg_text_boxes(svg, w, h);
+  for (const std::string& label : labels) {
+    INFO(label);
+    REQUIRE(std::count_if(boxes.begin(), boxes.end(), [&](const Box& b) { return b.text == label; }) == 1);
+  }
+  require_clear(boxes, w, h);
+  const PlotLayout png = plot_layout(spec, PlotBackend::png);
+  require_clear(boxes_of(png), png.width, png.height);
+  require_png_whole(stem + ".png", png);
+  return svg;
+}
+
 }  // namespace
 
 TEST_CASE("table: every off-target row says why, in the Markdown and the JSON", "[report]") {
@@ -370,21 +387,10 @@ TEST_CASE("plots: one per model and evaluation set, every legend label whole, no
   for (const std::string& set : kSets) {
     const std::string stem = dir + "/plots/cifar_resnet20." + set;
     REQUIRE(std::find(written.begin(), written.end(), stem + ".svg") != written.end());
-    const std::string svg = read_file_text(stem + ".svg");
-    double w = 0, h = 0;
-    const auto boxes = svg_text_boxes(svg, w, h);
-    // Every legend label is one whole text element.
-    for (const std::string label : {"FP baseline", "uniform", "uniform + Huffman (Choi), entropy-constrained, a long label",
-                                    "Pareto front", "95% interval"}) {
-      INFO(label);
-      REQUIRE(std::count_if(boxes.begin(), boxes.end(), [&](const Box& b) { return b.text == label; }) == 1);
-    }
-    REQUIRE(std::count_if(boxes.begin(), boxes.end(), [&](const Box& b) { return b.text == "cifar_resnet20 on " + set; }) == 1);
-    require_clear(boxes, w, h);
-    const PlotSpec& spec = plots[set == kSets[0] ? 0 : 1].spec;
-    const PlotLayout png = plot_layout(spec, PlotBackend::png);
-    require_clear(boxes_of(png), png.width, png.height);
-    require_png_whole(stem + ".png", png);
+    // Every legend label and the title are one whole text element each.
+    require_plot_whole(stem, plots[set == kSets[0] ? 0 : 1].spec,
+                       {"FP baseline", "uniform", "uniform + Huffman (Choi), entropy-constrained, a long label",
+                        "Pareto front", "95% interval", "cifar_resnet20 on " + set});
   }
 
   // Plots need only table.json: `bitbench table --replot` redraws the same bytes without records.
@@ -414,9 +420,7 @@ TEST_CASE("plots: a fine-tuning control is drawn as its own reference line besid
   }
   TableOptions opt;
   opt.published_dir = t.str() + "/no-published";
-  std::vector<std::string> written;
-  const nlohmann::json table = build_table(dir, opt, &written);
-  const auto plots = table_plots(table);
+  const auto plots = table_plots(build_table(dir, opt));
   REQUIRE(plots.size() == 2);
   for (size_t k = 0; k < plots.size(); ++k) {
     const PlotSpec& spec = plots[k].spec;
@@ -425,14 +429,8 @@ TEST_CASE("plots: a fine-tuning control is drawn as its own reference line besid
     REQUIRE(spec.references[0].name == "FP32 + same fine-tuning");
     REQUIRE(spec.references[0].top1 == (k == 0 ? 88.0 : 93.0));
     REQUIRE(spec.series.size() == 1);  // neither fp32 run is a curve
-    const std::string svg = read_file_text(dir + "/plots/cifar_resnet20." + kSets[k] + ".svg");
-    double w = 0, h = 0;
-    const auto boxes = svg_text_boxes(svg, w, h);
-    for (const std::string label : {"FP baseline", "FP32 + same fine-tuning", "KQ + fine-tune"}) {
-      INFO(label);
-      REQUIRE(std::count_if(boxes.begin(), boxes.end(), [&](const Box& b) { return b.text == label; }) == 1);
-    }
-    require_clear(boxes, w, h);
+    const std::string svg = require_plot_whole(dir + "/plots/cifar_resnet20." + kSets[k], spec,
+                                               {"FP baseline", "FP32 + same fine-tuning", "KQ + fine-tune"});
     // The reference line and its legend swatch dash-dotted, the FP line and its swatch dashed.
     auto count = [&](const std::string& s) {
       size_t n = 0;
@@ -441,9 +439,6 @@ TEST_CASE("plots: a fine-tuning control is drawn as its own reference line besid
     };
     REQUIRE(count("stroke-dasharray='10,3,2,3'") == 2);
     REQUIRE(count("stroke-dasharray='6,4'") == 2);
-    const PlotLayout png = plot_layout(spec, PlotBackend::png);
-    require_clear(boxes_of(png), png.width, png.height);
-    require_png_whole(dir + "/plots/cifar_resnet20." + kSets[k] + ".png", png);
   }
   // A table without a control draws no reference line.
   const std::string plain = synthetic_results(t.str());

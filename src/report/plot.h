@@ -1,8 +1,9 @@
 // Top-1 vs bits-per-weight plots: a curve per method, the FP baseline as a dashed line, other
 // reference levels (a fine-tuning control: the FP network given the rows' fine-tuning) as
-// dash-dotted lines, 95% confidence bars, the Pareto front marked. Written as SVG (by hand) and PNG (OpenCV) from one layout: the
-// canvas is sized from the measured text, the legend sits right of the plot area with every label
-// whole, and no two texts (title, axis titles, tick labels, legend) overlap.
+// dash-dotted lines, 95% confidence bars, the Pareto front marked. Written as SVG (by hand) and
+// PNG (OpenCV) from one layout: the canvas is sized from the measured text, the legend sits right
+// of the plot area with every label whole, and no two texts (title, axis titles, tick labels,
+// legend) overlap.
 #pragma once
 #include <string>
 #include <vector>
