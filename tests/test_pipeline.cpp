@@ -322,6 +322,60 @@ TEST_CASE("equal rates: a target_bpw run records requested vs reached bpw_core",
   CHECK(compress_model(u).rate_target.is_null());
 }
 
+// KQ's and GPTQ's allocation candidates do not depend on target_bpw: the first run of a model
+// caches them, a re-targeted run reads them and must write the bytes an uncached run writes.
+TEST_CASE("kq and gptq: re-targeted runs take the allocation candidates from the cache and write the same bytes", "[pipeline]") {
+  const std::vector<std::pair<std::string, std::map<std::string, std::string>>> methods = {
+      {"kq", {{"calib_images", "16"}}},
+      {"gptq", {{"calib_images", "8"}, {"steps_per_octave", "1"}}},
+  };
+  for (const auto& [method, base] : methods) {
+    INFO(method);
+    Tmp t;
+    const std::string cache = t.dir + "/cache";
+    auto compress = [&](const std::string& target, const std::string& cache_dir, const std::string& extra = "") {
+      auto r = req(method, t.dir + "/m.bbz");
+      r.eval_datasets.clear();
+      r.params = base;
+      r.params["target_bpw"] = target;
+      if (!extra.empty()) r.params[extra.substr(0, extra.find('='))] = extra.substr(extra.find('=') + 1);
+      r.calib_dataset = "cifar10-jpeg-train";
+      r.cache_dir = cache_dir;
+      compress_model(r);
+      return read_file_bytes(r.out_path);
+    };
+    auto cache_files = [&] {
+      std::vector<std::string> out;
+      if (fs::exists(cache))
+        for (auto& e : fs::directory_iterator(cache)) out.push_back(e.path().filename().string());
+      return out;
+    };
+    const auto a2 = compress("2", cache);  // computes and caches the candidates
+    const auto files = cache_files();
+    REQUIRE(files.size() == 1);
+    REQUIRE_THAT(files[0], Catch::StartsWith(method + "-candidates-"));
+    const auto a15 = compress("1.5", cache);  // re-targeted: read from the cache
+    CHECK(cache_files() == files);
+    CHECK(a15 != a2);
+    CHECK(compress("1.5", "") == a15);  // the bytes of runs that compute everything themselves
+    CHECK(compress("2", "") == a2);
+    // Another value of any other parameter is another entry.
+    compress("2", cache, method == "kq" ? "kmeans_iters=10" : "damp=0.02");
+    CHECK(cache_files().size() == 2);
+    // A corrupt cache file is an error naming it, never a silent recomputation.
+    const std::string path = cache + "/" + files[0];
+    auto bytes = read_file_bytes(path);
+    bytes.resize(bytes.size() - 5);
+    write_file_atomic(path, bytes.data(), bytes.size());
+    try {
+      compress("1", cache);
+      FAIL("a truncated candidates cache was accepted");
+    } catch (const Error& e) {
+      CHECK_THAT(std::string(e.what()), Catch::Contains(files[0]));
+    }
+  }
+}
+
 // Issue 20's near-lossless check: at ~4 bits per weight (bpw_core, side information included)
 // every method that reaches that rate keeps the FP top-1 within 1 point on lossless 1k.
 // k-means runs with the initialisation results/table2 tunes for cifar_resnet20 at 4 bits on

@@ -13,7 +13,9 @@
 //      per-layer steps come from the Lagrangian allocator (quant/rd_alloc.h) over candidate
 //      steps, each with its real record bits and a measured distortion (alloc=lagrangian), or
 //      one rule step = alpha * std(W) for every layer with alpha bisected (alloc=rule)
+#include "coding/bytes.h"
 #include "common/error.h"
+#include "common/fs_util.h"
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/timer.h"
@@ -23,10 +25,12 @@
 #include "methods/method.h"
 #include "quant/activations.h"
 #include "quant/gptq.h"
+#include "quant/hessian.h"
 #include "quant/rd_alloc.h"
 #include "quant/tq_curves.h"
 
 #include <cmath>
+#include <filesystem>
 
 namespace bb {
 namespace {
@@ -172,6 +176,56 @@ struct GramTap : LayerTap {
     seconds += now_seconds() - t0;
   }
 };
+
+// The allocator's candidates per layer (step, record bits, distortion) under the cache file
+// layout: str magic, str key, varint layers, per layer str name, varint count, then per candidate
+// three float64 (step, bits, dist). They do not depend on target_bpw, so the rows of one model at
+// several targets compute them once. read_candidates: false when the file is absent; a file
+// written for another key or a corrupt one is an error naming it.
+constexpr const char* kCandMagic = "bitbench-gptq-candidates-v1";
+
+void write_candidates(const std::string& path, const std::string& key, const std::vector<std::string>& names,
+                      const std::vector<std::vector<double>>& steps, const std::vector<std::vector<RdPoint>>& items) {
+  ByteWriter w;
+  w.str(kCandMagic);
+  w.str(key);
+  w.varint(names.size());
+  for (size_t l = 0; l < names.size(); ++l) {
+    w.str(names[l]);
+    w.varint(items[l].size());
+    for (size_t k = 0; k < items[l].size(); ++k) {
+      const double v[3] = {steps[l][k], items[l][k].rate, items[l][k].dist};
+      w.raw(v, sizeof v);
+    }
+  }
+  write_file_atomic(path, w.data().data(), w.size());
+}
+
+bool read_candidates(const std::string& path, const std::string& key, const std::vector<std::string>& names,
+                     size_t per_layer, std::vector<std::vector<double>>& steps, std::vector<std::vector<RdPoint>>& items) {
+  if (!std::filesystem::exists(path)) return false;
+  auto bytes = read_file_bytes(path);
+  ByteReader r(bytes.data(), bytes.size(), "gptq candidates cache " + path);
+  BB_CHECK(r.str() == kCandMagic, "gptq candidates cache ", path, ": bad magic");
+  BB_CHECK(r.str() == key, "gptq candidates cache ", path, ": key mismatch");
+  BB_CHECK(r.varint() == names.size(), "gptq candidates cache ", path, ": layer count mismatch");
+  steps.assign(names.size(), {});
+  items.assign(names.size(), {});
+  for (size_t l = 0; l < names.size(); ++l) {
+    BB_CHECK(r.str() == names[l], "gptq candidates cache ", path, ": layer name mismatch at '", names[l], "'");
+    BB_CHECK(r.varint() == per_layer, "gptq candidates cache ", path, ": candidate count mismatch at '", names[l], "'");
+    for (size_t k = 0; k < per_layer; ++k) {
+      double v[3];
+      r.raw(v, sizeof v);
+      BB_CHECK(std::isfinite(v[0]) && v[0] > 0 && std::isfinite(v[1]) && v[1] >= 0 && std::isfinite(v[2]),
+               "gptq candidates cache ", path, ": bad candidate at '", names[l], "'");
+      steps[l].push_back(v[0]);
+      items[l].push_back({v[1], v[2]});
+    }
+  }
+  BB_CHECK(r.done(), "gptq candidates cache ", path, ": trailing bytes");
+  return true;
+}
 
 struct LayerResult {
   GptqGrid grid;
@@ -407,6 +461,23 @@ class GptqMethod : public Method {
     const int k1 = (int)std::floor(std::log2(p_.step_max) * p_.steps_per_octave + 1e-9);
     std::vector<std::vector<RdPoint>> items(L);
     std::vector<std::vector<double>> cand_steps(L);
+    // The candidates depend on the FP model, the calibration images and every parameter except
+    // target_bpw: cached, a re-targeted run skips their quantization and logits passes.
+    std::string cache_path, key;
+    std::vector<std::string> names(L);
+    for (int l = 0; l < L; ++l) names[l] = layers[l].name;
+    if (!ctx.cache_dir.empty()) {
+      auto pj = ParamBinder::to_json(p_);
+      pj.erase("target_bpw");
+      key = sha256_hex(std::string(kCandMagic) + "\nalgorithm=" + std::to_string(algorithm_version()) +
+                       "\nmodel=" + model.arch() + "\nstate=" + model_state_hash(model) + "\ndata=" +
+                       ctx.calib->identity() + "\nseed=" + std::to_string(ctx.seed) + "\nparams=" + pj.dump());
+      cache_path = (std::filesystem::path(ctx.cache_dir) / ("gptq-candidates-" + key.substr(0, 32) + ".bin")).string();
+      if (read_candidates(cache_path, key, names, (size_t)(k1 - k0 + 1), cand_steps, items)) {
+        log_info("gptq: allocation candidates from cache " + cache_path);
+        return allocate_steps(ctx, model, items, cand_steps, k1 - k0 + 1);
+      }
+    }
     std::vector<std::pair<int, torch::Tensor>> perts;  // alloc_distortion=logits
     for (int l = 0; l < L; ++l) {
       const double sd = W[l].std().item<double>();
@@ -431,6 +502,18 @@ class GptqMethod : public Method {
       for (int l = 0; l < L; ++l)
         for (auto& pt : items[l]) pt.dist = d.at(i++);
     }
+    if (!cache_path.empty()) {
+      write_candidates(cache_path, key, names, cand_steps, items);
+      log_info("gptq: cached allocation candidates " + cache_path);
+    }
+    return allocate_steps(ctx, model, items, cand_steps, k1 - k0 + 1);
+  }
+
+  // The Lagrangian allocation over the candidates: each layer's step.
+  std::vector<double> allocate_steps(CompressContext& ctx, const Model& model, const std::vector<std::vector<RdPoint>>& items,
+                                     const std::vector<std::vector<double>>& cand_steps, int candidates) {
+    const int L = (int)items.size();
+    const auto& layers = model.layers();
     const double budget = p_.target_bpw * (double)model.num_weights();
     RdAllocation a = rd_allocate(items, budget);
     BB_CHECK(a.feasible, "gptq: target_bpw ", p_.target_bpw, " is below the lowest rate of the candidate steps (",
@@ -441,7 +524,7 @@ class GptqMethod : public Method {
       steps[l] = cand_steps[l][a.choice[l]];
       per_layer += (l ? " " : "") + std::to_string(items[l][a.choice[l]].rate / (double)layers[l].weight().numel()).substr(0, 5);
     }
-    ctx.rate_note = "gptq alloc=lagrangian: " + std::to_string(k1 - k0 + 1) + " candidate steps per layer, " +
+    ctx.rate_note = "gptq alloc=lagrangian: " + std::to_string(candidates) + " candidate steps per layer, " +
                     std::to_string(a.rate / (double)model.num_weights()) + " bpw_core allocated (budget " +
                     std::to_string(p_.target_bpw) + "; the next candidate of any layer would exceed it); per-layer bpw: " +
                     per_layer;

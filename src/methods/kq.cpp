@@ -19,18 +19,22 @@
 // codebook fine-tuning.
 #include "methods/kq.h"
 
+#include "coding/bbz.h"
 #include "coding/bytes.h"
 #include "coding/symbols.h"
 #include "common/error.h"
+#include "common/hash.h"
 #include "common/log.h"
 #include "common/timer.h"
 #include "methods/finetune_params.h"
 #include "methods/kq_internal.h"
 #include "methods/method.h"
+#include "quant/hessian.h"
 #include "quant/kmeans.h"
 #include "quant/rd_alloc.h"
 
 #include <cmath>
+#include <filesystem>
 #include <random>
 
 namespace bb {
@@ -590,11 +594,13 @@ class KqMethod : public Method {
   void choose_fixed(CompressContext& ctx, const std::vector<kq::LayerRole>& roles, std::vector<Candidate>& chosen) const;
   // target_bpw: candidates per layer, Lagrangian allocation on their exact record sizes.
   void choose_for_target(CompressContext& ctx, const std::vector<kq::LayerRole>& roles,
-                         std::vector<Candidate>& chosen) const;
+                         std::vector<Candidate>& chosen);
   // Layer i's candidates over its allowed index widths, each with its rate (file bits) and its
   // distortion under alloc_proxy (H, rows: the layer's input Gram matrix, for the output proxies).
   std::vector<Candidate> layer_candidates(Model& model, int i, kq::LayerRole role, const torch::Tensor& H, int64_t rows,
                                           uint64_t seed) const;
+  // The candidates cache of choose_for_target: its key and file (ctx.cache_dir; "" = none).
+  std::pair<std::string, std::string> candidates_cache(const CompressContext& ctx);
   // Codebook fine-tuning (kq_finetune.cpp) of the chosen codes, records re-encoded.
   void finetune(CompressContext& ctx, std::vector<Candidate>& chosen) const;
 };
@@ -688,8 +694,70 @@ std::vector<Candidate> KqMethod::layer_candidates(Model& model, int i, kq::Layer
   return out;
 }
 
+namespace {
+
+// The candidates of the allocated layers as one .bbz: every candidate record in layer order, named
+// "<layer>@<width>" (a file holds one record per name), and in the provenance the key and per
+// record its layer index, index width and distortion (rates are the records' sizes). read_candidates: false when the file is absent; a file for another key, of
+// other layers or a corrupt one is an error naming it.
+void write_candidates(const std::string& path, const std::string& key, const Model& model,
+                      const std::vector<std::vector<Candidate>>& cands) {
+  BbzFile f;
+  f.model = model.arch();
+  f.provenance = {{"kq_candidates_key", key}, {"candidates", nlohmann::json::array()}};
+  for (size_t i = 0; i < cands.size(); ++i)
+    for (const Candidate& c : cands[i]) {
+      f.provenance["candidates"].push_back({(int64_t)i, c.bits, c.distortion});
+      f.layers.push_back(c.rec);
+      f.layers.back().layer += "@" + std::to_string(c.bits);
+    }
+  write_bbz(path, f);
+}
+
+bool read_candidates(const std::string& path, const std::string& key, const Model& model, const std::vector<bool>& alloc,
+                     std::vector<std::vector<Candidate>>& cands) {
+  if (!std::filesystem::exists(path)) return false;
+  const BbzFile f = read_bbz(path);
+  const std::string what = "kq candidates cache " + path;
+  BB_CHECK(f.model == model.arch() && f.provenance.value("kq_candidates_key", "") == key, what, ": key mismatch");
+  const auto& list = f.provenance.at("candidates");
+  BB_CHECK(list.is_array() && list.size() == f.layers.size(), what, ": candidate list does not match its records");
+  const auto& layers = model.layers();
+  cands.assign(layers.size(), {});
+  for (size_t j = 0; j < list.size(); ++j) {
+    const int64_t i = list[j].at(0).get<int64_t>();
+    Candidate c;
+    c.bits = list[j].at(1).get<int>();
+    BB_CHECK(i >= 0 && i < (int64_t)layers.size() && alloc[i] &&
+                 f.layers[j].layer == layers[i].name + "@" + std::to_string(c.bits),
+             what, ": candidate ", j, " names no allocated layer");
+    c.distortion = list[j].at(2).get<double>();
+    c.rec = f.layers[j];
+    c.rec.layer = layers[i].name;
+    c.code = kq::decode_record(c.rec);
+    c.rate_bits = 8.0 * kq::record_file_bytes(c.rec);
+    cands[i].push_back(std::move(c));
+  }
+  for (size_t i = 0; i < layers.size(); ++i)
+    BB_CHECK(!alloc[i] || !cands[i].empty(), what, ": no candidates for layer '", layers[i].name, "'");
+  return true;
+}
+
+}  // namespace
+
+std::pair<std::string, std::string> KqMethod::candidates_cache(const CompressContext& ctx) {
+  if (ctx.cache_dir.empty()) return {};
+  auto pj = ParamBinder::to_json(p_);
+  pj.erase("target_bpw");
+  const std::string key = sha256_hex("bitbench-kq-candidates-v1\nalgorithm=" + std::to_string(algorithm_version()) +
+                                     "\nmodel=" + ctx.model->arch() + "\nstate=" + model_state_hash(*ctx.model) +
+                                     "\ndata=" + (ctx.calib ? ctx.calib->identity() : std::string("none")) +
+                                     "\nseed=" + std::to_string(ctx.seed) + "\nparams=" + pj.dump());
+  return {key, (std::filesystem::path(ctx.cache_dir) / ("kq-candidates-" + key.substr(0, 32) + ".bbz")).string()};
+}
+
 void KqMethod::choose_for_target(CompressContext& ctx, const std::vector<kq::LayerRole>& roles,
-                                 std::vector<Candidate>& chosen) const {
+                                 std::vector<Candidate>& chosen) {
   Model& model = *ctx.model;
   const auto& layers = model.layers();
   const int L = (int)layers.size();
@@ -697,10 +765,18 @@ void KqMethod::choose_for_target(CompressContext& ctx, const std::vector<kq::Lay
   auto in_scope = [&](int i) { return !conv_scope || layers[i].is_conv(); };
   std::vector<bool> alloc(L);
   for (int i = 0; i < L; ++i) alloc[i] = is_quantized(roles[i]) && in_scope(i);
+  // The candidates depend on the FP model, the calibration images and every parameter except
+  // target_bpw: cached, a re-targeted run skips the calibration and the k-means.
+  const auto [key, cache_path] = candidates_cache(ctx);
+  std::vector<std::vector<Candidate>> cands(L);
+  const bool cached = !cache_path.empty() && read_candidates(cache_path, key, model, alloc, cands);
+  if (cached) log_info("kq: candidates from cache " + cache_path);
+  bool fixed_need_grams = false;  // quantized layers outside the allocation use their fixed width
+  for (int i = 0; i < L; ++i) fixed_need_grams |= is_quantized(roles[i]) && !alloc[i] && p_.kmeans_metric == "output";
   kq::InputGrams grams;
   grams.H.resize(L);
   grams.rows.assign(L, 0);
-  if (p_.alloc_proxy != "mse" || p_.kmeans_metric == "output") {
+  if ((!cached && (p_.alloc_proxy != "mse" || p_.kmeans_metric == "output")) || fixed_need_grams) {
     BB_CHECK(ctx.calib, "kq: target_bpw with alloc_proxy=", p_.alloc_proxy, " kmeans_metric=", p_.kmeans_metric,
              " needs a calibration set (--calib), or use alloc_proxy=mse kmeans_metric=weight");
     ctx.phase("calibration");
@@ -712,7 +788,6 @@ void KqMethod::choose_for_target(CompressContext& ctx, const std::vector<kq::Lay
   ctx.phase("candidates");
   double fixed_bits = 0;
   int64_t scope_weights = 0;
-  std::vector<std::vector<Candidate>> cands(L);
   std::vector<std::vector<RdPoint>> points;
   std::vector<int> alloc_layers;
   for (int i = 0; i < L; ++i) {
@@ -728,11 +803,15 @@ void KqMethod::choose_for_target(CompressContext& ctx, const std::vector<kq::Lay
       }
       continue;
     }
-    cands[i] = layer_candidates(model, i, roles[i], grams.H[i], grams.rows[i], ctx.seed);
+    if (!cached) cands[i] = layer_candidates(model, i, roles[i], grams.H[i], grams.rows[i], ctx.seed);
     std::vector<RdPoint> pts;
     for (const Candidate& c : cands[i]) pts.push_back({c.rate_bits, c.distortion});
     points.push_back(std::move(pts));
     alloc_layers.push_back(i);
+  }
+  if (!cached && !cache_path.empty()) {
+    write_candidates(cache_path, key, model, cands);
+    log_info("kq: cached candidates " + cache_path);
   }
   ctx.phase("allocation");
   const double budget = p_.target_bpw * (double)scope_weights - fixed_bits;
