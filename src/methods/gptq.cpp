@@ -25,7 +25,6 @@
 #include "methods/method.h"
 #include "quant/activations.h"
 #include "quant/gptq.h"
-#include "quant/hessian.h"
 #include "quant/rd_alloc.h"
 #include "quant/tq_curves.h"
 
@@ -467,11 +466,7 @@ class GptqMethod : public Method {
     std::vector<std::string> names(L);
     for (int l = 0; l < L; ++l) names[l] = layers[l].name;
     if (!ctx.cache_dir.empty()) {
-      auto pj = ParamBinder::to_json(p_);
-      pj.erase("target_bpw");
-      key = sha256_hex(std::string(kCandMagic) + "\nalgorithm=" + std::to_string(algorithm_version()) +
-                       "\nmodel=" + model.arch() + "\nstate=" + model_state_hash(model) + "\ndata=" +
-                       ctx.calib->identity() + "\nseed=" + std::to_string(ctx.seed) + "\nparams=" + pj.dump());
+      key = rate_independent_key(*this, ctx);
       cache_path = (std::filesystem::path(ctx.cache_dir) / ("gptq-candidates-" + key.substr(0, 32) + ".bin")).string();
       if (read_candidates(cache_path, key, names, (size_t)(k1 - k0 + 1), cand_steps, items)) {
         log_info("gptq: allocation candidates from cache " + cache_path);

@@ -23,13 +23,11 @@
 #include "coding/bytes.h"
 #include "coding/symbols.h"
 #include "common/error.h"
-#include "common/hash.h"
 #include "common/log.h"
 #include "common/timer.h"
 #include "methods/finetune_params.h"
 #include "methods/kq_internal.h"
 #include "methods/method.h"
-#include "quant/hessian.h"
 #include "quant/kmeans.h"
 #include "quant/rd_alloc.h"
 
@@ -747,12 +745,7 @@ bool read_candidates(const std::string& path, const std::string& key, const Mode
 
 std::pair<std::string, std::string> KqMethod::candidates_cache(const CompressContext& ctx) {
   if (ctx.cache_dir.empty()) return {};
-  auto pj = ParamBinder::to_json(p_);
-  pj.erase("target_bpw");
-  const std::string key = sha256_hex("bitbench-kq-candidates-v1\nalgorithm=" + std::to_string(algorithm_version()) +
-                                     "\nmodel=" + ctx.model->arch() + "\nstate=" + model_state_hash(*ctx.model) +
-                                     "\ndata=" + (ctx.calib ? ctx.calib->identity() : std::string("none")) +
-                                     "\nseed=" + std::to_string(ctx.seed) + "\nparams=" + pj.dump());
+  const std::string key = rate_independent_key(*this, ctx);
   return {key, (std::filesystem::path(ctx.cache_dir) / ("kq-candidates-" + key.substr(0, 32) + ".bbz")).string()};
 }
 

@@ -72,6 +72,12 @@ std::unique_ptr<Method> make_method(const std::string& name);  // throws naming 
 std::vector<std::string> method_names();
 bool has_method(const std::string& name);
 
+// Cache key (hex) of what `m` computes before it looks at target_bpw, e.g. its rate-independent
+// allocation candidates: ctx's model state and calibration set, the seed, the method's name and
+// algorithm version, and every parameter except target_bpw. A run at another target of the same
+// model gets the same key.
+std::string rate_independent_key(Method& m, const CompressContext& ctx);
+
 #define BB_REGISTER_METHOD(NAME, CLASS) \
   static const bool bb_registered_method_##CLASS = ::bb::register_method(NAME, [] { return std::unique_ptr<::bb::Method>(new CLASS()); })
 

@@ -1,5 +1,7 @@
 #include "common/error.h"
+#include "common/hash.h"
 #include "methods/method.h"
+#include "quant/hessian.h"
 
 #include <map>
 
@@ -31,6 +33,16 @@ std::unique_ptr<Method> make_method(const std::string& name) {
     BB_THROW("unknown method '", name, "' (known: ", known, ")");
   }
   return it->second();
+}
+
+std::string rate_independent_key(Method& m, const CompressContext& ctx) {
+  BB_CHECK(ctx.model, "rate_independent_key: no model");
+  auto params = ParamBinder::to_json(m.params());
+  params.erase("target_bpw");
+  return sha256_hex("bitbench rate-independent " + m.name() + " v" + std::to_string(m.algorithm_version()) +
+                    "\nmodel=" + ctx.model->arch() + "\nstate=" + model_state_hash(*ctx.model) +
+                    "\ndata=" + (ctx.calib ? ctx.calib->identity() : std::string("none")) +
+                    "\nseed=" + std::to_string(ctx.seed) + "\nparams=" + params.dump());
 }
 
 }  // namespace bb
