@@ -470,7 +470,7 @@ class GptqMethod : public Method {
       cache_path = (std::filesystem::path(ctx.cache_dir) / ("gptq-candidates-" + key.substr(0, 32) + ".bin")).string();
       if (read_candidates(cache_path, key, names, (size_t)(k1 - k0 + 1), cand_steps, items)) {
         log_info("gptq: allocation candidates from cache " + cache_path);
-        return allocate_steps(ctx, model, items, cand_steps, k1 - k0 + 1);
+        return allocate_steps(ctx, model, items, cand_steps);
       }
     }
     std::vector<std::pair<int, torch::Tensor>> perts;  // alloc_distortion=logits
@@ -501,12 +501,12 @@ class GptqMethod : public Method {
       write_candidates(cache_path, key, names, cand_steps, items);
       log_info("gptq: cached allocation candidates " + cache_path);
     }
-    return allocate_steps(ctx, model, items, cand_steps, k1 - k0 + 1);
+    return allocate_steps(ctx, model, items, cand_steps);
   }
 
   // The Lagrangian allocation over the candidates: each layer's step.
   std::vector<double> allocate_steps(CompressContext& ctx, const Model& model, const std::vector<std::vector<RdPoint>>& items,
-                                     const std::vector<std::vector<double>>& cand_steps, int candidates) {
+                                     const std::vector<std::vector<double>>& cand_steps) {
     const int L = (int)items.size();
     const auto& layers = model.layers();
     const double budget = p_.target_bpw * (double)model.num_weights();
@@ -519,7 +519,7 @@ class GptqMethod : public Method {
       steps[l] = cand_steps[l][a.choice[l]];
       per_layer += (l ? " " : "") + std::to_string(items[l][a.choice[l]].rate / (double)layers[l].weight().numel()).substr(0, 5);
     }
-    ctx.rate_note = "gptq alloc=lagrangian: " + std::to_string(candidates) + " candidate steps per layer, " +
+    ctx.rate_note = "gptq alloc=lagrangian: " + std::to_string(items.empty() ? 0 : items[0].size()) + " candidate steps per layer, " +
                     std::to_string(a.rate / (double)model.num_weights()) + " bpw_core allocated (budget " +
                     std::to_string(p_.target_bpw) + "; the next candidate of any layer would exceed it); per-layer bpw: " +
                     per_layer;
