@@ -13,13 +13,12 @@
 //      per-layer steps come from the Lagrangian allocator (quant/rd_alloc.h) over candidate
 //      steps, each with its real record bits and a measured distortion (alloc=lagrangian), or
 //      one rule step = alpha * std(W) for every layer with alpha bisected (alloc=rule)
-#include "coding/bytes.h"
 #include "common/error.h"
-#include "common/fs_util.h"
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/timer.h"
 #include "coding/bbz.h"
+#include "coding/layer_cache.h"
 #include "coding/symbols.h"
 #include "data/loader.h"
 #include "methods/method.h"
@@ -176,42 +175,29 @@ struct GramTap : LayerTap {
   }
 };
 
-// The allocator's candidates per layer (step, record bits, distortion) under the cache file
-// layout: str magic, str key, varint layers, per layer str name, varint count, then per candidate
-// three float64 (step, bits, dist). They do not depend on target_bpw, so the rows of one model at
-// several targets compute them once. read_candidates: false when the file is absent; a file
-// written for another key or a corrupt one is an error naming it.
+// The allocator's candidates per layer (step, record bits, distortion) in a per-layer cache file
+// (coding/layer_cache.h; entry: varint count, then per candidate three float64 step, bits, dist).
+// They do not depend on target_bpw, so the rows of one model at several targets compute them once.
+// read_candidates: false when the file is absent; a file written for another key or a corrupt
+// one is an error naming it.
 constexpr const char* kCandMagic = "bitbench-gptq-candidates-v1";
 
 void write_candidates(const std::string& path, const std::string& key, const std::vector<std::string>& names,
                       const std::vector<std::vector<double>>& steps, const std::vector<std::vector<RdPoint>>& items) {
-  ByteWriter w;
-  w.str(kCandMagic);
-  w.str(key);
-  w.varint(names.size());
-  for (size_t l = 0; l < names.size(); ++l) {
-    w.str(names[l]);
+  write_layer_cache(path, kCandMagic, key, names, [&](ByteWriter& w, size_t l) {
     w.varint(items[l].size());
     for (size_t k = 0; k < items[l].size(); ++k) {
       const double v[3] = {steps[l][k], items[l][k].rate, items[l][k].dist};
       w.raw(v, sizeof v);
     }
-  }
-  write_file_atomic(path, w.data().data(), w.size());
+  });
 }
 
 bool read_candidates(const std::string& path, const std::string& key, const std::vector<std::string>& names,
                      size_t per_layer, std::vector<std::vector<double>>& steps, std::vector<std::vector<RdPoint>>& items) {
-  if (!std::filesystem::exists(path)) return false;
-  auto bytes = read_file_bytes(path);
-  ByteReader r(bytes.data(), bytes.size(), "gptq candidates cache " + path);
-  BB_CHECK(r.str() == kCandMagic, "gptq candidates cache ", path, ": bad magic");
-  BB_CHECK(r.str() == key, "gptq candidates cache ", path, ": key mismatch");
-  BB_CHECK(r.varint() == names.size(), "gptq candidates cache ", path, ": layer count mismatch");
   steps.assign(names.size(), {});
   items.assign(names.size(), {});
-  for (size_t l = 0; l < names.size(); ++l) {
-    BB_CHECK(r.str() == names[l], "gptq candidates cache ", path, ": layer name mismatch at '", names[l], "'");
+  return read_layer_cache(path, "gptq candidates cache", kCandMagic, key, names, [&](ByteReader& r, size_t l) {
     BB_CHECK(r.varint() == per_layer, "gptq candidates cache ", path, ": candidate count mismatch at '", names[l], "'");
     for (size_t k = 0; k < per_layer; ++k) {
       double v[3];
@@ -221,9 +207,7 @@ bool read_candidates(const std::string& path, const std::string& key, const std:
       steps[l].push_back(v[0]);
       items[l].push_back({v[1], v[2]});
     }
-  }
-  BB_CHECK(r.done(), "gptq candidates cache ", path, ": trailing bytes");
-  return true;
+  });
 }
 
 struct LayerResult {

@@ -773,9 +773,11 @@ void KqMethod::choose_for_target(CompressContext& ctx, const std::vector<kq::Lay
     BB_CHECK(ctx.calib, "kq: target_bpw with alloc_proxy=", p_.alloc_proxy, " kmeans_metric=", p_.kmeans_metric,
              " needs a calibration set (--calib), or use alloc_proxy=mse kmeans_metric=weight");
     ctx.phase("calibration");
-    std::vector<bool> wanted = alloc;  // the metric also needs the quantized layers outside the scope
-    if (p_.kmeans_metric == "output")
-      for (int i = 0; i < L; ++i) wanted[i] = is_quantized(roles[i]);
+    // The candidates need their layers' statistics (none when cached); the metric also needs the
+    // quantized layers outside the scope.
+    std::vector<bool> wanted(L);
+    for (int i = 0; i < L; ++i)
+      wanted[i] = (alloc[i] && !cached) || (is_quantized(roles[i]) && !alloc[i] && p_.kmeans_metric == "output");
     grams = kq::collect_input_grams(model, *ctx.calib, wanted, p_.calib_images, ctx.seed ^ 0xca11b);
   }
   ctx.phase("candidates");

@@ -1,7 +1,6 @@
 #include "quant/hessian.h"
-#include "coding/bytes.h"
+#include "coding/layer_cache.h"
 #include "common/error.h"
-#include "common/fs_util.h"
 #include "common/hash.h"
 #include "common/log.h"
 #include "data/loader.h"
@@ -230,39 +229,27 @@ std::vector<torch::Tensor> hessian_diag_cached(Model& model, const Dataset& data
                                      "\ndata=" + data.identity());
   const std::string path = (std::filesystem::path(cache_dir) / ("hessian-" + key.substr(0, 32) + ".bin")).string();
   const auto& layers = model.layers();
-  if (std::filesystem::exists(path)) {
-    // Any mismatch (truncated/foreign file) is an error naming the file, never a silent re-use.
-    auto bytes = read_file_bytes(path);
-    ByteReader r(bytes.data(), bytes.size(), "hessian cache " + path);
-    BB_CHECK(r.str() == "bitbench-hessian-v1", "hessian cache ", path, ": bad magic");
-    BB_CHECK(r.str() == key, "hessian cache ", path, ": key mismatch");
-    BB_CHECK(r.varint() == layers.size(), "hessian cache ", path, ": layer count mismatch");
-    std::vector<torch::Tensor> H;
-    for (auto& l : layers) {
-      BB_CHECK(r.str() == l.name, "hessian cache ", path, ": layer name mismatch at '", l.name, "'");
-      int64_t n = (int64_t)r.varint();
-      BB_CHECK(n == l.weight().numel(), "hessian cache ", path, ": size mismatch at '", l.name, "'");
-      auto t = torch::empty(l.weight().sizes(), torch::kFloat32);
-      r.raw(t.data_ptr<float>(), (size_t)n * sizeof(float));
-      H.push_back(t);
-    }
-    BB_CHECK(r.done(), "hessian cache ", path, ": trailing bytes");
+  std::vector<std::string> names;
+  for (auto& l : layers) names.push_back(l.name);
+  constexpr const char* kMagic = "bitbench-hessian-v1";
+  std::vector<torch::Tensor> H;
+  if (read_layer_cache(path, "hessian cache", kMagic, key, names, [&](ByteReader& r, size_t l) {
+        const int64_t n = (int64_t)r.varint();
+        BB_CHECK(n == layers[l].weight().numel(), "hessian cache ", path, ": size mismatch at '", names[l], "'");
+        auto t = torch::empty(layers[l].weight().sizes(), torch::kFloat32);
+        r.raw(t.data_ptr<float>(), (size_t)n * sizeof(float));
+        H.push_back(t);
+      })) {
     if (hit) *hit = true;
     log_info("hessian: cache hit " + path);
     return H;
   }
-  auto H = estimate_hessian_diag(model, data, p);
-  ByteWriter w;
-  w.str("bitbench-hessian-v1");
-  w.str(key);
-  w.varint(layers.size());
-  for (size_t l = 0; l < layers.size(); ++l) {
-    w.str(layers[l].name);
+  H = estimate_hessian_diag(model, data, p);
+  write_layer_cache(path, kMagic, key, names, [&](ByteWriter& w, size_t l) {
     auto t = H[l].contiguous();
     w.varint((uint64_t)t.numel());
     w.raw(t.data_ptr<float>(), (size_t)t.numel() * sizeof(float));
-  }
-  write_file_atomic(path, w.data().data(), w.size());
+  });
   log_info("hessian: cached " + path);
   return H;
 }
