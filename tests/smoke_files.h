@@ -14,16 +14,24 @@
 
 namespace bbtest {
 
-inline const bb::BbzFile& smoke_file(const std::string& method) {
-  static std::map<std::string, bb::BbzFile> files;
-  auto it = files.find(method);
-  if (it != files.end()) return it->second;
+struct SmokeRun {
+  bb::BbzFile file;
+  bb::CompressOutcome outcome;  // what compress_model reported (rate_target, accounting)
+};
+
+inline const SmokeRun& smoke_run(const std::string& method) {
+  static std::map<std::string, SmokeRun> runs;
+  auto it = runs.find(method);
+  if (it != runs.end()) return it->second;
   const std::string path = (std::filesystem::temp_directory_path() /
                             ("bb-smoke-" + method + "-" + std::to_string(getpid()) + ".bbz")).string();
-  bb::compress_smoke(method, path);
-  bb::BbzFile f = bb::read_bbz(path);
+  SmokeRun r;
+  r.outcome = bb::compress_smoke(method, path);
+  r.file = bb::read_bbz(path);
   std::remove(path.c_str());
-  return files.emplace(method, std::move(f)).first->second;
+  return runs.emplace(method, std::move(r)).first->second;
 }
+
+inline const bb::BbzFile& smoke_file(const std::string& method) { return smoke_run(method).file; }
 
 }  // namespace bbtest

@@ -153,6 +153,48 @@ TEST_CASE("gptq: the input Gram is X^T X of every im2col row, in float64", "[gpt
   REQUIRE(torch::allclose(gram.H, torch::mm(P.t(), P), 1e-5, 1e-5));
 }
 
+TEST_CASE("gptq: with a reference input the Gram also holds C = X^T X_ref; the FP target fits X_ref W^T", "[gptq]") {
+  torch::manual_seed(5);
+  PatchGeometry g;
+  g.conv = true;
+  g.in_channels = 3;
+  g.kh = g.kw = 3;
+  g.ph = g.pw = 1;
+  auto x_ref = torch::randn({6, 3, 8, 8});
+  auto x = x_ref + 0.3 * torch::randn({6, 3, 8, 8});  // the quantized network's input: perturbed
+  GptqGram both(g), plain(g);
+  both.add(x.slice(0, 0, 4), x_ref.slice(0, 0, 4));
+  both.add(x.slice(0, 4, 6), x_ref.slice(0, 4, 6));
+  plain.add(x);
+  REQUIRE(!plain.C.defined());
+  REQUIRE(both.rows == plain.rows);
+  std::vector<int64_t> pos;
+  for (int64_t n = 0; n < 6; ++n)
+    for (int64_t oy = 0; oy < 8; ++oy)
+      for (int64_t ox = 0; ox < 8; ++ox) pos.insert(pos.end(), {n, oy, ox});
+  auto where = torch::tensor(pos, torch::kInt64).view({-1, 3});
+  auto P = im2col_rows(x, g, where).to(torch::kFloat64), Pr = im2col_rows(x_ref, g, where).to(torch::kFloat64);
+  REQUIRE(torch::allclose(both.H, torch::mm(P.t(), P), 1e-5, 1e-3));
+  REQUIRE(torch::allclose(both.H, plain.H, 1e-5, 1e-3));
+  REQUIRE(torch::allclose(both.C, torch::mm(P.t(), Pr), 1e-5, 1e-3));
+  REQUIRE_THROWS_AS(both.add(x, x_ref.slice(0, 0, 2)), Error);
+
+  auto W = torch::randn({4, 27}, torch::kFloat64);
+  // No ridge: the least-squares solution, its residual orthogonal to X, its error below W's.
+  auto V = gptq_fp_target(W, both.H, both.C, 0);
+  auto want = torch::linalg::solve(both.H, torch::mm(both.C, W.t()), true).t();
+  REQUIRE(torch::allclose(V, want, 1e-8, 1e-8));
+  auto R = torch::mm(Pr, W.t()) - torch::mm(P, V.t());
+  REQUIRE(torch::mm(P.t(), R).abs().max().item<double>() < 1e-6 * torch::mm(P.t(), torch::mm(Pr, W.t())).abs().max().item<double>());
+  const double e_v = R.pow(2).sum().item<double>(), e_w = (torch::mm(Pr, W.t()) - torch::mm(P, W.t())).pow(2).sum().item<double>();
+  REQUIRE(e_v < e_w);
+  // Inputs equal to the FP ones (C = H): V = W whatever the ridge.
+  REQUIRE(torch::allclose(gptq_fp_target(W, both.H, both.H, 0.01), W, 0, 1e-12));
+  // The ridge pulls V toward W.
+  auto V1 = gptq_fp_target(W, both.H, both.C, 1.0);
+  REQUIRE((V1 - W).norm().item<double>() < (V - W).norm().item<double>());
+}
+
 TEST_CASE("gptq: the float32 Gram is P^T P, symmetric, and the same with any thread count", "[gptq]") {
   torch::manual_seed(4);
   auto P = torch::randn({20000, 800});  // > 1 row slab (8192), > 1 column block (384)
@@ -193,4 +235,23 @@ TEST_CASE("gptq: decode rebuilds the weights the method quantized, from the reco
       if (s.name == "levels") s.bytes.resize(s.bytes.size() / 2);
     REQUIRE_THROWS(m->decode(bad));
   }
+}
+
+TEST_CASE("gptq: a sequential target_bpw run is brought back to its target; parallel runs drop fp_target", "[gptq]") {
+  // The allocation chooses the steps on the parallel H; re-quantized on the sequential H with FP
+  // targets the rate moves (R32 at 1.5: -2.1%), and the common step factor brings it back. The
+  // smoke settings (target_bpw=2) run the default sequential, fp_target path.
+  const bbtest::SmokeRun& run = bbtest::smoke_run("gptq");
+  const std::string why = run.outcome.rate_target.at("why").get<std::string>();
+  INFO(why);
+  REQUIRE(why.find("Sequential re-quantization (FP targets)") != std::string::npos);
+  REQUIRE(std::fabs(run.outcome.rate_target.at("relative_error").get<double>()) < 0.002);
+
+  // Parallel: the inputs are the FP ones (V = W), so fp_target is dropped and both spellings are
+  // one run.
+  auto a = make_method("gptq"), b = make_method("gptq");
+  ParamBinder::apply(a->params(), {{"sequential", "false"}}, "gptq");
+  ParamBinder::apply(b->params(), {{"sequential", "false"}, {"fp_target", "false"}}, "gptq");
+  REQUIRE(ParamBinder::to_json(a->params()) == ParamBinder::to_json(b->params()));
+  REQUIRE(ParamBinder::to_json(a->params()).at("fp_target") == false);
 }

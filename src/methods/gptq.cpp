@@ -2,9 +2,10 @@
 // Compression", NeurIPS 2022; GPTQ: Frantar, Ashkboos, Hoefler, Alistarh, ICLR 2023). See
 // docs/methods/gptq.md.
 //
-//   1. per conv/linear layer, H = X^T X of its im2col'd calibration inputs (float64), from the FP
-//      network (parallel) or from the network whose earlier layers are already quantized
-//      (sequential)
+//   1. per conv/linear layer, H = X^T X of its im2col'd calibration inputs (float64), from the
+//      network whose earlier layers are already quantized (sequential, the default) or from the
+//      FP network (parallel); fp_target (default, not in the papers): the layer is fitted to the FP
+//      network's output, V = argmin ||X_fp W^T - X V^T||^2 (+ ridge toward W) quantized on H
 //   2. per output row, the columns quantized in order (act_order: decreasing diag H), each
 //      column's error propagated through the Cholesky factor of (H + damp*mean(diag H)*I)^-1 with
 //      lazy block updates (quant/gptq.h)
@@ -12,7 +13,8 @@
 //      target_bpw=R (bits=0): one step per layer, zero a level, levels rANS/Huffman coded (coder); the
 //      per-layer steps come from the Lagrangian allocator (quant/rd_alloc.h) over candidate
 //      steps, each with its real record bits and a measured distortion (alloc=lagrangian), or
-//      one rule step = alpha * std(W) for every layer with alpha bisected (alloc=rule)
+//      one rule step = alpha * std(W) for every layer with alpha bisected (alloc=rule);
+//      sequential runs then scale the steps by a common factor to land on target_bpw
 #include "common/error.h"
 #include "common/hash.h"
 #include "common/log.h"
@@ -41,7 +43,8 @@ struct GptqParams : ParamsBase {
   int64_t block_size = 128;
   int64_t calib_images = 128;
   int64_t calib_batch = 64;
-  bool sequential = false;
+  bool sequential = true;
+  bool fp_target = true;
   std::string coder = "auto";
   std::string alloc = "lagrangian";
   std::string alloc_distortion = "logits";
@@ -59,7 +62,8 @@ struct GptqParams : ParamsBase {
     b.field("block_size", block_size, "columns per lazy block update (speed only: the codes are those of the unblocked loop)");
     b.field("calib_images", calib_images, "calibration images for H = X^T X (every im2col row of every image)");
     b.field("calib_batch", calib_batch, "images per calibration forward pass");
-    b.field("sequential", sequential, "H of each layer from the network whose earlier layers are already quantized (else all from the FP network: parallel)");
+    b.field("sequential", sequential, "H of each layer from the network whose earlier layers are already quantized (else all from the FP network: parallel); target_bpw runs then re-scale the allocated steps by a common factor to land on the target");
+    b.field("fp_target", fp_target, "sequential: fit each layer to the FP network's layer output from the quantized network's inputs: quantize V = argmin ||X_fp W^T - X V^T||^2 + ridge(damp) ||V - W||^2 on H = X^T X, not W (not in the papers); parallel: the inputs are the FP ones, V = W, so validate() sets it false");
     b.field("coder", coder, "level coding: auto: fixed-width with bits > 0 (the paper), rans with bits = 0; fixed | huffman | rans", {"auto", "fixed", "huffman", "rans"});
     b.field("alloc", alloc, "bits = 0: lagrangian: per-layer step from the Lagrangian allocator over candidate steps; rule: step = alpha * std(W) in every layer, alpha bisected to hit target_bpw", {"lagrangian", "rule"});
     b.field("alloc_distortion", alloc_distortion, "alloc=lagrangian: distortion of a candidate: bn_output: the layer's output error scaled by the following BN, per im2col row; output: the same before BN; logits: measured MSE of the network's logits on logits_images calibration images", {"bn_output", "output", "logits"});
@@ -83,6 +87,7 @@ struct GptqParams : ParamsBase {
     BB_CHECK(clamp_range >= 1 && clamp_range <= 64, "gptq: clamp_range must be in [1, 64]");
     BB_CHECK(deadzone >= 0 && deadzone <= 2, "gptq: deadzone must be in [0, 2]");
     BB_CHECK(logits_images >= 1, "gptq: logits_images must be >= 1");
+    if (!sequential) fp_target = false;  // parallel: X = X_fp, V = W (one run ID for both values)
   }
 };
 
@@ -175,6 +180,12 @@ struct GramTap : LayerTap {
   }
 };
 
+// Keeps a copy of every layer's input (fp_target: the FP network's).
+struct InputTap : LayerTap {
+  std::vector<std::vector<torch::Tensor>>* inputs;
+  void on_input(int l, const torch::Tensor& x) override { (*inputs)[l].push_back(x.detach().clone()); }
+};
+
 // The allocator's candidates per layer (step, record bits, distortion) in a per-layer cache file
 // (coding/layer_cache.h; entry: varint count, then per candidate three float64 step, bits, dist).
 // They do not depend on target_bpw, so the rows of one model at several targets compute them once.
@@ -220,7 +231,7 @@ struct LayerResult {
 class GptqMethod : public Method {
  public:
   std::string name() const override { return "gptq"; }
-  int algorithm_version() const override { return 3; }  // 2: H via oneDNN, U via one Cholesky + dtrtri; 3: H independent of the thread count
+  int algorithm_version() const override { return 4; }  // 2: H via oneDNN, U via one Cholesky + dtrtri; 3: H independent of the thread count; 4: sequential target_bpw runs re-scaled to the target
   ParamsBase& params() override { return p_; }
   bool needs_calibration() const override { return true; }
 
@@ -260,6 +271,17 @@ class GptqMethod : public Method {
       layers[l].weight().copy_(r.q.Q.to(torch::kFloat32).reshape(layers[l].weight().sizes()));
     };
 
+    // fp_target: every layer's input in the FP network, per calibration batch (one forward pass).
+    std::vector<std::vector<torch::Tensor>> fp_inputs(L);
+    if (p_.fp_target) {
+      InputTap tap;
+      tap.inputs = &fp_inputs;
+      TapScope scope(model, &tap);
+      const double t0 = now_seconds();
+      for (int64_t s = 0; s < images.size(0); s += p_.calib_batch)
+        model.forward(images.slice(0, s, std::min(images.size(0), s + p_.calib_batch)));
+      t_.forward += now_seconds() - t0;
+    }
     std::vector<torch::Tensor> H(L);
     std::vector<GptqFactor> F(L);
     if (!p_.sequential || p_.bits == 0) {
@@ -274,33 +296,76 @@ class GptqMethod : public Method {
                                   : lagrangian_steps(ctx, model, images, W, H, F, quantize_at);
     }
     ctx.phase("quantize");
-    std::vector<LayerRecord> out;
-    double total_bits = 0;
-    for (int l = 0; l < L; ++l) {
-      if (p_.sequential) {
-        GptqGram g(PatchGeometry::of(layers[l]));
-        const double t0 = now_seconds();
-        double tg = 0;
-        for_each_layer_input(model, l, images, p_.calib_batch, [&](const torch::Tensor& x, int64_t) {
-          const double a = now_seconds();
-          g.add(x);
-          tg += now_seconds() - a;
-        });
-        t_.gram += tg;
-        t_.forward += now_seconds() - t0 - tg;
-        H[l] = g.H;
-        F[l] = timed_factor(H[l], go);
+    // One quantization of every layer, the steps scaled by step_scale. Sequential: each layer's H
+    // (and with fp_target its FP target) from the network whose earlier layers this pass quantized.
+    const std::vector<torch::Tensor> W_fp = W;  // the FP weights (fp_target replaces W[l])
+    struct Pass {
+      std::vector<LayerRecord> recs;
+      std::vector<torch::Tensor> Q;  // the quantized weights, in the layers' shapes
+      double bpw = 0, scale = 1;
+    };
+    auto run_pass = [&](double step_scale) {
+      Pass P;
+      P.scale = step_scale;
+      double total_bits = 0;
+      for (int l = 0; l < L; ++l) {
+        if (p_.sequential) {
+          GptqGram g(PatchGeometry::of(layers[l]));
+          const double t0 = now_seconds();
+          double tg = 0;
+          size_t batch = 0;
+          for_each_layer_input(model, l, images, p_.calib_batch, [&](const torch::Tensor& x, int64_t) {
+            const double a = now_seconds();
+            if (p_.fp_target)
+              g.add(x, fp_inputs.at(l).at(batch++));
+            else
+              g.add(x);
+            tg += now_seconds() - a;
+          });
+          t_.gram += tg;
+          t_.forward += now_seconds() - t0 - tg;
+          H[l] = g.H;
+          F[l] = timed_factor(H[l], go);
+          if (p_.fp_target) W[l] = gptq_fp_target(W_fp[l], g.H, g.C, p_.damp).to(W_fp[l].scalar_type());
+        }
+        const GptqGrid grid = p_.bits > 0 ? gptq_minmax_grid(W[l], p_.bits, /*fp16_scale=*/true)
+                                          : step_grid_for(W[l], steps[l] * step_scale, p_.clamp_range, p_.deadzone);
+        LayerResult r = quantize_at(l, F[l], grid);
+        set_weight(l, r);
+        P.Q.push_back(layers[l].weight().detach().clone());
+        total_bits += r.bits;
+        P.recs.push_back(std::move(r.rec));
       }
-      const GptqGrid grid = p_.bits > 0 ? gptq_minmax_grid(W[l], p_.bits, /*fp16_scale=*/true) : step_grid_for(W[l], steps[l], p_.clamp_range, p_.deadzone);
-      LayerResult r = quantize_at(l, F[l], grid);
-      set_weight(l, r);
-      total_bits += r.bits;
-      out.push_back(std::move(r.rec));
+      P.bpw = total_bits / (double)model.num_weights();
+      return P;
+    };
+    Pass best = run_pass(1.0);
+    if (p_.bits == 0 && p_.sequential) {
+      // The allocated steps were chosen on the parallel H; re-quantized sequentially the rate
+      // moves. Up to kRatePasses more passes with every step scaled by a common factor 2^x bring
+      // it back to target_bpw: the first guess assumes one bit per weight less per octave of
+      // step, then the secant in x; the pass closest to the target is kept.
+      constexpr int kRatePasses = 4;
+      auto off = [&](const Pass& q) { return q.bpw / p_.target_bpw - 1; };
+      std::string passes = std::to_string(best.bpw);
+      double x0 = 0, f0 = off(best), x1 = std::max(-0.5, std::min(0.5, best.bpw - p_.target_bpw));
+      for (int it = 0; it < kRatePasses && std::fabs(off(best)) > 0.002; ++it) {
+        Pass q = run_pass(std::exp2(x1));
+        passes += " " + std::to_string(q.bpw);
+        const double f1 = off(q);
+        if (std::fabs(f1) < std::fabs(off(best))) best = std::move(q);
+        const double x2 = f1 != f0 ? x1 - f1 * (x1 - x0) / (f1 - f0) : x1 + (f1 > 0 ? 0.1 : -0.1);
+        x0 = x1;
+        f0 = f1;
+        x1 = std::max(-2.0, std::min(2.0, x2));
+      }
+      for (int l = 0; l < L; ++l) layers[l].weight().copy_(best.Q[l]);
+      ctx.rate_note += std::string(" Sequential re-quantization") + (p_.fp_target ? " (FP targets)" : "") +
+                       " at the allocated steps x a common factor: passes at " + passes + " bpw_core; kept factor " +
+                       std::to_string(best.scale) + " -> " + std::to_string(best.bpw) + " bpw_core.";
     }
-    const double bpw = total_bits / (double)model.num_weights();
-    if (p_.bits == 0 && p_.sequential)
-      ctx.rate_note += " Sequential re-quantization at the allocated steps (H from the quantized network) gives " +
-                       std::to_string(bpw) + " bpw_core.";
+    std::vector<LayerRecord> out = std::move(best.recs);
+    const double bpw = best.bpw;
     log_info("gptq: " + std::to_string(bpw) + " bpw_core over " + std::to_string(L) + " layers");
     char buf[256];
     std::snprintf(buf, sizeof buf,

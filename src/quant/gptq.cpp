@@ -302,9 +302,18 @@ torch::Tensor gptq_gram_f32(const torch::Tensor& P_in, int64_t block) {
   return upper + upper.triu(1).t();
 }
 
-void GptqGram::add(const torch::Tensor& x_in) {
+void GptqGram::add(const torch::Tensor& x_in) { add_impl(x_in, torch::Tensor()); }
+
+void GptqGram::add(const torch::Tensor& x_in, const torch::Tensor& x_ref) {
+  BB_CHECK(x_ref.defined() && x_ref.sizes() == x_in.sizes(), "gptq: reference input must have the input's shape ",
+           x_in.sizes(), ", got ", x_ref.defined() ? x_ref.sizes() : torch::IntArrayRef{});
+  add_impl(x_in, x_ref);
+}
+
+void GptqGram::add_impl(const torch::Tensor& x_in, const torch::Tensor& x_ref_in) {
   torch::NoGradGuard ng;
   auto x = x_in.to(torch::kFloat32);
+  auto xr = x_ref_in.defined() ? x_ref_in.to(torch::kFloat32) : torch::Tensor();
   const int64_t D = geom.row_size();
   // Images per chunk: the im2col rows of a chunk stay under ~64 MB.
   int64_t per_image = 1;
@@ -315,25 +324,49 @@ void GptqGram::add(const torch::Tensor& x_in) {
   } else {
     BB_CHECK(x.size(-1) == D, "gptq: linear input must end in ", D, ", got ", x.sizes());
     x = x.reshape({-1, D});
+    if (xr.defined()) xr = xr.reshape({-1, D});
   }
+  auto rows_of = [&](const torch::Tensor& xs) {
+    if (!geom.conv) return xs.contiguous();
+    namespace F = torch::nn::functional;
+    auto cols = F::unfold(xs, F::UnfoldFuncOptions({geom.kh, geom.kw})
+                                  .dilation({geom.dh, geom.dw})
+                                  .padding({geom.ph, geom.pw})
+                                  .stride({geom.sh, geom.sw}));  // n x D x positions
+    return cols.transpose(1, 2).reshape({-1, D}).contiguous();
+  };
   const int64_t chunk = std::max<int64_t>(1, (int64_t)(16 << 20) / std::max<int64_t>(1, per_image * D));
   for (int64_t s = 0; s < x.size(0); s += chunk) {
-    auto xs = x.slice(0, s, std::min(x.size(0), s + chunk));
-    torch::Tensor P;
-    if (geom.conv) {
-      namespace F = torch::nn::functional;
-      auto cols = F::unfold(xs, F::UnfoldFuncOptions({geom.kh, geom.kw})
-                                    .dilation({geom.dh, geom.dw})
-                                    .padding({geom.ph, geom.pw})
-                                    .stride({geom.sh, geom.sw}));  // n x D x positions
-      P = cols.transpose(1, 2).reshape({-1, D});
+    const int64_t e = std::min(x.size(0), s + chunk);
+    torch::Tensor P = rows_of(x.slice(0, s, e));
+    const int64_t n = P.size(0);
+    if (xr.defined()) {
+      // H and C = P^T P_ref as blocks of the Gram of [P, P_ref] (the same thread-count-independent
+      // product as H alone).
+      auto G = gptq_gram_f32(torch::cat({P, rows_of(xr.slice(0, s, e))}, 1)).to(torch::kFloat64);
+      auto h = G.slice(0, 0, D).slice(1, 0, D).contiguous(), c = G.slice(0, 0, D).slice(1, D, 2 * D).contiguous();
+      H = H.defined() ? H.add_(h) : h;
+      C = C.defined() ? C.add_(c) : c;
     } else {
-      P = xs;
+      auto g = gptq_gram_f32(P).to(torch::kFloat64);
+      H = H.defined() ? H.add_(g) : g;
     }
-    auto g = gptq_gram_f32(P.contiguous()).to(torch::kFloat64);
-    H = H.defined() ? H.add_(g) : g;
-    rows += P.size(0);
+    rows += n;
   }
+}
+
+torch::Tensor gptq_fp_target(const torch::Tensor& W, const torch::Tensor& H, const torch::Tensor& C, double damp) {
+  torch::NoGradGuard ng;
+  BB_CHECK(H.defined() && C.defined() && H.sizes() == C.sizes() && H.size(0) == W.size(1),
+           "gptq_fp_target: H and C must be D x D with D = W's columns");
+  auto W64 = W.to(torch::kFloat64);
+  auto Hd = H.clone();
+  const double lambda = std::max(damp * Hd.diagonal().mean().item<double>(), 1e-12);
+  Hd.diagonal().add_(lambda);
+  auto L = torch::linalg::cholesky(Hd);
+  // V^T = W^T + Hd^-1 (C - H) W^T, so V = W exactly when the inputs are the FP ones (C = H).
+  auto rhs = torch::mm(C - H, W64.t());
+  return W64 + torch::cholesky_solve(rhs, L, /*upper=*/false).t();
 }
 
 }  // namespace bb
