@@ -1,8 +1,11 @@
 // GPTQ's speed (issue 24: ResNet-18 shapes at 3 bits in < 60 s on 2 cores with 128 calibration
 // images). Random weights and images (the cost does not depend on the values):
-//   BM_gptq_resnet18_method   the whole `gptq bits=3` compress() of resnet18 on 128 random
+//   BM_gptq_resnet18_method/<mode>  the whole `gptq bits=3` compress() of resnet18 on 128 random
 //                             224x224 images: H = X^T X of every layer (every im2col row, float64
-//                             accumulation, parallel mode) and the column loop of every layer
+//                             accumulation) and the column loop of every layer; mode parallel:
+//                             sequential=false (all H from the FP network in one pass); default:
+//                             the defaults (sequential with fp_target: one partial forward per
+//                             layer, H and C = X^T X_fp)
 //   BM_gptq_loop/blocked/<D>    the column loop alone (factor included) on one 512 x D layer
 //                               with a given H, for the ResNet-18 row sizes D = 576 .. 4608
 //   BM_gptq_loop/reference/<D>  the unblocked reference loop on the same layer
@@ -40,14 +43,16 @@ class RandomImages : public bb::Dataset {
   int64_t n_, hw_;
 };
 
-void BM_gptq_resnet18_method(benchmark::State& st) {
+void BM_gptq_resnet18_method(benchmark::State& st, bool parallel) {
   torch::manual_seed(1);
   auto model = bb::make_model("resnet18");
   model->eval();
   std::map<std::string, torch::Tensor> fp;
   for (auto& kv : model->named_parameters()) fp[kv.key()] = kv.value().detach().clone();
   auto method = bb::make_method("gptq");
-  bb::ParamBinder::apply(method->params(), {{"bits", "3"}, {"calib_images", "128"}}, "bench");
+  std::map<std::string, std::string> params = {{"bits", "3"}, {"calib_images", "128"}};
+  if (parallel) params["sequential"] = "false";
+  bb::ParamBinder::apply(method->params(), params, "bench");
   for (auto _ : st) {
     st.PauseTiming();
     for (auto& kv : model->named_parameters()) kv.value().detach().copy_(fp.at(kv.key()));
@@ -59,7 +64,8 @@ void BM_gptq_resnet18_method(benchmark::State& st) {
     benchmark::DoNotOptimize(recs.size());
   }
 }
-BENCHMARK(BM_gptq_resnet18_method)->Unit(benchmark::kSecond)->Iterations(1);
+BENCHMARK_CAPTURE(BM_gptq_resnet18_method, parallel, true)->Unit(benchmark::kSecond)->Iterations(1);
+BENCHMARK_CAPTURE(BM_gptq_resnet18_method, default, false)->Unit(benchmark::kSecond)->Iterations(1);
 
 void layer_and_hessian(int64_t D, torch::Tensor& W, torch::Tensor& H) {
   torch::manual_seed(2);

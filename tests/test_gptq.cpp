@@ -153,7 +153,7 @@ TEST_CASE("gptq: the input Gram is X^T X of every im2col row, in float64", "[gpt
   REQUIRE(torch::allclose(gram.H, torch::mm(P.t(), P), 1e-5, 1e-5));
 }
 
-TEST_CASE("gptq: with a reference input the Gram also holds C = X^T X_ref; the FP target fits X_ref W^T", "[gptq]") {
+TEST_CASE("gptq: with a reference input the Gram also holds B = X^T (X_ref - X) W^T; the FP target fits X_ref W^T", "[gptq]") {
   torch::manual_seed(5);
   PatchGeometry g;
   g.conv = true;
@@ -162,11 +162,15 @@ TEST_CASE("gptq: with a reference input the Gram also holds C = X^T X_ref; the F
   g.ph = g.pw = 1;
   auto x_ref = torch::randn({6, 3, 8, 8});
   auto x = x_ref + 0.3 * torch::randn({6, 3, 8, 8});  // the quantized network's input: perturbed
+  auto W = torch::randn({4, 27}, torch::kFloat64);
   GptqGram both(g), plain(g);
+  REQUIRE_THROWS_AS(both.add(x, x_ref), Error);  // no weight set
+  both.weight = W;
   both.add(x.slice(0, 0, 4), x_ref.slice(0, 0, 4));
   both.add(x.slice(0, 4, 6), x_ref.slice(0, 4, 6));
-  plain.add(x);
-  REQUIRE(!plain.C.defined());
+  plain.add(x.slice(0, 0, 4));
+  plain.add(x.slice(0, 4, 6));
+  REQUIRE(!plain.B.defined());
   REQUIRE(both.rows == plain.rows);
   std::vector<int64_t> pos;
   for (int64_t n = 0; n < 6; ++n)
@@ -174,24 +178,40 @@ TEST_CASE("gptq: with a reference input the Gram also holds C = X^T X_ref; the F
       for (int64_t ox = 0; ox < 8; ++ox) pos.insert(pos.end(), {n, oy, ox});
   auto where = torch::tensor(pos, torch::kInt64).view({-1, 3});
   auto P = im2col_rows(x, g, where).to(torch::kFloat64), Pr = im2col_rows(x_ref, g, where).to(torch::kFloat64);
+  REQUIRE(torch::equal(both.H, plain.H));
   REQUIRE(torch::allclose(both.H, torch::mm(P.t(), P), 1e-5, 1e-3));
-  REQUIRE(torch::allclose(both.H, plain.H, 1e-5, 1e-3));
-  REQUIRE(torch::allclose(both.C, torch::mm(P.t(), Pr), 1e-5, 1e-3));
+  REQUIRE(torch::allclose(both.B, torch::mm(P.t(), torch::mm(Pr - P, W.t())), 1e-5, 1e-3));
   REQUIRE_THROWS_AS(both.add(x, x_ref.slice(0, 0, 2)), Error);
+  // The same bytes with any thread count.
+  const int threads = at::get_num_threads();
+  at::set_num_threads(1);
+  GptqGram one(g);
+  one.weight = W;
+  one.add(x, x_ref);
+  at::set_num_threads(3);
+  GptqGram three(g);
+  three.weight = W;
+  three.add(x, x_ref);
+  at::set_num_threads(threads);
+  REQUIRE(torch::equal(one.B, three.B));
+  REQUIRE(torch::equal(one.H, three.H));
 
-  auto W = torch::randn({4, 27}, torch::kFloat64);
   // No ridge: the least-squares solution, its residual orthogonal to X, its error below W's.
-  auto V = gptq_fp_target(W, both.H, both.C, 0);
-  auto want = torch::linalg::solve(both.H, torch::mm(both.C, W.t()), true).t();
-  REQUIRE(torch::allclose(V, want, 1e-8, 1e-8));
+  auto V = gptq_fp_target(W, both.H, both.B, 0);
+  auto want = torch::linalg::solve(both.H, torch::mm(torch::mm(P.t(), Pr), W.t()), true).t();
+  REQUIRE(torch::allclose(V, want, 1e-6, 1e-6));
   auto R = torch::mm(Pr, W.t()) - torch::mm(P, V.t());
-  REQUIRE(torch::mm(P.t(), R).abs().max().item<double>() < 1e-6 * torch::mm(P.t(), torch::mm(Pr, W.t())).abs().max().item<double>());
+  REQUIRE(torch::mm(P.t(), R).abs().max().item<double>() < 1e-5 * torch::mm(P.t(), torch::mm(Pr, W.t())).abs().max().item<double>());
   const double e_v = R.pow(2).sum().item<double>(), e_w = (torch::mm(Pr, W.t()) - torch::mm(P, W.t())).pow(2).sum().item<double>();
   REQUIRE(e_v < e_w);
-  // Inputs equal to the FP ones (C = H): V = W whatever the ridge.
-  REQUIRE(torch::allclose(gptq_fp_target(W, both.H, both.H, 0.01), W, 0, 1e-12));
+  // Inputs equal to the FP ones (B = 0): V = W whatever the ridge.
+  GptqGram same(g);
+  same.weight = W;
+  same.add(x, x);
+  REQUIRE(same.B.abs().max().item<double>() == 0);
+  REQUIRE(torch::equal(gptq_fp_target(W, same.H, same.B, 0.01), W));
   // The ridge pulls V toward W.
-  auto V1 = gptq_fp_target(W, both.H, both.C, 1.0);
+  auto V1 = gptq_fp_target(W, both.H, both.B, 1.0);
   REQUIRE((V1 - W).norm().item<double>() < (V - W).norm().item<double>());
 }
 

@@ -90,6 +90,59 @@ TEST_CASE("layer inputs are what the layer sees in a full forward", "[pq][activa
   }
 }
 
+TEST_CASE("SequentialInputs gives for_each_layer_input's inputs while the layers change in order", "[activations]") {
+  // Two copies of one network: a changes its layers in order, inputs through SequentialInputs
+  // (kept stage outputs); b makes the same changes, inputs through for_each_layer_input (every
+  // pass from the image). The inputs must be identical, and fewer convs must run in a.
+  auto a = make_model("cifar_resnet20"), b = make_model("cifar_resnet20");
+  a->eval();
+  b->eval();
+  {
+    torch::NoGradGuard ng;
+    for (size_t l = 0; l < a->layers().size(); ++l) b->layers()[l].weight().copy_(a->layers()[l].weight());
+  }
+  torch::manual_seed(3);
+  auto images = torch::randn({10, 3, 32, 32});
+  SequentialInputs seq(*a, images, 4);
+  const int L = (int)a->layers().size();
+  for (int l = 0; l < L; ++l) {
+    std::vector<torch::Tensor> got, want;
+    seq.for_each(l, [&](const torch::Tensor& x, int64_t first) {
+      REQUIRE(first == (int64_t)got.size() * 4);
+      got.push_back(x.clone());
+    });
+    for_each_layer_input(*b, l, images, 4, [&](const torch::Tensor& x, int64_t) { want.push_back(x.clone()); });
+    INFO(a->layers()[l].name);
+    REQUIRE(got.size() == 3);
+    REQUIRE(torch::equal(torch::cat(got, 0), torch::cat(want, 0)));
+    REQUIRE(a->tap() == nullptr);
+    torch::NoGradGuard ng;
+    auto noise = 0.05 * torch::randn_like(a->layers()[l].weight());
+    a->layers()[l].weight().add_(noise);
+    b->layers()[l].weight().add_(noise);
+  }
+  // Out of order is an error until reset().
+  REQUIRE_THROWS_WITH(seq.for_each(3, [](const torch::Tensor&, int64_t) {}), Catch::Contains("must come in order"));
+  seq.reset();
+  std::vector<torch::Tensor> got, want;
+  seq.for_each(3, [&](const torch::Tensor& x, int64_t) { got.push_back(x.clone()); });
+  for_each_layer_input(*b, 3, images, 4, [&](const torch::Tensor& x, int64_t) { want.push_back(x.clone()); });
+  REQUIRE(torch::equal(torch::cat(got, 0), torch::cat(want, 0)));
+
+  // The kept stages are really skipped: after the layers up to L-2 were asked for, a change to
+  // layer 0 (against the contract, on purpose) does not reach the last layer's inputs.
+  SequentialInputs seq2(*a, images, 10);
+  for (int l = 0; l < L - 1; ++l) seq2.for_each(l, [](const torch::Tensor&, int64_t) {});
+  {
+    torch::NoGradGuard ng;
+    a->layers()[0].weight().mul_(-3);
+  }
+  std::vector<torch::Tensor> last, last_b;
+  seq2.for_each(L - 1, [&](const torch::Tensor& x, int64_t) { last.push_back(x.clone()); });
+  for_each_layer_input(*b, L - 1, images, 10, [&](const torch::Tensor& x, int64_t) { last_b.push_back(x.clone()); });
+  REQUIRE(torch::equal(last[0], last_b[0]));
+}
+
 TEST_CASE("gram_upper equals X^T X and is exactly symmetric", "[activations]") {
   torch::manual_seed(11);
   for (int64_t D : {5, 128, 300, 1100}) {

@@ -231,7 +231,7 @@ struct LayerResult {
 class GptqMethod : public Method {
  public:
   std::string name() const override { return "gptq"; }
-  int algorithm_version() const override { return 4; }  // 2: H via oneDNN, U via one Cholesky + dtrtri; 3: H independent of the thread count; 4: sequential target_bpw runs re-scaled to the target
+  int algorithm_version() const override { return 5; }  // 2: H via oneDNN, U via one Cholesky + dtrtri; 3: H independent of the thread count; 4: sequential with fp_target by default, sequential target_bpw runs re-scaled to the target; 5: fp_target from B = X^T (X_fp - X) W^T
   ParamsBase& params() override { return p_; }
   bool needs_calibration() const override { return true; }
 
@@ -304,7 +304,9 @@ class GptqMethod : public Method {
       std::vector<torch::Tensor> Q;  // the quantized weights, in the layers' shapes
       double bpw = 0, scale = 1;
     };
+    SequentialInputs seq_inputs(model, images, p_.calib_batch);
     auto run_pass = [&](double step_scale) {
+      seq_inputs.reset();  // every layer changes from pass to pass
       Pass P;
       P.scale = step_scale;
       double total_bits = 0;
@@ -314,7 +316,8 @@ class GptqMethod : public Method {
           const double t0 = now_seconds();
           double tg = 0;
           size_t batch = 0;
-          for_each_layer_input(model, l, images, p_.calib_batch, [&](const torch::Tensor& x, int64_t) {
+          if (p_.fp_target) g.weight = W_fp[l];
+          seq_inputs.for_each(l, [&](const torch::Tensor& x, int64_t) {
             const double a = now_seconds();
             if (p_.fp_target)
               g.add(x, fp_inputs.at(l).at(batch++));
@@ -326,7 +329,7 @@ class GptqMethod : public Method {
           t_.forward += now_seconds() - t0 - tg;
           H[l] = g.H;
           F[l] = timed_factor(H[l], go);
-          if (p_.fp_target) W[l] = gptq_fp_target(W_fp[l], g.H, g.C, p_.damp).to(W_fp[l].scalar_type());
+          if (p_.fp_target) W[l] = gptq_fp_target(W_fp[l], g.H, g.B, p_.damp).to(W_fp[l].scalar_type());
         }
         const GptqGrid grid = p_.bits > 0 ? gptq_minmax_grid(W[l], p_.bits, /*fp16_scale=*/true)
                                           : step_grid_for(W[l], steps[l] * step_scale, p_.clamp_range, p_.deadzone);

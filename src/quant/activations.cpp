@@ -134,6 +134,71 @@ void for_each_layer_input(Model& model, int layer, const torch::Tensor& images, 
   }
 }
 
+namespace {
+// Stops at `target`'s input; supplies stage `kept` from the kept output (and stands in for the
+// stages before it, whose outputs nothing reads once `kept`'s is supplied); keeps the output of
+// every later stage that completes.
+struct StageCacheTap : LayerTap {
+  int target = 0;
+  std::function<void(const torch::Tensor&)> fn;
+  torch::Tensor* out = nullptr;
+  int* kept = nullptr;
+  torch::Tensor precomputed_stage(int s) override { return s <= *kept ? *out : torch::Tensor(); }
+  void on_stage_output(int s, const torch::Tensor& y) override {
+    if (s > *kept) {
+      *out = y;
+      *kept = s;
+    }
+  }
+  void on_input(int layer, const torch::Tensor& x) override {
+    if (layer != target) return;
+    fn(x);
+    throw StopForward{};
+  }
+};
+}  // namespace
+
+SequentialInputs::SequentialInputs(Model& model, const torch::Tensor& images, int64_t batch_size)
+    : model_(model), images_(images), batch_size_(batch_size) {
+  BB_CHECK(batch_size >= 1, "SequentialInputs: batch_size must be >= 1");
+  reset();
+}
+
+void SequentialInputs::reset() {
+  const int64_t nb = (images_.size(0) + batch_size_ - 1) / batch_size_;
+  out_.assign(nb, torch::Tensor());
+  stage_.assign(nb, -1);
+  last_layer_ = -1;
+}
+
+void SequentialInputs::for_each(int layer, const std::function<void(const torch::Tensor& x, int64_t first)>& fn) {
+  BB_CHECK(layer >= 0 && layer < (int)model_.layers().size(), "SequentialInputs: no layer ", layer, " in ",
+           model_.arch());
+  BB_CHECK(layer >= last_layer_, "SequentialInputs: layer ", layer, " asked for after layer ", last_layer_,
+           " (the layers must come in order; reset() first)");
+  last_layer_ = layer;
+  torch::NoGradGuard ng;
+  const int64_t N = images_.size(0);
+  StageCacheTap tap;
+  tap.target = layer;
+  TapScope guard(model_, &tap);
+  for (int64_t s = 0, b = 0; s < N; s += batch_size_, ++b) {
+    const int64_t e = std::min(N, s + batch_size_);
+    tap.out = &out_[b];
+    tap.kept = &stage_[b];
+    bool reached = false;
+    tap.fn = [&](const torch::Tensor& x) {
+      reached = true;
+      fn(x, s);
+    };
+    try {
+      model_.forward(images_.slice(0, s, e));
+    } catch (const StopForward&) {
+    }
+    BB_CHECK(reached, "SequentialInputs: layer '", model_.layers()[layer].name, "' was not reached by forward()");
+  }
+}
+
 torch::Tensor sample_layer_patches(Model& model, int layer, const torch::Tensor& images, int64_t rows_per_image,
                                    uint64_t seed, int64_t batch_size) {
   const PatchGeometry g = PatchGeometry::of(model.layers()[layer]);

@@ -45,6 +45,29 @@ torch::Tensor sample_patch_positions(const torch::Tensor& x, const PatchGeometry
 void for_each_layer_input(Model& model, int layer, const torch::Tensor& images, int64_t batch_size,
                           const std::function<void(const torch::Tensor& x, int64_t first)>& fn);
 
+// for_each_layer_input for a network whose layers are changed in order (sequential
+// quantization: ask for layer l's inputs, change layer l, ask for a later layer's, ...). Per batch
+// it keeps the output of the last residual stage (LayerTap::precomputed_stage) completed before
+// the layer asked for, so a later layer's pass starts there instead of at the image: the inputs
+// are those for_each_layer_input computes (the stages are run the same way), at about the cost of
+// one forward pass per stage instead of one per layer. Valid while no layer before the last one
+// asked for changes (the layers are asked for in increasing order: checked); reset() forgets
+// the kept outputs. Models without stages run every pass from the image.
+class SequentialInputs {
+ public:
+  SequentialInputs(Model& model, const torch::Tensor& images, int64_t batch_size);
+  void for_each(int layer, const std::function<void(const torch::Tensor& x, int64_t first)>& fn);
+  void reset();
+
+ private:
+  Model& model_;
+  torch::Tensor images_;
+  int64_t batch_size_;
+  int last_layer_ = -1;
+  std::vector<torch::Tensor> out_;  // per batch: the output of stage stage_[b]
+  std::vector<int> stage_;          // per batch: -1 = none kept
+};
+
 // rows_per_image sampled im2col rows of layer `layer`'s input for every image, as the model
 // computes it now: (N * rows_per_image) x row_size (linears: N x in_features). Deterministic in
 // seed.

@@ -307,6 +307,8 @@ void GptqGram::add(const torch::Tensor& x_in) { add_impl(x_in, torch::Tensor());
 void GptqGram::add(const torch::Tensor& x_in, const torch::Tensor& x_ref) {
   BB_CHECK(x_ref.defined() && x_ref.sizes() == x_in.sizes(), "gptq: reference input must have the input's shape ",
            x_in.sizes(), ", got ", x_ref.defined() ? x_ref.sizes() : torch::IntArrayRef{});
+  BB_CHECK(weight.defined() && weight.dim() == 2 && weight.size(1) == geom.row_size(),
+           "gptq: add(x, x_ref) needs the layer's weight (rows x ", geom.row_size(), ")");
   add_impl(x_in, x_ref);
 }
 
@@ -314,6 +316,7 @@ void GptqGram::add_impl(const torch::Tensor& x_in, const torch::Tensor& x_ref_in
   torch::NoGradGuard ng;
   auto x = x_in.to(torch::kFloat32);
   auto xr = x_ref_in.defined() ? x_ref_in.to(torch::kFloat32) : torch::Tensor();
+  const torch::Tensor w32 = xr.defined() ? weight.to(torch::kFloat32).contiguous() : torch::Tensor();
   const int64_t D = geom.row_size();
   // Images per chunk: the im2col rows of a chunk stay under ~64 MB.
   int64_t per_image = 1;
@@ -340,33 +343,41 @@ void GptqGram::add_impl(const torch::Tensor& x_in, const torch::Tensor& x_ref_in
     const int64_t e = std::min(x.size(0), s + chunk);
     torch::Tensor P = rows_of(x.slice(0, s, e));
     const int64_t n = P.size(0);
+    auto g = gptq_gram_f32(P).to(torch::kFloat64);
+    H = H.defined() ? H.add_(g) : g;
     if (xr.defined()) {
-      // H and C = P^T P_ref as blocks of the Gram of [P, P_ref] (the same thread-count-independent
-      // product as H alone).
-      auto G = gptq_gram_f32(torch::cat({P, rows_of(xr.slice(0, s, e))}, 1)).to(torch::kFloat64);
-      auto h = G.slice(0, 0, D).slice(1, 0, D).contiguous(), c = G.slice(0, 0, D).slice(1, D, 2 * D).contiguous();
-      H = H.defined() ? H.add_(h) : h;
-      C = C.defined() ? C.add_(c) : c;
-    } else {
-      auto g = gptq_gram_f32(P).to(torch::kFloat64);
-      H = H.defined() ? H.add_(g) : g;
+      // B += P^T Y, Y = (P_ref - P) W^T: for a conv, the conv of the input difference (oneDNN,
+      // cheaper than its im2col rows times W^T), its outputs in P's row order (image, oy, ox).
+      // float32 per chunk (no product splits its sums across threads: the same bytes with any
+      // thread count), accumulated in float64 like H.
+      const auto d = xr.slice(0, s, e) - x.slice(0, s, e);
+      torch::Tensor Y;
+      if (geom.conv) {
+        namespace F = torch::nn::functional;
+        Y = F::conv2d(d, w32.view({w32.size(0), geom.in_channels, geom.kh, geom.kw}),
+                      F::Conv2dFuncOptions().stride({geom.sh, geom.sw}).padding({geom.ph, geom.pw}).dilation({geom.dh, geom.dw}))
+                .permute({0, 2, 3, 1})
+                .reshape({-1, w32.size(0)});
+      } else {
+        Y = torch::mm(d, w32.t());
+      }
+      auto b = torch::mm(P.t(), Y.contiguous()).to(torch::kFloat64);
+      B = B.defined() ? B.add_(b) : b;
     }
     rows += n;
   }
 }
 
-torch::Tensor gptq_fp_target(const torch::Tensor& W, const torch::Tensor& H, const torch::Tensor& C, double damp) {
+torch::Tensor gptq_fp_target(const torch::Tensor& W, const torch::Tensor& H, const torch::Tensor& B, double damp) {
   torch::NoGradGuard ng;
-  BB_CHECK(H.defined() && C.defined() && H.sizes() == C.sizes() && H.size(0) == W.size(1),
-           "gptq_fp_target: H and C must be D x D with D = W's columns");
-  auto W64 = W.to(torch::kFloat64);
+  BB_CHECK(H.defined() && B.defined() && H.dim() == 2 && H.size(0) == W.size(1) && H.size(1) == W.size(1) &&
+               B.dim() == 2 && B.size(0) == W.size(1) && B.size(1) == W.size(0),
+           "gptq_fp_target: H must be D x D and B D x rows for W rows x D");
   auto Hd = H.clone();
   const double lambda = std::max(damp * Hd.diagonal().mean().item<double>(), 1e-12);
   Hd.diagonal().add_(lambda);
   auto L = torch::linalg::cholesky(Hd);
-  // V^T = W^T + Hd^-1 (C - H) W^T, so V = W exactly when the inputs are the FP ones (C = H).
-  auto rhs = torch::mm(C - H, W64.t());
-  return W64 + torch::cholesky_solve(rhs, L, /*upper=*/false).t();
+  return W.to(torch::kFloat64) + torch::cholesky_solve(B.to(torch::kFloat64), L, /*upper=*/false).t();
 }
 
 }  // namespace bb

@@ -95,13 +95,17 @@ torch::Tensor gptq_gram_f32(const torch::Tensor& P, int64_t block = 384);
 
 // H = X^T X over every im2col row of the inputs seen (every output position of every image),
 // accumulated in float64 (each chunk's Gram in float32 via gptq_gram_f32, added in float64).
-// add(x, x_ref) also accumulates C = X^T X_ref, X_ref the im2col rows of a second input of the
-// same shape (the FP network's input of the layer while x is the quantized network's).
+// add(x, x_ref) also accumulates B = X^T (X_ref - X) W^T (D x rows), X_ref the im2col rows of a
+// second input of the same shape (the FP network's input of the layer while x is the quantized
+// network's) and W = `weight` (rows x D, set before): what the layer's output on X misses of its
+// FP output, correlated with X. Its cost is 2 n D rows flops (a 3x3 conv with C_in = C_out:
+// 4/9 of H's n D^2 / 2).
 struct GptqGram {
   PatchGeometry geom;
-  torch::Tensor H;   // float64 D x D
-  torch::Tensor C;   // float64 D x D, only with add(x, x_ref)
-  int64_t rows = 0;  // im2col rows accumulated
+  torch::Tensor H;       // float64 D x D
+  torch::Tensor B;       // float64 D x rows, only with add(x, x_ref)
+  torch::Tensor weight;  // rows x D: the W of B
+  int64_t rows = 0;      // im2col rows accumulated
   explicit GptqGram(const PatchGeometry& g) : geom(g) {}
   void add(const torch::Tensor& x);
   void add(const torch::Tensor& x, const torch::Tensor& x_ref);
@@ -112,9 +116,9 @@ struct GptqGram {
 
 // The weight V that best maps the quantized network's layer inputs X to the FP layer output
 // X_ref W^T: argmin ||X_ref W^T - X V^T||^2 + lambda ||V - W||^2 (least squares shrunk toward W,
-// so V = W when X = X_ref), lambda = damp * mean(diag H), H = X^T X, C = X^T X_ref:
-// V^T = W^T + (H + lambda I)^-1 (C - H) W^T. At lambda = 0 the residual X_ref W^T - X V^T is
-// orthogonal to X, so quantizing V on H minimises ||X_ref W^T - X Q^T||^2.
-torch::Tensor gptq_fp_target(const torch::Tensor& W, const torch::Tensor& H, const torch::Tensor& C, double damp);
+// so V = W when X = X_ref), lambda = damp * mean(diag H), H = X^T X, B = X^T (X_ref - X) W^T:
+// V^T = W^T + (H + lambda I)^-1 B. At lambda = 0 the residual X_ref W^T - X V^T is orthogonal
+// to X, so quantizing V on H minimises ||X_ref W^T - X Q^T||^2.
+torch::Tensor gptq_fp_target(const torch::Tensor& W, const torch::Tensor& H, const torch::Tensor& B, double damp);
 
 }  // namespace bb
