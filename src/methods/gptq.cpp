@@ -276,11 +276,7 @@ class GptqMethod : public Method {
     if (p_.fp_target) {
       InputTap tap;
       tap.inputs = &fp_inputs;
-      TapScope scope(model, &tap);
-      const double t0 = now_seconds();
-      for (int64_t s = 0; s < images.size(0); s += p_.calib_batch)
-        model.forward(images.slice(0, s, std::min(images.size(0), s + p_.calib_batch)));
-      t_.forward += now_seconds() - t0;
+      t_.forward += forward_all(model, images, tap);
     }
     std::vector<torch::Tensor> H(L);
     std::vector<GptqFactor> F(L);
@@ -445,17 +441,24 @@ class GptqMethod : public Method {
 
   std::vector<int64_t> grams_rows_;  // im2col rows behind each H of parallel_grams
 
+  // One forward pass over the calibration images in batches of calib_batch with `tap` installed;
+  // its wall seconds.
+  double forward_all(Model& model, const torch::Tensor& images, LayerTap& tap) const {
+    TapScope scope(model, &tap);
+    const double t0 = now_seconds();
+    for (int64_t s = 0; s < images.size(0); s += p_.calib_batch)
+      model.forward(images.slice(0, s, std::min(images.size(0), s + p_.calib_batch)));
+    return now_seconds() - t0;
+  }
+
   std::vector<torch::Tensor> parallel_grams(Model& model, const torch::Tensor& images) {
     std::vector<GptqGram> grams;
     for (const auto& l : model.layers()) grams.emplace_back(PatchGeometry::of(l));
     GramTap tap;
     tap.grams = &grams;
-    TapScope scope(model, &tap);
-    const double t0 = now_seconds();
-    for (int64_t s = 0; s < images.size(0); s += p_.calib_batch)
-      model.forward(images.slice(0, s, std::min(images.size(0), s + p_.calib_batch)));
+    const double seconds = forward_all(model, images, tap);
     t_.gram += tap.seconds;
-    t_.forward += now_seconds() - t0 - tap.seconds;
+    t_.forward += seconds - tap.seconds;
     std::vector<torch::Tensor> H;
     grams_rows_.clear();
     for (auto& g : grams) {

@@ -97,44 +97,6 @@ torch::Tensor sample_patch_positions(const torch::Tensor& x, const PatchGeometry
 }
 
 namespace {
-// Hands one layer's input to a callback, then ends the forward pass.
-struct StopAtInput : LayerTap {
-  int target;
-  std::function<void(const torch::Tensor&)> fn;
-  void on_input(int layer, const torch::Tensor& x) override {
-    if (layer != target) return;
-    fn(x);
-    throw StopForward{};
-  }
-};
-}  // namespace
-
-void for_each_layer_input(Model& model, int layer, const torch::Tensor& images, int64_t batch_size,
-                          const std::function<void(const torch::Tensor& x, int64_t first)>& fn) {
-  BB_CHECK(layer >= 0 && layer < (int)model.layers().size(), "for_each_layer_input: no layer ", layer, " in ",
-           model.arch());
-  BB_CHECK(batch_size >= 1, "for_each_layer_input: batch_size must be >= 1");
-  torch::NoGradGuard ng;
-  const int64_t N = images.size(0);
-  StopAtInput tap;
-  tap.target = layer;
-  TapScope guard(model, &tap);
-  for (int64_t s = 0; s < N; s += batch_size) {
-    const int64_t e = std::min(N, s + batch_size);
-    bool reached = false;
-    tap.fn = [&](const torch::Tensor& x) {
-      reached = true;
-      fn(x, s);
-    };
-    try {
-      model.forward(images.slice(0, s, e));
-    } catch (const StopForward&) {
-    }
-    BB_CHECK(reached, "for_each_layer_input: layer '", model.layers()[layer].name, "' was not reached by forward()");
-  }
-}
-
-namespace {
 // Stops at `target`'s input; supplies stage `kept` from the kept output (and stands in for the
 // stages before it, whose outputs nothing reads once `kept`'s is supplied); keeps the output of
 // every later stage that completes.
@@ -160,7 +122,7 @@ struct StageCacheTap : LayerTap {
 
 SequentialInputs::SequentialInputs(Model& model, const torch::Tensor& images, int64_t batch_size)
     : model_(model), images_(images), batch_size_(batch_size) {
-  BB_CHECK(batch_size >= 1, "SequentialInputs: batch_size must be >= 1");
+  BB_CHECK(batch_size >= 1, "layer inputs: batch_size must be >= 1");
   reset();
 }
 
@@ -172,7 +134,7 @@ void SequentialInputs::reset() {
 }
 
 void SequentialInputs::for_each(int layer, const std::function<void(const torch::Tensor& x, int64_t first)>& fn) {
-  BB_CHECK(layer >= 0 && layer < (int)model_.layers().size(), "SequentialInputs: no layer ", layer, " in ",
+  BB_CHECK(layer >= 0 && layer < (int)model_.layers().size(), "layer inputs: no layer ", layer, " in ",
            model_.arch());
   BB_CHECK(layer >= last_layer_, "SequentialInputs: layer ", layer, " asked for after layer ", last_layer_,
            " (the layers must come in order; reset() first)");
@@ -195,8 +157,15 @@ void SequentialInputs::for_each(int layer, const std::function<void(const torch:
       model_.forward(images_.slice(0, s, e));
     } catch (const StopForward&) {
     }
-    BB_CHECK(reached, "SequentialInputs: layer '", model_.layers()[layer].name, "' was not reached by forward()");
+    BB_CHECK(reached, "layer inputs: layer '", model_.layers()[layer].name, "' was not reached by forward()");
   }
+}
+
+
+void for_each_layer_input(Model& model, int layer, const torch::Tensor& images, int64_t batch_size,
+                          const std::function<void(const torch::Tensor& x, int64_t first)>& fn) {
+  // A fresh SequentialInputs keeps nothing yet: every pass runs from the image.
+  SequentialInputs(model, images, batch_size).for_each(layer, fn);
 }
 
 torch::Tensor sample_layer_patches(Model& model, int layer, const torch::Tensor& images, int64_t rows_per_image,
