@@ -29,6 +29,16 @@ void random_layer(int64_t rows, int64_t D, int64_t dead, uint64_t seed, torch::T
   H = torch::mm(X.t(), X);
 }
 
+// Every output position of every image of x (N x C x H x W), through the project's im2col rows,
+// in float64.
+torch::Tensor all_rows(const torch::Tensor& x, const PatchGeometry& g) {
+  std::vector<int64_t> pos;
+  for (int64_t n = 0; n < x.size(0); ++n)
+    for (int64_t oy = 0; oy < g.out_h(x.size(2)); ++oy)
+      for (int64_t ox = 0; ox < g.out_w(x.size(3)); ++ox) pos.insert(pos.end(), {n, oy, ox});
+  return im2col_rows(x, g, torch::tensor(pos, torch::kInt64).view({-1, 3})).to(torch::kFloat64);
+}
+
 double rtn_error(const torch::Tensor& W, const torch::Tensor& H, const GptqGrid& g) {
   auto Q = torch::empty_like(W);
   for (int64_t r = 0; r < W.size(0); ++r)
@@ -142,12 +152,7 @@ TEST_CASE("gptq: the input Gram is X^T X of every im2col row, in float64", "[gpt
   GptqGram gram(g);
   gram.add(x.slice(0, 0, 2));
   gram.add(x.slice(0, 2, 5));
-  // Every output position of every image, through the project's im2col rows.
-  std::vector<int64_t> pos;
-  for (int64_t n = 0; n < 5; ++n)
-    for (int64_t oy = 0; oy < g.out_h(9); ++oy)
-      for (int64_t ox = 0; ox < g.out_w(7); ++ox) pos.insert(pos.end(), {n, oy, ox});
-  auto P = im2col_rows(x, g, torch::tensor(pos, torch::kInt64).view({-1, 3})).to(torch::kFloat64);
+  auto P = all_rows(x, g);
   REQUIRE(gram.rows == P.size(0));
   REQUIRE(gram.H.scalar_type() == torch::kFloat64);
   REQUIRE(torch::allclose(gram.H, torch::mm(P.t(), P), 1e-5, 1e-5));
@@ -172,12 +177,7 @@ TEST_CASE("gptq: with a reference input the Gram also holds B = X^T (X_ref - X) 
   plain.add(x.slice(0, 4, 6));
   REQUIRE(!plain.B.defined());
   REQUIRE(both.rows == plain.rows);
-  std::vector<int64_t> pos;
-  for (int64_t n = 0; n < 6; ++n)
-    for (int64_t oy = 0; oy < 8; ++oy)
-      for (int64_t ox = 0; ox < 8; ++ox) pos.insert(pos.end(), {n, oy, ox});
-  auto where = torch::tensor(pos, torch::kInt64).view({-1, 3});
-  auto P = im2col_rows(x, g, where).to(torch::kFloat64), Pr = im2col_rows(x_ref, g, where).to(torch::kFloat64);
+  auto P = all_rows(x, g), Pr = all_rows(x_ref, g);
   REQUIRE(torch::equal(both.H, plain.H));
   REQUIRE(torch::allclose(both.H, torch::mm(P.t(), P), 1e-5, 1e-3));
   REQUIRE(torch::allclose(both.B, torch::mm(P.t(), torch::mm(Pr - P, W.t())), 1e-5, 1e-3));
