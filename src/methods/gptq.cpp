@@ -41,7 +41,7 @@ struct GptqParams : ParamsBase {
   bool act_order = true;
   double damp = 0.01;
   int64_t block_size = 128;
-  int64_t calib_images = 128;
+  int64_t calib_images = 256;
   int64_t calib_batch = 64;
   bool sequential = true;
   bool fp_target = true;
