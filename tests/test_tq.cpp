@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <random>
 
@@ -472,6 +473,40 @@ struct TinyCurveSearch {
   }
   ~TinyCurveSearch() { std::filesystem::remove_all(dir); }
 };
+
+// A point whose quantized block repeats an earlier one's reuses its D: the curves, every
+// measured grid D included, are bit-identical to measuring every point, with fewer passes.
+TEST_CASE("tq curve search reuses the D of a repeated quantized block exactly", "[tq]") {
+  TinyCurveSearch t("bb_tq_reuse");
+  auto& [model, data, o, dir] = t;
+  for (StepSearch ss : {StepSearch::logits_descent, StepSearch::logits_grid}) {
+    INFO(step_search_name(ss));
+    o.step_search = ss;
+    o.reuse_repeated = true;
+    const TqCurves a = tq_compute_curves(*model, data, o, "");
+    o.reuse_repeated = false;
+    const TqCurves b = tq_compute_curves(*model, data, o, "");
+    CHECK(a.passes < b.passes);
+    CHECK(a.measurements == b.measurements);
+    CHECK(b.passes == b.measurements);
+    REQUIRE(a.layers.size() == b.layers.size());
+    for (size_t l = 0; l < a.layers.size(); ++l) {
+      REQUIRE(a.layers[l].blocks.size() == b.layers[l].blocks.size());
+      for (size_t k = 0; k < a.layers[l].blocks.size(); ++k) {
+        const TqBlockCurves &x = a.layers[l].blocks[k], &y = b.layers[l].blocks[k];
+        // Bitwise, member by member (NaN marks a grid step not measured; -0.0 a pass not run).
+        CHECK(std::memcmp(x.t_exp, y.t_exp, sizeof x.t_exp) == 0);
+        CHECK(std::memcmp(x.t_dist, y.t_dist, sizeof x.t_dist) == 0);
+        CHECK(std::memcmp(x.s_exp, y.s_exp, sizeof x.s_exp) == 0);
+        CHECK(std::memcmp(x.s_dist, y.s_dist, sizeof x.s_dist) == 0);
+        CHECK(std::memcmp(x.t_exp0, y.t_exp0, sizeof x.t_exp0) == 0);
+        CHECK(std::memcmp(x.s_exp0, y.s_exp0, sizeof x.s_exp0) == 0);
+        CHECK(std::memcmp(x.t_grid, y.t_grid, sizeof x.t_grid) == 0);
+        CHECK(std::memcmp(x.s_grid, y.s_grid, sizeof x.s_grid) == 0);
+      }
+    }
+  }
+}
 
 TEST_CASE("tq curves cache round-trips", "[tq]") {
   namespace fs = std::filesystem;

@@ -278,18 +278,27 @@ class GptqMethod : public Method {
       tap.inputs = &fp_inputs;
       t_.forward += forward_all(model, images, tap);
     }
+    // The parallel H (each layer's input in the FP network) and its factors: what the parallel
+    // quantization and the allocation's candidates quantize with. Computed when first needed, so
+    // a sequential run whose candidates come from the cache skips the pass.
     std::vector<torch::Tensor> H(L);
     std::vector<GptqFactor> F(L);
-    if (!p_.sequential || p_.bits == 0) {
+    bool have_parallel = false;
+    auto parallel_factors = [&](const char* resume_phase) {
+      if (have_parallel) return;
       ctx.phase("hessian");
       H = parallel_grams(model, images);
       for (int l = 0; l < L; ++l) F[l] = timed_factor(H[l], go);
-    }
+      have_parallel = true;
+      if (resume_phase) ctx.phase(resume_phase);
+    };
+    if (!p_.sequential) parallel_factors(nullptr);
     std::vector<double> steps(L, 0);  // bits = 0: the step of each layer
     if (p_.bits == 0) {
+      if (p_.alloc == "rule") parallel_factors(nullptr);
       ctx.phase("allocate");
       steps = p_.alloc == "rule" ? rule_steps(ctx, model, W, F, quantize_at)
-                                  : lagrangian_steps(ctx, model, images, W, H, F, quantize_at);
+                                  : lagrangian_steps(ctx, model, images, W, H, F, [&] { parallel_factors("allocate"); }, quantize_at);
     }
     ctx.phase("quantize");
     // One quantization of every layer, the steps scaled by step_scale. Sequential: each layer's H
@@ -505,10 +514,12 @@ class GptqMethod : public Method {
     return steps;
   }
 
+  // `prepare` fills H and F (and grams_rows_); called only when the candidates are not cached.
   template <class QuantizeAt>
   std::vector<double> lagrangian_steps(CompressContext& ctx, Model& model, const torch::Tensor& images,
                                        const std::vector<torch::Tensor>& W, const std::vector<torch::Tensor>& H,
-                                       const std::vector<GptqFactor>& F, QuantizeAt& quantize_at) {
+                                       const std::vector<GptqFactor>& F, const std::function<void()>& prepare,
+                                       QuantizeAt& quantize_at) {
     const int L = (int)W.size();
     const auto& layers = model.layers();
     const int k0 = (int)std::ceil(std::log2(p_.step_min) * p_.steps_per_octave - 1e-9);
@@ -528,6 +539,7 @@ class GptqMethod : public Method {
         return allocate_steps(ctx, model, items, cand_steps);
       }
     }
+    prepare();
     std::vector<std::pair<int, torch::Tensor>> perts;  // alloc_distortion=logits
     for (int l = 0; l < L; ++l) {
       const double sd = W[l].std().item<double>();

@@ -258,12 +258,15 @@ class DistortionMeter {
   }
   int64_t count() const { return count_; }
   double seconds() const { return seconds_; }
+  // Points whose D was looked up (MeasuredPoints), not measured.
+  void count_reuse() { ++reused_; }
+  int64_t reused() const { return reused_; }
 
  private:
   Model& model_;
   CalibCache& cache_;
   bool fast_;
-  int64_t count_ = 0;
+  int64_t count_ = 0, reused_ = 0;
   double seconds_ = 0;
 };
 
@@ -323,6 +326,28 @@ int search_point(StepSearch search, const std::function<double(int)>& measure, d
   });
 }
 
+// The D already measured for one block's quantized T rows (or S columns), by their values: a
+// step and bit depth that quantize the block to the same values as another (R and R+1 bits at
+// one step when nothing clips) perturb the network identically, so D is looked up, not
+// measured again (the pass is deterministic: the same D to the last bit).
+struct MeasuredPoints {
+  DistortionMeter& meter;
+  bool enabled;
+  std::vector<std::pair<torch::Tensor, double>> seen;
+  MeasuredPoints(DistortionMeter& m, bool on) : meter(m), enabled(on) {}
+  double get(const torch::Tensor& q, const std::function<double()>& measure) {
+    if (!enabled) return measure();
+    for (const auto& [t, d] : seen)
+      if (torch::equal(t, q)) {
+        if (!std::signbit(d)) meter.count_reuse();  // -0.0: the block unchanged, never a pass
+        return d;
+      }
+    const double d = measure();
+    seen.emplace_back(q, d);
+    return d;
+  }
+};
+
 void analyse_layer(Model& model, int l, const TqCurveOptions& opt, const torch::Tensor* grad_cov,
                    DistortionMeter& meter, TqLayerCurves& out, Progress& progress) {
   const Layer& layer = model.layers()[l];
@@ -357,10 +382,13 @@ void analyse_layer(Model& model, int l, const TqCurveOptions& opt, const torch::
     // R = 0: the rows zeroed.
     cv.t_dist[0] = measure_oriented(meter, layer, l, side, torch::mm(Sb, -Tb));
     progress.advance();
+    MeasuredPoints t_seen(meter, opt.reuse_repeated), s_seen(meter, opt.reuse_repeated);
+    t_seen.seen.emplace_back(torch::zeros_like(Tb), cv.t_dist[0]);  // a step that rounds every row to 0
     for (int bits = 1; bits <= kTqMaxBits; ++bits) {
       const int e0 = best_step_exp(Tb.data_ptr<double>(), Tb.size(0), Tb.size(1), nullptr, nullptr, bits, spo);
       const int o = search_point(opt.step_search, [&](int off) {
-        return measure_oriented(meter, layer, l, side, torch::mm(Sb, quantize_tensor(Tb, tq_step(e0 + off, spo), bits) - Tb));
+        auto q = quantize_tensor(Tb, tq_step(e0 + off, spo), bits);
+        return t_seen.get(q, [&] { return measure_oriented(meter, layer, l, side, torch::mm(Sb, q - Tb)); });
       }, cv.t_grid[bits]);
       cv.t_exp0[bits] = e0;
       cv.t_exp[bits] = e0 + o;
@@ -371,7 +399,8 @@ void analyse_layer(Model& model, int l, const TqCurveOptions& opt, const torch::
       const int e0 = best_step_exp(s_cols.data_ptr<double>(), s_cols.size(0), s_cols.size(1), t_energy.data_ptr<double>(),
                                    metric.defined() ? metric.data_ptr<double>() : nullptr, bits, spo);
       const int o = search_point(opt.step_search, [&](int off) {
-        return measure_oriented(meter, layer, l, side, torch::mm(quantize_tensor(Sb, tq_step(e0 + off, spo), bits) - Sb, Tb));
+        auto q = quantize_tensor(Sb, tq_step(e0 + off, spo), bits);
+        return s_seen.get(q, [&] { return measure_oriented(meter, layer, l, side, torch::mm(q - Sb, Tb)); });
       }, cv.s_grid[bits]);
       cv.s_exp0[bits] = e0;
       cv.s_exp[bits] = e0 + o;
@@ -795,7 +824,7 @@ TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOpti
       TqCurves part;
       part.key = c.key;
       part.search_seconds = seconds_before + (now_seconds() - t0);
-      part.measurements = passes_before + meter.count();
+      part.measurements = passes_before + meter.count() + meter.reused();
       part.layers.assign(c.layers.begin(), c.layers.begin() + (long)l + 1);
       tq_write_curves(partial, part);
       last_checkpoint = now_seconds();
@@ -804,12 +833,15 @@ TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOpti
   }
   progress.finish();
   c.search_seconds = seconds_before + (now_seconds() - t0);
-  c.measurements = passes_before + meter.count();
+  c.measurements = passes_before + meter.count() + meter.reused();
+  c.passes = meter.count();
   log_info("tq: curve search (" + std::string(transform_side_name(opt.side)) + "-" +
            (opt.transform == TransformKind::klt ? "KLT" : "ELT") + ", step_search=" + step_search_name(opt.step_search) +
-           ") took " + std::to_string(c.search_seconds) + " s (" + std::to_string(c.measurements) +
-           " forward passes of " + std::to_string(n_img) + " images: " + std::to_string(meter.seconds()) + " s" +
-           (first ? ", " + std::to_string(first) + " layers from a checkpoint" : std::string()) + ")");
+           ") took " + std::to_string(c.search_seconds) + " s (" + std::to_string(c.measurements) + " D values; this call " +
+           std::to_string(meter.count()) + " forward passes of " + std::to_string(n_img) + " images: " +
+           std::to_string(meter.seconds()) + " s, and " + std::to_string(meter.reused()) +
+           " looked up: the quantized block repeated an earlier point's" +
+           (first ? "; " + std::to_string(first) + " layers from a checkpoint" : std::string()) + ")");
   if (opt.step_search == StepSearch::logits_grid) log_info("tq: " + tq_grid_agreement(c));
   if (!path.empty()) {
     tq_write_curves(path, c);  // write_file_atomic creates the directory

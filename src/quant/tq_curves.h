@@ -17,7 +17,10 @@
 // hold what the other searches would measure: a search whose own curves are not cached but whose
 // logits_grid twin is derives its curves from them, exactly and without a pass.
 //
-// Cost: one forward of the calibration images per (block, R) point. Only the part of the network
+// Cost: one forward of the calibration images per (block, R, step) measured, except where the
+// quantized block equals one already measured for the same block (R and R+1 bits at one step
+// when nothing clips at R bits): its D is reused, which the pass would reproduce to the last bit
+// (ResNet-20, the table's settings: 15% of the D values). Only the part of the network
 // downstream of the perturbed layer is computed: the layers before it return their cached
 // outputs (LayerTap::precomputed_output), the layer itself returns cached y + conv(x, dW).
 #pragma once
@@ -55,6 +58,10 @@ struct TqCurveOptions {
   int steps_per_octave = 1;      // step grid 2^(e/steps_per_octave); 1 = powers of two
   StepSearch step_search = StepSearch::logits_descent;
   double elt_ridge = 1e-3;       // ELT: Sigma_g += ridge * trace/n * I
+  // Not part of the curves (nor of the cache key): a point whose quantized block repeats one
+  // already measured for the same block reuses its D (false: every point runs its pass; the
+  // curves are the same to the last bit, which a test checks).
+  bool reuse_repeated = true;
   // Not part of the curves (nor of the cache key): with a cache directory, the layers finished so
   // far are written to "<key>.partial" at most this often (the finished search writes the full
   // curves instead), so a search killed by a time limit or preemption resumes from there.
@@ -90,8 +97,11 @@ struct TqCurves {
   bool from_cache = false;
   bool derived_from_grid = false;  // derived from the cached logits_grid curves (no pass run)
   double search_seconds = 0;  // wall time of the search that produced the curves
-  int64_t measurements = 0;   // forward passes (of all calibration images) it took; derived
-                              // curves: the passes their own search would have taken
+  int64_t measurements = 0;   // D values it measured: a forward pass (of all calibration images)
+                              // each, but a point whose quantized block repeats an earlier point's
+                              // of the same block reuses that D; derived curves: the D values
+                              // their own search would have measured
+  int64_t passes = 0;         // forward passes this call ran (0 when loaded or derived; not stored)
   size_t resumed_layers = 0;  // layers taken from a checkpoint of an interrupted search
   std::vector<TqLayerCurves> layers;  // in Model::layers() order
 };
