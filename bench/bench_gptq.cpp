@@ -15,7 +15,7 @@
 //                               blas = gram_upper (OpenBLAS)
 #include <benchmark/benchmark.h>
 
-#include "data/dataset.h"
+#include "random_images.h"
 #include "methods/method.h"
 #include "models/registry.h"
 #include "quant/activations.h"
@@ -24,24 +24,6 @@
 #include <map>
 
 namespace {
-
-class RandomImages : public bb::Dataset {
- public:
-  RandomImages(int64_t n, int64_t hw) : n_(n), hw_(hw) {
-    name_ = "bench-random-images";
-    family_ = "imagenet";
-  }
-  int64_t size() const override { return n_; }
-  int64_t label(int64_t i) const override { return i % 10; }
-  torch::Tensor image(int64_t i, bool, uint64_t) const override {
-    auto g = at::detail::createCPUGenerator(100 + i);
-    return torch::randn({3, hw_, hw_}, g);
-  }
-  std::string identity() const override { return name_; }
-
- private:
-  int64_t n_, hw_;
-};
 
 void BM_gptq_resnet18_method(benchmark::State& st, bool parallel) {
   torch::manual_seed(1);
@@ -58,7 +40,7 @@ void BM_gptq_resnet18_method(benchmark::State& st, bool parallel) {
     for (auto& kv : model->named_parameters()) kv.value().detach().copy_(fp.at(kv.key()));
     bb::CompressContext ctx;
     ctx.model = model.get();
-    ctx.calib = std::make_shared<RandomImages>(128, 224);
+    ctx.calib = std::make_shared<bbbench::RandomImages>(128, 224, "imagenet");
     st.ResumeTiming();
     auto recs = method->compress(ctx);
     benchmark::DoNotOptimize(recs.size());
