@@ -284,21 +284,25 @@ class GptqMethod : public Method {
     std::vector<torch::Tensor> H(L);
     std::vector<GptqFactor> F(L);
     bool have_parallel = false;
-    auto parallel_factors = [&](const char* resume_phase) {
+    auto parallel_factors = [&] {
       if (have_parallel) return;
       ctx.phase("hessian");
       H = parallel_grams(model, images);
       for (int l = 0; l < L; ++l) F[l] = timed_factor(H[l], go);
       have_parallel = true;
-      if (resume_phase) ctx.phase(resume_phase);
     };
-    if (!p_.sequential) parallel_factors(nullptr);
+    if (!p_.sequential) parallel_factors();
     std::vector<double> steps(L, 0);  // bits = 0: the step of each layer
     if (p_.bits == 0) {
-      if (p_.alloc == "rule") parallel_factors(nullptr);
+      if (p_.alloc == "rule") parallel_factors();
       ctx.phase("allocate");
       steps = p_.alloc == "rule" ? rule_steps(ctx, model, W, F, quantize_at)
-                                  : lagrangian_steps(ctx, model, images, W, H, F, [&] { parallel_factors("allocate"); }, quantize_at);
+                                  : lagrangian_steps(ctx, model, images, W, H, F,
+                                                     [&] {
+                                                       parallel_factors();
+                                                       ctx.phase("allocate");
+                                                     },
+                                                     quantize_at);
     }
     ctx.phase("quantize");
     // One quantization of every layer, the steps scaled by step_scale. Sequential: each layer's H
