@@ -65,7 +65,7 @@ TEST_CASE("kq codebook fine-tuning: same indices and weight bits, better top-1 w
   // (Much lower, e.g. 4-bit indices at 0.6 bpw, the network is near chance and 2,048 images of
   // codebook tuning do not bring it back.)
   // Plain k-means (the figures of docs/methods/kq.md's fine-tuning paragraph).
-  std::map<std::string, std::string> p = {{"index_bits", "6"}, {"kmeans_metric", "weight"}};
+  std::map<std::string, std::string> p = {{"index_bits", "6"}, {"kmeans_metric", "weight"}, {"sequential", "false"}};
   Run plain = compress("kq", p, "kq0");
   p["finetune_epochs"] = "1";
   p["finetune_max_images"] = "2048";

@@ -180,12 +180,6 @@ struct GramTap : LayerTap {
   }
 };
 
-// Keeps a copy of every layer's input (fp_target: the FP network's).
-struct InputTap : LayerTap {
-  std::vector<std::vector<torch::Tensor>>* inputs;
-  void on_input(int l, const torch::Tensor& x) override { (*inputs)[l].push_back(x.detach().clone()); }
-};
-
 // The allocator's candidates per layer (step, record bits, distortion) in a per-layer cache file
 // (coding/layer_cache.h; entry: varint count, then per candidate three float64 step, bits, dist).
 // They do not depend on target_bpw, so the rows of one model at several targets compute them once.
@@ -274,9 +268,9 @@ class GptqMethod : public Method {
     // fp_target: every layer's input in the FP network, per calibration batch (one forward pass).
     std::vector<std::vector<torch::Tensor>> fp_inputs(L);
     if (p_.fp_target) {
-      InputTap tap;
-      tap.inputs = &fp_inputs;
-      t_.forward += forward_all(model, images, tap);
+      const double t0 = now_seconds();
+      fp_inputs = capture_layer_inputs(model, images, p_.calib_batch);
+      t_.forward += now_seconds() - t0;
     }
     // The parallel H (each layer's input in the FP network) and its factors: what the parallel
     // quantization and the allocation's candidates quantize with. Computed when first needed, so

@@ -28,6 +28,8 @@
 #include "methods/finetune_params.h"
 #include "methods/kq_internal.h"
 #include "methods/method.h"
+#include "quant/activations.h"
+#include "quant/gptq.h"
 #include "quant/kmeans.h"
 #include "quant/rd_alloc.h"
 
@@ -67,7 +69,12 @@ void KqParams::bind(ParamBinder& b) {
           {"output", "output_prebn", "mse"});
   b.field("alloc_min_bits", alloc_min_bits, "smallest candidate index width in the allocation");
   b.field("alloc_max_bits", alloc_max_bits, "largest candidate index width in the allocation");
-  b.field("calib_images", calib_images, "calibration images for the output proxy");
+  b.field("calib_images", calib_images, "calibration images for the output proxy, the k-means metric and sequential");
+  b.field("sequential", sequential,
+          "after the widths are chosen, re-cluster every quantized layer at its width in network order, fitted to the "
+          "FP network's layer output from the inputs of the network whose earlier layers are quantized: V = argmin "
+          "||X_fp W^T - X V^T||^2 + ridge ||V - W||^2 clustered under X's metric (not in the paper)");
+  b.identity_neutral("sequential", false);
   bind_finetune(b, finetune, kKqFinetune);
   b.renamed("finetune_loss", "use finetune_mode=labels|distill (ce -> labels, kd -> distill)");
   b.renamed("finetune_kd_temperature", "use finetune_temperature");
@@ -537,7 +544,8 @@ class KqMethod : public Method {
   int algorithm_version() const override { return 1; }
   ParamsBase& params() override { return p_; }
   bool needs_calibration() const override {
-    return (p_.target_bpw > 0 && p_.alloc_proxy != "mse") || p_.kmeans_metric == "output" || p_.finetune.epochs > 0;
+    return (p_.target_bpw > 0 && p_.alloc_proxy != "mse") || p_.kmeans_metric == "output" || p_.finetune.epochs > 0 ||
+           p_.sequential;
   }
 
   std::vector<LayerRecord> compress(CompressContext& ctx) override;
@@ -599,6 +607,9 @@ class KqMethod : public Method {
                                           uint64_t seed) const;
   // The candidates cache of choose_for_target: its key and file (ctx.cache_dir; "" = none).
   std::pair<std::string, std::string> candidates_cache(const CompressContext& ctx);
+  // sequential: each quantized layer's code again at its chosen width, in network order, fitted
+  // to the FP layer output from the partially quantized network's inputs.
+  void refit_sequential(CompressContext& ctx, const std::vector<kq::LayerRole>& roles, std::vector<Candidate>& chosen) const;
   // Codebook fine-tuning (kq_finetune.cpp) of the chosen codes, records re-encoded.
   void finetune(CompressContext& ctx, std::vector<Candidate>& chosen) const;
 };
@@ -617,6 +628,10 @@ std::vector<LayerRecord> KqMethod::compress(CompressContext& ctx) {
     choose_fixed(ctx, roles, chosen);
   } else {
     choose_for_target(ctx, roles, chosen);
+  }
+  if (p_.sequential) {
+    ctx.phase("sequential");
+    refit_sequential(ctx, roles, chosen);
   }
   if (p_.finetune.epochs > 0) {
     ctx.phase("finetune");
@@ -849,6 +864,41 @@ void KqMethod::choose_for_target(CompressContext& ctx, const std::vector<kq::Lay
   log_info("kq: target " + std::to_string(p_.target_bpw) + " bpw, allocated " + std::to_string(achieved) +
            " bpw (" + std::to_string(ar.lagrangian_steps) + " Lagrangian + " + std::to_string(ar.fill_steps) +
            " fill steps); widths" + widths);
+}
+
+void KqMethod::refit_sequential(CompressContext& ctx, const std::vector<kq::LayerRole>& roles,
+                                std::vector<Candidate>& chosen) const {
+  BB_CHECK(ctx.calib, "kq: sequential=true needs a calibration set (--calib)");
+  Model& model = *ctx.model;
+  const auto& layers = model.layers();
+  constexpr int64_t kBatch = 64;
+  constexpr double kDamp = 0.01;  // the ridge: kDamp * mean(diag H), GPTQ's default damp
+  model.eval();
+  const torch::Tensor images = load_calibration_images(*ctx.calib, p_.calib_images, false, ctx.seed ^ 0xca11b);
+  const auto fp_inputs = capture_layer_inputs(model, images, kBatch);  // before any layer changes
+  SequentialInputs inputs(model, images, kBatch);
+  std::vector<torch::Tensor> fp_weights(layers.size());
+  for (int i = 0; i < (int)layers.size(); ++i) {
+    if (!is_quantized(roles[i])) continue;
+    const Layer& l = layers[i];
+    const double t0 = now_seconds();
+    const torch::Tensor W = fp_weights[i] = l.weight().detach().clone();
+    GptqGram g(PatchGeometry::of(l));
+    g.weight = W.reshape({l.out_features(), -1});
+    size_t b = 0;
+    inputs.for_each(i, [&](const torch::Tensor& x, int64_t) { g.add(x, fp_inputs[i].at(b++)); });
+    // Clustered from V (make_candidate reads the layer's weight), then the layer holds its
+    // reconstruction for the layers after it.
+    l.weight().copy_(gptq_fp_target(g.weight, g.H, g.B, kDamp).to(torch::kFloat32).reshape(W.sizes()));
+    chosen[i] = make_candidate(model, i, roles[i], chosen[i].bits, ctx.seed, g.H);
+    l.weight().copy_(kq::reconstruct(chosen[i].code).reshape(W.sizes()));
+    log_debug("kq: sequential " + l.name + " k=" + std::to_string(chosen[i].code.k) + " in " +
+              std::to_string(now_seconds() - t0) + " s");
+  }
+  // The model goes on holding its FP weights (fine-tuning distils from them; compress() installs
+  // the reconstructions last).
+  for (size_t i = 0; i < layers.size(); ++i)
+    if (fp_weights[i].defined()) layers[i].weight().copy_(fp_weights[i]);
 }
 
 void KqMethod::finetune(CompressContext& ctx, std::vector<Candidate>& chosen) const {

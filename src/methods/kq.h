@@ -49,6 +49,13 @@ struct KqParams : ParamsBase {
   int alloc_min_bits = 1;            // candidate index widths per layer: [min, max]
   int alloc_max_bits = 10;
   int calib_images = 256;            // calibration images for the output proxy and statistics
+  // Sequential re-fit (not in the paper; GPTQ's sequential FP target): once the widths are
+  // chosen, every quantized layer is clustered again at its width, in network order, from
+  // V = argmin ||X_fp W^T - X V^T||^2 + ridge ||V - W||^2 instead of W, X its inputs in the
+  // network whose earlier layers are already quantized (X_fp: in the FP network), under the
+  // metric of X. false: every layer from W and the FP network's statistics. Default true: chosen
+  // on the validation split at every rate and model (docs/methods/kq.md, results/kq_sequential).
+  bool sequential = true;
   // --- fine-tuning of the codebooks (finetune.epochs = 0: off) ---
   // Declared: finetune_epochs, finetune_lr, finetune_batch, finetune_max_images, finetune_mode,
   // finetune_temperature; fixed: Adam, BN frozen, augmentation on.

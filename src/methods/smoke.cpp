@@ -14,7 +14,7 @@ const std::map<std::string, std::string>& smoke_params(const std::string& method
       {"uniform_ecsq", {{"target_bpw", "2"}, {"hessian_images", "20"}, {"hessian_batch", "10"}}},
       {"ecsq", {{"target_bpw", "2"}, {"hessian_images", "20"}, {"hessian_batch", "10"}, {"max_iter", "5"}, {"init_clusters", "64"}}},
       {"kq", {{"target_bpw", "2"}, {"calib_images", "16"}, {"kmeans_iters", "3"}, {"grid_iters", "1"}, {"alloc_max_bits", "6"},
-              {"kmeans_metric", "output"}, {"alloc_proxy", "mse"}}},
+              {"kmeans_metric", "output"}, {"alloc_proxy", "mse"}, {"sequential", "true"}}},
       {"pq", {{"em_iters", "2"}, {"calib_images", "16"}, {"patches_per_iter", "512"}}},
       {"gptq", {{"target_bpw", "2"}, {"calib_images", "8"}, {"steps_per_octave", "1"}}},
       {"tq", {{"target_bpw", "2"}, {"blocks", "1"}, {"calib_images", "2"}, {"batch_size", "2"}, {"step_search", "weight"}, {"transform", "elt"}}},

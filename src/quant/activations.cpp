@@ -168,6 +168,20 @@ void for_each_layer_input(Model& model, int layer, const torch::Tensor& images, 
   SequentialInputs(model, images, batch_size).for_each(layer, fn);
 }
 
+std::vector<std::vector<torch::Tensor>> capture_layer_inputs(Model& model, const torch::Tensor& images,
+                                                             int64_t batch_size) {
+  struct Tap : LayerTap {
+    std::vector<std::vector<torch::Tensor>> inputs;
+    void on_input(int l, const torch::Tensor& x) override { inputs[l].push_back(x.detach().clone()); }
+  } tap;
+  tap.inputs.resize(model.layers().size());
+  torch::NoGradGuard ng;
+  TapScope scope(model, &tap);
+  for (int64_t s = 0; s < images.size(0); s += batch_size)
+    model.forward(images.slice(0, s, std::min(images.size(0), s + batch_size)));
+  return std::move(tap.inputs);
+}
+
 torch::Tensor sample_layer_patches(Model& model, int layer, const torch::Tensor& images, int64_t rows_per_image,
                                    uint64_t seed, int64_t batch_size) {
   const PatchGeometry g = PatchGeometry::of(model.layers()[layer]);

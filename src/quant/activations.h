@@ -45,6 +45,12 @@ torch::Tensor sample_patch_positions(const torch::Tensor& x, const PatchGeometry
 void for_each_layer_input(Model& model, int layer, const torch::Tensor& images, int64_t batch_size,
                           const std::function<void(const torch::Tensor& x, int64_t first)>& fn);
 
+// Every layer's input on `images`, batch by batch (one forward pass, no grad, the model as it
+// is): inputs[l][b] is layer l's input in batch b of batch_size images (empty for a layer the
+// pass does not run). The FP inputs that sequential methods fit each layer's output to.
+std::vector<std::vector<torch::Tensor>> capture_layer_inputs(Model& model, const torch::Tensor& images,
+                                                             int64_t batch_size);
+
 // for_each_layer_input for a network whose layers are changed in order (sequential
 // quantization: ask for layer l's inputs, change layer l, ask for a later layer's, ...). Per batch
 // it keeps the output of the last residual stage (LayerTap::precomputed_stage) completed before
