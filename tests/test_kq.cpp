@@ -13,6 +13,7 @@
 #include "quant/activations.h"
 
 #include <cmath>
+#include <tuple>
 
 using namespace bb;
 
@@ -30,6 +31,20 @@ std::unique_ptr<Method> kq_method(std::map<std::string, std::string> set) {
   auto m = make_method("kq");
   ParamBinder::apply(m->params(), set, "test");
   return m;
+}
+
+// m's records for `model` (calibrated on `calib`, may be null) and each record's bytes in a file.
+std::pair<BbzFile, std::vector<int64_t>> compress_sized(Method& m, Model& model, std::shared_ptr<Dataset> calib) {
+  CompressContext ctx;
+  ctx.model = &model;
+  ctx.calib = std::move(calib);
+  BbzFile f;
+  f.layers = m.compress(ctx);
+  BbzSizes sizes;
+  serialize_bbz(f, &sizes);
+  std::vector<int64_t> bytes;
+  for (auto& l : sizes.layers) bytes.push_back(l.total());
+  return {std::move(f), std::move(bytes)};
 }
 
 std::shared_ptr<Model> random_model(const std::string& name, uint64_t seed) {
@@ -294,15 +309,9 @@ TEST_CASE("kq: the output proxy weighs a layer's error by the following BN's sca
     }
     auto m = kq_method({{"target_bpw", "1.2"}, {"alloc_proxy", proxy}, {"kmeans_metric", "weight"}, {"kmeans_iters", "6"}, {"calib_images", "64"},
                         {"alloc_max_bits", "8"}});
-    CompressContext ctx;
-    ctx.model = mm.get();
-    ctx.calib = calib;
-    BbzFile f;
-    f.layers = m->compress(ctx);
-    BbzSizes sizes;
-    serialize_bbz(f, &sizes);
+    const auto [f, bytes] = compress_sized(*m, *mm, calib);
     for (size_t i = 0; i < f.layers.size(); ++i)
-      if (f.layers[i].layer == target) return sizes.layers[i].total();
+      if (f.layers[i].layer == target) return bytes[i];
     FAIL("no record for " << target);
     return (int64_t)0;
   };
@@ -396,14 +405,8 @@ TEST_CASE("kq: sequential re-fits each layer to the FP output at the same widths
     mm->eval();
     auto m = kq_method({{"index_bits", "5"}, {"calib_images", "64"}, {"kmeans_iters", "8"},
                         {"sequential", sequential ? "true" : "false"}});
-    CompressContext ctx;
-    ctx.model = mm.get();
-    ctx.calib = calib;
     BbzFile f;
-    f.layers = m->compress(ctx);
-    BbzSizes bs;
-    serialize_bbz(f, &bs);
-    for (auto& l : bs.layers) sizes.push_back(l.total());
+    std::tie(f, sizes) = compress_sized(*m, *mm, calib);
     for (const auto& rec : f.layers) {
       INFO("sequential " << sequential << ", layer " << rec.layer);
       const int li = mm->layer_index(rec.layer);

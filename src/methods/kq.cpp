@@ -11,7 +11,9 @@
 // Index widths come from index_bits / pointwise_bits / fc_bits, or, with target_bpw > 0, from a
 // Lagrangian allocation (quant/rd_alloc.h) over per-layer candidates whose rate is the exact
 // serialised size of the candidate's record and whose distortion is the layer-output error on
-// calibration inputs (or the weight MSE).
+// calibration inputs (or the weight MSE). With sequential (the default) every quantized layer is
+// then clustered again at its width, in network order, from its FP-output target (quant/gptq.h's
+// gptq_fp_target on the partially quantized network's inputs).
 //
 // The implementation is split by concern (src/methods/kq_internal.h): this file holds the
 // parameters, the algorithm (codebook training and assignment, candidates, allocation) and the
