@@ -74,12 +74,13 @@ TEST_CASE("run IDs are stable under YAML key order", "[runner]") {
 
 TEST_CASE("a run's identity names its calibration data exactly when its parameters make it read them", "[runner]") {
   // fp32 reads training images only when it fine-tunes: the identity must then name them, so a
-  // changed training set cannot reuse the cached record (the method's default does not).
+  // changed training set cannot reuse the cached record (the method's default does not). KQ reads
+  // them for its sequential re-fit (the default) or a data-aware proxy, not with neither.
   TempDir t;
   auto p = write_file(t.str(), "e.yaml",
                       "experiment: x\nmodels: [cifar_resnet20]\ncalibration: cifar10-jpeg-train\nruns:\n"
                       "  - method: fp32\n  - method: fp32\n    params: {finetune_epochs: 1}\n"
-                      "  - method: kq\n    params: {kmeans_metric: weight, alloc_proxy: mse, target_bpw: 2}\n"
+                      "  - method: kq\n    params: {kmeans_metric: weight, alloc_proxy: mse, target_bpw: 2, sequential: false}\n"
                       "  - method: kq\n    params: {kmeans_metric: weight, alloc_proxy: output, target_bpw: 2}\n");
   auto ex = load_experiment(p, "", t.str());
   REQUIRE(ex.runs.size() == 4);
