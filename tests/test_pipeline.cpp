@@ -363,6 +363,20 @@ TEST_CASE("kq and gptq: re-targeted runs take the allocation candidates from the
     CHECK(compress("1.5", "") == a15);  // the bytes of runs that compute everything themselves
     if (method == "gptq") CHECK(phases.count("hessian") == 1);
     CHECK(compress("2", "") == a2);
+    if (method == "kq") {
+      // Another index-width range shares the entry: the run computes only the widths it lacks
+      // (here 11 bits for layer3's 4,096 kernels), adds them, and writes the bytes of a run that
+      // computes everything itself; a range inside the cached one needs no calibration at all.
+      const auto wide = compress("2", cache, "alloc_max_bits=11");
+      CHECK(cache_files() == files);
+      CHECK(phases.count("calibration") == 1);
+      CHECK(compress("2", "", "alloc_max_bits=11") == wide);
+      CHECK(compress("2", cache, "alloc_max_bits=11") == wide);
+      CHECK(phases.count("calibration") == 0);
+      const auto narrow = compress("2", cache, "alloc_max_bits=8");
+      CHECK(phases.count("calibration") == 0);
+      CHECK(compress("2", "", "alloc_max_bits=8") == narrow);
+    }
     // Another value of any other parameter is another entry.
     compress("2", cache, method == "kq" ? "kmeans_iters=10" : "damp=0.02");
     CHECK(cache_files().size() == 2);

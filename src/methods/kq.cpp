@@ -35,6 +35,7 @@
 #include "quant/kmeans.h"
 #include "quant/rd_alloc.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <random>
@@ -603,10 +604,13 @@ class KqMethod : public Method {
   // target_bpw: candidates per layer, Lagrangian allocation on their exact record sizes.
   void choose_for_target(CompressContext& ctx, const std::vector<kq::LayerRole>& roles,
                          std::vector<Candidate>& chosen);
-  // Layer i's candidates over its allowed index widths, each with its rate (file bits) and its
+  // The index widths lo..hi the allocation may give layer i (alloc_min_bits..alloc_max_bits,
+  // capped by the layer's size and, for weight-level layers, by codebook_bits).
+  std::pair<int, int> candidate_widths(const Model& model, int i, kq::LayerRole role) const;
+  // Layer i's candidates at the given index widths, each with its rate (file bits) and its
   // distortion under alloc_proxy (H, rows: the layer's input Gram matrix, for the output proxies).
   std::vector<Candidate> layer_candidates(Model& model, int i, kq::LayerRole role, const torch::Tensor& H, int64_t rows,
-                                          uint64_t seed) const;
+                                          uint64_t seed, const std::vector<int>& widths) const;
   // The candidates cache of choose_for_target: its key and file (ctx.cache_dir; "" = none).
   std::pair<std::string, std::string> candidates_cache(const CompressContext& ctx);
   // sequential: each quantized layer's code again at its chosen width, in network order, fitted
@@ -672,15 +676,19 @@ void KqMethod::choose_fixed(CompressContext& ctx, const std::vector<kq::LayerRol
   }
 }
 
-std::vector<Candidate> KqMethod::layer_candidates(Model& model, int i, kq::LayerRole role, const torch::Tensor& H,
-                                                  int64_t rows, uint64_t seed) const {
+std::pair<int, int> KqMethod::candidate_widths(const Model& model, int i, kq::LayerRole role) const {
   const Layer& l = model.layers()[i];
-  const bool output_proxy = p_.alloc_proxy != "mse";
   const int64_t d = role == kq::LayerRole::kernel ? l.kernel_h() * l.kernel_w() : 1;
   const int64_t n = l.weight().numel() / d;
   int hi = std::min(p_.alloc_max_bits, std::max(1, kq::index_width(n)));
   if (role != kq::LayerRole::kernel && p_.codebook_bits != 32) hi = std::min(hi, p_.codebook_bits);
-  const int lo = std::min(p_.alloc_min_bits, hi);
+  return {std::min(p_.alloc_min_bits, hi), hi};
+}
+
+std::vector<Candidate> KqMethod::layer_candidates(Model& model, int i, kq::LayerRole role, const torch::Tensor& H,
+                                                  int64_t rows, uint64_t seed, const std::vector<int>& widths) const {
+  const Layer& l = model.layers()[i];
+  const bool output_proxy = p_.alloc_proxy != "mse";
   auto W = l.weight().detach().to(torch::kFloat32).reshape({l.out_features(), -1});
   // The proxy tr(dW H dW^T) in float32 (H accumulated in float64): half the cost of a double
   // GEMM, at 512 x 4608 x 4608 per candidate the largest cost here; adjacent widths differ
@@ -694,7 +702,7 @@ std::vector<Candidate> KqMethod::layer_candidates(Model& model, int i, kq::Layer
     if (p_.alloc_proxy == "output") row_scale = model.bn_scale(i);
   }
   std::vector<Candidate> out;
-  for (int b = lo; b <= hi; ++b) {
+  for (int b : widths) {
     Candidate c = make_candidate(model, i, role, b, seed, H);
     auto dW = kq::reconstruct(c.code).reshape(W.sizes()) - W;
     if (row_scale.defined()) dW = dW * row_scale.abs().unsqueeze(1);
@@ -713,8 +721,10 @@ namespace {
 
 // The candidates of the allocated layers as one .bbz: every candidate record in layer order, named
 // "<layer>@<width>" (a file holds one record per name), and in the provenance the key and per
-// record its layer index, index width and distortion (rates are the records' sizes). read_candidates: false when the file is absent; a file for another key, of
-// other layers or a corrupt one is an error naming it.
+// record its layer index, index width and distortion (rates are the records' sizes). The widths
+// are those computed so far under the key (runs with other alloc_min_bits / alloc_max_bits add
+// theirs). read_candidates: false when the file is absent; a file for another key, of other layers
+// or a corrupt one is an error naming it.
 void write_candidates(const std::string& path, const std::string& key, const Model& model,
                       const std::vector<std::vector<Candidate>>& cands) {
   BbzFile f;
@@ -746,6 +756,8 @@ bool read_candidates(const std::string& path, const std::string& key, const Mode
     BB_CHECK(i >= 0 && i < (int64_t)layers.size() && alloc[i] &&
                  f.layers[j].layer == layers[i].name + "@" + std::to_string(c.bits),
              what, ": candidate ", j, " names no allocated layer");
+    for (const Candidate& o : cands[i])
+      BB_CHECK(o.bits != c.bits, what, ": two candidates for layer '", layers[i].name, "' at width ", c.bits);
     c.distortion = list[j].at(2).get<double>();
     c.rec = f.layers[j];
     c.rec.layer = layers[i].name;
@@ -753,8 +765,6 @@ bool read_candidates(const std::string& path, const std::string& key, const Mode
     c.rate_bits = 8.0 * kq::record_file_bytes(c.rec);
     cands[i].push_back(std::move(c));
   }
-  for (size_t i = 0; i < layers.size(); ++i)
-    BB_CHECK(!alloc[i] || !cands[i].empty(), what, ": no candidates for layer '", layers[i].name, "'");
   return true;
 }
 
@@ -762,7 +772,13 @@ bool read_candidates(const std::string& path, const std::string& key, const Mode
 
 std::pair<std::string, std::string> KqMethod::candidates_cache(const CompressContext& ctx) {
   if (ctx.cache_dir.empty()) return {};
-  const std::string key = rate_independent_key(*this, ctx);
+  // The candidates do not depend on the width range (a run computes the widths the cache lacks),
+  // on the re-fit or on fine-tuning, which come after them.
+  std::vector<std::string> ignored{"alloc_min_bits", "alloc_max_bits", "sequential"};
+  const nlohmann::json params = ParamBinder::to_json(p_);
+  for (const auto& kv : params.items())
+    if (kv.key().rfind("finetune_", 0) == 0) ignored.push_back(kv.key());
+  const std::string key = rate_independent_key(*this, ctx, ignored);
   return {key, (std::filesystem::path(ctx.cache_dir) / ("kq-candidates-" + key.substr(0, 32) + ".bbz")).string()};
 }
 
@@ -776,25 +792,38 @@ void KqMethod::choose_for_target(CompressContext& ctx, const std::vector<kq::Lay
   std::vector<bool> alloc(L);
   for (int i = 0; i < L; ++i) alloc[i] = is_quantized(roles[i]) && in_scope(i);
   // The candidates depend on the FP model, the calibration images and every parameter except
-  // target_bpw: cached, a re-targeted run skips the calibration and the k-means.
+  // target_bpw, the width range, the re-fit and fine-tuning: cached per (layer, index width), a
+  // run at another target skips the calibration and the k-means, and one with another width range
+  // computes only the widths the cache lacks (a candidate is the same whichever run computes it).
   const auto [key, cache_path] = candidates_cache(ctx);
-  std::vector<std::vector<Candidate>> cands(L);
+  std::vector<std::vector<Candidate>> cands(L);  // per layer, every width known, ascending
   const bool cached = !cache_path.empty() && read_candidates(cache_path, key, model, alloc, cands);
-  if (cached) log_info("kq: candidates from cache " + cache_path);
+  std::vector<std::vector<int>> missing(L);  // per allocated layer, the widths to compute
+  bool any_missing = false;
+  for (int i = 0; i < L; ++i) {
+    if (!alloc[i]) continue;
+    const auto [lo, hi] = candidate_widths(model, i, roles[i]);
+    for (int b = lo; b <= hi; ++b)
+      if (std::none_of(cands[i].begin(), cands[i].end(), [&](const Candidate& c) { return c.bits == b; }))
+        missing[i].push_back(b);
+    any_missing |= !missing[i].empty();
+  }
+  if (cached)
+    log_info("kq: candidates from cache " + cache_path + (any_missing ? " (computing the widths it lacks)" : ""));
   bool fixed_need_grams = false;  // quantized layers outside the allocation use their fixed width
   for (int i = 0; i < L; ++i) fixed_need_grams |= is_quantized(roles[i]) && !alloc[i] && p_.kmeans_metric == "output";
   kq::InputGrams grams;
   grams.H.resize(L);
   grams.rows.assign(L, 0);
-  if ((!cached && (p_.alloc_proxy != "mse" || p_.kmeans_metric == "output")) || fixed_need_grams) {
+  if ((any_missing && (p_.alloc_proxy != "mse" || p_.kmeans_metric == "output")) || fixed_need_grams) {
     BB_CHECK(ctx.calib, "kq: target_bpw with alloc_proxy=", p_.alloc_proxy, " kmeans_metric=", p_.kmeans_metric,
              " needs a calibration set (--calib), or use alloc_proxy=mse kmeans_metric=weight");
     ctx.phase("calibration");
-    // The candidates need their layers' statistics (none when cached); the metric also needs the
+    // The candidates to compute need their layers' statistics; the metric also needs the
     // quantized layers outside the scope.
     std::vector<bool> wanted(L);
     for (int i = 0; i < L; ++i)
-      wanted[i] = (alloc[i] && !cached) || (is_quantized(roles[i]) && !alloc[i] && p_.kmeans_metric == "output");
+      wanted[i] = !missing[i].empty() || (is_quantized(roles[i]) && !alloc[i] && p_.kmeans_metric == "output");
     grams = kq::collect_input_grams(model, *ctx.calib, wanted, p_.calib_images, ctx.seed ^ 0xca11b);
   }
   ctx.phase("candidates");
@@ -802,6 +831,7 @@ void KqMethod::choose_for_target(CompressContext& ctx, const std::vector<kq::Lay
   int64_t scope_weights = 0;
   std::vector<std::vector<RdPoint>> points;
   std::vector<int> alloc_layers;
+  std::vector<size_t> first_in_range;  // per allocated layer: cands index of its lowest allowed width
   for (int i = 0; i < L; ++i) {
     const Layer& l = layers[i];
     if (!in_scope(i)) continue;
@@ -815,13 +845,25 @@ void KqMethod::choose_for_target(CompressContext& ctx, const std::vector<kq::Lay
       }
       continue;
     }
-    if (!cached) cands[i] = layer_candidates(model, i, roles[i], grams.H[i], grams.rows[i], ctx.seed);
+    if (!missing[i].empty()) {
+      for (Candidate& c : layer_candidates(model, i, roles[i], grams.H[i], grams.rows[i], ctx.seed, missing[i]))
+        cands[i].push_back(std::move(c));
+      std::sort(cands[i].begin(), cands[i].end(), [](const Candidate& a, const Candidate& b) { return a.bits < b.bits; });
+    }
+    const auto [lo, hi] = candidate_widths(model, i, roles[i]);
     std::vector<RdPoint> pts;
-    for (const Candidate& c : cands[i]) pts.push_back({c.rate_bits, c.distortion});
+    size_t first = cands[i].size();
+    for (size_t j = 0; j < cands[i].size(); ++j) {
+      const Candidate& c = cands[i][j];
+      if (c.bits < lo || c.bits > hi) continue;
+      first = std::min(first, j);
+      pts.push_back({c.rate_bits, c.distortion});
+    }
     points.push_back(std::move(pts));
     alloc_layers.push_back(i);
+    first_in_range.push_back(first);
   }
-  if (!cached && !cache_path.empty()) {
+  if (any_missing && !cache_path.empty()) {
     write_candidates(cache_path, key, model, cands);
     log_info("kq: cached candidates " + cache_path);
   }
@@ -838,7 +880,7 @@ void KqMethod::choose_for_target(CompressContext& ctx, const std::vector<kq::Lay
   }
   for (size_t a = 0; a < alloc_layers.size(); ++a) {
     int i = alloc_layers[a];
-    chosen[i] = std::move(cands[i][ar.choice[a]]);
+    chosen[i] = std::move(cands[i][first_in_range[a] + ar.choice[a]]);  // the widths lo..hi, ascending
   }
   // Out-of-scope quantized layers (linear layers under target_scope=conv) use their fixed width.
   for (int i = 0; i < L; ++i)

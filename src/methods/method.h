@@ -74,9 +74,9 @@ bool has_method(const std::string& name);
 
 // Cache key (hex) of what `m` computes before it looks at target_bpw, e.g. its rate-independent
 // allocation candidates: ctx's model state and calibration set, the seed, the method's name and
-// algorithm version, and every parameter except target_bpw. A run at another target of the same
-// model gets the same key.
-std::string rate_independent_key(Method& m, const CompressContext& ctx);
+// algorithm version, and every parameter except target_bpw and the `also_ignored` ones (those the
+// cached result does not depend on). A run at another target of the same model gets the same key.
+std::string rate_independent_key(Method& m, const CompressContext& ctx, const std::vector<std::string>& also_ignored = {});
 
 #define BB_REGISTER_METHOD(NAME, CLASS) \
   static const bool bb_registered_method_##CLASS = ::bb::register_method(NAME, [] { return std::unique_ptr<::bb::Method>(new CLASS()); })

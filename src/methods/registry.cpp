@@ -35,10 +35,14 @@ std::unique_ptr<Method> make_method(const std::string& name) {
   return it->second();
 }
 
-std::string rate_independent_key(Method& m, const CompressContext& ctx) {
+std::string rate_independent_key(Method& m, const CompressContext& ctx, const std::vector<std::string>& also_ignored) {
   BB_CHECK(ctx.model, "rate_independent_key: no model");
   auto params = ParamBinder::to_json(m.params());
   params.erase("target_bpw");
+  for (const auto& k : also_ignored) {
+    BB_CHECK(params.contains(k), "rate_independent_key: method '", m.name(), "' has no parameter '", k, "'");
+    params.erase(k);
+  }
   return sha256_hex("bitbench rate-independent " + m.name() + " v" + std::to_string(m.algorithm_version()) +
                     "\nmodel=" + ctx.model->arch() + "\nstate=" + model_state_hash(*ctx.model) +
                     "\ndata=" + (ctx.calib ? ctx.calib->identity() : std::string("none")) +
