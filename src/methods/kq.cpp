@@ -831,7 +831,6 @@ void KqMethod::choose_for_target(CompressContext& ctx, const std::vector<kq::Lay
   int64_t scope_weights = 0;
   std::vector<std::vector<RdPoint>> points;
   std::vector<int> alloc_layers;
-  std::vector<size_t> first_in_range;  // per allocated layer: cands index of its lowest allowed width
   for (int i = 0; i < L; ++i) {
     const Layer& l = layers[i];
     if (!in_scope(i)) continue;
@@ -850,22 +849,21 @@ void KqMethod::choose_for_target(CompressContext& ctx, const std::vector<kq::Lay
         cands[i].push_back(std::move(c));
       std::sort(cands[i].begin(), cands[i].end(), [](const Candidate& a, const Candidate& b) { return a.bits < b.bits; });
     }
-    const auto [lo, hi] = candidate_widths(model, i, roles[i]);
-    std::vector<RdPoint> pts;
-    size_t first = cands[i].size();
-    for (size_t j = 0; j < cands[i].size(); ++j) {
-      const Candidate& c = cands[i][j];
-      if (c.bits < lo || c.bits > hi) continue;
-      first = std::min(first, j);
-      pts.push_back({c.rate_bits, c.distortion});
-    }
-    points.push_back(std::move(pts));
     alloc_layers.push_back(i);
-    first_in_range.push_back(first);
   }
   if (any_missing && !cache_path.empty()) {
     write_candidates(cache_path, key, model, cands);
     log_info("kq: cached candidates " + cache_path);
+  }
+  // The allocation sees each layer's widths lo..hi only, ascending.
+  for (int i : alloc_layers) {
+    const auto [lo, hi] = candidate_widths(model, i, roles[i]);
+    cands[i].erase(std::remove_if(cands[i].begin(), cands[i].end(),
+                                  [lo = lo, hi = hi](const Candidate& c) { return c.bits < lo || c.bits > hi; }),
+                   cands[i].end());
+    std::vector<RdPoint> pts;
+    for (const Candidate& c : cands[i]) pts.push_back({c.rate_bits, c.distortion});
+    points.push_back(std::move(pts));
   }
   ctx.phase("allocation");
   const double budget = p_.target_bpw * (double)scope_weights - fixed_bits;
@@ -880,7 +878,7 @@ void KqMethod::choose_for_target(CompressContext& ctx, const std::vector<kq::Lay
   }
   for (size_t a = 0; a < alloc_layers.size(); ++a) {
     int i = alloc_layers[a];
-    chosen[i] = std::move(cands[i][first_in_range[a] + ar.choice[a]]);  // the widths lo..hi, ascending
+    chosen[i] = std::move(cands[i][ar.choice[a]]);
   }
   // Out-of-scope quantized layers (linear layers under target_scope=conv) use their fixed width.
   for (int i = 0; i < L; ++i)
