@@ -8,7 +8,7 @@
 #include <torch/torch.h>
 
 int main(int argc, char** argv) {
-  bb::pin_blas_kernels(argv);  // first: it may re-execute the program
+  bb::pin_blas_environment(argv);  // first: it may re-execute the program
   bb::init_runtime();
   benchmark::AddCustomContext("bitbench_version", bb::bitbench_version());
   benchmark::AddCustomContext("git_commit", bb::git_commit());

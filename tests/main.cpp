@@ -4,7 +4,7 @@
 #include "common/runtime.h"
 
 int main(int argc, char* argv[]) {
-  bb::pin_blas_kernels(argv);  // first: it may re-execute the program
+  bb::pin_blas_environment(argv);  // first: it may re-execute the program
   bb::init_runtime();
   return Catch::Session().run(argc, argv);
 }

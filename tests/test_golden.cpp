@@ -100,7 +100,7 @@ TEST_CASE("golden: each method's output bytes are pinned to its algorithm versio
   // (calibration, search, coding) still runs.
   std::string weights_path = data_root("") + "/models/cifar10_resnet20.pt";
   REQUIRE(fs::exists(weights_path));
-  // The bytes are pinned for OpenBLAS's canonical kernels (pin_blas_kernels: every CPU with
+  // The bytes are pinned for OpenBLAS's canonical kernels (pin_blas_environment: every CPU with
   // AVX-512 runs them); other kernels give other floats, so elsewhere the hashes are not compared
   // (and never written), and the test says so.
   const std::string kernels = blas_kernels();

@@ -557,3 +557,28 @@ TEST_CASE("context: OpenBLAS runs the kernels bitbench pinned, whatever the CPU 
   REQUIRE(lower(out.substr(last + 6, out.find('\n', last) - last - 6)) == lower(kernels));
   REQUIRE(out.find("bitbench ") != std::string::npos);
 }
+
+TEST_CASE("context: OpenBLAS's idle threads sleep at once unless the environment says otherwise", "[report]") {
+  // tests/main.cpp pins like bitbench's main: the timeout is set, and the context records it.
+  const char* timeout = std::getenv("OPENBLAS_THREAD_TIMEOUT");
+  REQUIRE(timeout != nullptr);
+  REQUIRE(bb::context_json().at("openblas_thread_timeout").get<std::string>() == timeout);
+  // OpenBLAS prints "Core: <name>" each time it loads (OPENBLAS_VERBOSE=2): a bitbench started
+  // with the kernels pinned but no timeout re-executes itself (two loads); with both, it does not.
+  auto loads = [](const std::string& env) {
+    const std::string cmd = env + " OPENBLAS_CORETYPE=Haswell OPENBLAS_VERBOSE=2 " + bb::binary_dir() + "/bitbench --version 2>&1";
+    FILE* p = popen(cmd.c_str(), "r");
+    REQUIRE(p != nullptr);
+    std::string out;
+    char buf[256];
+    while (fgets(buf, sizeof buf, p)) out += buf;
+    REQUIRE(pclose(p) == 0);
+    INFO(out);
+    REQUIRE(out.find("bitbench ") != std::string::npos);
+    int n = 0;
+    for (size_t at = out.find("Core: "); at != std::string::npos; at = out.find("Core: ", at + 1)) ++n;
+    return n;
+  };
+  REQUIRE(loads("env -u OPENBLAS_THREAD_TIMEOUT") == 2);
+  REQUIRE(loads(std::string("env OPENBLAS_THREAD_TIMEOUT=") + bb::kBlasThreadTimeout) == 1);
+}

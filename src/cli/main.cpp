@@ -9,7 +9,7 @@
 #include <exception>
 
 int main(int argc, char** argv) {
-  bb::pin_blas_kernels(argv);  // first: it may re-execute the program
+  bb::pin_blas_environment(argv);  // first: it may re-execute the program
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
     std::fputs(bb::commands_help().c_str(), argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;

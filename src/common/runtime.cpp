@@ -57,20 +57,24 @@ std::string blas_in_use() {
   return found;
 }
 
-void pin_blas_kernels(char** argv) {
-  if (std::getenv("OPENBLAS_CORETYPE")) return;  // set by the user, or by the first execution
-  __builtin_cpu_init();
-  const char* core = "Prescott";
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
-    core = "SkylakeX";
-  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    core = "Haswell";
-  if (setenv("OPENBLAS_CORETYPE", core, 1) != 0) return;
+void pin_blas_environment(char** argv) {
+  bool set = false;
+  if (!std::getenv("OPENBLAS_CORETYPE")) {  // set by the user, or by the first execution
+    __builtin_cpu_init();
+    const char* core = "Prescott";
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+      core = "SkylakeX";
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+      core = "Haswell";
+    set |= setenv("OPENBLAS_CORETYPE", core, 1) == 0;
+  }
+  if (!std::getenv("OPENBLAS_THREAD_TIMEOUT")) set |= setenv("OPENBLAS_THREAD_TIMEOUT", kBlasThreadTimeout, 1) == 0;
+  if (!set) return;
   execv("/proc/self/exe", argv);
-  // Only on failure (no /proc): carry on with the kernels OpenBLAS chose; blas_kernels() and the
-  // run identity say which.
-  std::fprintf(stderr, "bitbench: warning: could not re-execute to pin OpenBLAS's kernels (%s); running with %s\n",
+  // Only on failure (no /proc): carry on with what OpenBLAS chose; blas_kernels() and the run
+  // identity say which kernels.
+  std::fprintf(stderr, "bitbench: warning: could not re-execute to pin OpenBLAS's kernels and thread timeout (%s); running with %s\n",
                std::strerror(errno), blas_kernels().c_str());
 }
 
@@ -213,6 +217,8 @@ nlohmann::json context_json() {
           // docs/PERFORMANCE.md, "Waiting threads")
           {"omp_wait_policy", env("OMP_WAIT_POLICY")},
           {"gomp_spincount", env("GOMP_SPINCOUNT")},
+          // how long OpenBLAS's idle workers spin (pin_blas_environment; "" = OpenBLAS's default)
+          {"openblas_thread_timeout", env("OPENBLAS_THREAD_TIMEOUT")},
           {"torch_version", TORCH_VERSION}};
 }
 

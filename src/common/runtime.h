@@ -30,15 +30,22 @@ int64_t env_int_setting(const char* name, int64_t def, int64_t lo, int64_t hi);
 // Name of the BLAS library mapped into this process ("openblas-pthread", "reference", ...).
 std::string blas_in_use();
 
-// OpenBLAS picks its kernels by CPU model when it loads, so one program gives other float results
-// (other bytes, another top-1) on another CPU, and OpenBLAS 0.3.21 falls back to generic SSE3
-// kernels on CPUs it does not know. pin_blas_kernels() makes the choice bitbench's, by features
-// rather than model: unless OPENBLAS_CORETYPE is already set, it sets it ("SkylakeX" where the CPU
-// and OS have AVX-512 F/CD/BW/DQ/VL, else "Haswell" where AVX2 and FMA, else "Prescott") and
-// re-executes the program once (/proc/self/exe, same arguments), so that OpenBLAS loads with it.
-// Call it first thing in main(). kCanonicalBlasKernels: the kernels of the golden bytes and of
-// every committed run record whose identity has no "blas_kernels".
-void pin_blas_kernels(char** argv);
+// OpenBLAS reads two settings from the environment as it loads; pin_blas_environment() makes both
+// bitbench's and re-executes the program once (/proc/self/exe, same arguments) when it set either,
+// so that OpenBLAS loads with them. Call it first thing in main().
+// - Kernels: OpenBLAS picks them by CPU model, so one program gives other float results (other
+//   bytes, another top-1) on another CPU, and OpenBLAS 0.3.21 falls back to generic SSE3 kernels on
+//   CPUs it does not know. Unless OPENBLAS_CORETYPE is set, it is set by features rather than
+//   model ("SkylakeX" where the CPU and OS have AVX-512 F/CD/BW/DQ/VL, else "Haswell" where AVX2
+//   and FMA, else "Prescott"). kCanonicalBlasKernels: the kernels of the golden bytes and of every
+//   committed run record whose identity has no "blas_kernels".
+// - Thread timeout: after each call OpenBLAS's worker threads spin on sched_yield for 2^28 cycles
+//   (its default) before they sleep, on the cores libtorch's OpenMP threads are about to use: in
+//   one process, two thread pools on the same cores. Unless OPENBLAS_THREAD_TIMEOUT is set it is
+//   set to kBlasThreadTimeout (2^4 cycles: they sleep at once; docs/PERFORMANCE.md, "Waiting
+//   threads"). It decides only how idle threads wait, never a float.
+void pin_blas_environment(char** argv);
+inline constexpr const char* kBlasThreadTimeout = "4";
 inline constexpr const char* kCanonicalBlasKernels = "SkylakeX";
 // The kernels OpenBLAS runs (openblas_get_corename(): "SkylakeX", "Haswell", "Prescott", ...);
 // "" where OpenBLAS is not loaded.

@@ -387,6 +387,9 @@ std::vector<LayerRecord> PQMethod::compress(CompressContext& ctx) {
   }
 
   std::vector<PQLayer> done;
+  // Each layer's input in the student, the layers before it quantized: a layer changes only in its
+  // own step below, so the stage outputs kept while sampling earlier layers stay valid.
+  SequentialInputs student_inputs(model, images, 128);
   for (int li = 0; li < (int)layers.size(); ++li) {
     const PQLayerPlan& plan = plans[li];
     const Layer& l = layers[li];
@@ -400,7 +403,7 @@ std::vector<LayerRecord> PQMethod::compress(CompressContext& ctx) {
     const int64_t row = l.row_size();
     const int64_t pool_rows_cap = std::max<int64_t>(1, p_.max_pool_mb * (1 << 20) / 4 / row);
     const int64_t rpi = std::max<int64_t>(1, std::min(p_.rows_per_image, pool_rows_cap / n_img));
-    auto pool = sample_layer_patches(model, li, images, rpi, mix_seed(seed, 1000 + li)).reshape({-1, plan.d});
+    auto pool = sample_layer_patches(student_inputs, l, li, rpi, mix_seed(seed, 1000 + li)).reshape({-1, plan.d});
 
     ctx.phase("em");
     const auto sub = pq_subvectors(fp_weights[li], plan.d);

@@ -182,15 +182,21 @@ std::vector<std::vector<torch::Tensor>> capture_layer_inputs(Model& model, const
   return std::move(tap.inputs);
 }
 
-torch::Tensor sample_layer_patches(Model& model, int layer, const torch::Tensor& images, int64_t rows_per_image,
-                                   uint64_t seed, int64_t batch_size) {
-  const PatchGeometry g = PatchGeometry::of(model.layers()[layer]);
+torch::Tensor sample_layer_patches(SequentialInputs& inputs, const Layer& layer, int index, int64_t rows_per_image,
+                                   uint64_t seed) {
+  const PatchGeometry g = PatchGeometry::of(layer);
   std::mt19937_64 rng(seed);
   std::vector<torch::Tensor> parts;
-  for_each_layer_input(model, layer, images, batch_size, [&](const torch::Tensor& x, int64_t) {
+  inputs.for_each(index, [&](const torch::Tensor& x, int64_t) {
     parts.push_back(im2col_rows(x, g, sample_patch_positions(x, g, rows_per_image, rng)));
   });
   return torch::cat(parts, 0);
+}
+
+torch::Tensor sample_layer_patches(Model& model, int layer, const torch::Tensor& images, int64_t rows_per_image,
+                                   uint64_t seed, int64_t batch_size) {
+  SequentialInputs inputs(model, images, batch_size);  // nothing kept yet: every pass runs from the image
+  return sample_layer_patches(inputs, model.layers()[layer], layer, rows_per_image, seed);
 }
 
 torch::Tensor load_calibration_images(const Dataset& ds, int64_t n, bool augment, uint64_t seed) {

@@ -79,6 +79,10 @@ class SequentialInputs {
 // seed.
 torch::Tensor sample_layer_patches(Model& model, int layer, const torch::Tensor& images, int64_t rows_per_image,
                                    uint64_t seed, int64_t batch_size = 128);
+// The same from `inputs` (layer `index` of its model, `layer` = that layer): the layers asked for
+// in increasing order reuse the stage outputs it keeps (the same rows, fewer forward passes).
+torch::Tensor sample_layer_patches(SequentialInputs& inputs, const Layer& layer, int index, int64_t rows_per_image,
+                                   uint64_t seed);
 
 // n images of ds (a seeded subset; all of them if n >= size), as one N x C x H x W tensor, with
 // training augmentation when asked (seeded per image).

@@ -180,7 +180,7 @@ nlohmann::json run_identity(const RunSpec& r) {
   for (auto& d : r.eval) ds.push_back(dataset_identity(d));
   j["eval_identity"] = ds;
   j["bitbench_version"] = bitbench_version();
-  // The BLAS kernels move the floats (pin_blas_kernels); only records computed with other kernels
+  // The BLAS kernels move the floats (pin_blas_environment); only records computed with other kernels
   // than the canonical ones carry them, so the committed records (all computed with them) keep
   // their IDs.
   if (const std::string k = blas_kernels(); k != kCanonicalBlasKernels) j["blas_kernels"] = k;
