@@ -230,17 +230,18 @@ double gptq_output_error(const torch::Tensor& dW_in, const torch::Tensor& H, con
 
 namespace {
 
-// Runs fn(0 .. T-1) on at::get_num_threads() worker threads, each with an OpenMP team size of 1:
-// oneDNN plans its work (and splits its sums) by the OpenMP threads it sees, so every task gets
-// the same single-threaded plan whatever the thread count. (oneDNN called from inside an
-// at::parallel_for region hung with 2 threads here.)
+// Runs fn(0 .. T-1) on the OpenMP team of at::get_num_threads() threads, each task with an
+// OpenMP team size of 1 for what it calls: oneDNN plans its work (and splits its sums) by the
+// OpenMP threads it sees, so every task gets the same single-threaded plan whatever the thread
+// count. The team's own threads take the tasks (no extra threads beside idle, spinning ones).
 void run_single_threaded_tasks(int64_t T, const std::function<void(int64_t)>& fn) {
-  const int64_t nw = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), T));
+  const int nw = (int)std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), T));
   std::atomic<int64_t> next{0};
   std::mutex m;
   std::exception_ptr err;
-  auto work = [&] {
-    omp_set_num_threads(1);
+#pragma omp parallel num_threads(nw)
+  {
+    omp_set_num_threads(1);  // this thread's nested regions (oneDNN's, libtorch's): one thread
     torch::NoGradGuard ng;
     for (int64_t t; (t = next++) < T;) {
       try {
@@ -250,10 +251,7 @@ void run_single_threaded_tasks(int64_t T, const std::function<void(int64_t)>& fn
         if (!err) err = std::current_exception();
       }
     }
-  };
-  std::vector<std::thread> th;
-  for (int64_t i = 0; i < nw; ++i) th.emplace_back(work);
-  for (auto& x : th) x.join();
+  }
   if (err) std::rethrow_exception(err);
 }
 
