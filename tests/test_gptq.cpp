@@ -11,6 +11,7 @@
 #include "smoke_files.h"
 
 #include <cmath>
+#include <omp.h>
 #include <cstring>
 
 using namespace bb;
@@ -225,6 +226,9 @@ TEST_CASE("gptq: the float32 Gram is P^T P, symmetric, and the same with any thr
   auto G3 = gptq_gram_f32(P);
   at::set_num_threads(threads);
   auto G = gptq_gram_f32(P);
+  // Its tasks set a team size of 1 for their own nested regions only: the caller keeps its threads.
+  REQUIRE(at::get_num_threads() == threads);
+  REQUIRE(at::get_num_threads() == omp_get_max_threads());
   REQUIRE(torch::equal(G1, G3));
   REQUIRE(torch::equal(G1, G));
   REQUIRE(torch::equal(G, G.t()));
