@@ -531,6 +531,21 @@ TEST_CASE("context: names the CPU model the results were measured on", "[report]
   }
 }
 
+// `bitbench --version` under the environment settings `env` (an `env ...` prefix) with OpenBLAS's
+// load messages (OPENBLAS_VERBOSE=2 prints "Core: <name>" each time it loads): its output.
+static std::string bitbench_version_loads(const std::string& env) {
+  const std::string cmd = env + " OPENBLAS_VERBOSE=2 " + bb::binary_dir() + "/bitbench --version 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[256];
+  while (fgets(buf, sizeof buf, p)) out += buf;
+  REQUIRE(pclose(p) == 0);
+  INFO(out);
+  REQUIRE(out.find("bitbench ") != std::string::npos);
+  return out;
+}
+
 TEST_CASE("context: OpenBLAS runs the kernels bitbench pinned, whatever the CPU model", "[report]") {
   // tests/main.cpp pins like bitbench's main: the variable is set and OpenBLAS runs what it names.
   const char* pinned = std::getenv("OPENBLAS_CORETYPE");
@@ -544,18 +559,11 @@ TEST_CASE("context: OpenBLAS runs the kernels bitbench pinned, whatever the CPU 
   // A bitbench started without the variable re-executes itself with it: OpenBLAS reports the
   // same kernels as in this process (OPENBLAS_VERBOSE=2 prints "Core: <name>" as it loads; twice
   // here, once per execution, the second being the pinned one).
-  const std::string cmd = "env -u OPENBLAS_CORETYPE OPENBLAS_VERBOSE=2 " + bb::binary_dir() + "/bitbench --version 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[256];
-  while (fgets(buf, sizeof buf, p)) out += buf;
-  REQUIRE(pclose(p) == 0);
+  const std::string out = bitbench_version_loads("env -u OPENBLAS_CORETYPE");
   INFO(out);
   const size_t last = out.rfind("Core: ");
   REQUIRE(last != std::string::npos);
   REQUIRE(lower(out.substr(last + 6, out.find('\n', last) - last - 6)) == lower(kernels));
-  REQUIRE(out.find("bitbench ") != std::string::npos);
 }
 
 TEST_CASE("context: OpenBLAS's idle threads sleep at once unless the environment says otherwise", "[report]") {
@@ -563,18 +571,10 @@ TEST_CASE("context: OpenBLAS's idle threads sleep at once unless the environment
   const char* timeout = std::getenv("OPENBLAS_THREAD_TIMEOUT");
   REQUIRE(timeout != nullptr);
   REQUIRE(bb::context_json().at("openblas_thread_timeout").get<std::string>() == timeout);
-  // OpenBLAS prints "Core: <name>" each time it loads (OPENBLAS_VERBOSE=2): a bitbench started
-  // with the kernels pinned but no timeout re-executes itself (two loads); with both, it does not.
+  // A bitbench started with the kernels pinned but no timeout re-executes itself (two loads of
+  // OpenBLAS); with both, it does not.
   auto loads = [](const std::string& env) {
-    const std::string cmd = env + " OPENBLAS_CORETYPE=Haswell OPENBLAS_VERBOSE=2 " + bb::binary_dir() + "/bitbench --version 2>&1";
-    FILE* p = popen(cmd.c_str(), "r");
-    REQUIRE(p != nullptr);
-    std::string out;
-    char buf[256];
-    while (fgets(buf, sizeof buf, p)) out += buf;
-    REQUIRE(pclose(p) == 0);
-    INFO(out);
-    REQUIRE(out.find("bitbench ") != std::string::npos);
+    const std::string out = bitbench_version_loads(env + " OPENBLAS_CORETYPE=Haswell");
     int n = 0;
     for (size_t at = out.find("Core: "); at != std::string::npos; at = out.find("Core: ", at + 1)) ++n;
     return n;
