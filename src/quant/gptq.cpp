@@ -10,7 +10,6 @@
 #include <atomic>
 #include <functional>
 #include <mutex>
-#include <thread>
 
 #include <algorithm>
 #include <cmath>
