@@ -174,6 +174,42 @@ TEST_CASE("eval: folding BN into the convs, in NCHW or blocked, changes no predi
   REQUIRE(!model->blocked_layout());
 }
 
+TEST_CASE("eval: batches side by side give the predictions of one batch after the other", "[cli]") {
+  const int threads = at::get_num_threads();
+  at::set_num_threads(2);
+  auto model = bb::make_model("cifar_resnet20");
+  bb::load_weights(*model, models_dir() + "cifar10_resnet20.pt");
+  auto ds = bb::open_dataset("cifar10-lossless-1k");
+  bb::EvalOptions o;
+  o.progress = false;
+  o.limit = 450;  // 5 batches: the last pair's odd one out runs alone
+  o.workers = 1;
+  auto one = bb::evaluate(*model, *ds, o);
+  o.workers = 2;
+  auto two = bb::evaluate(*model, *ds, o);
+  at::set_num_threads(threads);
+  REQUIRE(one.n == 450);
+  REQUIRE(two.n == 450);
+  CHECK(two.hit1 == one.hit1);  // image by image, in order
+  CHECK(two.correct1 == one.correct1);
+  CHECK(two.correct5 == one.correct5);
+}
+
+TEST_CASE("eval: the context says how many workers run side by side; a bad BITBENCH_SIDE_BY_SIDE is an error", "[cli]") {
+  const std::string args = "--model cifar_resnet20 --weights " + sh_quote(models_dir() + "cifar10_resnet20.pt") +
+                           " --dataset cifar10-lossless-1k --limit 8 --json";
+  for (const auto& [env, workers] : std::vector<std::pair<std::string, int>>{
+           {"env -u BITBENCH_SIDE_BY_SIDE OMP_NUM_THREADS=2 ", 2}, {"env BITBENCH_SIDE_BY_SIDE=0 OMP_NUM_THREADS=2 ", 1}}) {
+    Proc p = run_cmd(env + sh_quote(bitbench_binary()) + " eval " + args);
+    INFO(env << "\n" << p.err);
+    REQUIRE(p.status == 0);
+    CHECK(nlohmann::json::parse(p.out)["context"]["side_by_side_workers"] == workers);
+  }
+  Proc p = run_cmd("env BITBENCH_SIDE_BY_SIDE=yes " + sh_quote(bitbench_binary()) + " eval " + args);
+  CHECK(p.status != 0);
+  CHECK_THAT(p.err, Catch::Contains("BITBENCH_SIDE_BY_SIDE"));
+}
+
 // `run` and `plan` share most flags; the plan-only ones must not start an experiment under `run`.
 TEST_CASE("run rejects plan-only flags, plan prints the results folder", "[cli]") {
   const std::string bin = bitbench_binary();

@@ -103,6 +103,33 @@ TEST_CASE("CIFAR ResNets: BN folded, in NCHW and on the blocked layout, give the
   }
 }
 
+// Evaluation and TQ's curve search run forwards side by side, one single-threaded forward per
+// core on one model (run_side_by_side): that must give the logits of one forward after the other
+// on all threads, to the last bit, in every layout.
+TEST_CASE("CIFAR ResNets: forwards side by side on one model give the logits of one after the other", "[models]") {
+  const int threads = at::get_num_threads();
+  at::set_num_threads(2);
+  for (int depth : {20, 56}) {
+    auto model = bb::make_model("cifar_resnet" + std::to_string(depth));
+    bb::load_weights(*model, bb::data_root() + "/models/cifar10_resnet" + std::to_string(depth) + ".pt");
+    model->eval();
+    torch::NoGradGuard ng;
+    torch::manual_seed(depth);
+    std::vector<torch::Tensor> x;
+    for (int b = 0; b < 4; ++b) x.push_back(torch::randn({25, 3, 32, 32}));
+    for (int mode = 0; mode < 3; ++mode) {  // plain, BN folded (NCHW), BN folded (blocked)
+      INFO("cifar_resnet" << depth << " mode " << mode);
+      if (mode > 0) model->set_fold_bn(true, mode == 2);
+      std::vector<torch::Tensor> ref, side(x.size());
+      for (const auto& b : x) ref.push_back(model->forward(b));
+      bb::run_side_by_side((int64_t)x.size(), 2, [&](int64_t t, int) { side[t] = model->forward(x[t]); });
+      for (size_t b = 0; b < x.size(); ++b) CHECK(torch::equal(side[b], ref[b]));
+      model->set_fold_bn(false);
+    }
+  }
+  at::set_num_threads(threads);
+}
+
 TEST_CASE("ImageNet architectures have torchvision's tensor names and shapes", "[models]") {
   BB_REQUIRE_ORACLE("torch, torchvision");
   // torchvision's names/shapes for all seven, printed "<arch> <name> <d0,d1,...>", in one process

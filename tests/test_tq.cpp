@@ -8,6 +8,7 @@
 #include "methods/method.h"
 #include "methods/params.h"
 #include "models/registry.h"
+#include "models/weights_io.h"
 #include "quant/tq_core.h"
 #include "quant/tq_curves.h"
 #include "quant/transform.h"
@@ -474,6 +475,14 @@ struct TinyCurveSearch {
   ~TinyCurveSearch() { std::filesystem::remove_all(dir); }
 };
 
+// Bitwise, member by member (NaN marks a grid step not measured; -0.0 a pass not run).
+static bool same_bits(const TqBlockCurves& x, const TqBlockCurves& y) {
+  return std::memcmp(x.t_exp, y.t_exp, sizeof x.t_exp) == 0 && std::memcmp(x.t_dist, y.t_dist, sizeof x.t_dist) == 0 &&
+         std::memcmp(x.s_exp, y.s_exp, sizeof x.s_exp) == 0 && std::memcmp(x.s_dist, y.s_dist, sizeof x.s_dist) == 0 &&
+         std::memcmp(x.t_exp0, y.t_exp0, sizeof x.t_exp0) == 0 && std::memcmp(x.s_exp0, y.s_exp0, sizeof x.s_exp0) == 0 &&
+         std::memcmp(x.t_grid, y.t_grid, sizeof x.t_grid) == 0 && std::memcmp(x.s_grid, y.s_grid, sizeof x.s_grid) == 0;
+}
+
 // A point whose quantized block repeats an earlier one's reuses its D: the curves, every
 // measured grid D included, are bit-identical to measuring every point, with fewer passes.
 TEST_CASE("tq curve search reuses the D of a repeated quantized block exactly", "[tq]") {
@@ -494,18 +503,46 @@ TEST_CASE("tq curve search reuses the D of a repeated quantized block exactly", 
       REQUIRE(a.layers[l].blocks.size() == b.layers[l].blocks.size());
       for (size_t k = 0; k < a.layers[l].blocks.size(); ++k) {
         const TqBlockCurves &x = a.layers[l].blocks[k], &y = b.layers[l].blocks[k];
-        // Bitwise, member by member (NaN marks a grid step not measured; -0.0 a pass not run).
-        CHECK(std::memcmp(x.t_exp, y.t_exp, sizeof x.t_exp) == 0);
-        CHECK(std::memcmp(x.t_dist, y.t_dist, sizeof x.t_dist) == 0);
-        CHECK(std::memcmp(x.s_exp, y.s_exp, sizeof x.s_exp) == 0);
-        CHECK(std::memcmp(x.s_dist, y.s_dist, sizeof x.s_dist) == 0);
-        CHECK(std::memcmp(x.t_exp0, y.t_exp0, sizeof x.t_exp0) == 0);
-        CHECK(std::memcmp(x.s_exp0, y.s_exp0, sizeof x.s_exp0) == 0);
-        CHECK(std::memcmp(x.t_grid, y.t_grid, sizeof x.t_grid) == 0);
-        CHECK(std::memcmp(x.s_grid, y.s_grid, sizeof x.s_grid) == 0);
+        CHECK(same_bits(x, y));
       }
     }
   }
+}
+
+// A layer's blocks searched side by side on single-threaded workers, each on its own copy of the
+// model, give the curves of one block after the other on all threads, to the last bit (a
+// CIFAR ResNet: BN folded, blocked layout, stages skipped, as table2 runs it).
+TEST_CASE("tq curve search: blocks side by side give the curves of one after the other", "[tq]") {
+  const int threads = at::get_num_threads();
+  at::set_num_threads(2);
+  auto model = make_model("cifar_resnet20");
+  load_weights(*model, data_root() + "/models/cifar10_resnet20.pt");
+  SyntheticData data{6, "cifar10"};
+  TqCurveOptions o;
+  o.transform = TransformKind::elt;
+  o.blocks = 2;
+  o.calib_images = 6;
+  o.batch_size = 3;
+  o.workers = 1;
+  const TqCurves a = tq_compute_curves(*model, data, o, "");
+  o.workers = 2;
+  const TqCurves b = tq_compute_curves(*model, data, o, "");
+  at::set_num_threads(threads);
+  CHECK(a.passes == b.passes);
+  CHECK(a.measurements == b.measurements);
+  CHECK(a.passes > 1000);
+  REQUIRE(a.layers.size() == b.layers.size());
+  for (size_t l = 0; l < a.layers.size(); ++l) {
+    INFO(a.layers[l].layer);
+    CHECK(torch::equal(a.layers[l].S, b.layers[l].S));
+    CHECK(torch::equal(a.layers[l].T, b.layers[l].T));
+    REQUIRE(a.layers[l].blocks.size() == b.layers[l].blocks.size());
+    for (size_t k = 0; k < a.layers[l].blocks.size(); ++k) {
+      const TqBlockCurves &x = a.layers[l].blocks[k], &y = b.layers[l].blocks[k];
+      CHECK(same_bits(x, y));
+    }
+  }
+  CHECK(!model->fold_bn());  // the search leaves the caller's model as it found it
 }
 
 TEST_CASE("tq curves cache round-trips", "[tq]") {
@@ -658,6 +695,16 @@ TEST_CASE("tq distortion passes equal a plain forward with the perturbed weight"
       auto backward_order = tq_measure_distortions(*model, images, 4, rev, true);
       std::reverse(backward_order.begin(), backward_order.end());
       CHECK(backward_order == forward_order);
+    }
+    // Side by side on two workers (each on its own copy of the model) or one after the other on
+    // all threads: the same D to the bit, on both paths.
+    for (bool fast : {true, false}) {
+      const int threads = at::get_num_threads();
+      at::set_num_threads(2);
+      auto one = tq_measure_distortions(*model, images, 4, perts, fast, 1);
+      auto two = tq_measure_distortions(*model, images, 4, perts, fast, 2);
+      at::set_num_threads(threads);
+      CHECK(two == one);
     }
     // The model is left as it was: folding off, no tap.
     CHECK_FALSE(model->fold_bn());

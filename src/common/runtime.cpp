@@ -6,6 +6,8 @@
 #include "bitbench_git_info.h"
 
 #include <torch/torch.h>
+#include <ATen/Parallel.h>
+#include <omp.h>
 
 #include <cctype>
 #include <cerrno>
@@ -13,9 +15,12 @@
 #include <cstring>
 #include <cstdlib>
 #include <ctime>
+#include <atomic>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <thread>
 #include <dlfcn.h>
 #include <unistd.h>
@@ -29,6 +34,40 @@ namespace bb {
 static int omp_threads() {
   const char* v = std::getenv("OMP_NUM_THREADS");
   return v && *v ? std::atoi(v) : 0;
+}
+
+void run_single_threaded_tasks(int64_t tasks, const std::function<void(int64_t, int)>& fn, int max_workers) {
+  int64_t nw = std::min<int64_t>(at::get_num_threads(), tasks);
+  if (max_workers > 0) nw = std::min<int64_t>(nw, max_workers);
+  nw = std::max<int64_t>(1, nw);
+  std::atomic<int64_t> next{0};
+  std::mutex m;
+  std::exception_ptr err;
+#pragma omp parallel num_threads((int)nw)
+  {
+    omp_set_num_threads(1);  // this thread's nested regions (oneDNN's, libtorch's): one thread
+    torch::NoGradGuard ng;
+    const int worker = omp_get_thread_num();
+    for (int64_t t; (t = next++) < tasks;) {
+      try {
+        fn(t, worker);
+      } catch (...) {
+        std::lock_guard<std::mutex> l(m);
+        if (!err) err = std::current_exception();
+      }
+    }
+  }
+  if (err) std::rethrow_exception(err);
+}
+
+int side_by_side_workers() {
+  static const bool on = env_int_setting("BITBENCH_SIDE_BY_SIDE", 1, 0, 1) == 1;
+  return on ? std::max(1, at::get_num_threads()) : 1;
+}
+
+void run_side_by_side(int64_t tasks, int workers, const std::function<void(int64_t, int)>& fn) {
+  if (workers > 1) return run_single_threaded_tasks(tasks, fn, workers);
+  for (int64_t t = 0; t < tasks; ++t) fn(t, 0);
 }
 
 int64_t env_int_setting(const char* name, int64_t def, int64_t lo, int64_t hi) {
@@ -219,6 +258,8 @@ nlohmann::json context_json() {
           {"gomp_spincount", env("GOMP_SPINCOUNT")},
           // how long OpenBLAS's idle workers spin (pin_blas_environment; "" = OpenBLAS's default)
           {"openblas_thread_timeout", env("OPENBLAS_THREAD_TIMEOUT")},
+          // workers of run_side_by_side (1 with BITBENCH_SIDE_BY_SIDE=0)
+          {"side_by_side_workers", side_by_side_workers()},
           {"torch_version", TORCH_VERSION}};
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 #include <nlohmann/json.hpp>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace bb {
@@ -10,6 +11,26 @@ namespace bb {
 // Sets libtorch's intra-op threads to OMP_NUM_THREADS (or BITBENCH_THREADS), else the core
 // count (libtorch starts at 1), and warns loudly if reference BLAS rather than OpenBLAS is loaded.
 void init_runtime();
+// Runs fn(task, worker) for task = 0 .. tasks-1 on an OpenMP team of min(at::get_num_threads(),
+// tasks, max_workers if > 0) threads (worker = the team thread, 0 .. team-1), each task with an
+// OpenMP team size of 1 for what it calls, under NoGradGuard. oneDNN plans its work (and splits
+// its sums) by the OpenMP threads it sees, so every task gets the same single-threaded plan
+// whatever the thread count. The team's own threads take the tasks in order, each as it comes
+// free; the first exception a task throws is rethrown after all have finished. fn must be safe to
+// run concurrently with itself.
+void run_single_threaded_tasks(int64_t tasks, const std::function<void(int64_t task, int worker)>& fn,
+                               int max_workers = 0);
+// Work whose floats do not depend on how it is scheduled (evaluation's batches, TQ's curve-search
+// blocks: a forward's floats do not depend on its thread count) runs side by side, one
+// single-threaded task per core: on this machine's small convolutions faster than one
+// multi-threaded task after the other (docs/PERFORMANCE.md, "Side by side").
+// side_by_side_workers(): at::get_num_threads(), or 1 with BITBENCH_SIDE_BY_SIDE=0 (default 1;
+// 0 or 1; to compare: bench/side_by_side.sh). run_side_by_side: with workers > 1,
+// run_single_threaded_tasks on at most that many; else the tasks in order on the calling thread
+// (worker 0), each on all threads.
+int side_by_side_workers();
+void run_side_by_side(int64_t tasks, int workers, const std::function<void(int64_t task, int worker)>& fn);
+
 // Installs the CPU allocator that madvises large blocks for transparent huge pages (see
 // hugepage_allocator.cpp); init_runtime does so unless BITBENCH_HUGEPAGES=0.
 void install_hugepage_allocator();
@@ -17,6 +38,8 @@ void install_hugepage_allocator();
 // Runtime settings from the environment that change how fast, never what, bitbench computes (so
 // they are not part of run IDs). Each is read here, parsed strictly: a value that is not a whole
 // decimal integer in range is a bb::Error naming the variable and the value.
+//
+// BITBENCH_SIDE_BY_SIDE: see run_side_by_side.
 //
 // BITBENCH_PQ_FT_CACHE_MB (default 2048, 0..1048576): PQ's layer fine-tuning keeps every
 // calibration image's layer input and teacher output when they fit in this many MiB, else

@@ -1,12 +1,14 @@
 #include "eval/evaluate.h"
 #include "common/error.h"
 #include "common/log.h"
+#include "common/runtime.h"
 #include "common/timer.h"
 #include "data/loader.h"
 
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 namespace bb {
 
@@ -81,20 +83,37 @@ EvalResult evaluate(Model& model, const Dataset& ds, const EvalOptions& opt) {
   r.dataset = ds.name();
   r.hit1.resize(n);
   Progress prog("eval " + ds.name(), n);
+  // Batches run side by side, one single-threaded forward each (run_side_by_side): the same
+  // logits as one multi-threaded forward after the other (a forward's floats do not depend on its
+  // thread count; test [eval]), and faster on small inputs (docs/PERFORMANCE.md). Results are
+  // accumulated in batch order.
+  const int workers = opt.workers > 0 ? opt.workers : side_by_side_workers();
+  std::vector<Batch> pending;
+  std::vector<torch::Tensor> logits;
+  auto run_pending = [&] {
+    logits.assign(pending.size(), torch::Tensor());
+    run_side_by_side((int64_t)pending.size(), workers, [&](int64_t t, int) { logits[t] = model.forward(pending[t].images); });
+    for (size_t i = 0; i < pending.size(); ++i) {
+      const Batch& b = pending[i];
+      auto top5 = std::get<1>(logits[i].topk(std::min<int64_t>(5, logits[i].size(1)), 1));
+      auto hit = top5.eq(b.labels.unsqueeze(1));
+      auto h1 = hit.select(1, 0).to(torch::kUInt8);
+      auto h5 = hit.any(1);
+      r.correct1 += h1.sum().item<int64_t>();
+      r.correct5 += h5.sum().item<int64_t>();
+      auto acc = h1.accessor<uint8_t, 1>();
+      for (size_t j = 0; j < b.indices.size(); ++j) r.hit1[r.n + j] = acc[j];
+      r.n += (int64_t)b.indices.size();
+      if (opt.progress) prog.advance((long)b.indices.size());
+    }
+    pending.clear();
+  };
   double t0 = now_seconds();
   for_each_batch(ds, idx, lo, [&](const Batch& b) {
-    auto logits = model.forward(b.images);
-    auto top5 = std::get<1>(logits.topk(std::min<int64_t>(5, logits.size(1)), 1));
-    auto hit = top5.eq(b.labels.unsqueeze(1));
-    auto h1 = hit.select(1, 0).to(torch::kUInt8);
-    auto h5 = hit.any(1);
-    r.correct1 += h1.sum().item<int64_t>();
-    r.correct5 += h5.sum().item<int64_t>();
-    auto acc = h1.accessor<uint8_t, 1>();
-    for (size_t j = 0; j < b.indices.size(); ++j) r.hit1[r.n + j] = acc[j];
-    r.n += (int64_t)b.indices.size();
-    if (opt.progress) prog.advance((long)b.indices.size());
+    pending.push_back(b);
+    if ((int)pending.size() == workers) run_pending();
   });
+  run_pending();
   if (opt.progress) prog.finish();
   r.seconds = now_seconds() - t0;
   r.images_per_s = r.n / std::max(1e-9, r.seconds);

@@ -18,6 +18,9 @@ struct EvalOptions {
   // With fold_bn, run the folded convs on oneDNN's blocked layout where the model supports it
   // (CIFAR and ImageNet ResNets, VGGs; Model::set_fold_bn). BITBENCH_BLOCKED_LAYOUT=0 turns it off.
   bool blocked_layout = true;
+  // Batches run side by side, one single-threaded forward each, on this many threads
+  // (run_side_by_side; the same logits with any value); 0 = side_by_side_workers().
+  int workers = 0;
 };
 
 struct EvalResult {

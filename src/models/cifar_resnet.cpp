@@ -1,4 +1,5 @@
 // CIFAR ResNet-20/32/44/56 (He et al. 2016), option-A shortcut, as in akamaster/pytorch_resnet_cifar10.
+#include "common/error.h"
 #include "models/model.h"
 #include "models/registry.h"
 
@@ -27,6 +28,7 @@ class CifarResNet : public Model {
         Block b;
         b.stride = (s > 0 && i == 0) ? 2 : 1;
         b.pad = (b.stride != 1 || in != planes[s]) ? planes[s] / 4 : 0;
+        if (at::hasMKLDNN() && (b.stride != 1 || b.pad > 0)) b.select_blocked = select_weight(in, b);
         auto blk = stage->register_module(std::to_string(i), std::make_shared<Group>());
         const std::string pre = "layer" + std::to_string(s + 1) + "." + std::to_string(i) + ".";
         auto c1 = blk->register_module("conv1", conv3x3(in, planes[s], b.stride));
@@ -64,7 +66,7 @@ class CifarResNet : public Model {
     int c1, c2;
     int64_t stride, pad;
     nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
-    torch::Tensor select_blocked;  // option-A shortcut as a blocked 1x1 conv weight, built on first use
+    torch::Tensor select_blocked;  // option-A shortcut as a blocked 1x1 conv weight (with oneDNN)
   };
 
   torch::Tensor block(Block& b, const torch::Tensor& x) {
@@ -86,13 +88,15 @@ class CifarResNet : public Model {
   // The option-A shortcut (every other pixel, channels zero-padded on both sides) on a blocked
   // activation: strided slicing and padding need a dense tensor, so it runs as a 1x1 stride-2
   // conv whose weight is a shifted identity (exact: each output is one input times 1, or 0).
-  torch::Tensor shortcut_blocked(Block& b, const torch::Tensor& x) {
-    const int64_t cin = x.size(1), cout = cin + 2 * b.pad;
-    if (!b.select_blocked.defined() || b.select_blocked.size(1) != cin) {
-      auto w = torch::zeros({cout, cin, 1, 1});
-      for (int64_t c = 0; c < cin; ++c) w[b.pad + c][c][0][0] = 1.0f;
-      b.select_blocked = torch::mkldnn_reorder_conv2d_weight(w.to_mkldnn(), {0, 0}, {b.stride, b.stride}, {1, 1}, 1);
-    }
+  // Built with the model, not on first use, so concurrent forwards share it read-only.
+  static torch::Tensor select_weight(int64_t cin, const Block& b) {
+    auto w = torch::zeros({cin + 2 * b.pad, cin, 1, 1});
+    for (int64_t c = 0; c < cin; ++c) w[b.pad + c][c][0][0] = 1.0f;
+    return torch::mkldnn_reorder_conv2d_weight(w.to_mkldnn(), {0, 0}, {b.stride, b.stride}, {1, 1}, 1);
+  }
+  torch::Tensor shortcut_blocked(const Block& b, const torch::Tensor& x) {
+    BB_CHECK(b.select_blocked.defined() && b.select_blocked.size(1) == x.size(1), "cifar_resnet: blocked shortcut for ",
+             x.size(1), " input channels was not built");
     return torch::mkldnn_convolution(x, b.select_blocked, {}, {0, 0}, {b.stride, b.stride}, {1, 1}, 1);
   }
   nn::Conv2d conv1_{nullptr};

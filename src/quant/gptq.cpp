@@ -1,15 +1,10 @@
 #include "quant/gptq.h"
 #include "coding/bytes.h"
 #include "common/error.h"
+#include "common/runtime.h"
 
-#include <ATen/Parallel.h>
 #include <ATen/ops/mkldnn_linear_backward_weights.h>
 #include <dlfcn.h>
-#include <omp.h>
-
-#include <atomic>
-#include <functional>
-#include <mutex>
 
 #include <algorithm>
 #include <cmath>
@@ -227,35 +222,6 @@ double gptq_output_error(const torch::Tensor& dW_in, const torch::Tensor& H, con
   return per_row.sum().item<double>();
 }
 
-namespace {
-
-// Runs fn(0 .. T-1) on the OpenMP team of at::get_num_threads() threads, each task with an
-// OpenMP team size of 1 for what it calls: oneDNN plans its work (and splits its sums) by the
-// OpenMP threads it sees, so every task gets the same single-threaded plan whatever the thread
-// count. The team's own threads take the tasks (no extra threads beside idle, spinning ones).
-void run_single_threaded_tasks(int64_t T, const std::function<void(int64_t)>& fn) {
-  const int nw = (int)std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), T));
-  std::atomic<int64_t> next{0};
-  std::mutex m;
-  std::exception_ptr err;
-#pragma omp parallel num_threads(nw)
-  {
-    omp_set_num_threads(1);  // this thread's nested regions (oneDNN's, libtorch's): one thread
-    torch::NoGradGuard ng;
-    for (int64_t t; (t = next++) < T;) {
-      try {
-        fn(t);
-      } catch (...) {
-        std::lock_guard<std::mutex> l(m);
-        if (!err) err = std::current_exception();
-      }
-    }
-  }
-  if (err) std::rethrow_exception(err);
-}
-
-}  // namespace
-
 torch::Tensor gptq_gram_f32(const torch::Tensor& P_in, int64_t block) {
   torch::NoGradGuard ng;
   BB_CHECK(P_in.dim() == 2 && P_in.scalar_type() == torch::kFloat32, "gptq_gram_f32: expects an n x D float32 matrix, got ",
@@ -280,11 +246,11 @@ torch::Tensor gptq_gram_f32(const torch::Tensor& P_in, int64_t block) {
   const int64_t np = (int64_t)pairs.size();
   std::vector<torch::Tensor> op(ns * nb);    // slab s, block a at s * nb + a (mkldnn layout)
   std::vector<torch::Tensor> part(np * ns);  // pair p, slab s at p * ns + s
-  run_single_threaded_tasks(ns * nb, [&](int64_t t) {
+  run_single_threaded_tasks(ns * nb, [&](int64_t t, int) {
     const int64_t s = t / nb, a = t % nb;
     op[t] = P_in.slice(0, s * slab, std::min(n, (s + 1) * slab)).slice(1, edge[a], edge[a + 1]).contiguous().to_mkldnn();
   });
-  run_single_threaded_tasks(np * ns, [&](int64_t t) {
+  run_single_threaded_tasks(np * ns, [&](int64_t t, int) {
     const auto [a, b] = pairs[t / ns];
     const int64_t s = t % ns;
     part[t] = std::get<0>(at::mkldnn_linear_backward_weights(op[s * nb + a], op[s * nb + b], P_in, /*bias_defined=*/false));

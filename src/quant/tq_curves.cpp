@@ -5,11 +5,17 @@
 #include "common/fs_util.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "common/runtime.h"
 #include "common/timer.h"
 #include "data/loader.h"
+#include "models/registry.h"
+#include "models/weights_io.h"
+
 
 #include <cmath>
 #include <filesystem>
+#include <memory>
+#include <mutex>
 #include <sstream>
 
 namespace bb {
@@ -348,8 +354,45 @@ struct MeasuredPoints {
   }
 };
 
+// The meters of the curve search, one per worker of run_single_threaded_tasks: worker 0 measures
+// on the caller's model, every other worker on a copy of it (same weights, folded the same way),
+// since a pass installs a tap on its model. All share one CalibCache, read-only during the
+// passes (the stage they need is held before they start).
+struct MeterPool {
+  std::vector<std::shared_ptr<Model>> copies;
+  std::vector<DistortionMeter> meters;
+  MeterPool(Model& model, CalibCache& cache, bool fast, int workers) {
+    if (!has_model(model.arch())) workers = 1;  // no copy can be made
+    meters.reserve(workers);
+    meters.emplace_back(model, cache, fast);
+    for (int w = 1; w < workers; ++w) {
+      auto m = make_model(model.arch());
+      load_state_dict(*m, model.state(), "tq: worker copy of " + model.arch());
+      m->eval();
+      if (model.fold_bn()) m->set_fold_bn(true, model.blocked_layout());
+      copies.push_back(m);
+      meters.emplace_back(*m, cache, fast);
+    }
+  }
+  int64_t count() const {
+    int64_t n = 0;
+    for (const auto& m : meters) n += m.count();
+    return n;
+  }
+  int64_t reused() const {
+    int64_t n = 0;
+    for (const auto& m : meters) n += m.reused();
+    return n;
+  }
+  double seconds() const {  // summed over the workers
+    double t = 0;
+    for (const auto& m : meters) t += m.seconds();
+    return t;
+  }
+};
+
 void analyse_layer(Model& model, int l, const TqCurveOptions& opt, const torch::Tensor* grad_cov,
-                   DistortionMeter& meter, TqLayerCurves& out, Progress& progress) {
+                   CalibCache& cache, MeterPool& pool, TqLayerCurves& out, Progress& progress) {
   const Layer& layer = model.layers()[l];
   const TransformSide side = opt.side;
   auto w = tq_orient(layer.weight().detach().to(torch::kFloat64), side);
@@ -366,48 +409,62 @@ void analyse_layer(Model& model, int l, const TqCurveOptions& opt, const torch::
   const int spo = opt.steps_per_octave;
   const size_t nb = out.bounds.size() - 1;
   out.blocks.assign(nb, TqBlockCurves());
-  for (size_t b = 0; b < nb; ++b) {
-    const int64_t r0 = out.bounds[b], r1 = out.bounds[b + 1];
+  // The blocks are searched side by side, one single-threaded task each: every pass's D is the
+  // same as one after the other on all threads (a forward's floats do not depend on its thread
+  // count), and D depends on its own block only.
+  cache.hold(cache.stage_of[l]);
+  std::mutex progress_mutex;
+  auto advance = [&] {
+    std::lock_guard<std::mutex> lk(progress_mutex);
+    progress.advance();
+  };
+  // Two tasks per block: its T rows (R = 0 included), then its S columns.
+  auto search = [&](int64_t task, int worker) {
+    DistortionMeter& meter = pool.meters[worker];
+    const int64_t b = task / 2, r0 = out.bounds[b], r1 = out.bounds[b + 1];
     auto Sb = out.S.slice(1, r0, r1).contiguous();  // n x rows
     auto Tb = out.T.slice(0, r0, r1).contiguous();  // rows x d
+    TqBlockCurves& cv = out.blocks[b];
+    MeasuredPoints seen(meter, opt.reuse_repeated);
+    if (task % 2 == 0) {
+      // R = 0: the rows zeroed.
+      cv.t_dist[0] = measure_oriented(meter, layer, l, side, torch::mm(Sb, -Tb));
+      advance();
+      seen.seen.emplace_back(torch::zeros_like(Tb), cv.t_dist[0]);  // a step that rounds every row to 0
+      for (int bits = 1; bits <= kTqMaxBits; ++bits) {
+        const int e0 = best_step_exp(Tb.data_ptr<double>(), Tb.size(0), Tb.size(1), nullptr, nullptr, bits, spo);
+        const int o = search_point(opt.step_search, [&](int off) {
+          auto q = quantize_tensor(Tb, tq_step(e0 + off, spo), bits);
+          return seen.get(q, [&] { return measure_oriented(meter, layer, l, side, torch::mm(Sb, q - Tb)); });
+        }, cv.t_grid[bits]);
+        cv.t_exp0[bits] = e0;
+        cv.t_exp[bits] = e0 + o;
+        cv.t_dist[bits] = cv.t_grid[bits][o - kTqGridLo];
+        advance();
+      }
+      return;
+    }
     // Steps minimise tr(dW^T M dW): the weight-domain squared error (KLT: M = I) or its
     // first-order effect on the logits (ELT: M = Sigma_g). For T rows, dW = S_b E and
     // S_b^T M S_b is a multiple of I for both transforms, so this is the coefficients' squared
-    // error. For S columns, dW = E T_b with T_b T_b^T diagonal: column k's error weighs
-    // |t_k|^2 e_k^T M e_k.
+    // error (best_step_exp above with no weights). For S columns, dW = E T_b with T_b T_b^T
+    // diagonal: column k's error weighs |t_k|^2 e_k^T M e_k.
     auto s_cols = Sb.t().contiguous();              // rows x n: column k of S_b
     auto t_energy = Tb.pow(2).sum(1).contiguous();  // |t_k|^2
-    TqBlockCurves& cv = out.blocks[b];
-
-    // R = 0: the rows zeroed.
-    cv.t_dist[0] = measure_oriented(meter, layer, l, side, torch::mm(Sb, -Tb));
-    progress.advance();
-    MeasuredPoints t_seen(meter, opt.reuse_repeated), s_seen(meter, opt.reuse_repeated);
-    t_seen.seen.emplace_back(torch::zeros_like(Tb), cv.t_dist[0]);  // a step that rounds every row to 0
-    for (int bits = 1; bits <= kTqMaxBits; ++bits) {
-      const int e0 = best_step_exp(Tb.data_ptr<double>(), Tb.size(0), Tb.size(1), nullptr, nullptr, bits, spo);
-      const int o = search_point(opt.step_search, [&](int off) {
-        auto q = quantize_tensor(Tb, tq_step(e0 + off, spo), bits);
-        return t_seen.get(q, [&] { return measure_oriented(meter, layer, l, side, torch::mm(Sb, q - Tb)); });
-      }, cv.t_grid[bits]);
-      cv.t_exp0[bits] = e0;
-      cv.t_exp[bits] = e0 + o;
-      cv.t_dist[bits] = cv.t_grid[bits][o - kTqGridLo];
-      progress.advance();
-    }
     for (int bits = 1; bits <= kTqMaxBits; ++bits) {
       const int e0 = best_step_exp(s_cols.data_ptr<double>(), s_cols.size(0), s_cols.size(1), t_energy.data_ptr<double>(),
                                    metric.defined() ? metric.data_ptr<double>() : nullptr, bits, spo);
       const int o = search_point(opt.step_search, [&](int off) {
         auto q = quantize_tensor(Sb, tq_step(e0 + off, spo), bits);
-        return s_seen.get(q, [&] { return measure_oriented(meter, layer, l, side, torch::mm(q - Sb, Tb)); });
+        return seen.get(q, [&] { return measure_oriented(meter, layer, l, side, torch::mm(q - Sb, Tb)); });
       }, cv.s_grid[bits]);
       cv.s_exp0[bits] = e0;
       cv.s_exp[bits] = e0 + o;
       cv.s_dist[bits] = cv.s_grid[bits][o - kTqGridLo];
-      progress.advance();
+      advance();
     }
-  }
+  };
+  run_side_by_side(2 * (int64_t)nb, (int)pool.meters.size(), search);
 }
 
 std::string options_text(const TqCurveOptions& o) {
@@ -537,15 +594,26 @@ std::vector<torch::Tensor> tq_grad_second_moments(Model& model, const torch::Ten
 
 std::vector<double> tq_measure_distortions(Model& model, const torch::Tensor& images, int64_t batch_size,
                                            const std::vector<std::pair<int, torch::Tensor>>& perturbations,
-                                           bool fast) {
+                                           bool fast, int workers) {
+  for (const auto& p : perturbations)
+    BB_CHECK(p.first >= 0 && p.first < (int)model.layers().size(), "tq: no layer ", p.first);
   model.eval();
   FoldBnScope fold(model, fast, true);
   CalibCache cache = capture(model, images, batch_size, fast);
-  DistortionMeter meter(model, cache, fast);
-  std::vector<double> out;
-  for (const auto& p : perturbations) {
-    BB_CHECK(p.first >= 0 && p.first < (int)model.layers().size(), "tq: no layer ", p.first);
-    out.push_back(meter.measure(p.first, p.second.to(torch::kFloat64)));
+  MeterPool pool(model, cache, fast, workers > 0 ? workers : side_by_side_workers());
+  std::vector<double> out(perturbations.size());
+  // Each run of consecutive perturbations in one stage goes side by side: their passes read the
+  // held stage's activations, which holding another stage would replace.
+  for (size_t i = 0; i < perturbations.size();) {
+    const int s = cache.stage_of[perturbations[i].first];
+    size_t j = i + 1;
+    while (j < perturbations.size() && cache.stage_of[perturbations[j].first] == s) ++j;
+    cache.hold(s);
+    run_side_by_side((int64_t)(j - i), (int)pool.meters.size(), [&](int64_t t, int worker) {
+      const auto& p = perturbations[i + t];
+      out[i + t] = pool.meters[worker].measure(p.first, p.second.to(torch::kFloat64));
+    });
+    i = j;
   }
   return out;
 }
@@ -806,7 +874,7 @@ TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOpti
   model.eval();
   FoldBnScope fold(model, true, true);
   CalibCache cache = capture(model, batch.images, opt.batch_size, /*fast=*/true);
-  DistortionMeter meter(model, cache, /*fast=*/true);
+  MeterPool pool(model, cache, /*fast=*/true, opt.workers > 0 ? opt.workers : side_by_side_workers());
 
   const size_t first = c.resumed_layers;
   long total_points = 0;
@@ -817,14 +885,14 @@ TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOpti
   c.layers.resize(layers.size());
   double last_checkpoint = now_seconds();
   for (size_t l = first; l < layers.size(); ++l) {
-    analyse_layer(model, (int)l, opt, grad_cov.empty() ? nullptr : &grad_cov[l], meter, c.layers[l], progress);
+    analyse_layer(model, (int)l, opt, grad_cov.empty() ? nullptr : &grad_cov[l], cache, pool, c.layers[l], progress);
     const bool last = l + 1 == layers.size();
     if (!partial.empty() && !last && now_seconds() - last_checkpoint >= opt.checkpoint_seconds) {
       // The checkpoint holds layers [0, l]; written atomically, so a kill mid-write keeps the old one.
       TqCurves part;
       part.key = c.key;
       part.search_seconds = seconds_before + (now_seconds() - t0);
-      part.measurements = passes_before + meter.count() + meter.reused();
+      part.measurements = passes_before + pool.count() + pool.reused();
       part.layers.assign(c.layers.begin(), c.layers.begin() + (long)l + 1);
       tq_write_curves(partial, part);
       last_checkpoint = now_seconds();
@@ -833,13 +901,14 @@ TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOpti
   }
   progress.finish();
   c.search_seconds = seconds_before + (now_seconds() - t0);
-  c.measurements = passes_before + meter.count() + meter.reused();
-  c.passes = meter.count();
+  c.measurements = passes_before + pool.count() + pool.reused();
+  c.passes = pool.count();
   log_info("tq: curve search (" + std::string(transform_side_name(opt.side)) + "-" +
            (opt.transform == TransformKind::klt ? "KLT" : "ELT") + ", step_search=" + step_search_name(opt.step_search) +
            ") took " + std::to_string(c.search_seconds) + " s (" + std::to_string(c.measurements) + " D values; this call " +
-           std::to_string(meter.count()) + " forward passes of " + std::to_string(n_img) + " images: " +
-           std::to_string(meter.seconds()) + " s, and " + std::to_string(meter.reused()) +
+           std::to_string(pool.count()) + " forward passes of " + std::to_string(n_img) + " images: " +
+           std::to_string(pool.seconds()) + " s summed over " + std::to_string(pool.meters.size()) +
+           " side-by-side workers, and " + std::to_string(pool.reused()) +
            " looked up: the quantized block repeated an earlier point's" +
            (first ? "; " + std::to_string(first) + " layers from a checkpoint" : std::string()) + ")");
   if (opt.step_search == StepSearch::logits_grid) log_info("tq: " + tq_grid_agreement(c));

@@ -67,6 +67,10 @@ struct TqCurveOptions {
   // curves instead), so a search killed by a time limit or preemption resumes from there.
   // 0 = after every layer.
   double checkpoint_seconds = 60;
+  // Not part of the curves (nor of the cache key): a layer's blocks are searched side by side on
+  // this many single-threaded workers (run_side_by_side), each on its own copy of the model; the
+  // curves are the same to the last bit with any value (a test checks). 0 = side_by_side_workers().
+  int workers = 0;
 };
 
 struct TqBlockCurves {
@@ -151,9 +155,11 @@ struct RequiresGradSaver {
 // only that layer's weight changes by dW, measured as the search does (BN-folded network, cached
 // activations, stages upstream of the layer skipped). fast = false: the reference path of the
 // benchmark, plain network, every pass from the input (upstream convs return cached outputs).
+// The passes run side by side on `workers` single-threaded workers (0 = side_by_side_workers();
+// the same D with any value), each on its own copy of the model.
 std::vector<double> tq_measure_distortions(Model& model, const torch::Tensor& images, int64_t batch_size,
                                            const std::vector<std::pair<int, torch::Tensor>>& perturbations,
-                                           bool fast = true);
+                                           bool fast = true, int workers = 0);
 
 // Runs `layer` with a substitute weight and no bias (conv: the layer's stride/padding/dilation/
 // groups; linear: x W^T).
