@@ -354,7 +354,7 @@ struct MeasuredPoints {
   }
 };
 
-// The meters of the curve search, one per worker of run_single_threaded_tasks: worker 0 measures
+// The meters of the curve search, one per worker of run_side_by_side: worker 0 measures
 // on the caller's model, every other worker on a copy of it (same weights, folded the same way),
 // since a pass installs a tap on its model. All share one CalibCache, read-only during the
 // passes (the stage they need is held before they start).
