@@ -6,16 +6,8 @@
 # kq target_bpw=4 (the settings below) with their allocation candidates cached, tq row-ELT
 # at 2 bpw on cifar_resnet20 computing its curves (table2's settings), and `bitbench eval` on
 # cifar10-jpeg-test. A first pass fills the candidate caches; then ROUNDS rounds (default 2).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-BB=${BB:-build/bitbench}
-D=${BITBENCH_DATA_ROOT:-../shared/data}/models
-ROUNDS=${ROUNDS:-2}
+source "$(dirname "$0")/ab_common.sh"
 KQ="--set alloc_max_bits=12 --set alloc_proxy=mse --set calib_images=256 --set gain_bits=2 --set grid_iters=5 --set index_bits=9 --set kmeans_iters=25 --set kmeans_metric=output --set sequential=true --set target_bpw=4"
-TQ="--set batch_size=25 --set blocks=16 --set calib_images=25 --set coder=fixed --set elt_ridge=0.001 --set step_search=logits_descent --set steps_per_octave=1 --set target_bpw=2 --set target_rate=core --set transform=elt --set transform_side=row"
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-secs() { local s; s=$(date +%s.%N); env "$@" >/dev/null 2>&1; python3 -c "print('%.1f' % ($(date +%s.%N) - $s))"; }
 work() {  # timeout, then the tag of this pass; prints one line
   local t=$1 tag=$2 C="$TMP/cache" g k q v same=""
   rm -rf "$C/tq"

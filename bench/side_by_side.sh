@@ -5,27 +5,15 @@
 # at 2 bpw on cifar_resnet20 computing its curves (table2's settings; the files after their
 # 200-byte provenance), and `bitbench eval` of cifar_resnet56 on cifar10-jpeg-test (top-1 and
 # top-5). ROUNDS rounds (default 2), the two settings alternated.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-BB=${BB:-build/bitbench}
-D=${BITBENCH_DATA_ROOT:-../shared/data}/models
-ROUNDS=${ROUNDS:-2}
-TQ="--set batch_size=25 --set blocks=16 --set calib_images=25 --set coder=fixed --set elt_ridge=0.001 --set step_search=logits_descent --set steps_per_octave=1 --set target_bpw=2 --set target_rate=core --set transform=elt --set transform_side=row"
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-now() { date +%s.%N; }
+source "$(dirname "$0")/ab_common.sh"
 work() {  # setting, tag; prints one line
-  local s=$1 tag=$2 t0 q v out
+  local s=$1 tag=$2 q v
   rm -rf "$TMP/cache"
-  t0=$(now)
-  BITBENCH_SIDE_BY_SIDE=$s "$BB" compress --method tq $TQ --model cifar_resnet20 --weights "$D/cifar10_resnet20.pt" \
-    --calib cifar10-jpeg-train --cache-dir "$TMP/cache" --out "$TMP/t$tag.bbz" >/dev/null 2>&1
-  q=$(python3 -c "print('%.1f' % ($(now) - $t0))")
-  t0=$(now)
-  out=$(BITBENCH_SIDE_BY_SIDE=$s "$BB" eval --model cifar_resnet56 --weights "$D/cifar10_resnet56.pt" \
-    --dataset cifar10-jpeg-test --json 2>/dev/null)
-  v=$(python3 -c "print('%.1f' % ($(now) - $t0))")
-  echo "$out" | python3 -c "import json,sys; j=json.load(sys.stdin); print(j['top1'], j['top5'])" > "$TMP/e$tag.txt"
+  q=$(secs BITBENCH_SIDE_BY_SIDE="$s" "$BB" compress --method tq $TQ --model cifar_resnet20 \
+        --weights "$D/cifar10_resnet20.pt" --calib cifar10-jpeg-train --cache-dir "$TMP/cache" --out "$TMP/t$tag.bbz")
+  v=$(secs_to "$TMP/e$tag.json" BITBENCH_SIDE_BY_SIDE="$s" "$BB" eval --model cifar_resnet56 \
+        --weights "$D/cifar10_resnet56.pt" --dataset cifar10-jpeg-test --json)
+  python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print(j['top1'], j['top5'])" "$TMP/e$tag.json" >"$TMP/e$tag.txt"
   echo "BITBENCH_SIDE_BY_SIDE=$s tq $q s, eval $v s | tq file $(cmp -s <(tail -c +200 "$TMP/t0a1.bbz") <(tail -c +200 "$TMP/t$tag.bbz") && echo same || echo DIFFERENT), eval top-1/top-5 $(cat "$TMP/e$tag.txt") ($(cmp -s "$TMP/e0a1.txt" "$TMP/e$tag.txt" && echo same || echo DIFFERENT))"
 }
 for r in $(seq "$ROUNDS"); do

@@ -4,6 +4,7 @@
 
 #include "common/runtime.h"
 #include "data/dataset.h"
+#include "data/loader.h"
 #include "eval/evaluate.h"
 #include "models/registry.h"
 #include "models/weights_io.h"
@@ -193,6 +194,20 @@ TEST_CASE("eval: batches side by side give the predictions of one batch after th
   CHECK(two.hit1 == one.hit1);  // image by image, in order
   CHECK(two.correct1 == one.correct1);
   CHECK(two.correct5 == one.correct5);
+  // And the hits of a plain loop over the same batches of 100, in order, on evaluation's network
+  // (BN folded, blocked layout).
+  std::vector<uint8_t> ref;
+  torch::NoGradGuard ng;
+  model->eval();
+  bb::FoldBnScope fold(*model, true, true);
+  for (int64_t s = 0; s < 450; s += 100) {
+    std::vector<int64_t> idx;
+    for (int64_t i = s; i < std::min<int64_t>(450, s + 100); ++i) idx.push_back(i);
+    bb::Batch b = bb::load_batch(*ds, idx);
+    auto hit = model->forward(b.images).argmax(1).eq(b.labels);
+    for (int64_t i = 0; i < hit.size(0); ++i) ref.push_back(hit[i].item<bool>() ? 1 : 0);
+  }
+  CHECK(two.hit1 == ref);
 }
 
 TEST_CASE("eval: the context says how many workers run side by side; a bad BITBENCH_SIDE_BY_SIDE is an error", "[cli]") {

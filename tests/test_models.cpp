@@ -66,6 +66,14 @@ void check_parity(const std::string& arch, int batch) {
   CHECK(torch::equal(blocked.argmax(1), ref.argmax(1)));
 }
 
+// akamaster's trained CIFAR ResNet of this depth, in eval mode.
+std::shared_ptr<bb::Model> trained_cifar_resnet(int depth) {
+  auto model = bb::make_model("cifar_resnet" + std::to_string(depth));
+  bb::load_weights(*model, bb::data_root() + "/models/cifar10_resnet" + std::to_string(depth) + ".pt");
+  model->eval();
+  return model;
+}
+
 std::string shape_str(at::IntArrayRef s) {
   std::string out;
   for (size_t i = 0; i < s.size(); ++i) out += (i ? "," : "") + std::to_string(s[i]);
@@ -80,9 +88,7 @@ TEST_CASE("vgg16_bn logits equal torchvision's", "[models][slow]") { check_parit
 
 TEST_CASE("CIFAR ResNets: BN folded, in NCHW and on the blocked layout, give the plain logits", "[models]") {
   for (int depth : {20, 56}) {
-    auto model = bb::make_model("cifar_resnet" + std::to_string(depth));
-    bb::load_weights(*model, bb::data_root() + "/models/cifar10_resnet" + std::to_string(depth) + ".pt");
-    model->eval();
+    auto model = trained_cifar_resnet(depth);
     torch::NoGradGuard ng;
     torch::manual_seed(depth);
     torch::Tensor x = torch::randn({8, 3, 32, 32});
@@ -110,9 +116,7 @@ TEST_CASE("CIFAR ResNets: forwards side by side on one model give the logits of 
   const int threads = at::get_num_threads();
   at::set_num_threads(2);
   for (int depth : {20, 56}) {
-    auto model = bb::make_model("cifar_resnet" + std::to_string(depth));
-    bb::load_weights(*model, bb::data_root() + "/models/cifar10_resnet" + std::to_string(depth) + ".pt");
-    model->eval();
+    auto model = trained_cifar_resnet(depth);
     torch::NoGradGuard ng;
     torch::manual_seed(depth);
     std::vector<torch::Tensor> x;

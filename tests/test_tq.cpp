@@ -528,6 +528,8 @@ TEST_CASE("tq curve search: blocks side by side give the curves of one after the
   o.workers = 2;
   const TqCurves b = tq_compute_curves(*model, data, o, "");
   at::set_num_threads(threads);
+  CHECK(a.workers == 1);
+  CHECK(b.workers == 2);
   CHECK(a.passes == b.passes);
   CHECK(a.measurements == b.measurements);
   CHECK(a.passes > 1000);

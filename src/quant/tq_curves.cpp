@@ -903,6 +903,7 @@ TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOpti
   c.search_seconds = seconds_before + (now_seconds() - t0);
   c.measurements = passes_before + pool.count() + pool.reused();
   c.passes = pool.count();
+  c.workers = (int)pool.meters.size();
   log_info("tq: curve search (" + std::string(transform_side_name(opt.side)) + "-" +
            (opt.transform == TransformKind::klt ? "KLT" : "ELT") + ", step_search=" + step_search_name(opt.step_search) +
            ") took " + std::to_string(c.search_seconds) + " s (" + std::to_string(c.measurements) + " D values; this call " +

@@ -106,6 +106,7 @@ struct TqCurves {
                               // of the same block reuses that D; derived curves: the D values
                               // their own search would have measured
   int64_t passes = 0;         // forward passes this call ran (0 when loaded or derived; not stored)
+  int workers = 0;            // side-by-side workers this call's passes ran on (0 when none ran; not stored)
   size_t resumed_layers = 0;  // layers taken from a checkpoint of an interrupted search
   std::vector<TqLayerCurves> layers;  // in Model::layers() order
 };
