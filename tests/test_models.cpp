@@ -111,18 +111,24 @@ TEST_CASE("CIFAR ResNets: BN folded, in NCHW and on the blocked layout, give the
 
 // Evaluation and TQ's curve search run forwards side by side, one single-threaded forward per
 // core on one model (run_side_by_side): that must give the logits of one forward after the other
-// on all threads, to the last bit, in every layout.
-TEST_CASE("CIFAR ResNets: forwards side by side on one model give the logits of one after the other", "[models]") {
+// on all threads, to the last bit, in every layout, for every family evaluation runs.
+TEST_CASE("models: forwards side by side on one model give the logits of one after the other", "[models]") {
   const int threads = at::get_num_threads();
   at::set_num_threads(2);
-  for (int depth : {20, 56}) {
-    auto model = trained_cifar_resnet(depth);
+  struct Case {
+    std::string arch;
+    int64_t hw;
+  };
+  for (const Case& cs : {Case{"cifar_resnet20", 32}, Case{"cifar_resnet56", 32}, Case{"resnet18", 64},
+                         Case{"lenet5", 32}}) {
+    torch::manual_seed(5);
+    auto model = cs.arch.rfind("cifar_resnet", 0) == 0 ? trained_cifar_resnet(std::stoi(cs.arch.substr(12))) : bb::make_model(cs.arch);
+    model->eval();
     torch::NoGradGuard ng;
-    torch::manual_seed(depth);
     std::vector<torch::Tensor> x;
-    for (int b = 0; b < 4; ++b) x.push_back(torch::randn({25, 3, 32, 32}));
-    for (int mode = 0; mode < 3; ++mode) {  // plain, BN folded (NCHW), BN folded (blocked)
-      INFO("cifar_resnet" << depth << " mode " << mode);
+    for (int b = 0; b < 4; ++b) x.push_back(torch::randn({b == 3 ? 7 : 12, model->input_spec().channels, cs.hw, cs.hw}));
+    for (int mode = 0; mode < 3; ++mode) {  // plain, BN folded (NCHW), BN folded (blocked where supported)
+      INFO(cs.arch << " mode " << mode);
       if (mode > 0) model->set_fold_bn(true, mode == 2);
       std::vector<torch::Tensor> ref, side(x.size());
       for (const auto& b : x) ref.push_back(model->forward(b));

@@ -85,7 +85,7 @@ EvalResult evaluate(Model& model, const Dataset& ds, const EvalOptions& opt) {
   Progress prog("eval " + ds.name(), n);
   // Batches run side by side, one single-threaded forward each (run_side_by_side): the same
   // logits as one multi-threaded forward after the other (a forward's floats do not depend on its
-  // thread count; test [eval]), and faster on small inputs (docs/PERFORMANCE.md). Results are
+  // thread count; tests [models], [cli]), and faster on small inputs (docs/PERFORMANCE.md). Results are
   // accumulated in batch order.
   const int workers = opt.workers > 0 ? opt.workers : side_by_side_workers();
   std::vector<Batch> pending;

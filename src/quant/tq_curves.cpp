@@ -11,7 +11,6 @@
 #include "models/registry.h"
 #include "models/weights_io.h"
 
-
 #include <cmath>
 #include <filesystem>
 #include <memory>
