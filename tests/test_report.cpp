@@ -534,14 +534,10 @@ TEST_CASE("context: names the CPU model the results were measured on", "[report]
 // `bitbench --version` under the environment settings `env` (an `env ...` prefix) with OpenBLAS's
 // load messages (OPENBLAS_VERBOSE=2 prints "Core: <name>" each time it loads): its output.
 static std::string bitbench_version_loads(const std::string& env) {
-  const std::string cmd = env + " OPENBLAS_VERBOSE=2 " + bb::binary_dir() + "/bitbench --version 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[256];
-  while (fgets(buf, sizeof buf, p)) out += buf;
-  REQUIRE(pclose(p) == 0);
+  bbtest::Proc p = bbtest::run_cmd(env + " OPENBLAS_VERBOSE=2 " + bbtest::sh_quote(bbtest::bitbench_binary()) + " --version");
+  const std::string out = p.out + p.err;
   INFO(out);
+  REQUIRE(p.status == 0);
   REQUIRE(out.find("bitbench ") != std::string::npos);
   return out;
 }

@@ -373,19 +373,17 @@ struct MeterPool {
       meters.emplace_back(*m, cache, fast);
     }
   }
-  int64_t count() const {
-    int64_t n = 0;
-    for (const auto& m : meters) n += m.count();
-    return n;
-  }
-  int64_t reused() const {
-    int64_t n = 0;
-    for (const auto& m : meters) n += m.reused();
-    return n;
-  }
-  double seconds() const {  // summed over the workers
-    double t = 0;
-    for (const auto& m : meters) t += m.seconds();
+  struct Totals {
+    int64_t passes = 0, reused = 0;
+    double seconds = 0;  // summed over the workers
+  };
+  Totals totals() const {
+    Totals t;
+    for (const auto& m : meters) {
+      t.passes += m.count();
+      t.reused += m.reused();
+      t.seconds += m.seconds();
+    }
     return t;
   }
 };
@@ -891,7 +889,8 @@ TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOpti
       TqCurves part;
       part.key = c.key;
       part.search_seconds = seconds_before + (now_seconds() - t0);
-      part.measurements = passes_before + pool.count() + pool.reused();
+      const auto t = pool.totals();
+      part.measurements = passes_before + t.passes + t.reused;
       part.layers.assign(c.layers.begin(), c.layers.begin() + (long)l + 1);
       tq_write_curves(partial, part);
       last_checkpoint = now_seconds();
@@ -900,15 +899,16 @@ TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOpti
   }
   progress.finish();
   c.search_seconds = seconds_before + (now_seconds() - t0);
-  c.measurements = passes_before + pool.count() + pool.reused();
-  c.passes = pool.count();
+  const auto totals = pool.totals();
+  c.measurements = passes_before + totals.passes + totals.reused;
+  c.passes = totals.passes;
   c.workers = (int)pool.meters.size();
   log_info("tq: curve search (" + std::string(transform_side_name(opt.side)) + "-" +
            (opt.transform == TransformKind::klt ? "KLT" : "ELT") + ", step_search=" + step_search_name(opt.step_search) +
            ") took " + std::to_string(c.search_seconds) + " s (" + std::to_string(c.measurements) + " D values; this call " +
-           std::to_string(pool.count()) + " forward passes of " + std::to_string(n_img) + " images: " +
-           std::to_string(pool.seconds()) + " s summed over " + std::to_string(pool.meters.size()) +
-           " side-by-side workers, and " + std::to_string(pool.reused()) +
+           std::to_string(totals.passes) + " forward passes of " + std::to_string(n_img) + " images: " +
+           std::to_string(totals.seconds) + " s summed over " + std::to_string(pool.meters.size()) +
+           " side-by-side workers, and " + std::to_string(totals.reused) +
            " looked up: the quantized block repeated an earlier point's" +
            (first ? "; " + std::to_string(first) + " layers from a checkpoint" : std::string()) + ")");
   if (opt.step_search == StepSearch::logits_grid) log_info("tq: " + tq_grid_agreement(c));
