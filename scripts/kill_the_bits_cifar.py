@@ -84,15 +84,15 @@ def main():
     cifar = os.path.join(a.data, "cifar10")
     tf_train = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
     tf_test = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
-    train = torchvision.datasets.ImageFolder(os.path.join(cifar, "jpeg", "train"), transform=tf_train)
-    if a.train_set == "train":
-        train.samples = jpeg_train_samples(os.path.join(cifar, "jpeg", "train"), "train")
-        train.imgs, train.targets = train.samples, [y for _, y in train.samples]
-    val = None
-    if a.train_set == "train":
-        val = torchvision.datasets.ImageFolder(os.path.join(cifar, "jpeg", "train"), transform=tf_test)
-        val.samples = jpeg_train_samples(os.path.join(cifar, "jpeg", "train"), "val")
-        val.imgs, val.targets = val.samples, [y for _, y in val.samples]
+    def jpeg_train(split, transform):
+        ds = torchvision.datasets.ImageFolder(os.path.join(cifar, "jpeg", "train"), transform=transform)
+        if split:  # bitbench's cifar10-jpeg-train / cifar10-jpeg-val; None = all 50,000
+            ds.samples = jpeg_train_samples(os.path.join(cifar, "jpeg", "train"), split)
+            ds.imgs, ds.targets = ds.samples, [y for _, y in ds.samples]
+        return ds
+
+    train = jpeg_train("train" if a.train_set == "train" else None, tf_train)
+    val = jpeg_train("val", tf_test) if a.train_set == "train" else None  # the hold-out is inside "all"
     lossless = CifarBinary(os.path.join(cifar, "test_lossless_1k.bin"), tf_test)
     jpeg_test = torchvision.datasets.ImageFolder(os.path.join(cifar, "jpeg", "test"), transform=tf_test)
 
