@@ -122,7 +122,9 @@ TEST_CASE("models: forwards side by side on one model give the logits of one aft
   for (const Case& cs : {Case{"cifar_resnet20", 32}, Case{"cifar_resnet56", 32}, Case{"resnet18", 64},
                          Case{"lenet5", 32}}) {
     torch::manual_seed(5);
-    auto model = cs.arch.rfind("cifar_resnet", 0) == 0 ? trained_cifar_resnet(std::stoi(cs.arch.substr(12))) : bb::make_model(cs.arch);
+    const std::string cifar = "cifar_resnet";
+    auto model = cs.arch.rfind(cifar, 0) == 0 ? trained_cifar_resnet(std::stoi(cs.arch.substr(cifar.size())))
+                                              : bb::make_model(cs.arch);
     model->eval();
     torch::NoGradGuard ng;
     std::vector<torch::Tensor> x;
