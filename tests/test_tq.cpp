@@ -624,10 +624,14 @@ TEST_CASE("tq curve search resumes from its checkpoint", "[tq]") {
   TqCurves resumed = tq_compute_curves(*model, data, o, dir);
   CHECK(resumed.resumed_layers == 2);
   CHECK(!resumed.from_cache);
+  CHECK(resumed.passes > 0);  // a checkpoint never holds the last layer: a resumed call runs passes
+  CHECK(resumed.workers >= 1);
   same_as_full(resumed);
   CHECK(!fs::exists(partial));  // the finished search removes its checkpoint
   TqCurves cached = tq_compute_curves(*model, data, o, dir);
   CHECK(cached.from_cache);
+  CHECK(cached.passes == 0);
+  CHECK(cached.workers == 0);  // loaded: no pass ran
   same_as_full(cached);
 
   // A corrupt checkpoint is ignored: the search starts over.

@@ -902,7 +902,7 @@ TqCurves tq_compute_curves(Model& model, const Dataset& calib, const TqCurveOpti
   const auto totals = pool.totals();
   c.measurements = passes_before + totals.passes + totals.reused;
   c.passes = totals.passes;
-  c.workers = totals.passes > 0 ? (int)pool.meters.size() : 0;  // a search resumed whole ran none
+  c.workers = (int)pool.meters.size();  // a resumed search still runs its last layer (checkpoint_matches)
   log_info("tq: curve search (" + std::string(transform_side_name(opt.side)) + "-" +
            (opt.transform == TransformKind::klt ? "KLT" : "ELT") + ", step_search=" + step_search_name(opt.step_search) +
            ") took " + std::to_string(c.search_seconds) + " s (" + std::to_string(c.measurements) + " D values; this call " +
